@@ -1,0 +1,113 @@
+# dpcache developer and CI entry points. `make help` lists the targets.
+
+# Pinned tool versions. Bump here only; `make tools` rebuilds what changed.
+BUF_VERSION                ?= v1.75.0
+PROTOC_GEN_GO_VERSION      ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+
+GO           ?= go
+# Tools are installed here (`make tools`) and taken from here first, so buf
+# finds the pinned protoc-gen-go and protoc-gen-go-grpc plugins.
+# `make BIN_DIR=/elsewhere lint` uses tools already built elsewhere.
+BIN_DIR      ?= $(if $(GOBIN),$(GOBIN),$(CURDIR)/.bin)
+TOOL_PATH    := $(BIN_DIR):$(PATH)
+BUF          := PATH="$(TOOL_PATH)" buf
+# Recipes print `buf ARGS` rather than the whole PATH.
+run-buf       = @echo "buf $(1)" && $(BUF) $(1)
+
+TEST_TIMEOUT ?= 20m
+E2E_TIMEOUT  ?= 30m
+# Passed to every `go test`, for example TEST_FLAGS='-run TestNginx -v'.
+TEST_FLAGS   ?=
+# What `make breaking` compares the protos against.
+BREAKING_AGAINST ?= .git\#ref=HEAD~1
+
+# Go files that gofmt must accept: all but generated code and local state.
+GO_FILES = $(shell find . -path ./.git -prune -o -path ./.bin -prune -o -path ./dpcache-data -prune \
+	-o -name '*.go' ! -name '*.pb.go' -print)
+
+.DEFAULT_GOAL := test
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: ## run all tests
+	$(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+
+.PHONY: race
+race: ## run all tests with the race detector
+	$(GO) test -race -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+
+# The exact test command of the README and of .ci/run.
+.PHONY: ci-test
+ci-test: ## the CI test run: go test -race -timeout 20m ./...
+	$(GO) test -race -timeout 20m ./...
+
+.PHONY: e2e
+e2e: ## run the end-to-end tests (real processes, nginx)
+	$(GO) test -timeout $(E2E_TIMEOUT) $(TEST_FLAGS) ./e2e/...
+
+.PHONY: bench
+bench: ## run every benchmark once (each prints its ratio to a baseline)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+
+# buf must come from BIN_DIR or PATH; say how to get it rather than fail obscurely.
+.PHONY: need-buf
+need-buf:
+	@PATH="$(TOOL_PATH)" command -v buf >/dev/null || { \
+		echo "buf not found in $(BIN_DIR) nor PATH: run 'make tools' (or pass BIN_DIR=dir-with-buf)"; exit 1; }
+
+.PHONY: lint
+lint: need-buf ## gofmt check, go vet, buf lint
+	@echo "gofmt -l (generated *.pb.go excluded)"
+	@out="$$(gofmt -l $(GO_FILES) </dev/null)"; if [ -n "$$out" ]; then \
+		echo "these files need gofmt -w:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(call run-buf,lint)
+
+.PHONY: breaking
+breaking: need-buf ## buf breaking against BREAKING_AGAINST (default: the previous commit)
+	$(call run-buf,breaking --against '$(BREAKING_AGAINST)')
+
+.PHONY: generate
+generate: need-buf ## regenerate the Go code of proto/ with buf
+	$(call run-buf,generate)
+
+.PHONY: checkgenerate
+checkgenerate: generate ## fail if the committed generated code is stale
+	@git diff --exit-code -- proto/ || { \
+		echo "proto/: generated code is stale: run 'make generate' and commit the result"; exit 1; }
+	@untracked="$$(git ls-files --others --exclude-standard -- proto/)"; if [ -n "$$untracked" ]; then \
+		echo "proto/: generated files not committed:"; echo "$$untracked"; exit 1; fi
+
+.PHONY: tidy-check
+tidy-check: ## fail if go mod tidy would change go.mod or go.sum
+	@$(GO) mod tidy -diff || { \
+		echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result"; exit 1; }
+
+# Each tool is rebuilt when its pinned version changes: a stamp file records
+# the version that is installed.
+.PHONY: tools
+tools: ## install the pinned buf and protoc plugins into BIN_DIR
+tools: $(BIN_DIR)/.buf-$(BUF_VERSION) \
+	$(BIN_DIR)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
+	$(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+
+$(BIN_DIR)/.buf-$(BUF_VERSION):
+	GOBIN="$(BIN_DIR)" $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@rm -f $(BIN_DIR)/.buf-* && touch $@
+
+$(BIN_DIR)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION):
+	GOBIN="$(BIN_DIR)" $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@rm -f $(BIN_DIR)/.protoc-gen-go-v* && touch $@
+
+$(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
+	GOBIN="$(BIN_DIR)" $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@rm -f $(BIN_DIR)/.protoc-gen-go-grpc-* && touch $@
+
+.PHONY: clean
+clean: ## remove the installed tools and test binaries
+	rm -rf .bin
+	find . -name '*.test' -type f -delete

@@ -1,0 +1,49 @@
+// Package agent is the endpoint's update task: what `dpcache update` and
+// `dpcache rollback` run. It asks ordered sources for a product's newest
+// version, verifies the signed documents against trusted keys, downloads
+// only the files that changed, checks every byte against the manifest, and
+// switches the installed version atomically, keeping the previous one for
+// rollback. After a run it reports the outcome to a distribution point.
+//
+// # Install directory
+//
+// Update installs into Dir/<product>/current, a symlink to a version
+// directory under Dir/<product>/.dpcache/versions/; `previous` points to
+// the version before. Applications read files through `current`:
+//
+//	Dir/<product>/current  -> .dpcache/versions/<version>/files
+//	Dir/<product>/previous -> .dpcache/versions/<old version>/files
+//	Dir/<product>/.dpcache/                       the agent's state
+//
+// A new version is assembled in .dpcache/staging/, synced, renamed into
+// .dpcache/versions/, and then `previous` and `current` are each replaced
+// by rename(2) of a new symlink, which is atomic: a reader, or a crash,
+// sees the old version or the new one, never a mix. Files that did not
+// change are hard links to the installed ones (a copy where links are not
+// supported), so an update costs the disk space of what changed.
+//
+// # Failover and resume
+//
+// Sources are tried in order. A source that is unreachable, lacks the
+// product, serves a document with a bad or untrusted signature, offers a
+// lower serial than the one installed, or serves corrupt bytes is passed
+// over for the next. Downloads go to .dpcache/blobs/<sha256>.part and
+// continue at their offset, from the same source when its stream broke,
+// from the next one otherwise, or in the next run; content whose SHA-256
+// does not match after a resume is discarded whole.
+//
+// # Caveats
+//
+// Applications must open files through the `current` link (or re-resolve
+// it) to see a new version; a file kept open stays on the old version,
+// which is removed from disk two updates later.
+//
+// Files of different versions share inodes (hard links): an installed file
+// must not be modified in place. The agent checks the SHA-256 of every
+// file it reuses, so a modified file is downloaded again rather than
+// propagated.
+//
+// Update and Rollback lock the product's directory with flock(2); where
+// flock is unavailable (non-Unix systems) concurrent runs are not
+// detected.
+package agent

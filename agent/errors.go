@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// Sentinel errors. Functions of this package wrap them with %w and add what
+// failed, where, and what to do; match them with errors.Is.
+var (
+	// ErrInvalidConfig means a Config failed Validate.
+	ErrInvalidConfig = errors.New("invalid agent configuration")
+
+	// ErrNotInstalled means the product has no current version in the
+	// install directory (no `current` link).
+	ErrNotInstalled = errors.New("product not installed")
+
+	// ErrBrokenInstall means the install directory is not in the shape
+	// the agent leaves it in: `current` is not a symlink into
+	// .dpcache/versions, or the version it names lacks its manifest.
+	ErrBrokenInstall = errors.New("install directory is damaged")
+
+	// ErrNoPrevious means a rollback was asked for but no previous
+	// version is kept on disk.
+	ErrNoPrevious = errors.New("no previous version to roll back to")
+
+	// ErrLowerSerial means a source offered a version whose serial is
+	// lower than the installed one. The agent never moves to a lower
+	// serial on its own (that is a rollback attack, or a stale source);
+	// only Rollback goes back.
+	ErrLowerSerial = errors.New("serial lower than the installed one")
+
+	// ErrSerialConflict means a source offered a version with the same
+	// serial as the installed one but different content (another
+	// version name or manifest digest): one of the two was not published
+	// by the vendor's normal process.
+	ErrSerialConflict = errors.New("same serial, different content")
+
+	// ErrWrongProduct means a signed document is about another product
+	// than the one asked for.
+	ErrWrongProduct = errors.New("document for another product")
+
+	// ErrDigestMismatch means downloaded bytes do not match the size or
+	// SHA-256 that the signed manifest gives: the source's content is
+	// corrupt (or was tampered with).
+	ErrDigestMismatch = errors.New("content does not match the manifest")
+
+	// ErrUnsafePath means a manifest path would be written outside the
+	// install directory, or through a symlink, and was refused.
+	ErrUnsafePath = errors.New("unsafe file path")
+
+	// ErrSourcesFailed means every source failed; the *SourcesError that
+	// wraps it lists each source and why.
+	ErrSourcesFailed = errors.New("every source failed")
+
+	// ErrBusy means another update or rollback of the same product in the
+	// same directory is running (its lock file is held).
+	ErrBusy = errors.New("another update is running")
+)
+
+// SourceFailure is why one source could not serve something.
+type SourceFailure struct {
+	Source string // String() of the source
+	Err    error
+}
+
+// SourcesError reports that every source failed to serve something. It
+// wraps ErrSourcesFailed and each failure's error, so errors.Is matches
+// both (for example ErrLowerSerial when every source is stale).
+type SourcesError struct {
+	// What was being fetched, e.g. `the latest version of "av"` or
+	// `file "db/av.bin" (sha256 0123…)`.
+	What string
+	// Failures lists each source tried, in order, and why it failed.
+	Failures []SourceFailure
+}
+
+// Error lists every source and why it failed, on one line.
+func (e *SourcesError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v for %s: ", ErrSourcesFailed, e.What)
+	for i, f := range e.Failures {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "[%d] %s", i+1, describeFailure(f.Source, f.Err))
+	}
+	return b.String()
+}
+
+// Unwrap returns ErrSourcesFailed and each source's error.
+func (e *SourcesError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Failures)+1)
+	errs = append(errs, ErrSourcesFailed)
+	for _, f := range e.Failures {
+		errs = append(errs, f.Err)
+	}
+	return errs
+}
+
+// describeFailure renders one source's failure as "SOURCE: ERROR: HINT",
+// without repeating the source's name when the error already starts with
+// it (source implementations name themselves).
+func describeFailure(src string, err error) string {
+	msg := err.Error()
+	if !strings.HasPrefix(msg, src) {
+		msg = src + ": " + msg
+	}
+	if h := hint(err); h != "" {
+		msg += ": " + h
+	}
+	return msg
+}
+
+// hint says what a failure means for the user, or "" when the error speaks
+// for itself.
+func hint(err error) string {
+	switch {
+	case errors.Is(err, ErrDigestMismatch):
+		return "source content is corrupt"
+	case errors.Is(err, manifest.ErrUntrustedKey):
+		return "signed by a key that --trust does not list; check the trusted keys"
+	case errors.Is(err, manifest.ErrMissingSignature):
+		return "the source has no signature for it; the repository is incomplete"
+	case errors.Is(err, manifest.ErrBadSignature):
+		return "signature does not match; the document was altered or is being republished"
+	case errors.Is(err, manifest.ErrMismatch):
+		return "the manifest is not the one latest.json names; the source is inconsistent"
+	case errors.Is(err, ErrLowerSerial):
+		return "the source is stale or replaying an old version; use an up-to-date source, or `dpcache rollback` to go back on purpose"
+	case errors.Is(err, source.ErrNotFound):
+		return "the source does not have it"
+	case errors.Is(err, source.ErrUnavailable):
+		return "check the network and the source address"
+	}
+	return ""
+}
+
+// localError marks a failure of the local disk (write, sync, rename): it is
+// not the source's fault, so the agent stops instead of trying the next
+// source.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }

@@ -1,0 +1,363 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dpcache/dpcache/manifest"
+)
+
+// The install directory of one product:
+//
+//	Dir/<product>/current  -> .dpcache/versions/<name>/files
+//	Dir/<product>/previous -> .dpcache/versions/<name>/files
+//	Dir/<product>/.dpcache/lock                 held by a running update or rollback
+//	Dir/<product>/.dpcache/versions/<name>/     an installed version:
+//	    files/                                  the product's files
+//	    manifest.json, manifest.json.minisig    as the source served them
+//	    latest.json, latest.json.minisig
+//	    install.json                            components, source, time
+//	Dir/<product>/.dpcache/staging/<version>/   a version being assembled (same shape)
+//	Dir/<product>/.dpcache/blobs/<sha256>[.part] downloads, complete or in progress
+//
+// <name> is the version name, or "<version>~<n>" when a version is
+// reinstalled while its earlier copy is still current or previous ("~" is
+// not allowed in version names, so the two never collide).
+const (
+	stateDirName    = ".dpcache"
+	versionsDirName = "versions"
+	stagingDirName  = "staging"
+	blobsDirName    = "blobs"
+	filesDirName    = "files"
+	lockFileName    = "lock"
+	currentName     = "current"
+	previousName    = "previous"
+	partSuffix      = ".part"
+	installFileName = "install.json"
+	latestSigName   = manifest.LatestName + manifest.SigSuffix
+	manifestSigName = manifest.ManifestName + manifest.SigSuffix
+)
+
+// layout names the paths of one product's install directory.
+type layout struct {
+	root     string // Dir/<product>
+	state    string // root/.dpcache
+	versions string
+	staging  string
+	blobs    string
+}
+
+func newLayout(dir, product string) layout {
+	root := filepath.Join(dir, product)
+	state := filepath.Join(root, stateDirName)
+	return layout{
+		root:     root,
+		state:    state,
+		versions: filepath.Join(state, versionsDirName),
+		staging:  filepath.Join(state, stagingDirName),
+		blobs:    filepath.Join(state, blobsDirName),
+	}
+}
+
+// init creates the state directories.
+func (l layout) init() error {
+	for _, d := range []string{l.versions, l.staging, l.blobs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return &localError{fmt.Errorf("create %s: %w", d, err)}
+		}
+	}
+	return nil
+}
+
+func (l layout) lockPath() string          { return filepath.Join(l.state, lockFileName) }
+func (l layout) linkPath(name string) string { return filepath.Join(l.root, name) }
+func (l layout) tempLinkPath(name string) string {
+	return filepath.Join(l.root, "."+name+".tmp")
+}
+func (l layout) versionDir(name string) string { return filepath.Join(l.versions, name) }
+
+// linkTarget is the relative symlink target for version directory name, so
+// the install directory can be moved as a whole.
+func linkTarget(name string) string {
+	return filepath.Join(stateDirName, versionsDirName, name, filesDirName)
+}
+
+// validVersionDir reports whether name is a version directory name the
+// agent makes: a valid version name, optionally followed by "~<n>".
+func validVersionDir(name string) bool {
+	base, n, suffixed := strings.Cut(name, "~")
+	if manifest.ValidName(base) != nil {
+		return false
+	}
+	if !suffixed {
+		return true
+	}
+	_, err := strconv.ParseUint(n, 10, 32)
+	return err == nil
+}
+
+// readLink returns the version directory name that link (current or
+// previous) points to. A missing link is fs.ErrNotExist; anything else
+// than a symlink into .dpcache/versions is ErrBrokenInstall.
+func (l layout) readLink(link string) (string, error) {
+	p := l.linkPath(link)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return "", fmt.Errorf("%s is not a symlink made by dpcache (it is a %s); move it away and run the update again: %w",
+			p, fileKind(fi), ErrBrokenInstall)
+	}
+	target, err := os.Readlink(p)
+	if err != nil {
+		return "", fmt.Errorf("read link %s: %w", p, err)
+	}
+	parts := strings.Split(filepath.ToSlash(filepath.Clean(target)), "/")
+	if len(parts) != 4 || parts[0] != stateDirName || parts[1] != versionsDirName ||
+		parts[3] != filesDirName || !validVersionDir(parts[2]) {
+		return "", fmt.Errorf("%s points to %q, not to a version under %s/%s: %w",
+			p, target, stateDirName, versionsDirName, ErrBrokenInstall)
+	}
+	return parts[2], nil
+}
+
+// setLink points link (current or previous) at version directory name,
+// atomically: a temporary symlink renamed over the old one, then the
+// directory synced.
+func (l layout) setLink(link, name string) error {
+	tmp := l.tempLinkPath(link)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return &localError{fmt.Errorf("remove %s: %w", tmp, err)}
+	}
+	if err := os.Symlink(linkTarget(name), tmp); err != nil {
+		return &localError{fmt.Errorf("create link %s: %w", tmp, err)}
+	}
+	if err := os.Rename(tmp, l.linkPath(link)); err != nil {
+		_ = os.Remove(tmp)
+		return &localError{fmt.Errorf("switch %s to %s: %w", l.linkPath(link), name, err)}
+	}
+	if err := syncDir(l.root); err != nil {
+		return &localError{err}
+	}
+	return nil
+}
+
+// installInfo is install.json: what a version directory holds besides
+// the signed documents.
+type installInfo struct {
+	Components []string  `json:"components"`
+	Source     string    `json:"source"`
+	Installed  time.Time `json:"installed"`
+}
+
+// version is a version directory on disk.
+type version struct {
+	name  string
+	dir   string
+	raw   []byte // manifest.json, verbatim
+	man   *manifest.Manifest
+	info  installInfo
+	files []manifest.File // the installed files: the manifest's files of info.Components
+}
+
+func (v *version) filesDir() string { return filepath.Join(v.dir, filesDirName) }
+
+// loadVersion reads version directory name. The documents are parsed, not
+// verified: they were verified when installed, and whoever can write
+// .dpcache can write the files too.
+func (l layout) loadVersion(name string) (*version, error) {
+	dir := l.versionDir(name)
+	raw, err := os.ReadFile(filepath.Join(dir, manifest.ManifestName))
+	if err != nil {
+		return nil, fmt.Errorf("version %s: %w (%v)", name, ErrBrokenInstall, err)
+	}
+	m, err := manifest.ParseManifest(raw)
+	if err != nil {
+		return nil, fmt.Errorf("version %s: %w (%v)", name, ErrBrokenInstall, err)
+	}
+	v := &version{name: name, dir: dir, raw: raw, man: m}
+	if b, err := os.ReadFile(filepath.Join(dir, installFileName)); err == nil {
+		_ = json.Unmarshal(b, &v.info) // best effort: a bad file means "unknown"
+	}
+	if len(v.info.Components) == 0 {
+		v.info.Components = []string{manifest.ComponentDatabases, manifest.ComponentModules}
+	}
+	v.files = selectFiles(m, v.info.Components)
+	return v, nil
+}
+
+// linked returns the version that link points to. A missing link wraps
+// ErrNotInstalled (for current) or ErrNoPrevious (for previous).
+func (l layout) linked(link string) (*version, error) {
+	name, err := l.readLink(link)
+	if errors.Is(err, fs.ErrNotExist) {
+		if link == previousName {
+			return nil, fmt.Errorf("%s: %w", l.root, ErrNoPrevious)
+		}
+		return nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := l.loadVersion(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s points to a damaged version: %w", l.linkPath(link), err)
+	}
+	return v, nil
+}
+
+// newVersionName returns a directory name for version that no link uses.
+// An unreferenced directory of that name (left by a crash) is removed.
+func (l layout) newVersionName(version string, inUse ...string) (string, error) {
+	name := version
+	for n := 1; slices.Contains(inUse, name); n++ {
+		name = version + "~" + strconv.Itoa(n)
+	}
+	if err := os.RemoveAll(l.versionDir(name)); err != nil {
+		return "", &localError{fmt.Errorf("remove stale %s: %w", l.versionDir(name), err)}
+	}
+	return name, nil
+}
+
+// referenced returns the version directory names current and previous
+// point to (when they are valid links).
+func (l layout) referenced() []string {
+	var names []string
+	for _, link := range []string{currentName, previousName} {
+		if name, err := l.readLink(link); err == nil {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// cleanTemps removes what a crashed run can leave behind besides
+// downloads: temporary links and staging directories. Staging holds only
+// links to blobs and installed files, so nothing downloaded is lost.
+func (l layout) cleanTemps() error {
+	for _, link := range []string{currentName, previousName} {
+		if err := os.Remove(l.tempLinkPath(link)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return &localError{fmt.Errorf("remove %s: %w", l.tempLinkPath(link), err)}
+		}
+	}
+	return removeChildren(l.staging, nil)
+}
+
+// gc removes version directories that neither current nor previous
+// points to, and the downloads not in keepBlobs.
+func (l layout) gc(keepBlobs map[string]bool) error {
+	refs := l.referenced()
+	if err := removeChildren(l.versions, func(name string) bool { return slices.Contains(refs, name) }); err != nil {
+		return err
+	}
+	return removeChildren(l.blobs, func(name string) bool {
+		return keepBlobs[strings.TrimSuffix(name, partSuffix)]
+	})
+}
+
+// removeChildren removes every entry of dir for which keep is nil or
+// false.
+func removeChildren(dir string, keep func(name string) bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return &localError{fmt.Errorf("list %s: %w", dir, err)}
+	}
+	for _, e := range entries {
+		if keep != nil && keep(e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return &localError{fmt.Errorf("remove %s: %w", filepath.Join(dir, e.Name()), err)}
+		}
+	}
+	return nil
+}
+
+// selectFiles returns m's files of the given components, in manifest
+// order.
+func selectFiles(m *manifest.Manifest, components []string) []manifest.File {
+	out := make([]manifest.File, 0, len(m.Files))
+	for _, f := range m.Files {
+		if slices.Contains(components, f.Component) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// countChanges counts the paths added, removed or changed between two
+// file sets.
+func countChanges(old, new []manifest.File) int {
+	before := make(map[string]string, len(old))
+	for _, f := range old {
+		before[f.Path] = f.SHA256
+	}
+	n := 0
+	for _, f := range new {
+		if d, ok := before[f.Path]; !ok || d != f.SHA256 {
+			n++
+		}
+		delete(before, f.Path)
+	}
+	return n + len(before)
+}
+
+func fileKind(fi fs.FileInfo) string {
+	switch {
+	case fi.IsDir():
+		return "directory"
+	case fi.Mode().IsRegular():
+		return "regular file"
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return "symlink"
+	default:
+		return "special file"
+	}
+}
+
+// syncDir makes a directory's entries (creations, renames) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s for sync: %w", dir, err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// writeFileSync writes data to a new file and syncs it.
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return &localError{fmt.Errorf("create %s: %w", path, err)}
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return &localError{fmt.Errorf("write %s: %w", path, err)}
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/dpcache/dpcache/manifest"
+)
+
+// Rollback switches dir/<product>/current back to the previous version
+// kept on disk, and keeps the version it leaves as the new previous, so a
+// second Rollback undoes the first. It is the only way to a lower serial:
+// an admin's decision. The next Update moves forward again if a source
+// offers a newer version.
+//
+// It returns ErrNoPrevious when no previous version is kept (nothing was
+// ever updated, or the previous one is damaged), ErrNotInstalled when
+// nothing is installed, ErrBusy when an update is running. Each link
+// switch is atomic; a crash in between leaves current on one whole
+// version. The returned Result has Status StatusRolledBack and no Source.
+func Rollback(dir, product string) (*Result, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return nil, fmt.Errorf("agent: rollback: product: %w", err)
+	}
+	l := newLayout(dir, product)
+	res, err := rollback(l, product)
+	if err != nil {
+		return nil, fmt.Errorf("agent: rollback %s in %s: %w", product, dir, err)
+	}
+	return res, nil
+}
+
+func rollback(l layout, product string) (*Result, error) {
+	if !isDir(l.state) {
+		return nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
+	}
+	unlock, err := lockFile(l.lockPath())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := l.linked(currentName)
+	if err != nil {
+		return nil, err
+	}
+	prev, err := l.linked(previousName)
+	if err != nil {
+		if errors.Is(err, ErrNoPrevious) {
+			return nil, fmt.Errorf("%s: %w (only %s serial %d is on disk)", l.root, ErrNoPrevious, cur.man.Version, cur.man.Serial)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrNoPrevious, err)
+	}
+	if prev.name == cur.name {
+		return nil, fmt.Errorf("%s: %w (previous is current, %s serial %d)", l.root, ErrNoPrevious, cur.man.Version, cur.man.Serial)
+	}
+	// current first: should a crash follow, the version left behind is
+	// the one at risk of cleanup, not the one rolled back to.
+	if err := l.setLink(currentName, prev.name); err != nil {
+		return nil, err
+	}
+	if err := l.setLink(previousName, cur.name); err != nil {
+		return nil, err
+	}
+	return &Result{
+		Product:      product,
+		Version:      prev.man.Version,
+		Serial:       prev.man.Serial,
+		Status:       StatusRolledBack,
+		FilesChanged: countChanges(cur.files, prev.files),
+	}, nil
+}
+
+// Installed returns the manifest of what dir/<product>/current holds, with
+// Files limited to the components installed. It reads without locking, so
+// it may run during an update (it sees the old or the new version). It
+// returns ErrNotInstalled when nothing is installed, ErrBrokenInstall when
+// current is not a version the agent installed.
+func Installed(dir, product string) (*manifest.Manifest, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return nil, fmt.Errorf("agent: installed: product: %w", err)
+	}
+	v, err := newLayout(dir, product).linked(currentName)
+	if err != nil {
+		return nil, fmt.Errorf("agent: installed %s in %s: %w", product, dir, err)
+	}
+	m := *v.man
+	m.Files = v.files
+	return &m, nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}

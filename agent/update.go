@@ -1,0 +1,520 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// Result statuses.
+const (
+	// StatusUpdated: a version was installed (a newer one, or the same
+	// one again with other components or to repair damaged files).
+	StatusUpdated = "updated"
+	// StatusUpToDate: the installed version is the newest a source has.
+	StatusUpToDate = "up-to-date"
+	// StatusRolledBack: Rollback switched back to the previous version.
+	StatusRolledBack = "rolled-back"
+	// StatusFailed is only reported to a DP, for a run that failed.
+	StatusFailed = "failed"
+)
+
+// Result is what an update or rollback did. Its JSON form is what
+// `dpcache update --json` prints.
+type Result struct {
+	Product string `json:"product"`
+	Version string `json:"version"`
+	Serial  uint64 `json:"serial"`
+	// Status is StatusUpdated or StatusUpToDate (StatusRolledBack for
+	// Rollback).
+	Status string `json:"status"`
+	// Source is String() of the source that served the update: the one
+	// that delivered the last file, or the one whose latest.json was
+	// used when nothing was downloaded. Empty for a rollback.
+	Source string `json:"source"`
+	// BytesDownloaded counts the bytes received from sources in this run,
+	// including any discarded as corrupt.
+	BytesDownloaded int64 `json:"bytes_downloaded"`
+	// FilesChanged counts the paths of `current` added, removed or whose
+	// content changed.
+	FilesChanged int `json:"files_changed"`
+}
+
+// Update brings cfg.Product in cfg.Dir to the newest version the sources
+// offer, and reports the run to a source that accepts reports.
+//
+// It reads latest.json from the first source that serves a valid one
+// (signed by a key of cfg.Trust, for cfg.Product, with a serial not lower
+// than the installed one: ErrLowerSerial otherwise), then the manifest it
+// names. If that version is installed whole with the same components, the
+// result is StatusUpToDate. Otherwise it assembles the new version in a
+// staging directory: files already on disk (current, previous, earlier
+// downloads) are reused by hard link after their SHA-256 is checked, the
+// rest are downloaded, checked for size and SHA-256 while written, and
+// synced. Then `current` is switched atomically to the new version and
+// `previous` keeps the old one for Rollback; older versions are removed.
+//
+// A run that fails, or a crash at any moment, leaves `current` on the old
+// version, whole; partial downloads are kept and the next run resumes
+// them. An error names the source, the file and what went wrong; when
+// every source failed it is a *SourcesError listing each.
+//
+// Update holds a lock on the product's directory for the whole run
+// (ErrBusy if another run holds it). It does not close cfg.Sources.
+func Update(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components()}
+	res, err := u.run(ctx)
+	if err != nil {
+		err = fmt.Errorf("agent: update %s in %s: %w", cfg.Product, cfg.Dir, err)
+		u.log.Error("update failed", "err", err)
+	} else {
+		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
+			"source", res.Source, "bytes", res.BytesDownloaded, "files_changed", res.FilesChanged)
+	}
+	if ctx.Err() == nil { // an interrupted run is not a result worth reporting
+		if rerr := Report(ctx, cfg, res, err); rerr != nil {
+			u.log.Warn("status report not sent", "err", rerr)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// updater is one Update run.
+type updater struct {
+	cfg        Config
+	log        *slog.Logger
+	l          layout
+	components []string
+}
+
+// decision is what the sources offer: a verified latest.json and manifest.
+type decision struct {
+	src      source.Source
+	srcIndex int
+	latest   *manifest.Latest
+	latestS  source.Signed
+	man      *manifest.Manifest
+	manS     source.Signed
+	upToDate bool
+}
+
+func (u *updater) run(ctx context.Context) (*Result, error) {
+	if err := u.l.init(); err != nil {
+		return nil, err
+	}
+	unlock, err := lockFile(u.l.lockPath())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := u.l.cleanTemps(); err != nil {
+		return nil, err
+	}
+
+	// What is installed. A `current` that is not our symlink is left for
+	// the admin; a dangling one is repaired by installing afresh.
+	inst, err := u.l.linked(currentName)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNotInstalled):
+		inst = nil
+	case errors.Is(err, ErrBrokenInstall) && !isSymlink(u.l.linkPath(currentName)):
+		return nil, err
+	default:
+		u.log.Warn("installed version unreadable; installing afresh", "err", err)
+		inst = nil
+	}
+
+	d, err := u.resolve(ctx, inst)
+	if err != nil {
+		return nil, err
+	}
+	if d.upToDate {
+		if err := u.l.gc(nil); err != nil {
+			u.log.Warn("cleanup failed", "err", err)
+		}
+		return &Result{
+			Product: u.cfg.Product, Version: inst.man.Version, Serial: inst.man.Serial,
+			Status: StatusUpToDate, Source: d.src.String(),
+		}, nil
+	}
+	return u.install(ctx, d, inst)
+}
+
+// resolve asks the sources in order for the newest version.
+func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error) {
+	var failures []SourceFailure
+	for i, src := range u.cfg.Sources {
+		d, err := u.resolveFrom(ctx, src, inst)
+		if err == nil {
+			d.src, d.srcIndex = src, i
+			return d, nil
+		}
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		failures = append(failures, SourceFailure{Source: src.String(), Err: err})
+		if i < len(u.cfg.Sources)-1 {
+			u.log.Warn(fmt.Sprintf("agent: %s; trying next source", describeFailure(src.String(), err)))
+		}
+	}
+	return nil, &SourcesError{What: fmt.Sprintf("the latest version of %q", u.cfg.Product), Failures: failures}
+}
+
+// resolveFrom reads and verifies latest.json and, unless the installed
+// version is current, its manifest, from one source.
+func (u *updater) resolveFrom(ctx context.Context, src source.Source, inst *version) (*decision, error) {
+	product := u.cfg.Product
+	d := &decision{}
+	var err error
+	// Publish replaces latest.json's signature before the document, so a
+	// fetch can pair an old document with a new signature for an instant:
+	// retry once on a bad signature.
+	for attempt := 0; ; attempt++ {
+		d.latestS, err = src.Latest(ctx, product)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", manifest.LatestPath(product), err)
+		}
+		d.latest, err = u.cfg.Trust.VerifyLatest(d.latestS.Data, d.latestS.Signature)
+		if err == nil || attempt > 0 || !errors.Is(err, manifest.ErrBadSignature) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := d.latest
+	if l.Product != product {
+		return nil, fmt.Errorf("%s is about product %q: %w", manifest.LatestPath(product), l.Product, ErrWrongProduct)
+	}
+	if inst != nil {
+		im := inst.man
+		switch {
+		case l.Serial < im.Serial:
+			return nil, fmt.Errorf("offers %s serial %d, installed is %s serial %d; refusing to downgrade: %w",
+				l.Version, l.Serial, im.Version, im.Serial, ErrLowerSerial)
+		case l.Serial == im.Serial:
+			if l.Version != im.Version || l.ManifestSHA256 != sha256Hex(inst.raw) {
+				return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), installed is %s serial %d (manifest sha256 %s): %w",
+					l.Version, l.Serial, l.ManifestSHA256, im.Version, im.Serial, sha256Hex(inst.raw), ErrSerialConflict)
+			}
+			switch broken := u.damaged(inst); {
+			case !slices.Equal(inst.info.Components, u.components):
+				u.log.Info("reinstalling the same version with other components", "version", l.Version,
+					"installed", inst.info.Components, "wanted", u.components)
+			case broken != "":
+				u.log.Warn("installed files damaged; repairing", "version", l.Version, "file", broken)
+			default:
+				d.upToDate = true
+				return d, nil
+			}
+		}
+	}
+	d.manS, err = src.Manifest(ctx, product, l.Version)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", manifest.ManifestPath(product, l.Version), err)
+	}
+	d.man, err = u.cfg.Trust.VerifyManifest(d.manS.Data, d.manS.Signature, l)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// damaged returns the first installed file of v that is missing or has
+// the wrong size ("" if none): a cheap check, not a hash of every file.
+func (u *updater) damaged(v *version) string {
+	for _, f := range v.files {
+		fi, err := os.Lstat(filepath.Join(v.filesDir(), filepath.FromSlash(f.Path)))
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() != f.Size {
+			return f.Path
+		}
+	}
+	return ""
+}
+
+// install assembles d's version in staging and switches current to it.
+func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Result, error) {
+	files := selectFiles(d.man, u.components)
+	jobs, err := groupBlobs(files)
+	if err != nil {
+		return nil, err
+	}
+	needed := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		needed[j.digest] = true
+	}
+	// Downloads of other versions are of no more use.
+	if err := removeChildren(u.l.blobs, func(name string) bool {
+		return needed[strings.TrimSuffix(name, partSuffix)]
+	}); err != nil {
+		return nil, err
+	}
+	st, err := newStage(u.l, d.latest.Version)
+	if err != nil {
+		return nil, err
+	}
+	u.log.Info("installing", "version", d.latest.Version, "serial", d.latest.Serial, "source", d.src.String(),
+		"files", len(files), "blobs", len(jobs), "components", u.components)
+
+	f := &fetcher{
+		sources:  u.cfg.Sources,
+		dir:      u.l.blobs,
+		log:      u.log,
+		progress: u.cfg.Progress,
+		served:   make([]bool, len(u.cfg.Sources)),
+	}
+	f.sticky.Store(int64(d.srcIndex))
+	if u.cfg.hooks != nil {
+		f.wrap = u.cfg.hooks.partWriter
+	}
+
+	missing, err := u.reuse(ctx, st, jobs, f, inst)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.download(ctx, st, missing, f); err != nil {
+		return nil, err
+	}
+
+	// Metadata beside the files, then make the whole stage durable.
+	info, err := json.MarshalIndent(installInfo{Components: u.components, Source: d.src.String(), Installed: time.Now().UTC()}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	for name, data := range map[string][]byte{
+		manifest.ManifestName: d.manS.Data, manifestSigName: d.manS.Signature,
+		manifest.LatestName: d.latestS.Data, latestSigName: d.latestS.Signature,
+		installFileName: append(info, '\n'),
+	} {
+		if err := writeFileSync(filepath.Join(st.dir, name), data); err != nil {
+			return nil, err
+		}
+	}
+	if err := st.sync(); err != nil {
+		return nil, err
+	}
+	if err := u.hook("staged"); err != nil {
+		return nil, err
+	}
+
+	// Switch: the stage becomes a version directory, previous keeps the
+	// old version, then current moves, each step atomic and durable.
+	var inUse []string
+	if inst != nil {
+		inUse = append(inUse, inst.name)
+	}
+	inUse = append(inUse, u.l.referenced()...)
+	name, err := u.l.newVersionName(d.latest.Version, inUse...)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(st.dir, u.l.versionDir(name)); err != nil {
+		return nil, &localError{fmt.Errorf("move staged version into place: %w", err)}
+	}
+	for _, dir := range []string{u.l.versions, u.l.staging} {
+		if err := syncDir(dir); err != nil {
+			return nil, &localError{err}
+		}
+	}
+	if err := u.hook("versioned"); err != nil {
+		return nil, err
+	}
+	if inst != nil {
+		if err := u.l.setLink(previousName, inst.name); err != nil {
+			return nil, err
+		}
+	}
+	if err := u.hook("previous"); err != nil {
+		return nil, err
+	}
+	if err := u.l.setLink(currentName, name); err != nil {
+		return nil, err
+	}
+	if err := u.l.gc(nil); err != nil {
+		u.log.Warn("cleanup of old versions failed; the next run retries", "err", err)
+	}
+
+	var old []manifest.File
+	if inst != nil {
+		old = inst.files
+	}
+	res := &Result{
+		Product:         u.cfg.Product,
+		Version:         d.latest.Version,
+		Serial:          d.latest.Serial,
+		Status:          StatusUpdated,
+		Source:          d.src.String(),
+		BytesDownloaded: f.downloaded.Load(),
+		FilesChanged:    countChanges(old, files),
+	}
+	if i := f.lastServed(); i >= 0 {
+		res.Source = u.cfg.Sources[i].String()
+	}
+	return res, nil
+}
+
+// reuse places every blob already on disk (an earlier download, or a file
+// of an installed version whose SHA-256 still matches) and returns the
+// jobs left to download.
+func (u *updater) reuse(ctx context.Context, st *stage, jobs []*blobJob, f *fetcher, inst *version) ([]*blobJob, error) {
+	cands := u.candidates(inst)
+	var (
+		mu      sync.Mutex
+		missing []*blobJob
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(u.cfg.Concurrency)
+	for _, j := range jobs {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			if gctx.Err() != nil {
+				return context.Cause(gctx)
+			}
+			if j.size == 0 && j.digest == emptySHA256 {
+				return st.createEmpty(j.paths)
+			}
+			for _, c := range append([]string{f.blobPath(j.digest)}, cands[j.digest]...) {
+				if verifyFile(c, j.digest, j.size) {
+					return st.place(c, j.paths, j.digest, j.size)
+				}
+			}
+			mu.Lock()
+			missing = append(missing, j)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
+	// Download in manifest order.
+	slices.SortFunc(missing, func(a, b *blobJob) int { return a.index - b.index })
+	return missing, nil
+}
+
+// candidates maps each digest to the installed files holding it: the
+// current version's first, then the others kept on disk.
+func (u *updater) candidates(inst *version) map[string][]string {
+	out := map[string][]string{}
+	add := func(v *version) {
+		for _, f := range v.files {
+			out[f.SHA256] = append(out[f.SHA256], filepath.Join(v.filesDir(), filepath.FromSlash(f.Path)))
+		}
+	}
+	if inst != nil {
+		add(inst)
+	}
+	entries, _ := os.ReadDir(u.l.versions)
+	for _, e := range entries {
+		if !e.IsDir() || (inst != nil && e.Name() == inst.name) || !validVersionDir(e.Name()) {
+			continue
+		}
+		if v, err := u.l.loadVersion(e.Name()); err == nil {
+			add(v)
+		}
+	}
+	return out
+}
+
+// download fetches the missing blobs and places them in the stage.
+func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *fetcher) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	var total int64
+	for _, j := range jobs {
+		total += j.size
+	}
+	f.total = total
+	u.log.Info("downloading", "blobs", len(jobs), "bytes", total)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(u.cfg.Concurrency)
+	for _, j := range jobs {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			if gctx.Err() != nil {
+				return context.Cause(gctx)
+			}
+			if err := f.fetch(gctx, j); err != nil {
+				return err
+			}
+			return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+func (u *updater) hook(step string) error {
+	if u.cfg.hooks == nil || u.cfg.hooks.stage == nil {
+		return nil
+	}
+	return u.cfg.hooks.stage(step)
+}
+
+// groupBlobs groups files by digest, in manifest order. One digest listed
+// with two sizes is refused: no content can match both.
+func groupBlobs(files []manifest.File) ([]*blobJob, error) {
+	byDigest := map[string]*blobJob{}
+	var jobs []*blobJob
+	for _, f := range files {
+		j, ok := byDigest[f.SHA256]
+		if !ok {
+			j = &blobJob{digest: f.SHA256, size: f.Size, index: len(jobs)}
+			byDigest[f.SHA256] = j
+			jobs = append(jobs, j)
+		} else if j.size != f.Size {
+			return nil, fmt.Errorf("manifest lists sha256 %s as %q (%d bytes) and %q (%d bytes): %w",
+				f.SHA256, j.paths[0], j.size, f.Path, f.Size, manifest.ErrInvalid)
+		}
+		j.paths = append(j.paths, f.Path)
+	}
+	return jobs, nil
+}
+
+var emptySHA256 = sha256Hex(nil)
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func isSymlink(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode()&fs.ModeSymlink != 0
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/agent"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node"
+	"github.com/dpcache/dpcache/source"
+)
+
+func newDemo() *cobra.Command {
+	var endpoints int
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the whole system in one process, on loopback, and print what happened",
+		Long: `demo generates a sample product (antivirus databases and modules, tens of
+MiB), publishes two signed versions into a repository, serves it over HTTP
+as the vendor's origin, runs a distribution point in front of it, and updates
+several endpoints from the DP twice. It prints the versions installed, the
+bytes the origin served and the bytes the endpoints received. Everything runs
+on 127.0.0.1 in a temporary folder that is removed at the end.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if endpoints < 1 || endpoints > 100 {
+				return fmt.Errorf("demo: --endpoints %d: want 1 to 100", endpoints)
+			}
+			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+			if verbose {
+				logger = slog.Default()
+			}
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), endpoints, logger)
+		},
+	}
+	cmd.Flags().IntVar(&endpoints, "endpoints", 6, "number of endpoints to update")
+	cmd.Flags().BoolVar(&verbose, "verbose", false, "show the distribution point's logs")
+	return cmd
+}
+
+const demoProduct = "avbases"
+
+func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Logger) error {
+	tmp, err := os.MkdirTemp("", "dpcache-demo-")
+	if err != nil {
+		return fmt.Errorf("demo: temporary folder: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
+
+	// The vendor: a key pair and a product.
+	key, pub, err := manifest.GenerateKey()
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	trust, err := manifest.NewTrust(pub)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	repo, src := filepath.Join(tmp, "repo"), filepath.Join(tmp, "src")
+	rng := rand.New(rand.NewChaCha8([32]byte{'d', 'p', 'c', 'a', 'c', 'h', 'e'}))
+	files := map[string]int{
+		"databases/av-base-01.dat": 6 << 20, "databases/av-base-02.dat": 6 << 20,
+		"databases/av-base-03.dat": 6 << 20, "databases/heuristics.dat": 3 << 20,
+		"databases/whitelist.dat": 2 << 20, "databases/index.xml": 64 << 10,
+		"modules/engine.bin": 8 << 20, "modules/updater.bin": 3 << 20,
+	}
+	for name, size := range files {
+		if err := writeRandom(filepath.Join(src, name), size, rng); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+	}
+	publish := func(version string) (*manifest.PublishResult, error) {
+		return manifest.Publish(manifest.PublishOptions{Repo: repo, Product: demoProduct, Version: version, Key: key}, src)
+	}
+	v1, err := publish("2026.11.27-1")
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	say("vendor published %s %s (serial %d): %d files, %s", demoProduct, v1.Manifest.Version, v1.Manifest.Serial, len(v1.Manifest.Files), formatBytes(v1.Manifest.Size()))
+
+	// The vendor's origin server.
+	olis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo: origin listener: %w", err)
+	}
+	orig := newOrigin(repo)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return orig.serve(gctx, olis) })
+	originURL := "http://" + olis.Addr().String() + "/"
+	say("origin serving %s at %s", repo, originURL)
+
+	// A distribution point in front of it.
+	ncfg := node.DefaultConfig()
+	ncfg.Name, ncfg.DataDir = "dp-1", filepath.Join(tmp, "dp-1")
+	ncfg.GRPCAddr, ncfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	ncfg.Upstream, ncfg.Trust = []string{originURL}, trust
+	ncfg.Refresh, ncfg.Logger = 300*time.Millisecond, logger
+	dp, err := node.New(ncfg)
+	if err != nil {
+		cancel()
+		g.Wait()
+		return fmt.Errorf("demo: %w", err)
+	}
+	g.Go(func() error { return dp.Run(gctx) })
+	dpURL := "grpc://" + dp.GRPCAddr()
+	say("distribution point %s serving at %s (upstream %s)", ncfg.Name, dpURL, originURL)
+
+	runErr := func() error {
+		dpSrc, err := source.Parse(dpURL, source.DefaultOptions())
+		if err != nil {
+			return err
+		}
+		defer dpSrc.Close()
+		round := func(title string) (int64, error) {
+			say("\n%s: %d endpoints update from the DP at once", title, endpoints)
+			results := make([]*agent.Result, endpoints)
+			eg, ectx := errgroup.WithContext(gctx)
+			for i := range endpoints {
+				eg.Go(func() error {
+					acfg := agent.DefaultConfig()
+					acfg.Sources, acfg.Trust = []source.Source{dpSrc}, trust
+					acfg.Product, acfg.Dir = demoProduct, filepath.Join(tmp, fmt.Sprintf("endpoint-%02d", i+1))
+					acfg.EndpointID, acfg.Hostname = fmt.Sprintf("endpoint-%02d", i+1), fmt.Sprintf("endpoint-%02d", i+1)
+					r, err := agent.Update(ectx, acfg)
+					results[i] = r
+					return err
+				})
+			}
+			if err := eg.Wait(); err != nil {
+				return 0, err
+			}
+			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "  endpoint\tstatus\tversion\tserial\tfiles changed\tdownloaded")
+			var total int64
+			for i, r := range results {
+				fmt.Fprintf(tw, "  endpoint-%02d\t%s\t%s\t%d\t%d\t%s\n", i+1, r.Status, r.Version, r.Serial, r.FilesChanged, formatBytes(r.BytesDownloaded))
+				total += r.BytesDownloaded
+			}
+			tw.Flush()
+			return total, nil
+		}
+		got1, err := round("round 1 (cold DP)")
+		if err != nil {
+			return err
+		}
+		before := orig.sent.Load()
+		say("  origin sent %s; endpoints received %s", formatBytes(before), formatBytes(got1))
+
+		// A new version: two database files and one module change.
+		for _, name := range []string{"databases/av-base-02.dat", "databases/index.xml", "modules/updater.bin"} {
+			if err := writeRandom(filepath.Join(src, name), files[name], rng); err != nil {
+				return err
+			}
+		}
+		v2, err := publish("2026.11.27-2")
+		if err != nil {
+			return err
+		}
+		say("\nvendor published %s (serial %d): %d new blobs, %s", v2.Manifest.Version, v2.Manifest.Serial, v2.BlobsWritten, formatBytes(v2.BytesWritten))
+		if err := waitForSerial(gctx, dpSrc, trust, v2.Manifest.Serial); err != nil {
+			return err
+		}
+		say("the DP fetched it whole in the background and now announces it")
+		got2, err := round("round 2 (incremental)")
+		if err != nil {
+			return err
+		}
+		say("  origin sent %s more; endpoints received %s", formatBytes(orig.sent.Load()-before), formatBytes(got2))
+
+		rb, err := agent.Rollback(filepath.Join(tmp, "endpoint-01"), demoProduct)
+		if err != nil {
+			return err
+		}
+		say("\nendpoint-01 rolled back to %s (serial %d) on the admin's command", rb.Version, rb.Serial)
+
+		sent, received := orig.sent.Load(), got1+got2
+		say("\ntotal: the origin sent %s over the 'internet link'; endpoints received %s from the LAN (%.1fx saved)",
+			formatBytes(sent), formatBytes(received), float64(received)/float64(max(sent, 1)))
+		return nil
+	}()
+	cancel()
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) && runErr == nil {
+		runErr = err
+	}
+	if runErr != nil {
+		return fmt.Errorf("demo: %w", runErr)
+	}
+	return nil
+}
+
+// waitForSerial polls the DP until its latest has at least serial.
+func waitForSerial(ctx context.Context, src source.Source, trust *manifest.Trust, serial uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		s, err := src.Latest(ctx, demoProduct)
+		if err == nil {
+			if l, err := trust.VerifyLatest(s.Data, s.Signature); err == nil && l.Serial >= serial {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the DP did not announce serial %d within a minute", serial)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+var writeMu sync.Mutex
+
+func writeRandom(path string, size int, rng *rand.Rand) error {
+	writeMu.Lock()
+	defer writeMu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b := make([]byte, size)
+	for i := 0; i+8 <= len(b); i += 8 {
+		v := rng.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return os.WriteFile(path, b, 0o644)
+}

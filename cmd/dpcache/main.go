@@ -1,0 +1,84 @@
+// Command dpcache is a distribution-point peer cache for software updates:
+// it publishes signed update repositories, runs distribution points that
+// cache them for a site, and updates endpoints from them. Run
+// `dpcache --help` for the commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dpcache:", oneLine(err))
+		os.Exit(1)
+	}
+}
+
+// oneLine keeps an error on one line of stderr, as scripts expect.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+func newRoot() *cobra.Command {
+	var logLevel string
+	root := &cobra.Command{
+		Use:   "dpcache",
+		Short: "A distribution-point peer cache for software updates",
+		Long: `dpcache publishes signed update repositories (antivirus databases and
+application modules), runs distribution points that cache them for a site and
+serve endpoints over gRPC, and updates endpoints from ordered sources.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%s: %w (see %s --help)", cmd.Name(), err, cmd.CommandPath())
+	})
+	root.AddCommand(
+		newKeygen(),
+		newPublish(),
+		newServe(),
+		newNode(),
+		newUpdate(),
+		newRollback(),
+		newDemo(),
+	)
+	return root
+}
+
+// requireFlags fails with one clear line naming the missing flags.
+func requireFlags(cmd *cobra.Command, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if !cmd.Flags().Changed(n) {
+			missing = append(missing, "--"+n)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s: missing %s (see %s --help)", cmd.Name(), strings.Join(missing, ", "), cmd.CommandPath())
+	}
+	return nil
+}
+
+var errUsage = errors.New("usage")

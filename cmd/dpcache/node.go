@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node"
+)
+
+func newNode() *cobra.Command {
+	cfg := node.DefaultConfig()
+	var configFile, proxy string
+	var trust []string
+	cmd := &cobra.Command{
+		Use:   "node [--config FILE] [flags]",
+		Short: "Run a distribution point",
+		Long: `node runs a distribution point (DP): it keeps a bbolt cache in --data, serves
+endpoints and peers over gRPC on --grpc, fetches what it lacks from its
+--upstream sources (tried in order), and keeps the --product list current.
+
+Every setting comes from the YAML file given with --config (keys are the flag
+names, e.g. "upstream: [https://updates.example.com/]"), from DPCACHE_*
+environment variables (DPCACHE_UPSTREAM, DPCACHE_DATA, ...), and from flags;
+flags win over the environment, which wins over the file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyConfig(cmd.Flags(), configFile); err != nil {
+				return fmt.Errorf("node: %w", err)
+			}
+			if len(trust) == 0 {
+				return fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)")
+			}
+			t, err := manifest.LoadTrust(trust...)
+			if err != nil {
+				return fmt.Errorf("node: %w", err)
+			}
+			cfg.Trust = t
+			if proxy != "" {
+				u, err := url.Parse(proxy)
+				if err != nil || u.Host == "" {
+					return fmt.Errorf("node: --proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
+				}
+				cfg.SourceOptions.Proxy = u
+			}
+			if cfg.Name == "" {
+				cfg.Name, _ = os.Hostname()
+			}
+			cfg.Logger = slog.Default()
+			n, err := node.New(cfg)
+			if err != nil {
+				return err
+			}
+			return n.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML configuration file")
+	f.StringVar(&cfg.Name, "name", "", "name of this DP (default: the host name)")
+	f.StringVar(&cfg.Site, "site", cfg.Site, "site (branch office) this DP serves")
+	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory (holds the bbolt cache)")
+	f.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "gRPC listen address (endpoints and peers)")
+	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address (/healthz)")
+	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream source URLs, tried in order (http://, https://, file://, grpc://)")
+	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
+	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest")
+	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask")
+	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) upstream sources (http://[user:pass@]host:port)")
+	return cmd
+}
+
+// applyConfig fills every flag the command line did not set from the
+// DPCACHE_* environment, else from the YAML file.
+func applyConfig(flags *pflag.FlagSet, file string) error {
+	fileValues := map[string]any{}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", file, err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		if err := dec.Decode(&fileValues); err != nil && err.Error() != "EOF" {
+			return fmt.Errorf("config %s: not valid YAML: %w", file, err)
+		}
+		for k := range fileValues {
+			if k == "config" || flags.Lookup(k) == nil {
+				return fmt.Errorf("config %s: unknown setting %q (settings are the flag names of dpcache node --help)", file, k)
+			}
+		}
+	}
+	var err error
+	flags.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed || f.Name == "config" {
+			return
+		}
+		env := "DPCACHE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+			return
+		}
+		if v, ok := fileValues[f.Name]; ok {
+			if e := f.Value.Set(yamlString(v)); e != nil {
+				err = fmt.Errorf("config %s: %s: %w", file, f.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+// yamlString renders a YAML scalar or list as a flag value.
+func yamlString(v any) string {
+	switch v := v.(type) {
+	case []any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = fmt.Sprint(e)
+		}
+		return strings.Join(parts, ",")
+	case nil:
+		return ""
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+func redactProxy(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable)"
+}

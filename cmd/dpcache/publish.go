@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dpcache/dpcache/manifest"
+)
+
+func newPublish() *cobra.Command {
+	var opts manifest.PublishOptions
+	var keyPath string
+	cmd := &cobra.Command{
+		Use:   "publish --repo DIR --key NAME.key --product P --version V [--serial N] SRC_DIR",
+		Short: "Publish SRC_DIR's files as a new signed version of a product",
+		Long: `publish adds SRC_DIR's files to the repository DIR as version V of product P:
+each file becomes a blob named by its SHA-256 (blobs already in the repository
+are reused, not rewritten), then the signed manifest.json and latest.json are
+written, each atomically, so that a web server never serves half a file.
+Files whose path starts with modules/ are application modules; all others
+are databases. --serial defaults to the previous serial + 1.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "repo", "key", "product", "version"); err != nil {
+				return err
+			}
+			key, err := manifest.LoadPrivateKey(keyPath)
+			if err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+			opts.Key = key
+			res, err := manifest.Publish(opts, args[0])
+			if err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "published %s %s (serial %d): %d files, %d new blobs (%s written), %d reused\n",
+				res.Manifest.Product, res.Manifest.Version, res.Manifest.Serial, len(res.Manifest.Files),
+				res.BlobsWritten, formatBytes(res.BytesWritten), res.BlobsReused)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.Repo, "repo", "", "repository root folder (created if missing)")
+	f.StringVar(&keyPath, "key", "", "minisign secret key file (from dpcache keygen or minisign -G -W)")
+	f.StringVar(&opts.Product, "product", "", "product name ([A-Za-z0-9._-], 1 to 128 characters)")
+	f.StringVar(&opts.Version, "version", "", "version name ([A-Za-z0-9._-], 1 to 128 characters)")
+	f.Uint64Var(&opts.Serial, "serial", 0, "serial of the new version (default: previous + 1)")
+	return cmd
+}
+
+// formatBytes prints a byte count in binary units.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/dpcache/dpcache/agent"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+func newUpdate() *cobra.Command {
+	cfg := agent.DefaultConfig()
+	var sources, trust []string
+	var proxy string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "update --source URL[,URL...] --product P --dir DIR --trust FILE [flags]",
+		Short: "Update a product on this endpoint from ordered sources",
+		Long: `update installs the newest version of a product into DIR/<product>/current/:
+it fetches latest.json and the manifest from the first source that answers,
+verifies both against --trust, downloads only the files that changed (each
+verified by SHA-256, resuming interrupted downloads), and switches current
+atomically. The previous version stays on disk for dpcache rollback. When a
+source fails the next one is used. A lower serial than installed is refused.
+When the source is a distribution point, the result is reported to it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
+				return err
+			}
+			t, err := manifest.LoadTrust(trust...)
+			if err != nil {
+				return fmt.Errorf("update: %w", err)
+			}
+			opts := source.DefaultOptions()
+			if proxy != "" {
+				u, err := url.Parse(proxy)
+				if err != nil || u.Host == "" {
+					return fmt.Errorf("update: --proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
+				}
+				opts.Proxy = u
+			}
+			srcs, err := source.ParseList(sources, opts)
+			if err != nil {
+				return fmt.Errorf("update: %w", err)
+			}
+			defer func() {
+				for _, s := range srcs {
+					s.Close()
+				}
+			}()
+			cfg.Sources, cfg.Trust = srcs, t
+			cfg.Logger = slog.Default()
+			var bar *progressbar.ProgressBar
+			var barMu sync.Mutex
+			if !asJSON && term.IsTerminal(int(os.Stderr.Fd())) {
+				cfg.Progress = func(done, total int64) {
+					barMu.Lock()
+					defer barMu.Unlock()
+					if bar == nil {
+						bar = progressbar.NewOptions64(total,
+							progressbar.OptionSetWriter(os.Stderr),
+							progressbar.OptionSetDescription("downloading "+cfg.Product),
+							progressbar.OptionShowBytes(true),
+							progressbar.OptionThrottle(100_000_000),
+							progressbar.OptionClearOnFinish())
+					}
+					bar.ChangeMax64(total)
+					bar.Set64(done)
+				}
+			}
+			res, err := agent.Update(cmd.Context(), cfg)
+			if bar != nil {
+				bar.Finish()
+			}
+			if err != nil {
+				return fmt.Errorf("update: %w", err)
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+			}
+			if res.Status == "up-to-date" {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s (serial %d) is up to date (checked %s)\n", res.Product, res.Version, res.Serial, res.Source)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "updated %s to %s (serial %d) from %s: %d files changed, %s downloaded\n",
+				res.Product, res.Version, res.Serial, res.Source, res.FilesChanged, formatBytes(res.BytesDownloaded))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&sources, "source", nil, "update sources, tried in order (http://, https://, file:// or a folder, grpc://DP)")
+	f.StringVar(&cfg.Product, "product", "", "product to update")
+	f.StringVar(&cfg.Dir, "dir", "", "install root (files go to DIR/<product>/current/)")
+	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
+	f.StringSliceVar(&cfg.Components, "components", cfg.Components, "components to install: databases, modules")
+	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) sources (http://[user:pass@]host:port)")
+	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.StringVar(&cfg.EndpointID, "id", cfg.EndpointID, "endpoint identifier reported to a DP")
+	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP")
+	return cmd
+}
+
+func newRollback() *cobra.Command {
+	var dir, product string
+	cmd := &cobra.Command{
+		Use:   "rollback --dir DIR --product P",
+		Short: "Switch a product back to the version installed before the last update",
+		Long: `rollback switches DIR/<product>/current back to the previous version kept on
+disk by the last update, atomically. It is the only way dpcache goes to a
+lower serial: on an administrator's command.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "dir", "product"); err != nil {
+				return err
+			}
+			res, err := agent.Rollback(dir, product)
+			if err != nil {
+				return fmt.Errorf("rollback: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rolled %s back to %s (serial %d)\n", res.Product, res.Version, res.Serial)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "install root given to dpcache update")
+	cmd.Flags().StringVar(&product, "product", "", "product to roll back")
+	return cmd
+}

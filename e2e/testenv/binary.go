@@ -1,0 +1,68 @@
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// debianPackages maps a binary to the Debian package that provides it, for the
+// message of a skipped test. A binary not listed is assumed to come from the
+// package of the same name.
+var debianPackages = map[string]string{
+	"nginx":    "nginx",
+	"minisign": "minisign",
+	"vsftpd":   "vsftpd",
+	"squid":    "squid",
+	"curl":     "curl",
+	"fuser":    "psmisc",
+	"killall":  "psmisc",
+	"go":       "golang-go (or Go from https://go.dev/dl/)",
+	"git":      "git",
+}
+
+// sbinDirs are searched after PATH: Debian installs daemons such as nginx in
+// /usr/sbin, which is not on an unprivileged user's PATH.
+var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
+
+// RequireBinary returns the absolute path of the executable name, looked up in
+// PATH and then in the sbin directories. If it is missing, the test is skipped
+// with a message naming the Debian package to install, unless the environment
+// variable CI is non-empty: then the test fails, because CI must never pass by
+// skipping. It is safe for concurrent use.
+func RequireBinary(t testing.TB, name string) string {
+	t.Helper()
+	return requireBinary(t, name, os.Getenv("CI") != "")
+}
+
+func requireBinary(t testing.TB, name string, ci bool) string {
+	t.Helper()
+	if path, err := lookBinary(name); err == nil {
+		return path
+	}
+	pkg, ok := debianPackages[name]
+	if !ok {
+		pkg = name
+	}
+	if ci {
+		t.Fatalf("testenv: %q is not installed (not in PATH nor %v); CI is set, so this fails instead of skipping: install the Debian package %s (.ci/run does)", name, sbinDirs, pkg)
+		return ""
+	}
+	t.Skipf("testenv: skipping, %q is not installed (not in PATH nor %v): apt-get install %s", name, sbinDirs, pkg)
+	return ""
+}
+
+// lookBinary finds name in PATH, then in sbinDirs.
+func lookBinary(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return filepath.Abs(path)
+	}
+	for _, dir := range sbinDirs {
+		if p, lerr := exec.LookPath(filepath.Join(dir, name)); lerr == nil {
+			return p, nil
+		}
+	}
+	return "", err
+}

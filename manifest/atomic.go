@@ -1,0 +1,110 @@
+package manifest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// writeAtomic writes the content of r to path so that path never holds a
+// partial file: it writes a temporary file in the same directory, syncs it,
+// renames it over path and, if syncParent, syncs the directory (callers
+// writing many files into one directory sync it once at the end). It returns
+// the number of bytes written. If check is not nil, it runs after the data
+// is written and synced; an error from it abandons the write.
+func writeAtomic(path string, r io.Reader, check func() error, syncParent bool) (int64, error) {
+	dir := filepath.Dir(path)
+	var rb [8]byte
+	if _, err := rand.Read(rb[:]); err != nil {
+		return 0, err
+	}
+	tmp := filepath.Join(dir, ".tmp-"+filepath.Base(path)+"-"+hex.EncodeToString(rb[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("create temporary file: %w", err)
+	}
+	n, err := copyBuffered(f, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && check != nil {
+		err = check()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return 0, fmt.Errorf("write %s: %w", path, err)
+	}
+	if !syncParent {
+		return n, nil
+	}
+	if err := syncDir(dir); err != nil {
+		return n, fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return n, nil
+}
+
+// syncDir makes a rename or creation in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// mkdirAll creates dir and its missing parents (mode 0755), syncing each
+// parent of a directory it created.
+func mkdirAll(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", dir)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return syncDir(parent)
+}
+
+// copyBuffered copies r to w through a 1 MiB buffer: 32 KiB reads (io.Copy's
+// default when no fast path applies) cost more in system calls than
+// hashing costs.
+func copyBuffered(w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		m, err := r.Read(buf)
+		if m > 0 {
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				return n, werr
+			}
+			n += int64(m)
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package manifest_test
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dpcache/dpcache/manifest"
+)
+
+// Publish a folder into a repository, then read it back as a client does:
+// verify latest.json, then the manifest it names.
+func ExamplePublish() {
+	tmp, err := os.MkdirTemp("", "manifest-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+
+	// The vendor's key pair, as `dpcache keygen -o vendor` makes it.
+	keyName := filepath.Join(tmp, "vendor")
+	if err := manifest.GenerateKeyFiles(keyName); err != nil {
+		log.Fatal(err)
+	}
+	key, err := manifest.LoadPrivateKey(keyName + ".key")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// What to publish.
+	src := filepath.Join(tmp, "src")
+	for name, content := range map[string]string{
+		"bases/daily.avc":    "signatures",
+		"modules/engine.bin": "engine",
+	} {
+		p := filepath.Join(src, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			log.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	repo := filepath.Join(tmp, "repo")
+	res, err := manifest.Publish(manifest.PublishOptions{
+		Repo:    repo,
+		Product: "kes",
+		Version: "12.1",
+		Key:     key,
+		Now:     func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) },
+	}, src)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("published %s %s serial %d: %d blobs written\n",
+		res.Latest.Product, res.Latest.Version, res.Latest.Serial, res.BlobsWritten)
+
+	// A client trusts the vendor's public key.
+	trust, err := manifest.LoadTrust(keyName + ".pub")
+	if err != nil {
+		log.Fatal(err)
+	}
+	read := func(p string) []byte {
+		b, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(p)))
+		if err != nil {
+			log.Fatal(err)
+		}
+		return b
+	}
+	lp := manifest.LatestPath("kes")
+	latest, err := trust.VerifyLatest(read(lp), read(manifest.SigPath(lp)))
+	if err != nil {
+		log.Fatal(err)
+	}
+	mp := manifest.ManifestPath("kes", latest.Version)
+	m, err := trust.VerifyManifest(read(mp), read(manifest.SigPath(mp)), latest)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range m.Files {
+		fmt.Printf("%s %s %d bytes -> %s\n", f.Component, f.Path, f.Size, manifest.BlobPath(f.SHA256)[:20]+"...")
+	}
+	// Output:
+	// published kes 12.1 serial 1: 2 blobs written
+	// databases bases/daily.avc 10 bytes -> blobs/sha256/0316e18...
+	// modules modules/engine.bin 6 bytes -> blobs/sha256/ed9f6f2...
+}

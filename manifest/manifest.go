@@ -1,0 +1,333 @@
+package manifest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Components of a product: every File belongs to exactly one.
+const (
+	// ComponentDatabases holds antivirus databases and everything else that
+	// is not a module.
+	ComponentDatabases = "databases"
+	// ComponentModules holds application modules (files under "modules/"
+	// when published with Publish).
+	ComponentModules = "modules"
+)
+
+// Limits on names and paths.
+const (
+	// MaxNameLen is the longest product or version name.
+	MaxNameLen = 128
+	// MaxPathLen is the longest file path in a manifest, in bytes.
+	MaxPathLen = 4096
+	// MaxDocumentSize is the largest latest.json or manifest.json that
+	// ParseLatest and ParseManifest accept; clients should not read more.
+	MaxDocumentSize = 64 << 20
+)
+
+// Latest is the content of <product>/latest.json: a pointer to the newest
+// published version of a product, tied to that version's manifest by its
+// SHA-256.
+type Latest struct {
+	Product        string    `json:"product"`
+	Version        string    `json:"version"`
+	Serial         uint64    `json:"serial"`
+	ManifestSHA256 string    `json:"manifest_sha256"`
+	Published      time.Time `json:"published"`
+}
+
+// File is one file of a version: where it goes (Path, relative to the
+// install directory), its content (Size bytes, named by SHA256 in the blob
+// store) and the component it belongs to.
+type File struct {
+	Path      string `json:"path"`
+	Size      int64  `json:"size"`
+	SHA256    string `json:"sha256"`
+	Component string `json:"component"`
+}
+
+// Manifest is the content of <product>/<version>/manifest.json: the complete
+// file list of one version.
+//
+// A Manifest is a plain value; it is safe for concurrent reads, and the
+// methods do not modify it.
+type Manifest struct {
+	Product   string    `json:"product"`
+	Version   string    `json:"version"`
+	Serial    uint64    `json:"serial"`
+	Published time.Time `json:"published"`
+	Files     []File    `json:"files"`
+}
+
+// ParseLatest decodes a latest.json document and validates it. It does not
+// check a signature: use Trust.VerifyLatest for documents from outside.
+func ParseLatest(data []byte) (*Latest, error) {
+	var l Latest
+	if err := decodeStrict(data, &l); err != nil {
+		return nil, fmt.Errorf("manifest: parse %s: %w", LatestName, err)
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// ParseManifest decodes a manifest.json document and validates it. It does
+// not check a signature: use Trust.VerifyManifest for documents from
+// outside.
+func ParseManifest(data []byte) (*Manifest, error) {
+	var m Manifest
+	if err := decodeStrict(data, &m); err != nil {
+		return nil, fmt.Errorf("manifest: parse %s: %w", ManifestName, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// decodeStrict decodes exactly one JSON object. Unknown fields are ignored
+// (a newer publisher may add some; the bytes stay signed), trailing data is
+// not.
+func decodeStrict(data []byte, v any) error {
+	if len(data) > MaxDocumentSize {
+		return fmt.Errorf("document of %d bytes exceeds %d: %w", len(data), MaxDocumentSize, ErrInvalid)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%v: %w", err, ErrInvalid)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("trailing data after the JSON object: %w", ErrInvalid)
+	}
+	return nil
+}
+
+// Validate checks every field of l: product and version names, serial >= 1,
+// the manifest digest, and a publication time.
+func (l *Latest) Validate() error {
+	where := fmt.Sprintf("manifest: %s of %q", LatestName, l.Product)
+	if err := ValidName(l.Product); err != nil {
+		return fmt.Errorf("manifest: %s: product: %w", LatestName, err)
+	}
+	if err := ValidName(l.Version); err != nil {
+		return fmt.Errorf("%s: version: %w", where, err)
+	}
+	if l.Serial == 0 {
+		return fmt.Errorf("%s: serial must be >= 1: %w", where, ErrInvalid)
+	}
+	if err := ValidDigest(l.ManifestSHA256); err != nil {
+		return fmt.Errorf("%s: manifest_sha256: %w", where, err)
+	}
+	if l.Published.IsZero() {
+		return fmt.Errorf("%s: published time missing: %w", where, ErrInvalid)
+	}
+	return nil
+}
+
+// Validate checks every field of m: product and version names, serial >= 1,
+// a publication time, and each file: a valid path (ValidPath), no duplicate
+// path, no path that is both a file and the parent directory of another
+// file, size >= 0, a valid digest, and a component among ComponentDatabases
+// and ComponentModules.
+func (m *Manifest) Validate() error {
+	if err := ValidName(m.Product); err != nil {
+		return fmt.Errorf("manifest: %s: product: %w", ManifestName, err)
+	}
+	where := fmt.Sprintf("manifest: %s of %s", ManifestName, m.Product)
+	if err := ValidName(m.Version); err != nil {
+		return fmt.Errorf("%s: version: %w", where, err)
+	}
+	where = fmt.Sprintf("manifest: %s of %s %s", ManifestName, m.Product, m.Version)
+	if m.Serial == 0 {
+		return fmt.Errorf("%s: serial must be >= 1: %w", where, ErrInvalid)
+	}
+	if m.Published.IsZero() {
+		return fmt.Errorf("%s: published time missing: %w", where, ErrInvalid)
+	}
+	paths := make(map[string]struct{}, len(m.Files))
+	for i := range m.Files {
+		f := &m.Files[i]
+		if err := ValidPath(f.Path); err != nil {
+			return fmt.Errorf("%s: files[%d]: %w", where, i, err)
+		}
+		if _, dup := paths[f.Path]; dup {
+			return fmt.Errorf("%s: file %q: listed twice: %w", where, f.Path, ErrInvalid)
+		}
+		paths[f.Path] = struct{}{}
+		if f.Size < 0 {
+			return fmt.Errorf("%s: file %q: negative size %d: %w", where, f.Path, f.Size, ErrInvalid)
+		}
+		if err := ValidDigest(f.SHA256); err != nil {
+			return fmt.Errorf("%s: file %q: sha256: %w", where, f.Path, err)
+		}
+		switch f.Component {
+		case ComponentDatabases, ComponentModules:
+		default:
+			return fmt.Errorf("%s: file %q: component %q is neither %q nor %q: %w",
+				where, f.Path, f.Component, ComponentDatabases, ComponentModules, ErrInvalid)
+		}
+	}
+	// A path that is a file cannot also be a directory holding another file.
+	for _, f := range m.Files {
+		for dir := path.Dir(f.Path); dir != "."; dir = path.Dir(dir) {
+			if _, ok := paths[dir]; ok {
+				return fmt.Errorf("%s: file %q: its parent %q is also listed as a file: %w",
+					where, f.Path, dir, ErrInvalid)
+			}
+		}
+	}
+	return nil
+}
+
+// Size returns the sum of the sizes of m's files (what an install of every
+// component occupies).
+func (m *Manifest) Size() int64 {
+	var n int64
+	for _, f := range m.Files {
+		n += f.Size
+	}
+	return n
+}
+
+// Blobs returns one File per distinct SHA-256 in m, the first file having
+// that digest, in manifest order: the blobs to fetch for this version.
+func (m *Manifest) Blobs() []File {
+	seen := make(map[string]struct{}, len(m.Files))
+	out := make([]File, 0, len(m.Files))
+	for _, f := range m.Files {
+		if _, ok := seen[f.SHA256]; ok {
+			continue
+		}
+		seen[f.SHA256] = struct{}{}
+		out = append(out, f)
+	}
+	return out
+}
+
+// Marshal encodes m as the indented JSON that Publish writes, ending with a
+// newline. It does not validate m.
+func (m *Manifest) Marshal() ([]byte, error) { return marshalDoc(m) }
+
+// Marshal encodes l as the indented JSON that Publish writes, ending with a
+// newline. It does not validate l.
+func (l *Latest) Marshal() ([]byte, error) { return marshalDoc(l) }
+
+func marshalDoc(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("manifest: encode: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// NewLatest returns the latest.json content pointing at m, whose encoded
+// bytes are manifestData.
+func NewLatest(m *Manifest, manifestData []byte) *Latest {
+	return &Latest{
+		Product:        m.Product,
+		Version:        m.Version,
+		Serial:         m.Serial,
+		ManifestSHA256: SHA256Hex(manifestData),
+		Published:      m.Published,
+	}
+}
+
+// SHA256Hex returns the lower-case hex SHA-256 of data, the digest format of
+// manifests and blob names.
+func SHA256Hex(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// ValidName reports whether s can be a product or version name: 1 to
+// MaxNameLen characters from [A-Za-z0-9._-], and neither "." nor ".."
+// (names are path elements of the repository). The error wraps ErrInvalid.
+func ValidName(s string) error {
+	if s == "" {
+		return fmt.Errorf("name is empty: %w", ErrInvalid)
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("name %q... is %d characters, more than %d: %w", s[:16], len(s), MaxNameLen, ErrInvalid)
+	}
+	if s == "." || s == ".." {
+		return fmt.Errorf("name %q is not allowed: %w", s, ErrInvalid)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' {
+			continue
+		}
+		return fmt.Errorf("name %q: character %q not in [A-Za-z0-9._-]: %w", s, rune(c), ErrInvalid)
+	}
+	return nil
+}
+
+// ValidPath reports whether p can be a file path in a manifest: relative,
+// slash-separated, clean (path.Clean(p) == p), not empty, not ".", no ".."
+// element, no backslash, no NUL or other control character, valid UTF-8, at
+// most MaxPathLen bytes. Such a path joined below an install directory
+// never leaves it. The error wraps ErrInvalid.
+func ValidPath(p string) error {
+	bad := func(why string) error { return fmt.Errorf("path %q: %s: %w", p, why, ErrInvalid) }
+	switch {
+	case p == "":
+		return fmt.Errorf("path is empty: %w", ErrInvalid)
+	case len(p) > MaxPathLen:
+		return fmt.Errorf("path %q... is %d bytes, more than %d: %w", p[:32], len(p), MaxPathLen, ErrInvalid)
+	case !utf8.ValidString(p):
+		return bad("not valid UTF-8")
+	case strings.HasPrefix(p, "/"):
+		return bad("must be relative")
+	case strings.ContainsRune(p, '\\'):
+		return bad("contains a backslash")
+	case p == ".":
+		return bad("names no file")
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f {
+			return bad("contains a control character")
+		}
+	}
+	for _, el := range strings.Split(p, "/") {
+		if el == ".." {
+			return bad(`contains a ".." element`)
+		}
+	}
+	if c := path.Clean(p); c != p {
+		return bad(fmt.Sprintf("must be clean (%q)", c))
+	}
+	if len(p) >= 2 && p[1] == ':' {
+		return bad("looks like a drive letter")
+	}
+	return nil
+}
+
+// ValidDigest reports whether s is a SHA-256 digest as written in the
+// repository: exactly 64 lower-case hex characters. The error wraps
+// ErrInvalid.
+func ValidDigest(s string) error {
+	if len(s) != 2*sha256.Size {
+		if len(s) > 80 {
+			s = s[:80] + "..."
+		}
+		return fmt.Errorf("digest %q: want 64 hex characters: %w", s, ErrInvalid)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' {
+			continue
+		}
+		return fmt.Errorf("digest %q: character %q is not lower-case hex: %w", s, rune(c), ErrInvalid)
+	}
+	return nil
+}

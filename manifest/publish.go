@@ -1,0 +1,305 @@
+package manifest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// PublishOptions says where and what Publish publishes.
+type PublishOptions struct {
+	// Repo is the repository root folder; it is created if missing.
+	Repo string
+	// Product and Version name what is published (ValidName).
+	Product string
+	Version string
+	// Serial is the new version's serial. 0 means the previous serial + 1
+	// (1 for a product's first version). A serial not higher than the
+	// current latest's is refused with ErrLowerSerial.
+	Serial uint64
+	// Key signs manifest.json and latest.json.
+	Key PrivateKey
+	// Now gives the publication time (rounded down to the second, UTC);
+	// nil means time.Now.
+	Now func() time.Time
+}
+
+// Validate checks that opts names a repository, valid product and version
+// names and a usable key.
+func (o PublishOptions) Validate() error {
+	if o.Repo == "" {
+		return fmt.Errorf("manifest: publish: no repository folder given: %w", ErrInvalid)
+	}
+	if err := ValidName(o.Product); err != nil {
+		return fmt.Errorf("manifest: publish: product: %w", err)
+	}
+	if err := ValidName(o.Version); err != nil {
+		return fmt.Errorf("manifest: publish: version: %w", err)
+	}
+	if !o.Key.ok {
+		return fmt.Errorf("manifest: publish: no signing key: %w", ErrBadKey)
+	}
+	return nil
+}
+
+// PublishResult reports what Publish did.
+type PublishResult struct {
+	// Manifest and Latest are the documents written.
+	Manifest *Manifest
+	Latest   *Latest
+	// BlobsWritten counts the distinct blobs copied into the repository,
+	// BlobsReused those already present (from earlier versions).
+	BlobsWritten, BlobsReused int
+	// BytesWritten is the size of the blobs written.
+	BytesWritten int64
+}
+
+// Publish publishes the files under srcDir as a new version of a product
+// in the repository folder opts.Repo.
+//
+// Every regular file under srcDir becomes a File of the manifest, with its
+// slash-separated path relative to srcDir, sorted; its component is
+// ComponentModules if the path starts with "modules/", else
+// ComponentDatabases. Symlinks and special files are refused
+// (ErrUnsupportedFile). A version whose manifest is already in the
+// repository is refused (ErrVersionExists), as is a serial not higher than
+// the current latest's (ErrLowerSerial).
+//
+// Publishing is incremental: a blob already present in blobs/sha256/ (with
+// the right size) is reused, not rewritten. Every file is written
+// atomically (temporary file in the same folder, fsync, rename, fsync of
+// the folder), in an order that keeps the repository consistent for
+// readers at every moment: blobs first, then each document's signature
+// before the document itself (manifest.json.minisig, manifest.json,
+// latest.json.minisig, latest.json). So latest.json never points at a
+// missing manifest or blob, and a reader that fetches latest.json first and
+// its signature second never pairs a new latest.json with an old
+// signature; the reverse pairing (old latest.json, new signature) fails
+// verification with ErrBadSignature for the instant between the two
+// renames, and a retry succeeds. A crash leaves either the old or the new
+// latest.json in place, and publishing the same version again completes
+// the job as long as manifest.json was not written.
+//
+// Publish is not safe for concurrent use on the same product of the same
+// repository; publishing different products concurrently is fine.
+func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	where := fmt.Sprintf("manifest: publish %s %s to %s", opts.Product, opts.Version, opts.Repo)
+	fsPath := func(p string) string { return filepath.Join(opts.Repo, filepath.FromSlash(p)) }
+
+	latestFile := fsPath(LatestPath(opts.Product))
+	var prev uint64
+	switch data, err := os.ReadFile(latestFile); {
+	case err == nil:
+		l, err := ParseLatest(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: the existing %s is unreadable, fix or remove it: %w", where, latestFile, err)
+		}
+		if l.Product != opts.Product {
+			return nil, fmt.Errorf("%s: the existing %s is for product %q: %w", where, latestFile, l.Product, ErrInvalid)
+		}
+		prev = l.Serial
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+
+	manifestFile := fsPath(ManifestPath(opts.Product, opts.Version))
+	if _, err := os.Lstat(manifestFile); err == nil {
+		return nil, fmt.Errorf("%s: %s exists; publish under a new version name: %w", where, manifestFile, ErrVersionExists)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+
+	serial := opts.Serial
+	switch {
+	case serial == 0 && prev == math.MaxUint64:
+		return nil, fmt.Errorf("%s: serial %d cannot grow: %w", where, prev, ErrLowerSerial)
+	case serial == 0:
+		serial = prev + 1
+	case serial <= prev:
+		return nil, fmt.Errorf("%s: serial %d is not higher than the current latest's %d: %w", where, serial, prev, ErrLowerSerial)
+	}
+
+	root, files, err := scanSource(srcDir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	m := &Manifest{
+		Product:   opts.Product,
+		Version:   opts.Version,
+		Serial:    serial,
+		Published: now().UTC().Truncate(time.Second),
+		Files:     files,
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+
+	res := &PublishResult{Manifest: m}
+	blobDir := fsPath(BlobDir)
+	if err := mkdirAll(blobDir); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	for _, b := range m.Blobs() {
+		dst := fsPath(BlobPath(b.SHA256))
+		if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == b.Size {
+			res.BlobsReused++
+			continue
+		}
+		n, err := copyBlob(filepath.Join(root, filepath.FromSlash(b.Path)), dst, b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		res.BlobsWritten++
+		res.BytesWritten += n
+	}
+	if res.BlobsWritten > 0 {
+		// Make the blob renames durable before any document names them.
+		if err := syncDir(blobDir); err != nil {
+			return nil, fmt.Errorf("%s: sync %s: %w", where, blobDir, err)
+		}
+	}
+
+	mdata, err := m.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	l := NewLatest(m, mdata)
+	ldata, err := l.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	msig, err := opts.Key.SignFile(mdata, ManifestName)
+	if err != nil {
+		return nil, err
+	}
+	lsig, err := opts.Key.SignFile(ldata, LatestName)
+	if err != nil {
+		return nil, err
+	}
+	if err := mkdirAll(filepath.Dir(manifestFile)); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	// Signature before document: the document's presence marks it whole.
+	for _, w := range []struct {
+		path string
+		data []byte
+	}{
+		{manifestFile + SigSuffix, msig},
+		{manifestFile, mdata},
+		{latestFile + SigSuffix, lsig},
+		{latestFile, ldata},
+	} {
+		if _, err := writeAtomic(w.path, bytes.NewReader(w.data), nil, true); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	res.Latest = l
+	return res, nil
+}
+
+// scanSource lists the regular files under srcDir with their digests,
+// sorted by slash path. It returns the resolved root folder too.
+func scanSource(srcDir string) (string, []File, error) {
+	root, err := filepath.EvalSymlinks(srcDir)
+	if err != nil {
+		return "", nil, fmt.Errorf("source folder: %w", err)
+	}
+	if fi, err := os.Stat(root); err != nil {
+		return "", nil, fmt.Errorf("source folder: %w", err)
+	} else if !fi.IsDir() {
+		return "", nil, fmt.Errorf("source %s is not a folder: %w", srcDir, ErrInvalid)
+	}
+	var rels []string
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == root {
+			return nil
+		}
+		switch t := d.Type(); {
+		case t.IsDir():
+			return nil
+		case t.IsRegular():
+		case t&fs.ModeSymlink != 0:
+			return fmt.Errorf("source file %s is a symlink; publish only regular files (copy its target instead): %w", p, ErrUnsupportedFile)
+		default:
+			return fmt.Errorf("source file %s is not a regular file (%v): %w", p, t, ErrUnsupportedFile)
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if err := ValidPath(rel); err != nil {
+			return fmt.Errorf("source file %s: %w", p, err)
+		}
+		rels = append(rels, rel)
+		return nil
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	sort.Strings(rels)
+	files := make([]File, 0, len(rels))
+	for _, rel := range rels {
+		f, err := os.Open(filepath.Join(root, filepath.FromSlash(rel)))
+		if err != nil {
+			return "", nil, fmt.Errorf("source file: %w", err)
+		}
+		h := sha256.New()
+		n, err := copyBuffered(h, f)
+		_ = f.Close()
+		if err != nil {
+			return "", nil, fmt.Errorf("source file %s: %w", rel, err)
+		}
+		comp := ComponentDatabases
+		if strings.HasPrefix(rel, ComponentModules+"/") {
+			comp = ComponentModules
+		}
+		files = append(files, File{Path: rel, Size: n, SHA256: hex.EncodeToString(h.Sum(nil)), Component: comp})
+	}
+	return root, files, nil
+}
+
+// copyBlob copies src to dst atomically, checking that the bytes still have
+// the digest and size recorded in f (the source may change under us).
+func copyBlob(src, dst string, f File) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, fmt.Errorf("blob of %s: %w", f.Path, err)
+	}
+	defer in.Close()
+	h := sha256.New()
+	n, err := writeAtomic(dst, io.TeeReader(in, h), func() error { return checkDigest(h, f) }, false)
+	if err != nil {
+		return 0, fmt.Errorf("blob of %s: %w", f.Path, err)
+	}
+	return n, nil
+}
+
+func checkDigest(h hash.Hash, f File) error {
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+		return fmt.Errorf("source file %s changed while publishing (sha256 %s, was %s)", f.Path, got, f.SHA256)
+	}
+	return nil
+}

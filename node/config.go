@@ -1,0 +1,102 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// Config is a distribution point's configuration. Build one with
+// DefaultConfig and override what you need.
+type Config struct {
+	// Name identifies the DP in its cluster and in logs. Default: the host name.
+	Name string
+	// Site is the DP's site (a branch office, a LAN). Default "default".
+	Site string
+	// DataDir holds the bbolt cache (cache.db). Default "./dpcache-data".
+	DataDir string
+	// GRPCAddr is where endpoints and peers reach the DP. Default ":7340".
+	GRPCAddr string
+	// HTTPAddr serves /healthz (and, in later versions, /metrics, the status
+	// page and /repo/). Default ":7341". Empty disables the HTTP server.
+	HTTPAddr string
+	// Upstream lists the source URLs tried in order on a miss.
+	Upstream []string
+	// Trust holds the vendor public keys documents must be signed with.
+	// Required.
+	Trust *manifest.Trust
+	// Refresh is how often the DP asks upstream for a newer latest of each
+	// product it serves. Default 1 minute.
+	Refresh time.Duration
+	// Products are kept current even before any endpoint asks.
+	Products []string
+	// SourceOptions tune upstream access (timeouts, proxy).
+	SourceOptions source.Options
+	// ServeChunk is the size of the messages a blob is streamed in. Default
+	// 1 MiB: large messages amortise per-message costs.
+	ServeChunk int
+	// FetchParallel bounds how many blobs of one version are fetched from
+	// upstream at once. Default 4.
+	FetchParallel int
+	// Logger receives the DP's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with every default documented above.
+func DefaultConfig() Config {
+	return Config{
+		Site:          "default",
+		DataDir:       "./dpcache-data",
+		GRPCAddr:      ":7340",
+		HTTPAddr:      ":7341",
+		Refresh:       time.Minute,
+		SourceOptions: source.DefaultOptions(),
+		ServeChunk:    1 << 20,
+		FetchParallel: 4,
+	}
+}
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("name is empty"))
+	}
+	if err := manifest.ValidName(c.Site); err != nil {
+		errs = append(errs, fmt.Errorf("site: %w", err))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data directory is empty"))
+	}
+	if c.GRPCAddr == "" {
+		errs = append(errs, errors.New("gRPC address is empty"))
+	}
+	if c.Trust == nil {
+		errs = append(errs, errors.New("no trusted key: give --trust FILE (the vendor's minisign public key)"))
+	}
+	if len(c.Upstream) == 0 {
+		errs = append(errs, errors.New("no upstream source: give --upstream URL"))
+	}
+	if c.Refresh <= 0 {
+		errs = append(errs, fmt.Errorf("refresh interval %v must be positive", c.Refresh))
+	}
+	for _, p := range c.Products {
+		if err := manifest.ValidName(p); err != nil {
+			errs = append(errs, fmt.Errorf("product %q: %w", p, err))
+		}
+	}
+	if c.ServeChunk < 4<<10 || c.ServeChunk > 16<<20 {
+		errs = append(errs, fmt.Errorf("serve chunk %d must be between 4 KiB and 16 MiB", c.ServeChunk))
+	}
+	if c.FetchParallel < 1 {
+		errs = append(errs, fmt.Errorf("fetch parallelism %d must be at least 1", c.FetchParallel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("node config: %w", err)
+	}
+	return nil
+}

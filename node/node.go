@@ -1,0 +1,268 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+// Node is a distribution point. Create it with New, then call Run.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	cache    *cache.Cache
+	trust    *manifest.Trust
+	upstream []source.Source
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	grpcSrv  *grpc.Server
+	health   *health.Server
+	pool     mem.BufferPool
+
+	// bg is the lifetime of background work (fetches outlive the request
+	// that started them); cancelled when Run returns.
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+
+	docs singleflight.Group // upstream document fetches, by path
+
+	mu       sync.Mutex               // protects the fields below
+	fetches  map[string]*fetch        // blob fetches in flight, by digest
+	known    map[string]int64         // blob sizes from verified manifests
+	products map[string]bool          // products this DP keeps current
+	upLatest map[string]upLatest      // upstream's latest, for cold pass-through
+	jobs     map[string]chan struct{} // version completions in flight, by product/version; closed when done
+	closed   bool
+
+	traffic struct {
+		upstream atomic.Int64 // bytes read from upstream sources
+		served   atomic.Int64 // blob bytes sent to callers
+	}
+}
+
+type upLatest struct {
+	signed source.Signed
+	latest *manifest.Latest
+	at     time.Time
+}
+
+// New opens the DP's cache and binds its listeners; it starts nothing.
+// Close releases what New acquired if Run is never called.
+func New(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "node", "node", cfg.Name),
+		trust:    cfg.Trust,
+		pool:     mem.NewTieredBufferPool(cfg.ServeChunk),
+		fetches:  map[string]*fetch{},
+		known:    map[string]int64{},
+		products: map[string]bool{},
+		upLatest: map[string]upLatest{},
+		jobs:     map[string]chan struct{}{},
+	}
+	for _, p := range cfg.Products {
+		n.products[p] = true
+	}
+	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
+	if err != nil {
+		return nil, fmt.Errorf("node: upstream: %w", err)
+	}
+	n.upstream = ups
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		n.closeSources()
+		return nil, fmt.Errorf("node: data directory %s: %w", cfg.DataDir, err)
+	}
+	cc := cache.DefaultConfig()
+	cc.Path = filepath.Join(cfg.DataDir, "cache.db")
+	cc.Logger = cfg.Logger
+	if n.cache, err = cache.Open(cc); err != nil {
+		n.closeSources()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	if err := n.loadKnown(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("node: gRPC listener on %s: %w (is another dpcache running? choose --grpc)", cfg.GRPCAddr, err)
+	}
+	if cfg.HTTPAddr != "" {
+		if n.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("node: HTTP listener on %s: %w (choose --http)", cfg.HTTPAddr, err)
+		}
+	}
+	n.bg, n.bgCancel = context.WithCancel(context.Background())
+	n.grpcSrv = grpc.NewServer(ServerOptions()...)
+	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(n.grpcSrv, n.health)
+	reflection.Register(n.grpcSrv)
+	return n, nil
+}
+
+// ServerOptions are the gRPC server options a DP uses: the zero-copy blob
+// codec and windows sized for a LAN.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(pb.Codec{}),
+		grpc.InitialWindowSize(source.StreamWindow),
+		grpc.InitialConnWindowSize(source.ConnWindow),
+		grpc.ReadBufferSize(64 << 10),
+		grpc.WriteBufferSize(source.BufferSize),
+		grpc.MaxRecvMsgSize(1 << 20),
+		grpc.MaxSendMsgSize(source.MaxMessage),
+	}
+}
+
+// GRPCAddr returns the address the gRPC server listens on.
+func (n *Node) GRPCAddr() string { return n.grpcLis.Addr().String() }
+
+// HTTPAddr returns the address the HTTP server listens on, or "".
+func (n *Node) HTTPAddr() string {
+	if n.httpLis == nil {
+		return ""
+	}
+	return n.httpLis.Addr().String()
+}
+
+// Run serves until ctx is cancelled, then stops gracefully (in-flight
+// streams get a few seconds to finish) and closes everything the node owns.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := n.grpcSrv.Serve(n.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("node: gRPC server: %w", err)
+		}
+		return nil
+	})
+	var httpSrv *http.Server
+	if n.httpLis != nil {
+		httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := httpSrv.Serve(n.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("node: HTTP server: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { n.refreshLoop(gctx); return nil })
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
+
+	<-gctx.Done()
+	n.log.Info("distribution point stopping")
+	n.health.Shutdown()
+	n.bgCancel() // stop upstream fetches: waiting readers get Unavailable
+	stopped := make(chan struct{})
+	go func() { n.grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		n.grpcSrv.Stop()
+		<-stopped
+	}
+	if httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	err := g.Wait()
+	n.bgWG.Wait()
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// Close releases the cache, listeners and sources. Run calls it; call it
+// directly only when Run was never called. Safe to call twice.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	if n.bgCancel != nil {
+		n.bgCancel()
+		n.bgWG.Wait()
+	}
+	if n.grpcLis != nil {
+		n.grpcLis.Close()
+	}
+	if n.httpLis != nil {
+		n.httpLis.Close()
+	}
+	n.closeSources()
+	if n.cache != nil {
+		return n.cache.Close()
+	}
+	return nil
+}
+
+func (n *Node) closeSources() {
+	for _, s := range n.upstream {
+		s.Close()
+	}
+}
+
+func (n *Node) upstreamNames() []string {
+	out := make([]string, len(n.upstream))
+	for i, s := range n.upstream {
+		out[i] = s.String()
+	}
+	return out
+}
+
+// Traffic is a snapshot of the DP's byte counters.
+type Traffic struct {
+	UpstreamBytes int64 `json:"upstream_bytes"`
+	PeerBytes     int64 `json:"peer_bytes"`
+	ServedBytes   int64 `json:"served_bytes"`
+}
+
+// Traffic returns the DP's byte counters since start.
+func (n *Node) Traffic() Traffic {
+	return Traffic{UpstreamBytes: n.traffic.upstream.Load(), ServedBytes: n.traffic.served.Load()}
+}
+
+func (n *Node) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

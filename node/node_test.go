@@ -1,0 +1,418 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// vendor is a signing key and a repository folder.
+type vendor struct {
+	key   manifest.PrivateKey
+	trust *manifest.Trust
+	repo  string
+}
+
+func newVendor(t testing.TB) *vendor {
+	t.Helper()
+	key, pub, err := manifest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := manifest.NewTrust(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &vendor{key: key, trust: trust, repo: filepath.Join(t.TempDir(), "repo")}
+}
+
+// publish writes files (path → size, random content from seed) and
+// publishes them as version.
+func (v *vendor) publish(t testing.TB, product, version string, seed uint64, files map[string]int) *manifest.PublishResult {
+	t.Helper()
+	src := t.TempDir()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for name, size := range files {
+		p := filepath.Join(src, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := manifest.Publish(manifest.PublishOptions{Repo: v.repo, Product: product, Version: version, Key: v.key}, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// startNode runs a DP on 127.0.0.1 with the given upstream until the test ends.
+func startNode(t testing.TB, v *vendor, upstream string, mod func(*Config)) *Node {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Name = "dp-test"
+	cfg.DataDir = t.TempDir()
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Upstream = []string{upstream}
+	cfg.Trust = v.trust
+	cfg.Refresh = 200 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if mod != nil {
+		mod(&cfg)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node.Run: %v", err)
+		}
+	})
+	return n
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func dial(t testing.TB, n *Node) pb.DistributionServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), source.DialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewDistributionServiceClient(conn)
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// readBlob reads a whole blob from offset over gRPC.
+func readBlob(ctx context.Context, c pb.DistributionServiceClient, digest string, off uint64) ([]byte, error) {
+	stream, err := c.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: off})
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, m.Data...)
+	}
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+var smallProduct = map[string]int{
+	"databases/a.dat":   3<<20 + 17,
+	"databases/b.dat":   100 << 10,
+	"databases/empty":   0,
+	"modules/engine.so": 2 << 20,
+}
+
+func TestNode_ColdPassThroughThenCached(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+
+	lr, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "av"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := v.trust.VerifyLatest(lr.GetLatest().GetData(), lr.GetLatest().GetSignature())
+	if err != nil {
+		t.Fatalf("latest from a cold DP does not verify: %v", err)
+	}
+	if l.Serial != pub.Latest.Serial {
+		t.Fatalf("serial %d, want %d", l.Serial, pub.Latest.Serial)
+	}
+	mr, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := v.trust.VerifyManifest(mr.GetManifest().GetData(), mr.GetManifest().GetSignature(), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range m.Blobs() {
+		b, err := readBlob(ctx, c, f.SHA256, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", f.Path, err)
+		}
+		if sha(b) != f.SHA256 {
+			t.Fatalf("%s: wrong bytes", f.Path)
+		}
+		if f.Size > 10 {
+			tail, err := readBlob(ctx, c, f.SHA256, uint64(f.Size-10))
+			if err != nil || !bytes.Equal(tail, b[len(b)-10:]) {
+				t.Fatalf("%s from offset: %v", f.Path, err)
+			}
+		}
+	}
+	// The version becomes whole in the background, then it is served as
+	// this DP's own latest; each blob crossed the origin link once.
+	testenv.WaitFor(t, 30*time.Second, "version held whole", func() bool {
+		hv, err := n.cache.LatestVersion("av")
+		return err == nil && hv.Serial == l.Serial
+	})
+	for _, f := range m.Blobs() {
+		if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 1 {
+			t.Errorf("origin served %s %d times, want 1", f.Path, got)
+		}
+	}
+	if tr := n.Traffic(); tr.UpstreamBytes != m.Size() {
+		t.Errorf("upstream bytes %d, want %d", tr.UpstreamBytes, m.Size())
+	}
+}
+
+func TestNode_BadRequests(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	tests := []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"unknown product", func() error {
+			_, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "nope"})
+			return err
+		}, codes.NotFound},
+		{"bad product name", func() error {
+			_, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "../etc"})
+			return err
+		}, codes.InvalidArgument},
+		{"unknown version", func() error {
+			_, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "9"})
+			return err
+		}, codes.NotFound},
+		{"bad digest", func() error {
+			_, err := readBlob(ctx, c, "xyz", 0)
+			return err
+		}, codes.InvalidArgument},
+		{"blob no manifest names", func() error {
+			_, err := readBlob(ctx, c, sha([]byte("nothing")), 0)
+			return err
+		}, codes.NotFound},
+		{"report without id", func() error {
+			_, err := c.ReportStatus(ctx, &pb.ReportStatusRequest{Status: &pb.EndpointStatus{Product: "av"}})
+			return err
+		}, codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := status.Code(tt.call()); got != tt.want {
+				t.Fatalf("code %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// corrupt overwrites a published blob with other bytes of the same size.
+func corrupt(t testing.TB, repo, digest string) {
+	t.Helper()
+	p := filepath.Join(repo, filepath.FromSlash(manifest.BlobPath(digest)))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNode_CorruptBlobAtOrigin(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, smallProduct)
+	var big manifest.File
+	for _, f := range pub.Manifest.Files {
+		if f.Size > big.Size {
+			big = f
+		}
+	}
+	corrupt(t, v.repo, big.SHA256)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	if _, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := readBlob(ctx, c, big.SHA256, 0)
+	if status.Code(err) != codes.DataLoss {
+		t.Fatalf("reading a blob corrupted at the origin: %v, want DataLoss", err)
+	}
+	if _, err := n.cache.Stat(big.SHA256); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("corrupt blob is in the cache: %v", err)
+	}
+	// The version is never announced: the DP keeps passing upstream's
+	// latest through and never records it whole.
+	if _, err := n.cache.LatestVersion("av"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("a version with a corrupt blob was recorded whole: %v", err)
+	}
+}
+
+func TestNode_RefreshAnnouncesOnlyWholeVersions(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, func(c *Config) { c.Products = []string{"av"} })
+	testenv.WaitFor(t, 30*time.Second, "v1 prefetched", func() bool {
+		hv, err := n.cache.LatestVersion("av")
+		return err == nil && hv.Version == "1"
+	})
+	v1Latest := map[string][]byte{}
+	for _, name := range []string{"latest.json", "latest.json.minisig"} {
+		b, err := os.ReadFile(filepath.Join(v.repo, "av", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v1Latest[name] = b
+	}
+	files := map[string]int{"databases/a.dat": 3 << 20, "databases/new.dat": 1 << 20, "modules/engine.so": 2 << 20}
+	pub2 := v.publish(t, "av", "2", 2, files)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	// Whenever the DP announces v2, every blob of v2 is already whole.
+	testenv.WaitFor(t, 30*time.Second, "v2 announced", func() bool {
+		lr, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "av"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := v.trust.VerifyLatest(lr.GetLatest().GetData(), lr.GetLatest().GetSignature())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Version != "2" {
+			return false
+		}
+		for _, f := range pub2.Manifest.Files {
+			if _, err := n.cache.Stat(f.SHA256); err != nil {
+				t.Fatalf("v2 announced but %s is not whole: %v", f.Path, err)
+			}
+		}
+		return true
+	})
+
+	// Upstream goes back to serial 1 (a rollback attack, or a stale
+	// mirror): after more refreshes the DP still announces 2.
+	for name, data := range v1Latest {
+		if err := os.WriteFile(filepath.Join(v.repo, "av", name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asked := ngx.CountRequests(t, "/av/latest.json")
+	testenv.WaitFor(t, 30*time.Second, "two more refreshes", func() bool {
+		return ngx.CountRequests(t, "/av/latest.json") >= asked+2
+	})
+	lr, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "av"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := v.trust.VerifyLatest(lr.GetLatest().GetData(), lr.GetLatest().GetSignature()); err != nil || l.Serial != 2 {
+		t.Fatalf("after upstream offered serial 1, the DP announces %+v (%v), want serial 2", l, err)
+	}
+}
+
+func TestNode_ConcurrentReadersShareOneFetch(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 8 << 20})
+	// Slow origin: every reader joins the fetch while it is in flight.
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "4m"})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	if _, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	f := pub.Manifest.Files[0]
+	want, err := os.ReadFile(filepath.Join(v.repo, filepath.FromSlash(manifest.BlobPath(f.SHA256))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off := uint64(i) * 1000
+			b, err := readBlob(ctx, c, f.SHA256, off)
+			if err == nil && !bytes.Equal(b, want[off:]) {
+				err = fmt.Errorf("reader at offset %d got %d wrong bytes", off, len(b))
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	whole, err := readBlob(ctx, c, f.SHA256, 0)
+	if err != nil || sha(whole) != f.SHA256 {
+		t.Fatalf("blob after the fetch: %v", err)
+	}
+	if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 1 {
+		t.Fatalf("origin served the blob %d times to 20 concurrent readers, want 1", got)
+	}
+}

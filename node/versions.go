@@ -1,0 +1,323 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// manifestsBucket records which manifests the cache holds, so that the
+// sizes of their blobs are known again after a restart.
+const manifestsBucket = "manifests"
+
+// latestDocKey is where the cache keeps the latest.json that announced a
+// version (the repository keeps only the newest one at <product>/latest.json).
+func latestDocKey(product, version string) string {
+	return product + "/" + version + "/latest.json"
+}
+
+// latest returns the signed latest.json a caller should see for product:
+// the newest version held whole, or, for a cold DP that holds no version at
+// all, upstream's (verified) while the version is pulled in the background.
+func (n *Node) latest(ctx context.Context, product string) (source.Signed, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return source.Signed{}, fmt.Errorf("product %q: %w: %v", product, ErrInvalid, err)
+	}
+	n.addProduct(product)
+	v, err := n.cache.LatestVersion(product)
+	switch {
+	case err == nil:
+		data, sig, err := n.cache.Document(latestDocKey(product, v.Version))
+		if err == nil {
+			return source.Signed{Data: data, Signature: sig}, nil
+		}
+		return source.Signed{}, fmt.Errorf("product %s: version %s is held but its latest.json is not: %w", product, v.Version, err)
+	case !errors.Is(err, cache.ErrNotFound):
+		return source.Signed{}, fmt.Errorf("product %s: %w", product, err)
+	}
+	ul, err := n.upstreamLatest(ctx, product, n.cfg.Refresh)
+	if err != nil {
+		return source.Signed{}, err
+	}
+	n.startVersion(product, ul)
+	return ul.signed, nil
+}
+
+func (n *Node) addProduct(p string) {
+	n.mu.Lock()
+	n.products[p] = true
+	n.mu.Unlock()
+}
+
+// upstreamLatest asks the upstream sources, in order, for product's
+// latest.json and returns the first that verifies. A result younger than
+// maxAge is reused, and concurrent callers share one request.
+func (n *Node) upstreamLatest(ctx context.Context, product string, maxAge time.Duration) (upLatest, error) {
+	n.mu.Lock()
+	ul, ok := n.upLatest[product]
+	n.mu.Unlock()
+	if ok && time.Since(ul.at) < maxAge {
+		return ul, nil
+	}
+	v, err, _ := n.docs.Do("latest/"+product, func() (any, error) {
+		var errs []string
+		for _, src := range n.upstream {
+			signed, err := src.Latest(n.bg, product)
+			if err == nil {
+				var l *manifest.Latest
+				l, err = n.trust.VerifyLatest(signed.Data, signed.Signature)
+				if err == nil && l.Product != product {
+					err = fmt.Errorf("latest.json names product %q", l.Product)
+				}
+				if err == nil {
+					ul := upLatest{signed: signed, latest: l, at: time.Now()}
+					n.mu.Lock()
+					n.upLatest[product] = ul
+					n.mu.Unlock()
+					return ul, nil
+				}
+				err = fmt.Errorf("%s: %s: %w", src, manifest.LatestPath(product), err)
+			}
+			n.log.Warn("upstream source failed, trying the next", "product", product, "source", src.String(), "err", err)
+			errs = append(errs, err.Error())
+		}
+		return upLatest{}, upstreamError(product+" latest.json", errs)
+	})
+	if err != nil {
+		return upLatest{}, err
+	}
+	return v.(upLatest), nil
+}
+
+// upstreamError summarises why every upstream source failed. NotFound when
+// every source said so, Unavailable otherwise.
+func upstreamError(what string, errs []string) error {
+	allNotFound := len(errs) > 0
+	for _, e := range errs {
+		if !strings.Contains(e, source.ErrNotFound.Error()) {
+			allNotFound = false
+		}
+	}
+	sentinel := ErrUnavailable
+	if allNotFound {
+		sentinel = ErrNotFound
+	}
+	return fmt.Errorf("%s: %w: %s", what, sentinel, strings.Join(errs, "; "))
+}
+
+// manifestDoc returns a version's signed manifest from the cache, else from
+// upstream (verified, then cached).
+func (n *Node) manifestDoc(ctx context.Context, product, version string) (source.Signed, *manifest.Manifest, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return source.Signed{}, nil, fmt.Errorf("product %q: %w: %v", product, ErrInvalid, err)
+	}
+	if err := manifest.ValidName(version); err != nil {
+		return source.Signed{}, nil, fmt.Errorf("version %q: %w: %v", version, ErrInvalid, err)
+	}
+	path := manifest.ManifestPath(product, version)
+	if data, sig, err := n.cache.Document(path); err == nil {
+		m, err := n.trust.VerifyManifest(data, sig, nil)
+		if err != nil {
+			return source.Signed{}, nil, fmt.Errorf("cached %s: %w: %v", path, ErrDataLoss, err)
+		}
+		n.register(m)
+		return source.Signed{Data: data, Signature: sig}, m, nil
+	} else if !errors.Is(err, cache.ErrNotFound) {
+		return source.Signed{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	type result struct {
+		signed source.Signed
+		m      *manifest.Manifest
+	}
+	v, err, _ := n.docs.Do(path, func() (any, error) {
+		var errs []string
+		for _, src := range n.upstream {
+			signed, err := src.Manifest(n.bg, product, version)
+			if err == nil {
+				var m *manifest.Manifest
+				m, err = n.trust.VerifyManifest(signed.Data, signed.Signature, nil)
+				if err == nil && (m.Product != product || m.Version != version) {
+					err = fmt.Errorf("manifest names %s %s", m.Product, m.Version)
+				}
+				if err == nil {
+					if err := n.cache.PutDocument(path, signed.Data, signed.Signature); err != nil {
+						return nil, fmt.Errorf("caching %s: %w", path, err)
+					}
+					if err := n.cache.PutRecord(manifestsBucket, product+"/"+version, nil); err != nil {
+						return nil, fmt.Errorf("caching %s: %w", path, err)
+					}
+					n.register(m)
+					return result{signed, m}, nil
+				}
+				err = fmt.Errorf("%s: %s: %w", src, path, err)
+			}
+			n.log.Warn("upstream source failed, trying the next", "document", path, "source", src.String(), "err", err)
+			errs = append(errs, err.Error())
+		}
+		return nil, upstreamError(path, errs)
+	})
+	if err != nil {
+		return source.Signed{}, nil, err
+	}
+	r := v.(result)
+	return r.signed, r.m, nil
+}
+
+// register records the sizes of m's blobs: the DP fetches only blobs that a
+// verified manifest names.
+func (n *Node) register(m *manifest.Manifest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, f := range m.Files {
+		n.known[f.SHA256] = f.Size
+	}
+}
+
+// loadKnown registers the manifests the cache holds.
+func (n *Node) loadKnown() error {
+	return n.cache.Records(manifestsBucket, func(key string, _ []byte) error {
+		product, version, ok := strings.Cut(key, "/")
+		if !ok {
+			return nil
+		}
+		data, sig, err := n.cache.Document(manifest.ManifestPath(product, version))
+		if err != nil {
+			n.log.Warn("cached manifest unreadable; it will be fetched again", "product", product, "version", version, "err", err)
+			return nil
+		}
+		m, err := n.trust.VerifyManifest(data, sig, nil)
+		if err != nil {
+			n.log.Warn("cached manifest no longer verifies; it will be fetched again", "product", product, "version", version, "err", err)
+			return nil
+		}
+		n.register(m)
+		return nil
+	})
+}
+
+// startVersion fetches every blob of ul's version in the background and
+// then records the version as held whole (which makes it this DP's latest).
+func (n *Node) startVersion(product string, ul upLatest) {
+	key := product + "/" + ul.latest.Version
+	n.mu.Lock()
+	if _, running := n.jobs[key]; running || n.closed {
+		n.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	n.jobs[key] = done
+	n.bgWG.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.bgWG.Done()
+		defer func() {
+			n.mu.Lock()
+			delete(n.jobs, key)
+			n.mu.Unlock()
+			close(done)
+		}()
+		if err := n.completeVersion(n.bg, product, ul); err != nil && n.bg.Err() == nil {
+			n.log.Error("could not complete version; will retry at the next refresh", "product", product, "version", ul.latest.Version, "err", err)
+		}
+	}()
+}
+
+func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest) error {
+	l := ul.latest
+	if held, err := n.cache.LatestVersion(product); err == nil && held.Serial >= l.Serial {
+		return nil
+	}
+	signed, _, err := n.manifestDoc(ctx, product, l.Version)
+	if err != nil {
+		return err
+	}
+	m, err := n.trust.VerifyManifest(signed.Data, signed.Signature, l)
+	if err != nil {
+		return fmt.Errorf("manifest of %s %s: %w: %v", product, l.Version, ErrDataLoss, err)
+	}
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(n.cfg.FetchParallel)
+	blobs := m.Blobs()
+	for _, f := range blobs {
+		g.Go(func() error { return n.ensureBlob(gctx, f.SHA256) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	digests := make([]string, len(blobs))
+	for i, f := range blobs {
+		digests[i] = f.SHA256
+	}
+	if err := n.cache.PutDocument(latestDocKey(product, l.Version), ul.signed.Data, ul.signed.Signature); err != nil {
+		return err
+	}
+	if err := n.cache.PutVersion(cache.Version{
+		Product: product, Version: l.Version, Serial: l.Serial,
+		Blobs: digests, Size: m.Size(), Added: time.Now(),
+	}); err != nil {
+		return err
+	}
+	n.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// refreshLoop asks upstream for a newer latest of every product this DP
+// serves, at start and then every Refresh.
+func (n *Node) refreshLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.Refresh)
+	defer t.Stop()
+	for {
+		n.refreshAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) refreshAll(ctx context.Context) {
+	n.mu.Lock()
+	products := make([]string, 0, len(n.products))
+	for p := range n.products {
+		products = append(products, p)
+	}
+	n.mu.Unlock()
+	for _, p := range products {
+		if ctx.Err() != nil {
+			return
+		}
+		n.refresh(ctx, p)
+	}
+}
+
+// refresh starts fetching upstream's latest of product when it is newer
+// than what the DP holds. A lower serial is refused: that is a rollback
+// attack or a misconfigured upstream.
+func (n *Node) refresh(ctx context.Context, product string) {
+	ul, err := n.upstreamLatest(ctx, product, 0)
+	if err != nil {
+		n.log.Warn("refresh: upstream latest unavailable; serving what is held", "product", product, "err", err)
+		return
+	}
+	held, err := n.cache.LatestVersion(product)
+	if err == nil {
+		switch {
+		case ul.latest.Serial < held.Serial:
+			n.log.Warn("refresh: upstream offers a lower serial than held; ignoring it", "product", product, "upstream_serial", ul.latest.Serial, "held_serial", held.Serial)
+			return
+		case ul.latest.Serial == held.Serial:
+			return
+		}
+	}
+	n.startVersion(product, ul)
+}

@@ -1,0 +1,81 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// File is a repository in a local or mounted folder.
+type File struct {
+	root string
+}
+
+// NewFile returns a Source reading the repository rooted at folder root.
+func NewFile(root string) *File { return &File{root: filepath.Clean(root)} }
+
+// String implements Source.
+func (f *File) String() string { return "file://" + filepath.ToSlash(f.root) }
+
+// Close implements Source.
+func (f *File) Close() error { return nil }
+
+// Latest implements Source.
+func (f *File) Latest(ctx context.Context, product string) (Signed, error) {
+	return f.signed(latestPath(product))
+}
+
+// Manifest implements Source.
+func (f *File) Manifest(ctx context.Context, product, version string) (Signed, error) {
+	return f.signed(manifestPath(product, version))
+}
+
+func (f *File) signed(rel string) (Signed, error) {
+	data, err := f.read(rel)
+	if err != nil {
+		return Signed{}, err
+	}
+	sig, err := f.read(rel + ".minisig")
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Signed{}, err
+	}
+	return Signed{Data: data, Signature: sig}, nil
+}
+
+func (f *File) read(rel string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(f.root, filepath.FromSlash(rel)))
+	if err != nil {
+		return nil, f.wrap(rel, err)
+	}
+	return b, nil
+}
+
+func (f *File) wrap(rel string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %s: %w", f, rel, ErrNotFound)
+	}
+	return fmt.Errorf("%s: %s: %w: %v", f, rel, ErrUnavailable, err)
+}
+
+// Blob implements Source.
+func (f *File) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
+	rel, err := blobPath(digest)
+	if err != nil {
+		return nil, err
+	}
+	fh, err := os.Open(filepath.Join(f.root, filepath.FromSlash(rel)))
+	if err != nil {
+		return nil, f.wrap(rel, err)
+	}
+	if offset > 0 {
+		if _, err := fh.Seek(offset, io.SeekStart); err != nil {
+			fh.Close()
+			return nil, f.wrap(rel, err)
+		}
+	}
+	return fh, nil
+}

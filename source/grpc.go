@@ -1,0 +1,246 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+)
+
+// Window sizes for blob streams. gRPC's defaults (64 KiB, growing by BDP
+// estimation) starve a LAN link; a fixed large window keeps the pipe full.
+const (
+	StreamWindow = 16 << 20
+	ConnWindow   = 64 << 20
+	// BufferSize is the transport's read and write buffer.
+	BufferSize = 1 << 20
+	// MaxMessage bounds one received message (a blob chunk or a document).
+	MaxMessage = 80 << 20
+)
+
+// DialOptions are the options dpcache uses to dial a distribution point.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(StreamWindow),
+		grpc.WithInitialConnWindowSize(ConnWindow),
+		grpc.WithReadBufferSize(BufferSize),
+		grpc.WithWriteBufferSize(64 << 10),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(pb.Codec{}),
+			grpc.MaxCallRecvMsgSize(MaxMessage),
+		),
+	}
+}
+
+// GRPC is a distribution point reached over gRPC.
+type GRPC struct {
+	addr      string
+	conn      *grpc.ClientConn
+	client    pb.DistributionServiceClient
+	timeout   time.Duration
+	forwarded bool
+}
+
+// NewGRPC returns a Source for the DP at addr (host:port). It does not
+// connect until first used.
+func NewGRPC(addr string, opts Options) (*GRPC, error) {
+	conn, err := grpc.NewClient("passthrough:///"+addr, DialOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("source grpc://%s: %w: %v", addr, ErrBadURL, err)
+	}
+	return &GRPC{addr: addr, conn: conn, client: pb.NewDistributionServiceClient(conn), timeout: opts.Timeout}, nil
+}
+
+// Forwarded returns a copy of g whose requests carry the forwarded mark: a
+// DP asking a peer on behalf of someone else uses it, and the peer never
+// forwards such a request again.
+func (g *GRPC) Forwarded() *GRPC {
+	c := *g
+	c.forwarded = true
+	return &c
+}
+
+// String implements Source.
+func (g *GRPC) String() string { return "grpc://" + g.addr }
+
+// Close implements Source.
+func (g *GRPC) Close() error {
+	if g.forwarded {
+		return nil // the original owns the connection
+	}
+	return g.conn.Close()
+}
+
+// Latest implements Source.
+func (g *GRPC) Latest(ctx context.Context, product string) (Signed, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	resp, err := g.client.GetLatest(ctx, &pb.GetLatestRequest{Product: product, Forwarded: g.forwarded})
+	if err != nil {
+		return Signed{}, g.wrap(product+"/latest.json", err)
+	}
+	return Signed{Data: resp.GetLatest().GetData(), Signature: resp.GetLatest().GetSignature()}, nil
+}
+
+// Manifest implements Source.
+func (g *GRPC) Manifest(ctx context.Context, product, version string) (Signed, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	resp, err := g.client.GetManifest(ctx, &pb.GetManifestRequest{Product: product, Version: version, Forwarded: g.forwarded})
+	if err != nil {
+		return Signed{}, g.wrap(product+"/"+version+"/manifest.json", err)
+	}
+	return Signed{Data: resp.GetManifest().GetData(), Signature: resp.GetManifest().GetSignature()}, nil
+}
+
+// Blob implements Source. The first message is awaited within the source's
+// timeout; after that the stream runs as long as bytes keep coming.
+func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
+	rel, err := blobPath(digest)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded})
+	if err != nil {
+		cancel()
+		return nil, g.wrap(rel, err)
+	}
+	r := &grpcBlob{g: g, rel: rel, stream: stream, cancel: cancel}
+	// Wait for the first message (or the error) so that a missing blob is
+	// reported by Blob, not by the first Read.
+	first := make(chan error, 1)
+	go func() { first <- stream.RecvMsg(&r.msg) }()
+	t := time.NewTimer(g.timeout)
+	defer t.Stop()
+	select {
+	case err = <-first:
+	case <-t.C:
+		cancel()
+		<-first
+		return nil, fmt.Errorf("%s: %s: no answer within %v: %w", g, rel, g.timeout, ErrUnavailable)
+	}
+	if err == io.EOF {
+		r.eof = true
+	} else if err != nil {
+		cancel()
+		return nil, g.wrap(rel, err)
+	}
+	r.buf = r.msg.Data
+	r.size = int64(r.msg.Size)
+	return r, nil
+}
+
+// grpcBlob adapts a ReadBlob stream to io.Reader.
+type grpcBlob struct {
+	g      *GRPC
+	rel    string
+	stream grpc.ServerStreamingClient[pb.ReadBlobResponse]
+	cancel context.CancelFunc
+	msg    pb.ReadBlobResponse
+	buf    []byte // unread part of msg.Data
+	size   int64  // total blob size announced by the server, 0 if unknown
+	eof    bool
+}
+
+// Size returns the blob's total size as announced by the DP, or 0.
+func (r *grpcBlob) Size() int64 { return r.size }
+
+func (r *grpcBlob) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.eof {
+			return 0, io.EOF
+		}
+		if err := r.stream.RecvMsg(&r.msg); err != nil {
+			if err == io.EOF {
+				r.eof = true
+				return 0, io.EOF
+			}
+			return 0, r.g.wrap(r.rel, err)
+		}
+		r.buf = r.msg.Data
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// WriteTo lets io.Copy take the message buffers without an extra copy.
+func (r *grpcBlob) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(r.buf) > 0 {
+			n, err := w.Write(r.buf)
+			total += int64(n)
+			r.buf = r.buf[n:]
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		if r.eof {
+			return total, nil
+		}
+		if err := r.stream.RecvMsg(&r.msg); err != nil {
+			if err == io.EOF {
+				r.eof = true
+				return total, nil
+			}
+			return total, r.g.wrap(r.rel, err)
+		}
+		r.buf = r.msg.Data
+	}
+}
+
+func (r *grpcBlob) Close() error {
+	r.cancel()
+	return nil
+}
+
+// ReportStatus implements Reporter.
+func (g *GRPC) ReportStatus(ctx context.Context, st Status) error {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	_, err := g.client.ReportStatus(ctx, &pb.ReportStatusRequest{Status: &pb.EndpointStatus{
+		Id: st.ID, Hostname: st.Hostname, Site: st.Site, Product: st.Product,
+		Version: st.Version, Serial: st.Serial, Result: st.Result, Error: st.Error,
+		Reported: timestamppb.New(st.Reported),
+	}})
+	if err != nil {
+		return g.wrap("ReportStatus", err)
+	}
+	return nil
+}
+
+// wrap maps a gRPC status to this package's sentinels, naming the source.
+func (g *GRPC) wrap(what string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return fmt.Errorf("%s: %s: %w: %v", g, what, ErrUnavailable, err)
+		}
+		return fmt.Errorf("%s: %s: %w", g, what, err)
+	}
+	var sentinel error
+	switch st.Code() {
+	case codes.NotFound:
+		sentinel = ErrNotFound
+	case codes.DataLoss:
+		sentinel = ErrDataLoss
+	case codes.InvalidArgument:
+		sentinel = ErrInvalid
+	default:
+		sentinel = ErrUnavailable
+	}
+	return fmt.Errorf("%s: %s: %w: %s", g, what, sentinel, st.Message())
+}

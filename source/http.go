@@ -1,0 +1,195 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HTTP is a repository served over HTTP or HTTPS by any static web server
+// (nginx, a DP's /repo/, `dpcache serve`).
+type HTTP struct {
+	base   *url.URL // always ends in "/"
+	name   string   // base without credentials
+	client *http.Client
+	ua     string
+}
+
+// NewHTTP returns a Source for the repository whose root is base.
+func NewHTTP(base *url.URL, opts Options) (*HTTP, error) {
+	b := *base
+	if !strings.HasSuffix(b.Path, "/") {
+		b.Path += "/"
+	}
+	b.RawQuery, b.Fragment = "", ""
+	proxy := http.ProxyFromEnvironment
+	if opts.Proxy != nil {
+		proxy = http.ProxyURL(opts.Proxy)
+	}
+	tr := &http.Transport{
+		Proxy: proxy,
+		DialContext: (&net.Dialer{
+			Timeout:   opts.Timeout,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		TLSHandshakeTimeout:   opts.Timeout,
+		ResponseHeaderTimeout: opts.Timeout,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   16,
+		// Blobs are already compressed or hashed byte for byte: never let
+		// the transport decompress transparently.
+		DisableCompression: true,
+		ReadBufferSize:     256 << 10,
+		WriteBufferSize:    64 << 10,
+	}
+	return &HTTP{base: &b, name: b.Redacted(), client: &http.Client{Transport: tr}, ua: opts.UserAgent}, nil
+}
+
+// String implements Source.
+func (h *HTTP) String() string { return h.name }
+
+// Close implements Source.
+func (h *HTTP) Close() error {
+	h.client.CloseIdleConnections()
+	return nil
+}
+
+// Latest implements Source.
+func (h *HTTP) Latest(ctx context.Context, product string) (Signed, error) {
+	return h.signed(ctx, latestPath(product))
+}
+
+// Manifest implements Source.
+func (h *HTTP) Manifest(ctx context.Context, product, version string) (Signed, error) {
+	return h.signed(ctx, manifestPath(product, version))
+}
+
+// maxDocument bounds a signed document read into memory.
+const maxDocument = 64 << 20
+
+func (h *HTTP) signed(ctx context.Context, rel string) (Signed, error) {
+	data, err := h.get(ctx, rel)
+	if err != nil {
+		return Signed{}, err
+	}
+	sig, err := h.get(ctx, rel+".minisig")
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Signed{}, err
+	}
+	return Signed{Data: data, Signature: sig}, nil
+}
+
+func (h *HTTP) get(ctx context.Context, rel string) ([]byte, error) {
+	resp, err := h.do(ctx, rel, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxDocument+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: reading body: %w: %v", h, rel, ErrUnavailable, err)
+	}
+	if len(b) > maxDocument {
+		return nil, fmt.Errorf("%s: %s: document larger than %d bytes: %w", h, rel, maxDocument, ErrDataLoss)
+	}
+	return b, nil
+}
+
+func (h *HTTP) do(ctx context.Context, rel string, offset int64) (*http.Response, error) {
+	u := h.base.JoinPath(rel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w: %v", h, rel, ErrInvalid, err)
+	}
+	req.Header.Set("User-Agent", h.ua)
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w: %v", h, rel, ErrUnavailable, stripURLError(err))
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK, resp.StatusCode == http.StatusPartialContent:
+		return resp, nil
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: offset %d is past the end: %w", h, rel, offset, ErrDataLoss)
+	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusGone:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: %w (HTTP %d)", h, rel, ErrNotFound, resp.StatusCode)
+	case resp.StatusCode == http.StatusProxyAuthRequired:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: the proxy refused the credentials (HTTP 407): %w", h, rel, ErrUnavailable)
+	default:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: %w (HTTP %s)", h, rel, ErrUnavailable, resp.Status)
+	}
+}
+
+// Blob implements Source. A server that ignores Range (HTTP 200 to a
+// request with an offset) is handled by skipping the first offset bytes.
+func (h *HTTP) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
+	rel, err := blobPath(digest)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.do(ctx, rel, offset)
+	if err != nil {
+		return nil, err
+	}
+	if offset > 0 && resp.StatusCode == http.StatusOK {
+		if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%s: %s: skipping to offset %d: %w: %v", h, rel, offset, ErrUnavailable, err)
+		}
+	}
+	if offset > 0 && resp.StatusCode == http.StatusPartialContent {
+		if start, ok := contentRangeStart(resp.Header.Get("Content-Range")); !ok || start != offset {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%s: %s: asked for offset %d, got Content-Range %q: %w", h, rel, offset, resp.Header.Get("Content-Range"), ErrDataLoss)
+		}
+	}
+	return &httpBody{rc: resp.Body, name: h.name, rel: rel}, nil
+}
+
+func contentRangeStart(v string) (int64, bool) {
+	v, ok := strings.CutPrefix(v, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	start, _, ok := strings.Cut(v, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(start, 10, 64)
+	return n, err == nil
+}
+
+// httpBody names the source in read errors (a connection cut mid-body).
+type httpBody struct {
+	rc   io.ReadCloser
+	name string
+	rel  string
+}
+
+func (b *httpBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%s: %s: body cut short: %w", b.name, b.rel, io.ErrUnexpectedEOF)
+		} else {
+			err = fmt.Errorf("%s: %s: %w: %v", b.name, b.rel, ErrUnavailable, err)
+		}
+	}
+	return n, err
+}
+
+func (b *httpBody) Close() error { return b.rc.Close() }
