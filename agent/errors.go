@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/dpcache/dpcache/manifest"
@@ -132,6 +133,8 @@ func hint(err error) string {
 		return "the manifest is not the one latest.json names; the source is inconsistent"
 	case errors.Is(err, ErrLowerSerial):
 		return "the source is stale or replaying an old version; use an up-to-date source, or `dpcache rollback` to go back on purpose"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "the transfer was cut; what arrived is kept and the next attempt resumes"
 	case errors.Is(err, source.ErrNotFound):
 		return "the source does not have it"
 	case errors.Is(err, source.ErrUnavailable):

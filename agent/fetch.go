@@ -108,6 +108,15 @@ func (f *fetcher) lastServed() int {
 // partial download continues at its offset whichever source serves the
 // rest. A local failure (disk full) ends the attempt at once.
 func (f *fetcher) fetch(ctx context.Context, job *blobJob) error {
+	err := f.fetchBlob(ctx, job)
+	var le *localError
+	if errors.As(err, &le) || ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", job, err) // a *SourcesError names the file itself
+	}
+	return err
+}
+
+func (f *fetcher) fetchBlob(ctx context.Context, job *blobJob) error {
 	p, err := openPart(f.partPath(job.digest), f.wrap)
 	if err != nil {
 		return err
@@ -149,11 +158,11 @@ func (f *fetcher) fetch(ctx context.Context, job *blobJob) error {
 			return f.commit(p, job)
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", job, context.Cause(ctx))
+			return context.Cause(ctx)
 		}
 		var le *localError
 		if errors.As(err, &le) {
-			return fmt.Errorf("%s: %w; free space or fix %s and run again (the download resumes)", job, err, f.dir)
+			return err // the disk, not the source: no use trying another
 		}
 		failures = append(failures, SourceFailure{Source: src.String(), Err: err})
 		if k < n-1 {
@@ -176,7 +185,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, src source.Source, job *blobJob
 		if err != nil {
 			return err
 		}
-		n, rerr := f.copy(p, rc, job.size)
+		n, rerr := f.copy(ctx, p, rc, job.size)
 		rc.Close()
 		var le *localError
 		if errors.As(rerr, &le) {
@@ -221,12 +230,16 @@ func (f *fetcher) fetchFrom(ctx context.Context, src source.Source, job *blobJob
 var errTooLong = errors.New("too long")
 
 // copy appends r's bytes to p, never past size (errTooLong if r has more),
-// counting and reporting progress. It returns the bytes appended and the
-// read error (nil at EOF) or a *localError for a write failure.
-func (f *fetcher) copy(p *part, r io.Reader, size int64) (int64, error) {
+// counting and reporting progress, until EOF or ctx ends (readers of local
+// files do not watch ctx). It returns the bytes appended and the read
+// error (nil at EOF) or a *localError for a write failure.
+func (f *fetcher) copy(ctx context.Context, p *part, r io.Reader, size int64) (int64, error) {
 	buf := make([]byte, copyBufSize)
 	var total int64
 	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			f.downloaded.Add(int64(n))
@@ -302,7 +315,7 @@ func (p *part) write(b []byte) error {
 	p.h.Write(b[:n])
 	p.off += int64(n)
 	if err != nil {
-		return &localError{fmt.Errorf("write %s: %w", p.path, err)}
+		return &localError{err} // an *os.PathError names the file
 	}
 	return nil
 }

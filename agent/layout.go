@@ -77,7 +77,7 @@ func (l layout) init() error {
 	return nil
 }
 
-func (l layout) lockPath() string          { return filepath.Join(l.state, lockFileName) }
+func (l layout) lockPath() string            { return filepath.Join(l.state, lockFileName) }
 func (l layout) linkPath(name string) string { return filepath.Join(l.root, name) }
 func (l layout) tempLinkPath(name string) string {
 	return filepath.Join(l.root, "."+name+".tmp")

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -84,7 +85,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components()}
 	res, err := u.run(ctx)
 	if err != nil {
-		err = fmt.Errorf("agent: update %s in %s: %w", cfg.Product, cfg.Dir, err)
+		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
 		u.log.Error("update failed", "err", err)
 	} else {
 		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
@@ -195,7 +196,7 @@ func (u *updater) resolveFrom(ctx context.Context, src source.Source, inst *vers
 	for attempt := 0; ; attempt++ {
 		d.latestS, err = src.Latest(ctx, product)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", manifest.LatestPath(product), err)
+			return nil, err // sources name themselves and the document
 		}
 		d.latest, err = u.cfg.Trust.VerifyLatest(d.latestS.Data, d.latestS.Signature)
 		if err == nil || attempt > 0 || !errors.Is(err, manifest.ErrBadSignature) {
@@ -234,7 +235,7 @@ func (u *updater) resolveFrom(ctx context.Context, src source.Source, inst *vers
 	}
 	d.manS, err = src.Manifest(ctx, product, l.Version)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", manifest.ManifestPath(product, l.Version), err)
+		return nil, err
 	}
 	d.man, err = u.cfg.Trust.VerifyManifest(d.manS.Data, d.manS.Signature, l)
 	if err != nil {
@@ -517,4 +518,18 @@ func sha256Hex(b []byte) string {
 func isSymlink(p string) bool {
 	fi, err := os.Lstat(p)
 	return err == nil && fi.Mode()&fs.ModeSymlink != 0
+}
+
+// localAdvice says what to do about a local disk failure ("" for other
+// errors).
+func localAdvice(err error) string {
+	var le *localError
+	switch {
+	case !errors.As(err, &le):
+		return ""
+	case errors.Is(err, syscall.ENOSPC):
+		return "; free disk space and run again: downloads resume where they stopped"
+	default:
+		return "; fix the local file system problem and run again: downloads resume where they stopped"
+	}
 }

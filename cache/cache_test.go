@@ -164,6 +164,9 @@ func TestWriter_Commit_DigestMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeAll(t, w, bad, 3000)
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if w.Flushed() == 0 {
 		t.Fatal("no chunk flushed before Commit; the test must cover stored pending chunks")
 	}
@@ -350,6 +353,9 @@ func TestWriter_Resume_AfterReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeAll(t, w, data[:6*4096+50], 4096) // never committed nor aborted
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	flushed := w.Flushed()
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -502,6 +508,9 @@ func TestCache_ReadPendingAt(t *testing.T) {
 	}
 	progress := w.Progress()
 	writeAll(t, w, data[:4096+10], 4096+10)
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-progress:
 	default:

@@ -27,13 +27,18 @@ type Writer struct {
 	chunkSize int
 	batch     int // bytes of full chunks stored per transaction
 
-	// Owned by the writing goroutine.
-	h       hash.Hash
-	off     int64  // bytes written (hashed)
-	stored  int64  // bytes in stored chunks
-	buf     []byte // bytes [stored, off)
-	created bool   // the meta record exists
-	done    bool
+	// Owned by the writing goroutine. While a flush runs (inflight != nil),
+	// its goroutine owns inflightBuf and reads stored and created, which
+	// the writing goroutine changes only after wait.
+	h           hash.Hash
+	off         int64  // bytes written (hashed)
+	stored      int64  // bytes in stored chunks, not counting a running flush
+	buf         []byte // bytes [stored+len(inflightBuf), off)
+	spare       []byte // a buffer for reuse, given back by the last flush
+	created     bool   // the meta record exists
+	done        bool
+	inflight    chan error // result of the running flush, if any
+	inflightBuf []byte     // the full chunks the running flush stores
 
 	offset  atomic.Int64
 	flushed atomic.Int64
@@ -189,6 +194,7 @@ func (w *Writer) notify() {
 
 // finish releases the digest and wakes those waiting on Progress.
 func (w *Writer) finish() {
+	_ = w.wait() // never leave a flush running
 	w.done = true
 	w.c.release(w.k)
 	w.mu.Lock()
@@ -200,13 +206,17 @@ func (w *Writer) finish() {
 }
 
 // Write hashes p and stores it, a batch of full chunks per transaction
-// (Config.FlushSize). Bytes beyond the announced size are refused whole with
-// [ErrTooLarge]. If storing fails, n counts the bytes accepted (they stay
-// buffered and the next Write or Commit retries); Abort or Discard the
-// Writer.
+// (Config.FlushSize). Storing runs in the background while the next batch is
+// written and hashed (at most one batch in flight). Bytes beyond the
+// announced size are refused whole with [ErrTooLarge]. If storing fails, n
+// counts the bytes accepted (they stay buffered and the next Write or Commit
+// retries); Abort or Discard the Writer.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, fmt.Errorf("write blob %s: %w", w.k, ErrWriterDone)
+	}
+	if w.c.closed.Load() {
+		return 0, fmt.Errorf("write blob %s: %w", w.k, ErrClosed)
 	}
 	limit := w.size
 	if limit == SizeUnknown {
@@ -228,8 +238,8 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.off += int64(take)
 		n += take
 		p = p[take:]
+		w.offset.Store(w.off)
 	}
-	w.offset.Store(w.off)
 	if len(w.buf) >= w.batch {
 		if err := w.flush(); err != nil {
 			return n, err
@@ -238,40 +248,75 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Flush stores the full chunks buffered so far, so that concurrent readers
-// see them now rather than at the next batch. Write calls it by itself.
+// Flush stores the full chunks buffered so far and waits until they are
+// stored, so that concurrent readers see them now rather than after the next
+// batch. Write stores batches by itself.
 func (w *Writer) Flush() error {
 	if w.done {
 		return fmt.Errorf("flush blob %s: %w", w.k, ErrWriterDone)
 	}
-	return w.flush()
+	if err := w.flush(); err != nil {
+		return err
+	}
+	return w.wait()
 }
 
-// flush stores the full chunks of buf in one (ingest) transaction.
+// flush waits for the running flush, then starts storing the full chunks of
+// buf in one (ingest) transaction in a goroutine; wait collects the result.
 func (w *Writer) flush() error {
+	if err := w.wait(); err != nil {
+		return err
+	}
 	full := len(w.buf) / w.chunkSize * w.chunkSize
 	if full == 0 {
 		return nil
 	}
-	err := w.c.update(true, func(tx *bolt.Tx) error {
-		return w.store(tx, w.buf[:full], false)
-	})
-	if err != nil {
-		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
+	data := w.buf[:full]
+	next := w.spare
+	if cap(next) < w.batch {
+		next = make([]byte, 0, min(int64(w.batch), int64(cap(w.buf))))
 	}
-	w.stored += int64(full)
-	rest := copy(w.buf, w.buf[full:])
-	w.buf = w.buf[:rest]
-	w.created = true
-	w.flushed.Store(w.stored)
-	w.notify()
+	w.buf = append(next[:0], w.buf[full:]...)
+	w.spare = nil
+	done := make(chan error, 1)
+	w.inflight, w.inflightBuf = done, data
+	stored, created := w.stored, w.created
+	go func() {
+		err := w.c.update(true, func(tx *bolt.Tx) error {
+			return w.store(tx, data, stored, created, false)
+		})
+		if err == nil {
+			w.flushed.Store(stored + int64(len(data)))
+			w.notify()
+		}
+		done <- err
+	}()
 	return nil
 }
 
-// store puts data (starting at w.stored) as chunks and updates the meta
+// wait waits for the running flush, if any. On failure the flush's bytes go
+// back to the front of buf, so no accepted byte is lost.
+func (w *Writer) wait() error {
+	if w.inflight == nil {
+		return nil
+	}
+	err := <-w.inflight
+	data := w.inflightBuf
+	w.inflight, w.inflightBuf = nil, nil
+	if err != nil {
+		w.buf = append(append(make([]byte, 0, len(data)+len(w.buf)), data...), w.buf...)
+		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
+	}
+	w.stored += int64(len(data))
+	w.created = true
+	w.spare = data[:0]
+	return nil
+}
+
+// store puts data (starting at offset stored) as chunks and updates the meta
 // record, flipping it to whole if whole is set. bbolt keeps references to
-// data until the transaction commits; the caller does not touch it before.
-func (w *Writer) store(tx *bolt.Tx, data []byte, whole bool) error {
+// data until the transaction commits; nothing writes to it before.
+func (w *Writer) store(tx *bolt.Tx, data []byte, stored int64, created, whole bool) error {
 	blobs, chunks := tx.Bucket(bucketBlobs), tx.Bucket(bucketChunks)
 	m, ok, err := getMeta(tx, w.k)
 	if err != nil {
@@ -279,14 +324,14 @@ func (w *Writer) store(tx *bolt.Tx, data []byte, whole bool) error {
 	}
 	now := nanos(time.Now())
 	switch {
-	case !ok && w.created:
+	case !ok && created:
 		return fmt.Errorf("pending blob %s disappeared under its writer: %w", w.k, ErrCorrupt)
 	case !ok:
 		m = blobMeta{state: statePending, chunkSize: uint32(w.chunkSize), added: now}
-	case m.state != statePending || m.stored != w.stored || int(m.chunkSize) != w.chunkSize:
-		return fmt.Errorf("pending blob %s changed under its writer (stored %d, want %d): %w", w.k, m.stored, w.stored, ErrCorrupt)
+	case m.state != statePending || m.stored != stored || int(m.chunkSize) != w.chunkSize:
+		return fmt.Errorf("pending blob %s changed under its writer (stored %d, want %d): %w", w.k, m.stored, stored, ErrCorrupt)
 	}
-	idx := w.stored / int64(w.chunkSize)
+	idx := stored / int64(w.chunkSize)
 	for len(data) > 0 {
 		n := min(len(data), w.chunkSize)
 		if err := chunks.Put(chunkKey(w.k, uint32(idx)), data[:n]); err != nil {
@@ -317,13 +362,14 @@ func (w *Writer) Commit() error {
 	}
 	defer w.finish()
 	if w.size != SizeUnknown && w.off != w.size {
-		err := w.flush()
+		err := errors.Join(w.flush(), w.wait())
 		return errors.Join(fmt.Errorf("commit blob %s: %d of %d bytes written; %d kept pending for resume: %w",
 			w.k, w.off, w.size, w.stored, ErrSizeMismatch), err)
 	}
 	var sum key
 	w.h.Sum(sum[:0])
 	if sum != w.k {
+		_ = w.wait()
 		err := w.c.update(false, func(tx *bolt.Tx) error {
 			_, err := deleteBlobTx(tx, w.k)
 			return err
@@ -333,6 +379,9 @@ func (w *Writer) Commit() error {
 		return errors.Join(fmt.Errorf("commit blob %s: %d bytes hash to %s; pending bytes deleted: %w",
 			w.k, w.off, sum, ErrDigestMismatch), err)
 	}
+	if err := w.wait(); err != nil {
+		return fmt.Errorf("commit blob %s: %w", w.k, err)
+	}
 	if w.c.cfg.NoSync && w.created {
 		// Make the chunks stored without fdatasync durable first, so the
 		// synced commit below has little left to write out.
@@ -341,7 +390,7 @@ func (w *Writer) Commit() error {
 		}
 	}
 	err := w.c.update(false, func(tx *bolt.Tx) error {
-		return w.store(tx, w.buf, true)
+		return w.store(tx, w.buf, w.stored, w.created, true)
 	})
 	if err != nil {
 		return fmt.Errorf("commit blob %s: %w", w.k, err)
@@ -361,7 +410,7 @@ func (w *Writer) Abort() error {
 		return nil
 	}
 	defer w.finish()
-	return w.flush()
+	return errors.Join(w.flush(), w.wait())
 }
 
 // Discard stops the ingest and deletes the pending blob entirely. It returns
@@ -371,6 +420,7 @@ func (w *Writer) Discard() error {
 		return fmt.Errorf("discard blob %s: %w", w.k, ErrWriterDone)
 	}
 	defer w.finish()
+	_ = w.wait()
 	w.buf = nil
 	err := w.c.update(false, func(tx *bolt.Tx) error {
 		_, err := deleteBlobTx(tx, w.k)

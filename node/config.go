@@ -37,8 +37,14 @@ type Config struct {
 	// SourceOptions tune upstream access (timeouts, proxy).
 	SourceOptions source.Options
 	// ServeChunk is the size of the messages a blob is streamed in. Default
-	// 1 MiB: large messages amortise per-message costs.
+	// 256 KiB: large enough to amortise per-message costs, small enough that
+	// many concurrent streams fit the ServeMemory budget.
 	ServeChunk int
+	// ServeMemory bounds the memory of chunk buffers queued for sending,
+	// across all streams; streams beyond it wait their turn. Default 64 MiB,
+	// which keeps a DP serving hundreds of endpoints at once well under
+	// 256 MiB of resident memory.
+	ServeMemory int64
 	// FetchParallel bounds how many blobs of one version are fetched from
 	// upstream at once. Default 4.
 	FetchParallel int
@@ -55,7 +61,8 @@ func DefaultConfig() Config {
 		HTTPAddr:      ":7341",
 		Refresh:       time.Minute,
 		SourceOptions: source.DefaultOptions(),
-		ServeChunk:    1 << 20,
+		ServeChunk:    256 << 10,
+		ServeMemory:   64 << 20,
 		FetchParallel: 4,
 	}
 }
@@ -91,6 +98,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ServeChunk < 4<<10 || c.ServeChunk > 16<<20 {
 		errs = append(errs, fmt.Errorf("serve chunk %d must be between 4 KiB and 16 MiB", c.ServeChunk))
+	}
+	if c.ServeMemory < int64(c.ServeChunk) {
+		errs = append(errs, fmt.Errorf("serve memory %d must hold at least one chunk (%d)", c.ServeMemory, c.ServeChunk))
 	}
 	if c.FetchParallel < 1 {
 		errs = append(errs, fmt.Errorf("fetch parallelism %d must be at least 1", c.FetchParallel))

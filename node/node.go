@@ -16,9 +16,9 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/dpcache/dpcache/cache"
@@ -38,7 +38,7 @@ type Node struct {
 	httpLis  net.Listener
 	grpcSrv  *grpc.Server
 	health   *health.Server
-	pool     mem.BufferPool
+	pool     *chunkPool
 
 	// bg is the lifetime of background work (fetches outlive the request
 	// that started them); cancelled when Run returns.
@@ -81,7 +81,7 @@ func New(cfg Config) (*Node, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "node", "node", cfg.Name),
 		trust:    cfg.Trust,
-		pool:     mem.NewTieredBufferPool(cfg.ServeChunk),
+		pool:     newChunkPool(cfg.ServeChunk, cfg.ServeMemory),
 		fetches:  map[string]*fetch{},
 		known:    map[string]int64{},
 		products: map[string]bool{},
@@ -135,6 +135,7 @@ func New(cfg Config) (*Node, error) {
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(pb.Codec{}),
+		experimental.BufferPool(pb.BufferPool),
 		grpc.InitialWindowSize(source.StreamWindow),
 		grpc.InitialConnWindowSize(source.ConnWindow),
 		grpc.ReadBufferSize(64 << 10),

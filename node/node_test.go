@@ -87,6 +87,9 @@ func startNode(t testing.TB, v *vendor, upstream string, mod func(*Config)) *Nod
 	cfg.Trust = v.trust
 	cfg.Refresh = 200 * time.Millisecond
 	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := t.(*testing.B); ok {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -414,5 +417,48 @@ func TestNode_ConcurrentReadersShareOneFetch(t *testing.T) {
 	}
 	if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 1 {
 		t.Fatalf("origin served the blob %d times to 20 concurrent readers, want 1", got)
+	}
+}
+
+// Streams cancelled mid-blob give their chunk buffers back to the serving
+// budget: a leak would starve every later reader.
+func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 4 << 20})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, func(c *Config) {
+		c.ServeChunk = 64 << 10
+		c.ServeMemory = 4 * 64 << 10
+	})
+	c := dial(t, n)
+	ctx := testCtx(t)
+	if _, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	d := pub.Manifest.Files[0].SHA256
+	if _, err := readBlob(ctx, c, d, 0); err != nil { // now whole in the cache
+		t.Fatal(err)
+	}
+	for range 20 {
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := c.ReadBlob(sctx, &pb.ReadBlobRequest{Sha256: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	testenv.WaitFor(t, 10*time.Second, "serving budget returned", func() bool {
+		if n.pool.budget.TryAcquire(n.cfg.ServeMemory) {
+			n.pool.budget.Release(n.cfg.ServeMemory)
+			return true
+		}
+		return false
+	})
+	b, err := readBlob(ctx, c, d, 0)
+	if err != nil || sha(b) != d {
+		t.Fatalf("reading after cancelled streams: %v", err)
 	}
 }

@@ -93,13 +93,15 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, stream bl
 	if err != nil {
 		return err
 	}
+	bufs := n.pool.stream()
+	defer bufs.done()
 	first := true
 	if f == nil {
 		size, err := n.cache.Stat(digest)
 		if err != nil {
 			return fmt.Errorf("blob %s: %w", digest, err)
 		}
-		return n.sendRange(ctx, digest, off, size, size, stream, &first, false)
+		return n.sendRange(ctx, digest, off, size, size, stream, bufs, &first, false)
 	}
 	if off > f.size {
 		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, ErrInvalid)
@@ -119,10 +121,10 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, stream bl
 				return ferr
 			}
 			// Whole now: the rest comes from the cache.
-			return n.sendRange(ctx, digest, pos, f.size, f.size, stream, &first, false)
+			return n.sendRange(ctx, digest, pos, f.size, f.size, stream, bufs, &first, false)
 		}
 		if pos < flushed {
-			if err := n.sendRange(ctx, digest, pos, flushed, f.size, stream, &first, true); err != nil {
+			if err := n.sendRange(ctx, digest, pos, flushed, f.size, stream, bufs, &first, true); err != nil {
 				if errors.Is(err, cache.ErrNotFound) {
 					// The blob became whole (or was discarded) meanwhile:
 					// look again.
@@ -143,7 +145,7 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, stream bl
 
 // sendRange sends bytes [from, to) of digest, read from the whole blob or,
 // with pending, from the chunks of an ingest in progress.
-func (n *Node) sendRange(ctx context.Context, digest string, from, to, size int64, stream blobSender, first *bool, pending bool) error {
+func (n *Node) sendRange(ctx context.Context, digest string, from, to, size int64, stream blobSender, bufs *streamBuffers, first *bool, pending bool) error {
 	if from > to {
 		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, from, size, ErrInvalid)
 	}
@@ -157,9 +159,11 @@ func (n *Node) sendRange(ctx context.Context, digest string, from, to, size int6
 			return err
 		}
 		l := min(chunk, to-pos)
-		buf := n.pool.Get(int(l))
+		buf, err := bufs.get(ctx, int(l))
+		if err != nil {
+			return err
+		}
 		var nr int
-		var err error
 		if pending {
 			nr, err = n.cache.ReadPendingAt(digest, *buf, pos)
 		} else {
@@ -169,10 +173,10 @@ func (n *Node) sendRange(ctx context.Context, digest string, from, to, size int6
 			err = fmt.Errorf("blob %s: short read at %d: %w", digest, pos, ErrDataLoss)
 		}
 		if err != nil && !(nr == int(l)) {
-			n.pool.Put(buf)
+			bufs.Put(buf)
 			return err
 		}
-		msg := &pb.BlobChunk{Data: mem.NewBuffer(buf, n.pool)}
+		msg := &pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}
 		if *first {
 			msg.Size = uint64(size)
 			*first = false

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -31,6 +32,7 @@ const (
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		experimental.WithBufferPool(pb.BufferPool),
 		grpc.WithInitialWindowSize(StreamWindow),
 		grpc.WithInitialConnWindowSize(ConnWindow),
 		grpc.WithReadBufferSize(BufferSize),
@@ -128,6 +130,7 @@ func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 	case <-t.C:
 		cancel()
 		<-first
+		r.msg.Data.Free()
 		return nil, fmt.Errorf("%s: %s: no answer within %v: %w", g, rel, g.timeout, ErrUnavailable)
 	}
 	if err == io.EOF {
@@ -136,74 +139,86 @@ func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 		cancel()
 		return nil, g.wrap(rel, err)
 	}
-	r.buf = r.msg.Data
 	r.size = int64(r.msg.Size)
 	return r, nil
 }
 
-// grpcBlob adapts a ReadBlob stream to io.Reader.
+// grpcBlob adapts a ReadBlob stream to io.Reader. Messages are received as
+// references to the transport's buffers (pb.BlobFrames): WriteTo hands them
+// to the writer without copying.
 type grpcBlob struct {
 	g      *GRPC
 	rel    string
 	stream grpc.ServerStreamingClient[pb.ReadBlobResponse]
 	cancel context.CancelFunc
-	msg    pb.ReadBlobResponse
-	buf    []byte // unread part of msg.Data
-	size   int64  // total blob size announced by the server, 0 if unknown
+	msg    pb.BlobFrames // msg.Data[0][off:] is the unread part
+	off    int
+	size   int64 // total blob size announced by the server, 0 if unknown
 	eof    bool
 }
 
 // Size returns the blob's total size as announced by the DP, or 0.
 func (r *grpcBlob) Size() int64 { return r.size }
 
-func (r *grpcBlob) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
+// next makes sure unread bytes are at hand, receiving the next message when
+// needed; false at the end of the stream.
+func (r *grpcBlob) next() (bool, error) {
+	for {
+		for len(r.msg.Data) > 0 && r.off >= r.msg.Data[0].Len() {
+			r.msg.Data[0].Free()
+			r.msg.Data, r.off = r.msg.Data[1:], 0
+		}
+		if len(r.msg.Data) > 0 {
+			return true, nil
+		}
 		if r.eof {
-			return 0, io.EOF
+			return false, nil
 		}
 		if err := r.stream.RecvMsg(&r.msg); err != nil {
 			if err == io.EOF {
 				r.eof = true
-				return 0, io.EOF
+				return false, nil
 			}
-			return 0, r.g.wrap(r.rel, err)
+			return false, r.g.wrap(r.rel, err)
 		}
-		r.buf = r.msg.Data
+		r.off = 0
 	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
+}
+
+func (r *grpcBlob) Read(p []byte) (int, error) {
+	ok, err := r.next()
+	if !ok {
+		if err == nil {
+			err = io.EOF
+		}
+		return 0, err
+	}
+	n := copy(p, r.msg.Data[0].ReadOnlyData()[r.off:])
+	r.off += n
 	return n, nil
 }
 
-// WriteTo lets io.Copy take the message buffers without an extra copy.
+// WriteTo lets io.Copy take the transport's buffers without an extra copy.
 func (r *grpcBlob) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
-		if len(r.buf) > 0 {
-			n, err := w.Write(r.buf)
-			total += int64(n)
-			r.buf = r.buf[n:]
-			if err != nil {
-				return total, err
-			}
-			continue
+		ok, err := r.next()
+		if !ok {
+			return total, err
 		}
-		if r.eof {
-			return total, nil
+		n, err := w.Write(r.msg.Data[0].ReadOnlyData()[r.off:])
+		total += int64(n)
+		r.off += n
+		if err != nil {
+			return total, err
 		}
-		if err := r.stream.RecvMsg(&r.msg); err != nil {
-			if err == io.EOF {
-				r.eof = true
-				return total, nil
-			}
-			return total, r.g.wrap(r.rel, err)
-		}
-		r.buf = r.msg.Data
 	}
 }
 
 func (r *grpcBlob) Close() error {
 	r.cancel()
+	r.msg.Data.Free()
+	r.msg.Data = nil
 	return nil
 }
 

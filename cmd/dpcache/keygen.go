@@ -19,7 +19,7 @@ Both are in minisign's format: the stock minisign tool can sign and verify
 with them. Existing files are never overwritten.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := requireFlags(cmd, "o"); err != nil {
+			if err := requireFlags(cmd, "output"); err != nil {
 				return err
 			}
 			if err := manifest.GenerateKeyFiles(name); err != nil {

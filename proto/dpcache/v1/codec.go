@@ -62,8 +62,22 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(hdr), c.Data}, nil
 }
 
+// BlobFrames is a ReadBlobResponse received without copying: Data holds
+// references to the transport's buffers. Pass it to RecvMsg in place of a
+// *ReadBlobResponse; the receiver owns the references and must Free Data
+// once it has consumed the bytes (RecvMsg into the same BlobFrames frees the
+// previous ones).
+type BlobFrames struct {
+	Data mem.BufferSlice
+	// Size is the blob's total size, set in the first message only.
+	Size uint64
+}
+
 // Unmarshal implements encoding.CodecV2.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if f, ok := v.(*BlobFrames); ok {
+		return unmarshalFrames(data, f)
+	}
 	m, ok := v.(*ReadBlobResponse)
 	if !ok {
 		return protoCodec.Unmarshal(data, v)
@@ -146,4 +160,66 @@ func skipField(r *mem.Reader, typ protowire.Type) error {
 	}
 	_, err := r.Discard(int(n))
 	return err
+}
+
+// unmarshalFrames parses a ReadBlobResponse whose data field is taken as
+// references to data's buffers.
+func unmarshalFrames(data mem.BufferSlice, f *BlobFrames) error {
+	f.Data.Free()
+	f.Data, f.Size = nil, 0
+	// The message is small fields plus one large bytes field; parse the
+	// header bytes with a reader, then reference the payload in place.
+	r := data.Reader()
+	defer r.Close()
+	total := r.Remaining()
+	for r.Remaining() > 0 {
+		tag, err := readVarint(r)
+		if err != nil {
+			return err
+		}
+		num, typ := protowire.DecodeTag(tag)
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			n, err := readVarint(r)
+			if err != nil {
+				return err
+			}
+			if n > uint64(r.Remaining()) {
+				return errors.New("dpcache.v1.ReadBlobResponse: data length exceeds message")
+			}
+			start := total - r.Remaining()
+			f.Data.Free()
+			f.Data = sliceRefs(data, start, start+int(n))
+			if _, err := r.Discard(int(n)); err != nil {
+				return err
+			}
+		case num == 2 && typ == protowire.VarintType:
+			if f.Size, err = readVarint(r); err != nil {
+				return err
+			}
+		default:
+			if err := skipField(r, typ); err != nil {
+				return fmt.Errorf("dpcache.v1.ReadBlobResponse: field %d: %w", num, err)
+			}
+		}
+	}
+	return nil
+}
+
+// sliceRefs returns bytes [start, end) of s as new references to its
+// buffers (no bytes are copied).
+func sliceRefs(s mem.BufferSlice, start, end int) mem.BufferSlice {
+	var out mem.BufferSlice
+	pos := 0
+	for _, b := range s {
+		l := b.Len()
+		if lo, hi := max(start-pos, 0), min(end-pos, l); lo < hi {
+			out = append(out, b.Slice(lo, hi))
+		}
+		pos += l
+		if pos >= end {
+			break
+		}
+	}
+	return out
 }

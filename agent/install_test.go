@@ -1,0 +1,385 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+var fixedTime = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func rm(t testing.TB, p string) {
+	t.Helper()
+	if err := os.RemoveAll(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyDir(t testing.TB, from, to string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", from+"/.", to).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+}
+
+// pseudoRandom returns n incompressible bytes, the same for each n.
+func pseudoRandom(n int) string {
+	r := rand.New(rand.NewPCG(uint64(n), 42))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return string(b)
+}
+
+func newTestLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(&lockedWriter{w: w}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func TestRollback(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	cfg := testConfig(t, r.trust, source.NewFile(r.dir))
+
+	if _, err := Rollback(cfg.Dir, product); !errors.Is(err, ErrNotInstalled) {
+		t.Errorf("rollback before any install: %v, want ErrNotInstalled", err)
+	}
+	mustUpdate(t, cfg)
+	if _, err := Rollback(cfg.Dir, product); !errors.Is(err, ErrNoPrevious) || !strings.Contains(err.Error(), "1.0") {
+		t.Errorf("rollback with one version: %v, want ErrNoPrevious", err)
+	}
+	v2 := map[string]string{"db/a.bin": "two", "db/b.bin": v1Files["db/b.bin"]}
+	r.publish(t, "2.0", 0, v2)
+	mustUpdate(t, cfg)
+
+	res, err := Rollback(cfg.Dir, product)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Result{Product: product, Version: "1.0", Serial: 1, Status: StatusRolledBack, FilesChanged: 3}); *res != want {
+		t.Errorf("rollback result = %+v, want %+v", *res, want)
+	}
+	assertTree(t, current(t, cfg), v1Files)
+	if m, _ := Installed(cfg.Dir, product); m.Serial != 1 {
+		t.Errorf("installed serial %d after rollback", m.Serial)
+	}
+	// A second rollback undoes the first.
+	if res, err := Rollback(cfg.Dir, product); err != nil || res.Version != "2.0" {
+		t.Fatalf("second rollback: %v, %v", res, err)
+	}
+	assertTree(t, current(t, cfg), v2)
+
+	// After a rollback, the next update moves forward again (a higher
+	// serial is not a downgrade), reusing the files kept on disk.
+	Rollback(cfg.Dir, product)
+	res = mustUpdate(t, cfg)
+	if res.Status != StatusUpdated || res.Version != "2.0" || res.BytesDownloaded != 0 {
+		t.Errorf("update after rollback = %+v", *res)
+	}
+	assertTree(t, current(t, cfg), v2)
+	assertTree(t, readTree(t, filepath.Join(cfg.Dir, product, previousName)+"/"), v1Files)
+	if res := mustUpdate(t, cfg); res.Status != StatusUpToDate {
+		t.Errorf("then: %s", res.Status)
+	}
+}
+
+// TestUpdate_CrashBeforeSwitch stops a run at each step between a complete
+// stage and the switch of current, as a crash would (no cleanup), and
+// checks that current is the old version, whole, and that the next run
+// converges without downloading again.
+func TestUpdate_CrashBeforeSwitch(t *testing.T) {
+	t.Parallel()
+	for _, step := range []string{"staged", "versioned", "previous"} {
+		t.Run(step, func(t *testing.T) {
+			t.Parallel()
+			r := newRepo(t)
+			r.publish(t, "1.0", 0, v1Files)
+			src := counting(source.NewFile(r.dir))
+			cfg := testConfig(t, r.trust, src)
+			mustUpdate(t, cfg)
+			v2 := map[string]string{"db/a.bin": "two", "db/b.bin": v1Files["db/b.bin"], "db/n.bin": "new"}
+			r.publish(t, "2.0", 0, v2)
+
+			crashing := cfg
+			crashing.hooks = &hooks{stage: func(s string) error {
+				if s == step {
+					return errCrash
+				}
+				return nil
+			}}
+			if _, err := Update(testCtx(t), crashing); !errors.Is(err, errCrash) {
+				t.Fatalf("err = %v, want the simulated crash", err)
+			}
+			assertTree(t, current(t, cfg), v1Files)
+			if m, err := Installed(cfg.Dir, product); err != nil || m.Version != "1.0" {
+				t.Fatalf("Installed after crash: %v %v", m, err)
+			}
+
+			res := mustUpdate(t, cfg)
+			if res.Status != StatusUpdated || res.Version != "2.0" || res.BytesDownloaded != 0 {
+				t.Errorf("rerun = %+v, want updated to 2.0 with nothing downloaded", *res)
+			}
+			assertTree(t, current(t, cfg), v2)
+			assertTree(t, readTree(t, filepath.Join(cfg.Dir, product, previousName)+"/"), v1Files)
+			state := filepath.Join(cfg.Dir, product, stateDirName)
+			for _, d := range []string{stagingDirName, blobsDirName} {
+				if ents, _ := os.ReadDir(filepath.Join(state, d)); len(ents) != 0 {
+					t.Errorf("%s not empty: %v", d, ents)
+				}
+			}
+			if ents, _ := os.ReadDir(filepath.Join(state, versionsDirName)); len(ents) != 2 {
+				t.Errorf("versions on disk: %v, want 2", ents)
+			}
+		})
+	}
+}
+
+// TestUpdate_CrashLeftovers plants what a crash mid-switch can leave (a
+// temporary link, a half-built stage) and checks the next run cleans it.
+func TestUpdate_CrashLeftovers(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	cfg := testConfig(t, r.trust, source.NewFile(r.dir))
+	mustUpdate(t, cfg)
+	root := filepath.Join(cfg.Dir, product)
+	os.Symlink("nowhere", filepath.Join(root, ".current.tmp"))
+	os.MkdirAll(filepath.Join(root, stateDirName, stagingDirName, "9.9", filesDirName, "x"), 0o755)
+	os.WriteFile(filepath.Join(root, stateDirName, blobsDirName, sha("nothing")+partSuffix), []byte("noth"), 0o644)
+
+	if res := mustUpdate(t, cfg); res.Status != StatusUpToDate {
+		t.Errorf("status %s", res.Status)
+	}
+	for _, p := range []string{".current.tmp", stateDirName + "/" + stagingDirName + "/9.9", stateDirName + "/" + blobsDirName + "/" + sha("nothing") + partSuffix} {
+		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+}
+
+// enospcWriter fails with ENOSPC once limit bytes are written.
+type enospcWriter struct {
+	writeSyncer
+	left *atomic.Int64
+}
+
+func (w enospcWriter) Write(p []byte) (int, error) {
+	left := w.left.Load()
+	if int64(len(p)) <= left {
+		w.left.Add(-int64(len(p)))
+		return w.writeSyncer.Write(p)
+	}
+	n, _ := w.writeSyncer.Write(p[:left])
+	w.left.Store(0)
+	return n, &os.PathError{Op: "write", Path: "part", Err: syscall.ENOSPC}
+}
+
+func TestUpdate_DiskFullWriter(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	primary := counting(source.NewFile(r.dir))
+	secondary := counting(source.NewFile(r.dir))
+	cfg := testConfig(t, r.trust, primary, secondary)
+	mustUpdate(t, cfg)
+	big := pseudoRandom(1 << 20)
+	r.publish(t, "2.0", 0, map[string]string{"db/big.bin": big})
+
+	var left atomic.Int64
+	left.Store(300 << 10)
+	full := cfg
+	full.hooks = &hooks{partWriter: func(w writeSyncer) writeSyncer { return enospcWriter{w, &left} }}
+	_, err := Update(testCtx(t), full)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("err = %v, want ENOSPC", err)
+	}
+	if !strings.Contains(err.Error(), "db/big.bin") || !strings.Contains(err.Error(), "run again") {
+		t.Errorf("error does not name the file or say what to do: %v", err)
+	}
+	if n := secondary.blobRequests(); n != 0 {
+		t.Errorf("a full disk made the agent try the next source (%d requests)", n)
+	}
+	assertTree(t, current(t, cfg), v1Files)
+
+	// Space is back: the next run resumes.
+	res := mustUpdate(t, cfg)
+	if res.BytesDownloaded != int64(len(big))-300<<10 {
+		t.Errorf("resumed run downloaded %d bytes, want %d", res.BytesDownloaded, len(big)-300<<10)
+	}
+	assertTree(t, current(t, cfg), map[string]string{"db/big.bin": big})
+}
+
+// TestUpdate_DiskFullTmpfs fills a real 1 MiB tmpfs.
+func TestUpdate_DiskFullTmpfs(t *testing.T) {
+	t.Parallel()
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v: %s)", err, strings.TrimSpace(string(out)))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount: %v: %s", err, out)
+		}
+	})
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	cfg := testConfig(t, r.trust, source.NewFile(r.dir))
+	cfg.Dir = mnt
+	mustUpdate(t, cfg)
+	r.publish(t, "2.0", 0, map[string]string{"db/big.bin": pseudoRandom(2 << 20)})
+
+	_, err := Update(testCtx(t), cfg)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("err = %v, want ENOSPC", err)
+	}
+	t.Logf("error: %v", err)
+	assertTree(t, current(t, cfg), v1Files)
+	if m, err := Installed(cfg.Dir, product); err != nil || m.Version != "1.0" {
+		t.Errorf("Installed = %v, %v", m, err)
+	}
+	// Still full, still clean: a rerun fails the same way, nothing breaks.
+	if _, err := Update(testCtx(t), cfg); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("rerun: %v", err)
+	}
+	assertTree(t, current(t, cfg), v1Files)
+}
+
+func TestStage_Target(t *testing.T) {
+	t.Parallel()
+	l := newLayout(t.TempDir(), product)
+	if err := l.init(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := newStage(l, "1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(st.files, "link")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(st.files, "file"), nil, 0o644)
+	tests := []struct {
+		path string
+		ok   bool
+	}{
+		{"a/b/c", true},
+		{"top", true},
+		{"../x", false},
+		{"/etc/x", false},
+		{"a/../../x", false},
+		{"", false},
+		{".", false},
+		{"link/x", false},   // through a planted symlink
+		{"link", false},     // onto it
+		{"file/x", false},   // below a file
+		{"file", false},     // already there
+		{"a//b", false},     // not clean
+		{"a\\..\\x", false}, // backslash
+	}
+	for _, tt := range tests {
+		got, err := st.target(tt.path)
+		if (err == nil) != tt.ok {
+			t.Errorf("target(%q) = %q, %v; want ok=%v", tt.path, got, err, tt.ok)
+			continue
+		}
+		if err != nil && !errors.Is(err, ErrUnsafePath) {
+			t.Errorf("target(%q): %v does not wrap ErrUnsafePath", tt.path, err)
+		}
+		if err == nil && !strings.HasPrefix(got, st.files+string(filepath.Separator)) {
+			t.Errorf("target(%q) = %q, outside %s", tt.path, got, st.files)
+		}
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("something was created through the symlink: %v", ents)
+	}
+}
+
+func TestGroupBlobs_SizeConflict(t *testing.T) {
+	t.Parallel()
+	d := sha("x")
+	_, err := groupBlobs([]manifest.File{{Path: "a", Size: 1, SHA256: d}, {Path: "b", Size: 2, SHA256: d}})
+	if !errors.Is(err, manifest.ErrInvalid) {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestReadLink_Broken(t *testing.T) {
+	t.Parallel()
+	for name, target := range map[string]string{
+		"absolute":  "/etc",
+		"escape":    "../../x",
+		"not ours":  ".dpcache/versions/1.0",
+		"bad name":  ".dpcache/versions/a~b/files",
+		"dangling?": ".dpcache/versions/9/files",
+	} {
+		l := newLayout(t.TempDir(), product)
+		l.init()
+		os.Symlink(target, l.linkPath(currentName))
+		_, err := Installed(filepath.Dir(l.root), product)
+		if !errors.Is(err, ErrBrokenInstall) {
+			t.Errorf("%s: Installed = %v, want ErrBrokenInstall", name, err)
+		}
+	}
+}
+
+// TestUpdate_InterruptedDownloadResumes cancels a run mid-download (as
+// Ctrl-C or a shutdown would) and checks the next run continues where it
+// stopped.
+func TestUpdate_InterruptedDownloadResumes(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	big := pseudoRandom(2 << 20)
+	r.publish(t, "1.0", 0, map[string]string{"db/big.bin": big})
+	src := counting(source.NewFile(r.dir))
+	cfg := testConfig(t, r.trust, src)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	interrupted := cfg
+	interrupted.Progress = func(done, total int64) {
+		if done >= 512<<10 {
+			cancel()
+		}
+	}
+	_, err := Update(ctx, interrupted)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	got := src.bytes.Load()
+	if _, err := Installed(cfg.Dir, product); !errors.Is(err, ErrNotInstalled) {
+		t.Fatalf("Installed after an interrupted first run: %v", err)
+	}
+	res := mustUpdate(t, cfg)
+	if res.BytesDownloaded != int64(len(big))-got {
+		t.Errorf("second run downloaded %d bytes, want %d (first run got %d)", res.BytesDownloaded, int64(len(big))-got, got)
+	}
+	if offs := src.offsetsOf(sha(big)); len(offs) != 2 || offs[1] != got {
+		t.Errorf("blob requested at offsets %v, want [0 %d]", offs, got)
+	}
+	assertTree(t, current(t, cfg), map[string]string{"db/big.bin": big})
+}

@@ -1,0 +1,245 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Benchmarks: go test -run '^$' -bench . -benchtime 1x ./cache/
+// (-short for 256 MiB instead of 1 GiB). Each reports its throughput, the
+// baseline's (a plain file, measured in the same iteration) and their ratio.
+
+const benchPiece = 1 << 20 // the caller's write and read size
+
+func benchSize() int64 {
+	if testing.Short() {
+		return 256 << 20
+	}
+	return 1 << 30
+}
+
+// stream is size deterministic bytes, produced in 1 MiB pieces: 16 MiB of
+// random bytes repeated, each piece stamped with its index.
+type stream struct {
+	base    []byte
+	scratch []byte
+	size    int64
+}
+
+func newStream(size int64) *stream {
+	base := make([]byte, 16<<20)
+	_, _ = rand.NewChaCha8([32]byte{42}).Read(base)
+	return &stream{base: base, scratch: make([]byte, benchPiece), size: size}
+}
+
+// WriteTo writes the stream in 1 MiB pieces, so io.Copy hands the
+// destination 1 MiB writes.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for i := int64(0); n < s.size; i++ {
+		p := s.scratch[:min(benchPiece, s.size-n)]
+		off := (i * benchPiece) % int64(len(s.base))
+		copy(p, s.base[off:])
+		binary.BigEndian.PutUint64(p, uint64(i))
+		m, err := w.Write(p)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (s *stream) Read([]byte) (int, error) { panic("use WriteTo") }
+
+func (s *stream) digest() string {
+	h := sha256.New()
+	_, _ = s.WriteTo(h)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// writePlainFile is the baseline: io.Copy into a new file, then fsync.
+func writePlainFile(b *testing.B, path string, s *stream) time.Duration {
+	start := time.Now()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(f, s); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+func benchConfig(path string) Config {
+	cfg := DefaultConfig()
+	cfg.Path = path
+	cfg.Logger = nil
+	return cfg
+}
+
+// ingestStream ingests s into c as one blob and commits (fsync included).
+func ingestStream(b *testing.B, c *Cache, digest string, s *stream) time.Duration {
+	start := time.Now()
+	w, err := c.NewWriter(digest, s.size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(w, s); err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
+
+func benchIngest(b *testing.B, mod func(*Config), reuse bool) {
+	s := newStream(benchSize())
+	digest := s.digest()
+	var fileTime, cacheTime time.Duration
+	b.SetBytes(s.size)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		dir := b.TempDir()
+		fileTime += writePlainFile(b, filepath.Join(dir, "plain"), s)
+		_ = os.Remove(filepath.Join(dir, "plain"))
+		cfg := benchConfig(filepath.Join(dir, "cache.db"))
+		mod(&cfg)
+		c, err := Open(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if reuse { // steady state: the pages of a deleted blob are reused
+			ingestStream(b, c, digest, s)
+			if err := c.DeleteBlob(digest); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		cacheTime += ingestStream(b, c, digest, s)
+		b.StopTimer()
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		_ = os.Remove(cfg.Path)
+		b.StartTimer()
+	}
+	total := s.size * int64(b.N)
+	b.ReportMetric(mbps(total, cacheTime), "cache-MB/s")
+	b.ReportMetric(mbps(total, fileTime), "file-MB/s")
+	b.ReportMetric(fileTime.Seconds()/cacheTime.Seconds(), "ratio")
+}
+
+// BenchmarkIngest ingests 1 GiB in 1 MiB writes with the default Config
+// (hashing and the commit's fsync included) against io.Copy into a plain
+// file plus fsync. Target ratio >= 0.5.
+func BenchmarkIngest(b *testing.B) {
+	b.Run("default", func(b *testing.B) { benchIngest(b, func(*Config) {}, false) })
+	b.Run("default-reuse", func(b *testing.B) { benchIngest(b, func(*Config) {}, true) })
+}
+
+// BenchmarkIngestOptions measures the tuning knobs one at a time against
+// the defaults.
+func BenchmarkIngestOptions(b *testing.B) {
+	opts := []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"flush=1M", func(c *Config) { c.FlushSize = 1 << 20 }},
+		{"flush=4M", func(c *Config) { c.FlushSize = 4 << 20 }},
+		{"flush=8M", func(c *Config) { c.FlushSize = 8 << 20 }},
+		{"flush=32M", func(c *Config) { c.FlushSize = 32 << 20 }},
+		{"flush=64M", func(c *Config) { c.FlushSize = 64 << 20 }},
+		{"nosync", func(c *Config) { c.NoSync = true }},
+		{"nosync/flush=4M", func(c *Config) { c.NoSync = true; c.FlushSize = 4 << 20 }},
+		{"nosync/flush=64M", func(c *Config) { c.NoSync = true; c.FlushSize = 64 << 20 }},
+		{"chunk=256K", func(c *Config) { c.ChunkSize = 256 << 10 }},
+		{"chunk=4M", func(c *Config) { c.ChunkSize = 4 << 20 }},
+		{"freelist=array", func(c *Config) { c.FreelistType = FreelistArray }},
+		{"nofreelistsync", func(c *Config) { c.NoFreelistSync = true }},
+		{"mmap=0", func(c *Config) { c.InitialMmapSize = 0 }},
+		{"mmap=8G", func(c *Config) { c.InitialMmapSize = 8 << 30 }},
+		{"alloc=16M", func(c *Config) { c.AllocSize = 16 << 20 }},
+		{"alloc=256M", func(c *Config) { c.AllocSize = 256 << 20 }},
+	}
+	for _, o := range opts {
+		b.Run(o.name, func(b *testing.B) { benchIngest(b, o.mod, false) })
+	}
+}
+
+// BenchmarkReadAt reads a cached 1 GiB blob in 1 MiB ReadAt calls against
+// ReadAt on a plain file holding the same bytes (both in the page cache).
+func BenchmarkReadAt(b *testing.B) {
+	s := newStream(benchSize())
+	digest := s.digest()
+	dir := b.TempDir()
+	plain := filepath.Join(dir, "plain")
+	writePlainFile(b, plain, s)
+	f, err := os.Open(plain)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	c, err := Open(benchConfig(filepath.Join(dir, "cache.db")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ingestStream(b, c, digest, s)
+
+	p := make([]byte, benchPiece)
+	readFile := func() {
+		for off := int64(0); ; off += benchPiece {
+			if _, err := f.ReadAt(p, off); err == io.EOF {
+				return
+			} else if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	readCache := func() {
+		for off := int64(0); ; off += benchPiece {
+			if _, err := c.ReadAt(digest, p, off); err == io.EOF {
+				return
+			} else if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	readFile() // warm both
+	readCache()
+	var fileTime, cacheTime time.Duration
+	b.SetBytes(s.size)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		start := time.Now()
+		readFile()
+		fileTime += time.Since(start)
+		b.StartTimer()
+		start = time.Now()
+		readCache()
+		cacheTime += time.Since(start)
+	}
+	total := s.size * int64(b.N)
+	b.ReportMetric(mbps(total, cacheTime), "cache-MB/s")
+	b.ReportMetric(mbps(total, fileTime), "file-MB/s")
+	b.ReportMetric(fileTime.Seconds()/cacheTime.Seconds(), "ratio")
+}
