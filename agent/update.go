@@ -86,7 +86,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 	res, err := u.run(ctx)
 	if err != nil {
 		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
-		u.log.Error("update failed", "err", err)
+		u.log.Debug("update failed", "err", err)
 	} else {
 		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
 			"source", res.Source, "bytes", res.BytesDownloaded, "files_changed", res.FilesChanged)

@@ -123,17 +123,26 @@ func TestE2E_CLIErrors(t *testing.T) {
 		})
 	}
 
-	// With logging turned down to errors, a failed update is one line: the
-	// error must not be printed twice (once logged, once as the result).
-	t.Run("update failure at --log-level error", func(t *testing.T) {
-		t.Parallel()
-		r := dpcache(t, append([]string{"--log-level", "error"}, upd("--source", "http://"+closedAddr+"/")...)...)
-		errorLine(t, r)
-		if lines := nonEmptyLines(r.stderr); len(lines) != 1 {
-			t.Errorf("BUG: a failed update at --log-level error prints %d lines on stderr, want the one error line:\n%s",
-				len(lines), r.stderr)
+	// A failed one-shot command is one line on stderr, by default and with
+	// logging turned down to errors: the error is not also logged.
+	for _, level := range []string{"", "error"} {
+		name := "update failure at the default log level"
+		if level != "" {
+			name = "update failure at --log-level " + level
 		}
-	})
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var args []string
+			if level != "" {
+				args = []string{"--log-level", level}
+			}
+			r := dpcache(t, append(args, upd("--source", "http://"+closedAddr+"/")...)...)
+			errorLine(t, r)
+			if lines := nonEmptyLines(r.stderr); len(lines) != 1 {
+				t.Errorf("a failed update prints %d lines on stderr, want the one error line:\n%s", len(lines), r.stderr)
+			}
+		})
+	}
 }
 
 // Every command of `dpcache --help` answers --help with its usage on stdout

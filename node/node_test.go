@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/e2e/testenv"
@@ -460,5 +461,37 @@ func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
 	b, err := readBlob(ctx, c, d, 0)
 	if err != nil || sha(b) != d {
 		t.Fatalf("reading after cancelled streams: %v", err)
+	}
+}
+
+func TestNode_ReportStatusIsKept(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	src, err := source.NewGRPC(n.GRPCAddr(), source.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	ctx := testCtx(t)
+	want := source.Status{ID: "ep-1", Hostname: "host-1", Site: "paris", Product: "av", Version: "1", Serial: 1, Result: "updated", Reported: time.Unix(1700000000, 0)}
+	if err := src.ReportStatus(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	var got []*pb.EndpointStatus
+	err = n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+		st := &pb.EndpointStatus{}
+		if err := proto.Unmarshal(value, st); err != nil {
+			return err
+		}
+		got = append(got, st)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].GetId() != "ep-1" || got[0].GetVersion() != "1" || got[0].GetSite() != "paris" || got[0].GetReported().AsTime().Unix() != 1700000000 {
+		t.Fatalf("stored reports %v, want the one sent", got)
 	}
 }

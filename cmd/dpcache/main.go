@@ -43,15 +43,24 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			level := logLevel
+			if level == "" {
+				// Services log their life at info; one-shot commands
+				// print their result, and their error as one line.
+				level = "error"
+				if cmd.Annotations["service"] == "true" {
+					level = "info"
+				}
+			}
 			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+			if err := lvl.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "", "log level: debug, info, warn or error (default: info for node and serve, error otherwise)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see %s --help)", cmd.Name(), err, cmd.CommandPath())
 	})

@@ -31,7 +31,8 @@ Every setting comes from the YAML file given with --config (keys are the flag
 names, e.g. "upstream: [https://updates.example.com/]"), from DPCACHE_*
 environment variables (DPCACHE_UPSTREAM, DPCACHE_DATA, ...), and from flags;
 flags win over the environment, which wins over the file.`,
-		Args: cobra.NoArgs,
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{"service": "true"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := applyConfig(cmd.Flags(), configFile); err != nil {
 				return fmt.Errorf("node: %w", err)
