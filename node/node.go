@@ -265,5 +265,6 @@ func (n *Node) httpHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("GET "+repoPrefix, n.serveRepo)
 	return mux
 }

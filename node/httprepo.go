@@ -1,0 +1,217 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+// repoPrefix is where a DP serves its content in repository layout, so any
+// HTTP updater (curl, wget, a vendor's agent) can use a DP as a source.
+const repoPrefix = "/repo/"
+
+// serveRepo serves GET and HEAD under /repo/: signed documents byte for
+// byte, blobs with Range and ETag. Misses are resolved exactly as on the
+// gRPC path (upstream, one fetch per blob).
+func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
+	rel := strings.TrimPrefix(r.URL.Path, repoPrefix)
+	parts := strings.Split(rel, "/")
+	var err error
+	switch {
+	case len(parts) == 3 && parts[0] == "blobs" && parts[1] == "sha256":
+		err = n.serveBlobHTTP(w, r, parts[2])
+	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
+		var signed source.Signed
+		if signed, err = n.latest(r.Context(), parts[0]); err == nil {
+			serveDoc(w, r, signed, parts[1] != manifest.LatestName)
+		}
+	case len(parts) == 3 && (parts[2] == manifest.ManifestName || parts[2] == manifest.ManifestName+manifest.SigSuffix):
+		var signed source.Signed
+		if signed, _, err = n.manifestDoc(r.Context(), parts[0], parts[1]); err == nil {
+			serveDoc(w, r, signed, parts[2] != manifest.ManifestName)
+		}
+	default:
+		err = fmt.Errorf("%s: %w: not a repository path", r.URL.Path, ErrNotFound)
+	}
+	if err != nil {
+		httpError(w, err)
+	}
+}
+
+// serveDoc writes a signed document or its signature, verbatim.
+func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig bool) {
+	body, ctype := signed.Data, "application/json"
+	if sig {
+		body, ctype = signed.Signature, "text/plain; charset=utf-8"
+		if len(body) == 0 {
+			httpError(w, fmt.Errorf("%s: %w: no signature", r.URL.Path, ErrNotFound))
+			return
+		}
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+}
+
+// serveBlobHTTP serves a blob: from the cache through http.ServeContent
+// (Range, If-None-Match, HEAD) when whole, else streamed as it arrives.
+func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest string) error {
+	if err := manifest.ValidDigest(digest); err != nil {
+		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
+	}
+	f, err := n.acquire(digest)
+	if err != nil {
+		return err
+	}
+	// A blob's name is its digest: its content never changes.
+	w.Header().Set("ETag", `"`+digest+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if f == nil {
+		size, err := n.cache.Stat(digest)
+		if err != nil {
+			return err
+		}
+		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
+		cw := &countWriter{ResponseWriter: w}
+		http.ServeContent(cw, r, "", zeroTime, body)
+		n.traffic.served.Add(cw.n)
+		return nil
+	}
+	// In flight: serve from the requested offset as bytes arrive. Only the
+	// single-range forms "bytes=N-" and "bytes=N-M" are honoured here.
+	from, to := int64(0), f.size
+	status := http.StatusOK
+	if rng := r.Header.Get("Range"); rng != "" {
+		a, b, ok := parseRange(rng, f.size)
+		if !ok {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+			return nil
+		}
+		from, to, status = a, b, http.StatusPartialContent
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, f.size))
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(to-from, 10))
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead || from == to {
+		return nil
+	}
+	sink := &httpSink{w: w, left: to - from}
+	err = n.readBlob(r.Context(), digest, from, sink)
+	if errors.Is(err, errRangeDone) || err == nil {
+		return nil
+	}
+	// Headers are gone: abort the connection so the client sees a
+	// truncated body, never a silently short one.
+	n.log.Warn("HTTP blob stream failed", "blob", digest, "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+// parseRange parses "bytes=a-" or "bytes=a-b" against size into [from, to).
+func parseRange(h string, size int64) (int64, int64, bool) {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, 0, false
+	}
+	a, b, ok := strings.Cut(spec, "-")
+	if !ok || a == "" {
+		return 0, 0, false
+	}
+	from, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || from < 0 || from >= size {
+		return 0, 0, false
+	}
+	to := size
+	if b != "" {
+		last, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || last < from {
+			return 0, 0, false
+		}
+		to = min(last+1, size)
+	}
+	return from, to, true
+}
+
+var errRangeDone = errors.New("range done")
+
+// httpSink adapts readBlob's chunk stream to an HTTP body.
+type httpSink struct {
+	w    http.ResponseWriter
+	left int64
+}
+
+func (s *httpSink) SendMsg(m any) error {
+	c := m.(*pb.BlobChunk)
+	if c.Data == nil {
+		return nil
+	}
+	defer c.Data.Free()
+	b := c.Data.ReadOnlyData()
+	if int64(len(b)) > s.left {
+		b = b[:s.left]
+	}
+	if _, err := s.w.Write(b); err != nil {
+		return err
+	}
+	s.left -= int64(len(b))
+	if s.left == 0 {
+		return errRangeDone
+	}
+	return nil
+}
+
+// cacheReaderAt reads a whole blob from the cache.
+type cacheReaderAt struct {
+	n      *Node
+	digest string
+}
+
+func (c cacheReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	return c.n.cache.ReadAt(c.digest, p, off)
+}
+
+type countWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// httpError writes err with the HTTP status matching its gRPC code.
+func httpError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch status.Code(toStatus(err)) {
+	case codes.NotFound:
+		code = http.StatusNotFound
+	case codes.InvalidArgument:
+		code = http.StatusBadRequest
+	case codes.DataLoss:
+		code = http.StatusBadGateway
+	case codes.Unavailable:
+		code = http.StatusServiceUnavailable
+	case codes.Canceled, codes.DeadlineExceeded:
+		code = http.StatusGatewayTimeout
+	}
+	http.Error(w, err.Error(), code)
+}
+
+var zeroTime time.Time

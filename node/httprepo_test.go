@@ -1,0 +1,156 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dpcache/dpcache/agent"
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+func httpGet(t *testing.T, url string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), "GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp, b
+}
+
+// A DP is an HTTP source too: plain requests against /repo/ (as wget
+// --mirror would make) give a repository that the stock minisign verifies,
+// and the agent installs from it over HTTP.
+func TestNode_HTTPRepo_PlainClientsAndAgent(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	base := "http://" + n.HTTPAddr() + "/repo/"
+
+	// Mirror with plain GETs, then verify with the stock minisign.
+	mirror := t.TempDir()
+	get := func(rel string) []byte {
+		resp, b := httpGet(t, base+rel)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s: %s", rel, resp.Status, b)
+		}
+		p := filepath.Join(mirror, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, rel := range []string{"av/latest.json", "av/latest.json.minisig", "av/1/manifest.json", "av/1/manifest.json.minisig"} {
+		get(rel)
+	}
+	for _, f := range pub.Manifest.Blobs() {
+		if b := get(manifest.BlobPath(f.SHA256)); sha(b) != f.SHA256 {
+			t.Fatalf("blob %s: wrong bytes over HTTP", f.Path)
+		}
+	}
+	minisign := testenv.RequireBinary(t, "minisign")
+	pubFile := filepath.Join(t.TempDir(), "vendor.pub")
+	if err := os.WriteFile(pubFile, v.key.PublicKeyFile(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range []string{"av/latest.json", "av/1/manifest.json"} {
+		out, err := exec.Command(minisign, "-Vm", filepath.Join(mirror, doc), "-p", pubFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("minisign rejects %s relayed by the DP: %v\n%s", doc, err, out)
+		}
+	}
+	// The mirrored folder is a valid repository: the agent installs from it,
+	// and from the DP's /repo/ over HTTP.
+	for _, src := range []string{mirror, base} {
+		s, err := source.Parse(src, source.DefaultOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cfg := agent.DefaultConfig()
+		cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir = []source.Source{s}, v.trust, "av", t.TempDir()
+		res, err := agent.Update(testCtx(t), cfg)
+		if err != nil {
+			t.Fatalf("update from %s: %v", src, err)
+		}
+		if res.Serial != 1 || res.FilesChanged != len(pub.Manifest.Files) {
+			t.Fatalf("update from %s: %+v", src, res)
+		}
+	}
+}
+
+func TestNode_HTTPRepo_RangeETagAndErrors(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 6 << 20, "databases/small.dat": 5000})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "2m"})
+	n := startNode(t, v, ngx.URL, nil)
+	base := "http://" + n.HTTPAddr() + "/repo/"
+	if resp, b := httpGet(t, base+"av/1/manifest.json"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest: %s %s", resp.Status, b)
+	}
+	var big manifest.File
+	for _, f := range pub.Manifest.Files {
+		if f.Size > big.Size {
+			big = f
+		}
+	}
+	want, err := os.ReadFile(filepath.Join(v.repo, filepath.FromSlash(manifest.BlobPath(big.SHA256))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := base + manifest.BlobPath(big.SHA256)
+	// While the blob is still arriving from the slow origin.
+	resp, b := httpGet(t, url, "Range", "bytes=1000-1999")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(b, want[1000:2000]) {
+		t.Fatalf("range of an in-flight blob: %s, %d bytes", resp.Status, len(b))
+	}
+	// Whole: Range, ETag, conditional requests.
+	testenv.WaitFor(t, 30*time.Second, "blob whole", func() bool { _, err := n.cache.Stat(big.SHA256); return err == nil })
+	resp, b = httpGet(t, url, "Range", fmt.Sprintf("bytes=%d-", len(want)-10))
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(b, want[len(want)-10:]) {
+		t.Fatalf("range of a whole blob: %s, %d bytes", resp.Status, len(b))
+	}
+	if resp.Header.Get("ETag") != `"`+big.SHA256+`"` {
+		t.Fatalf("ETag %q", resp.Header.Get("ETag"))
+	}
+	if resp, _ := httpGet(t, url, "If-None-Match", `"`+big.SHA256+`"`); resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match: %s, want 304", resp.Status)
+	}
+	for path, code := range map[string]int{
+		"blobs/sha256/xyz":         http.StatusBadRequest,
+		"blobs/sha256/" + sha(nil): http.StatusNotFound,
+		"nope/latest.json":         http.StatusNotFound,
+		"av/9/manifest.json":       http.StatusNotFound,
+		"av/1/other.json":          http.StatusNotFound,
+		"..%2f..%2fetc/passwd":     http.StatusNotFound,
+		"av/latest.json/../../x":   http.StatusNotFound,
+	} {
+		if resp, b := httpGet(t, base+path); resp.StatusCode != code {
+			t.Errorf("GET /repo/%s: %s (%s), want %d", path, resp.Status, bytes.TrimSpace(b), code)
+		}
+	}
+}
