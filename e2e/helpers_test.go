@@ -269,12 +269,12 @@ func sumSizes(sizes map[string]int, tr tree) int64 {
 // an error: an install holds plain files.
 func readTree(t *testing.T, root string) tree {
 	t.Helper()
-	real, err := filepath.EvalSymlinks(root)
+	resolved, err := filepath.EvalSymlinks(root)
 	if err != nil {
 		t.Fatalf("read installed tree: %v", err)
 	}
 	out := tree{}
-	err = filepath.WalkDir(real, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(resolved, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -284,7 +284,7 @@ func readTree(t *testing.T, root string) tree {
 		if !d.Type().IsRegular() {
 			return fmt.Errorf("%s is a %v, want a regular file", p, d.Type())
 		}
-		rel, err := filepath.Rel(real, p)
+		rel, err := filepath.Rel(resolved, p)
 		if err != nil {
 			return err
 		}

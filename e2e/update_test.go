@@ -16,7 +16,7 @@ func TestE2E_Keygen(t *testing.T) {
 	dir := t.TempDir()
 	k, r := dpcacheKeygen(t, dir, "vendor")
 	if r.code != 0 {
-		t.Fatalf("BUG: dpcache keygen -o %s failed: %s", filepath.Join(dir, "vendor"), r)
+		t.Fatalf("dpcache keygen -o %s failed: %s", filepath.Join(dir, "vendor"), r)
 	}
 	fi, err := os.Stat(k.key)
 	if err != nil {
@@ -59,7 +59,7 @@ func TestE2E_PublishServeUpdateRollback(t *testing.T) {
 	k, r := dpcacheKeygen(t, work, "vendor")
 	if r.code != 0 {
 		// Reported here, and the rest of the path still checked.
-		t.Errorf("BUG: dpcache keygen failed, continuing with a minisign -G -W key: %s", r)
+		t.Errorf("dpcache keygen failed; checking the rest with a minisign -G -W key: %s", r)
 		k = minisignKeygen(t, work, "vendor-minisign")
 	}
 

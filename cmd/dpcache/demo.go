@@ -35,7 +35,7 @@ as the vendor's origin, runs a distribution point in front of it, and updates
 several endpoints from the DP twice. It prints the versions installed, the
 bytes the origin served and the bytes the endpoints received. Everything runs
 on 127.0.0.1 in a temporary folder that is removed at the end.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if endpoints < 1 || endpoints > 100 {
 				return fmt.Errorf("demo: --endpoints %d: want 1 to 100", endpoints)

@@ -17,7 +17,7 @@ func newKeygen() *cobra.Command {
 mode 0600) and NAME.pub (the public key endpoints and DPs trust with --trust).
 Both are in minisign's format: the stock minisign tool can sign and verify
 with them. Existing files are never overwritten.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "output"); err != nil {
 				return err

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -71,6 +70,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		newNode(),
 		newUpdate(),
 		newRollback(),
+		newMirror(),
 		newDemo(),
 	)
 	return root
@@ -90,4 +90,20 @@ func requireFlags(cmd *cobra.Command, names ...string) error {
 	return nil
 }
 
-var errUsage = errors.New("usage")
+// noArgs refuses positional arguments with a line naming the command.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (see %s --help)", cmd.Name(), args[0], cmd.CommandPath())
+	}
+	return nil
+}
+
+// oneArg wants exactly one positional argument, described by what.
+func oneArg(what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("%s: want one argument, %s; got %d (see %s --help)", cmd.Name(), what, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
+}

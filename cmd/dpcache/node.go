@@ -31,7 +31,7 @@ Every setting comes from the YAML file given with --config (keys are the flag
 names, e.g. "upstream: [https://updates.example.com/]"), from DPCACHE_*
 environment variables (DPCACHE_UPSTREAM, DPCACHE_DATA, ...), and from flags;
 flags win over the environment, which wins over the file.`,
-		Args:        cobra.NoArgs,
+		Args:        noArgs,
 		Annotations: map[string]string{"service": "true"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := applyConfig(cmd.Flags(), configFile); err != nil {
@@ -45,12 +45,8 @@ flags win over the environment, which wins over the file.`,
 				return fmt.Errorf("node: %w", err)
 			}
 			cfg.Trust = t
-			if proxy != "" {
-				u, err := url.Parse(proxy)
-				if err != nil || u.Host == "" {
-					return fmt.Errorf("node: --proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
-				}
-				cfg.SourceOptions.Proxy = u
+			if cfg.SourceOptions.Proxy, err = parseProxy(proxy); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
 			if cfg.Name == "" {
 				cfg.Name, _ = os.Hostname()

@@ -20,7 +20,7 @@ are reused, not rewritten), then the signed manifest.json and latest.json are
 written, each atomically, so that a web server never serves half a file.
 Files whose path starts with modules/ are application modules; all others
 are databases. --serial defaults to the previous serial + 1.`,
-		Args: cobra.ExactArgs(1),
+		Args: oneArg("SRC_DIR (the folder whose files to publish)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "repo", "key", "product", "version"); err != nil {
 				return err

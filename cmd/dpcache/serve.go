@@ -22,7 +22,7 @@ func newServe() *cobra.Command {
 		Long: `serve is a static HTTP server of a repository folder, with Range support.
 Any web server works as well (nginx, a vendor's CDN); this one is for demos,
 tests and quick trials.`,
-		Args:        cobra.NoArgs,
+		Args:        noArgs,
 		Annotations: map[string]string{"service": "true"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "repo"); err != nil {

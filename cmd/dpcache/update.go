@@ -4,17 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"os"
-	"sync"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/manifest"
-	"github.com/dpcache/dpcache/source"
 )
 
 func newUpdate() *cobra.Command {
@@ -32,7 +26,7 @@ verified by SHA-256, resuming interrupted downloads), and switches current
 atomically. The previous version stays on disk for dpcache rollback. When a
 source fails the next one is used. A lower serial than installed is refused.
 When the source is a distribution point, the result is reported to it.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
 				return err
@@ -41,47 +35,17 @@ When the source is a distribution point, the result is reported to it.`,
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			opts := source.DefaultOptions()
-			if proxy != "" {
-				u, err := url.Parse(proxy)
-				if err != nil || u.Host == "" {
-					return fmt.Errorf("update: --proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
-				}
-				opts.Proxy = u
-			}
-			srcs, err := source.ParseList(sources, opts)
+			srcs, err := openSources(sources, proxy)
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			defer func() {
-				for _, s := range srcs {
-					s.Close()
-				}
-			}()
+			defer closeSources(srcs)
 			cfg.Sources, cfg.Trust = srcs, t
 			cfg.Logger = slog.Default()
-			var bar *progressbar.ProgressBar
-			var barMu sync.Mutex
-			if !asJSON && term.IsTerminal(int(os.Stderr.Fd())) {
-				cfg.Progress = func(done, total int64) {
-					barMu.Lock()
-					defer barMu.Unlock()
-					if bar == nil {
-						bar = progressbar.NewOptions64(total,
-							progressbar.OptionSetWriter(os.Stderr),
-							progressbar.OptionSetDescription("downloading "+cfg.Product),
-							progressbar.OptionShowBytes(true),
-							progressbar.OptionThrottle(100_000_000),
-							progressbar.OptionClearOnFinish())
-					}
-					bar.ChangeMax64(total)
-					bar.Set64(done)
-				}
-			}
+			bar := newProgress(!asJSON, "downloading "+cfg.Product)
+			cfg.Progress = bar.update
 			res, err := agent.Update(cmd.Context(), cfg)
-			if bar != nil {
-				bar.Finish()
-			}
+			bar.finish()
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
@@ -118,7 +82,7 @@ func newRollback() *cobra.Command {
 		Long: `rollback switches DIR/<product>/current back to the previous version kept on
 disk by the last update, atomically. It is the only way dpcache goes to a
 lower serial: on an administrator's command.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "dir", "product"); err != nil {
 				return err

@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// MirrorConfig says what Mirror copies, from where, to which folder.
+type MirrorConfig struct {
+	// Sources are tried in order, as for Update. Required.
+	Sources []source.Source
+	// Product to copy. Required.
+	Product string
+	// Version to copy; empty means the sources' latest. An older version is
+	// added to the folder without touching its latest.json.
+	Version string
+	// To is the repository folder written (created if missing). Required.
+	To string
+	// Trust verifies every signed document. Required.
+	Trust *manifest.Trust
+	// Concurrency is how many blobs are fetched at once. Default 4.
+	Concurrency int
+	// Progress, when set, is called as blob bytes arrive (as in Config).
+	Progress func(done, total int64)
+	// Logger receives the run's events. Default: discard.
+	Logger *slog.Logger
+}
+
+// MirrorResult reports what Mirror did.
+type MirrorResult struct {
+	Product string `json:"product"`
+	Version string `json:"version"`
+	Serial  uint64 `json:"serial"`
+	// Source that served the documents.
+	Source string `json:"source"`
+	// BlobsCopied were fetched; BlobsKept were already in the folder,
+	// verified.
+	BlobsCopied     int   `json:"blobs_copied"`
+	BlobsKept       int   `json:"blobs_kept"`
+	BytesDownloaded int64 `json:"bytes_downloaded"`
+	// LatestUpdated is true when the folder's latest.json now names this
+	// version.
+	LatestUpdated bool `json:"latest_updated"`
+}
+
+// Mirror copies one version of a product from the sources into a folder in
+// repository layout (the update utility's job: a shared folder, an
+// air-gapped network, a DP's export), so that the folder then works as a
+// file://, nginx or FTP source. Every document is verified, every blob is
+// checked against its SHA-256; blobs already in the folder are verified and
+// kept; downloads resume at their offset. The signed documents are written
+// last, each atomically (signature first), so a reader never sees a
+// latest.json naming blobs the folder lacks. The folder's latest.json is
+// never replaced by a lower serial.
+func Mirror(ctx context.Context, cfg MirrorConfig) (*MirrorResult, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "mirror", "product", cfg.Product)
+	res, err := mirror(ctx, cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: mirror %s to %s: %w%s", cfg.Product, cfg.To, err, localAdvice(err))
+	}
+	return res, nil
+}
+
+func (c *MirrorConfig) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("agent: mirror: %s: %w", fmt.Sprintf(format, args...), ErrInvalidConfig)
+	}
+	switch {
+	case len(c.Sources) == 0:
+		return bad("no source; give at least one")
+	case c.To == "":
+		return bad("no destination folder")
+	case c.Trust == nil:
+		return bad("no trusted key")
+	}
+	if err := manifest.ValidName(c.Product); err != nil {
+		return bad("product: %v", err)
+	}
+	if c.Version != "" {
+		if err := manifest.ValidName(c.Version); err != nil {
+			return bad("version: %v", err)
+		}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConfig().Concurrency
+	}
+	return nil
+}
+
+// mirrorDocs are the verified documents of the version being mirrored.
+type mirrorDocs struct {
+	src     int
+	latestS source.Signed // empty when an explicit older version is mirrored
+	latest  *manifest.Latest
+	manS    source.Signed
+	man     *manifest.Manifest
+}
+
+func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorResult, error) {
+	docs, err := mirrorResolve(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	m := docs.man
+	// The folder's own latest: never replaced by a lower serial.
+	updateLatest := docs.latest != nil
+	if data, err := os.ReadFile(filepath.Join(cfg.To, filepath.FromSlash(manifest.LatestPath(cfg.Product)))); err == nil {
+		if cur, err := manifest.ParseLatest(data); err == nil && cur.Serial > m.Serial {
+			if cfg.Version == "" {
+				return nil, fmt.Errorf("the sources' latest is %s serial %d but %s already holds serial %d: %w",
+					m.Version, m.Serial, cfg.To, cur.Serial, ErrLowerSerial)
+			}
+			updateLatest = false
+		}
+	}
+	blobDir := filepath.Join(cfg.To, filepath.FromSlash(manifest.BlobDir))
+	if err := os.MkdirAll(blobDir, 0o755); err != nil {
+		return nil, &localError{err}
+	}
+	jobs, err := groupBlobs(m.Files)
+	if err != nil {
+		return nil, err
+	}
+	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: m.Serial, Source: cfg.Sources[docs.src].String()}
+	// Blobs already in the folder are kept if they verify.
+	var missing []*blobJob
+	var total int64
+	for _, j := range jobs {
+		if verifyFile(filepath.Join(blobDir, j.digest), j.digest, j.size) {
+			res.BlobsKept++
+			continue
+		}
+		missing = append(missing, j)
+		total += j.size
+	}
+	f := &fetcher{
+		sources: cfg.Sources, dir: blobDir, log: log, progress: cfg.Progress,
+		served: make([]bool, len(cfg.Sources)), total: total,
+	}
+	f.sticky.Store(int64(docs.src))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cfg.Concurrency)
+	for _, j := range missing {
+		g.Go(func() error { return f.fetch(gctx, j) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	res.BlobsCopied, res.BytesDownloaded = len(missing), f.downloaded.Load()
+	if err := syncDir(blobDir); err != nil {
+		return nil, &localError{err}
+	}
+	// Documents last, signature before document (as Publish does).
+	write := func(rel string, s source.Signed) error {
+		p := filepath.Join(cfg.To, filepath.FromSlash(rel))
+		if err := writeAtomic(p+manifest.SigSuffix, s.Signature); err != nil {
+			return err
+		}
+		return writeAtomic(p, s.Data)
+	}
+	if err := write(manifest.ManifestPath(cfg.Product, m.Version), docs.manS); err != nil {
+		return nil, err
+	}
+	if updateLatest {
+		if err := write(manifest.LatestPath(cfg.Product), docs.latestS); err != nil {
+			return nil, err
+		}
+		res.LatestUpdated = true
+	}
+	log.Info("mirrored", "version", m.Version, "serial", m.Serial, "copied", res.BlobsCopied, "kept", res.BlobsKept, "bytes", res.BytesDownloaded)
+	return res, nil
+}
+
+// mirrorResolve fetches and verifies the documents from the first source
+// that has them.
+func mirrorResolve(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*mirrorDocs, error) {
+	var failures []SourceFailure
+	for i, src := range cfg.Sources {
+		d, err := mirrorResolveFrom(ctx, cfg, src)
+		if err == nil {
+			d.src = i
+			return d, nil
+		}
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		failures = append(failures, SourceFailure{Source: src.String(), Err: err})
+		log.Warn(fmt.Sprintf("agent: %s; trying next source", describeFailure(src.String(), err)))
+	}
+	what := fmt.Sprintf("the latest version of %q", cfg.Product)
+	if cfg.Version != "" {
+		what = fmt.Sprintf("version %q of %q", cfg.Version, cfg.Product)
+	}
+	return nil, &SourcesError{What: what, Failures: failures}
+}
+
+func mirrorResolveFrom(ctx context.Context, cfg MirrorConfig, src source.Source) (*mirrorDocs, error) {
+	d := &mirrorDocs{}
+	var err error
+	for attempt := 0; ; attempt++ { // see resolveFrom: retry once on a bad signature
+		if d.latestS, err = src.Latest(ctx, cfg.Product); err != nil {
+			break
+		}
+		d.latest, err = cfg.Trust.VerifyLatest(d.latestS.Data, d.latestS.Signature)
+		if err == nil || attempt > 0 || !errors.Is(err, manifest.ErrBadSignature) {
+			break
+		}
+	}
+	if err == nil && d.latest.Product != cfg.Product {
+		err = fmt.Errorf("%s is about product %q: %w", manifest.LatestPath(cfg.Product), d.latest.Product, ErrWrongProduct)
+	}
+	version := cfg.Version
+	switch {
+	case err != nil && version == "":
+		return nil, err
+	case err == nil && (version == "" || version == d.latest.Version):
+		version = d.latest.Version
+	default:
+		// An explicit version other than the latest: its manifest alone.
+		d.latestS, d.latest = source.Signed{}, nil
+	}
+	if d.manS, err = src.Manifest(ctx, cfg.Product, version); err != nil {
+		return nil, err
+	}
+	if d.man, err = cfg.Trust.VerifyManifest(d.manS.Data, d.manS.Signature, d.latest); err != nil {
+		return nil, err
+	}
+	if d.man.Product != cfg.Product || d.man.Version != version {
+		return nil, fmt.Errorf("manifest of %s %s names %s %s: %w", cfg.Product, version, d.man.Product, d.man.Version, ErrWrongProduct)
+	}
+	return d, nil
+}
+
+// writeAtomic writes data to path through a synced temporary file renamed
+// into place, then syncs the directory: readers see the old file or the new
+// one, whole.
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return &localError{err}
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return &localError{err}
+	}
+	name := tmp.Name()
+	defer os.Remove(name) // a no-op once renamed
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return &localError{fmt.Errorf("write %s: %w", name, err)}
+	}
+	if err := os.Chmod(name, 0o644); err != nil {
+		return &localError{err}
+	}
+	if err := os.Rename(name, path); err != nil {
+		return &localError{err}
+	}
+	return syncDir(dir)
+}

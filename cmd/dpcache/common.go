@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/dpcache/dpcache/source"
+)
+
+// openSources parses source URLs, in order, with an optional HTTP proxy.
+func openSources(urls []string, proxy string) ([]source.Source, error) {
+	opts := source.DefaultOptions()
+	var err error
+	if opts.Proxy, err = parseProxy(proxy); err != nil {
+		return nil, err
+	}
+	return source.ParseList(urls, opts)
+}
+
+// parseProxy parses --proxy; "" means none (the environment applies).
+func parseProxy(proxy string) (*url.URL, error) {
+	if proxy == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(proxy)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("--proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
+	}
+	return u, nil
+}
+
+func closeSources(srcs []source.Source) {
+	for _, s := range srcs {
+		s.Close()
+	}
+}
+
+// progress draws a progress bar on stderr when it is a terminal; otherwise
+// it does nothing.
+type progress struct {
+	enabled bool
+	desc    string
+	mu      sync.Mutex // protects bar
+	bar     *progressbar.ProgressBar
+}
+
+func newProgress(wanted bool, desc string) *progress {
+	return &progress{enabled: wanted && term.IsTerminal(int(os.Stderr.Fd())), desc: desc}
+}
+
+// update is a Progress callback for agent.Config and agent.MirrorConfig.
+func (p *progress) update(done, total int64) {
+	if !p.enabled {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar == nil {
+		p.bar = progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(os.Stderr),
+			progressbar.OptionSetDescription(p.desc),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionThrottle(100_000_000),
+			progressbar.OptionClearOnFinish())
+	}
+	p.bar.ChangeMax64(total)
+	p.bar.Set64(done)
+}
+
+func (p *progress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Finish()
+	}
+}

@@ -1,0 +1,404 @@
+package source_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// TestConformance runs one suite against every Source implementation, each
+// reading the same published repository: a folder (File), a real nginx and
+// Go's http.FileServer (HTTP), and a real distribution point whose upstream
+// is that nginx (GRPC).
+func TestConformance(t *testing.T) {
+	r := newRepo(t)
+	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{Prefix: "/updates/"})
+	fileServer := httptest.NewServer(http.FileServer(http.Dir(r.root)))
+	t.Cleanup(fileServer.Close)
+	dp := startDP(t, r.trust, ngx.URL)
+
+	impls := []struct {
+		name string
+		url  string
+		// unsigned: the source relays a document that has no signature
+		// file (a DP verifies and refuses it).
+		unsigned bool
+	}{
+		{name: "File/path", url: r.root, unsigned: true},
+		{name: "File/URL", url: "file://" + r.root, unsigned: true},
+		// Without the trailing slash: the repository's root is still
+		// /updates/.
+		{name: "HTTP/nginx", url: strings.TrimSuffix(ngx.URL, "/"), unsigned: true},
+		{name: "HTTP/FileServer", url: fileServer.URL, unsigned: true},
+		{name: "GRPC/DP", url: "grpc://" + dp.GRPCAddr()},
+	}
+	for _, im := range impls {
+		t.Run(im.name, func(t *testing.T) {
+			t.Parallel()
+			src := parse(t, im.url, source.DefaultOptions())
+			testSource(t, r, src, im.unsigned)
+		})
+	}
+}
+
+// testSource is the conformance suite: what every Source guarantees.
+func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
+	ctx := testCtx(t)
+	// A client reads latest.json, then the manifest it names, then blobs:
+	// a DP serves only blobs named by a manifest it has seen.
+	latest, err := src.Latest(ctx, r.product)
+	if err != nil {
+		t.Fatalf("%s: Latest: %v", src, err)
+	}
+	l, err := r.trust.VerifyLatest(latest.Data, latest.Signature)
+	if err != nil {
+		t.Fatalf("%s: latest.json does not verify: %v", src, err)
+	}
+	m, err := src.Manifest(ctx, l.Product, l.Version)
+	if err != nil {
+		t.Fatalf("%s: Manifest: %v", src, err)
+	}
+	if _, err := r.trust.VerifyManifest(m.Data, m.Signature, l); err != nil {
+		t.Fatalf("%s: manifest.json does not verify: %v", src, err)
+	}
+
+	t.Run("String", func(t *testing.T) {
+		t.Parallel()
+		if src.String() == "" {
+			t.Error("String() is empty")
+		}
+	})
+
+	t.Run("Latest/Verbatim", func(t *testing.T) {
+		t.Parallel()
+		got, err := src.Latest(testCtx(t), r.product)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := manifest.LatestPath(r.product)
+		checkSigned(t, got, r.read(t, p), r.read(t, manifest.SigPath(p)))
+	})
+
+	t.Run("Manifest/Verbatim", func(t *testing.T) {
+		t.Parallel()
+		got, err := src.Manifest(testCtx(t), r.product, r.version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := manifest.ManifestPath(r.product, r.version)
+		checkSigned(t, got, r.read(t, p), r.read(t, manifest.SigPath(p)))
+	})
+
+	t.Run("Latest/MissingProduct", func(t *testing.T) {
+		t.Parallel()
+		_, err := src.Latest(testCtx(t), "no-such-product")
+		checkErr(t, src, err, source.ErrNotFound)
+	})
+
+	t.Run("Manifest/MissingVersion", func(t *testing.T) {
+		t.Parallel()
+		_, err := src.Manifest(testCtx(t), r.product, "0.0.0.404")
+		checkErr(t, src, err, source.ErrNotFound)
+	})
+
+	t.Run("Manifest/MissingProduct", func(t *testing.T) {
+		t.Parallel()
+		_, err := src.Manifest(testCtx(t), "no-such-product", r.version)
+		checkErr(t, src, err, source.ErrNotFound)
+	})
+
+	// ErrInvalid documents "a bad digest, product or version name": a name
+	// outside [A-Za-z0-9._-]{1,128}, or "." and "..", which would name
+	// another place of the repository (or, for a folder, outside it).
+	t.Run("InvalidName", func(t *testing.T) {
+		t.Parallel()
+		for _, bad := range []string{"", ".", "..", "a/b", `a\b`, "a b", "../kes", "%2e%2e", strings.Repeat("p", manifest.MaxNameLen+1)} {
+			ctx := testCtx(t)
+			var wrong []string
+			if _, err := src.Latest(ctx, bad); !errors.Is(err, source.ErrInvalid) {
+				wrong = append(wrong, fmt.Sprintf("Latest(%q): %v", bad, err))
+			}
+			if _, err := src.Manifest(ctx, bad, r.version); !errors.Is(err, source.ErrInvalid) {
+				wrong = append(wrong, fmt.Sprintf("Manifest(%q, %q): %v", bad, r.version, err))
+			}
+			if _, err := src.Manifest(ctx, r.product, bad); !errors.Is(err, source.ErrInvalid) {
+				wrong = append(wrong, fmt.Sprintf("Manifest(%q, %q): %v", r.product, bad, err))
+			}
+			if len(wrong) > 0 {
+				t.Errorf("name %q: want errors wrapping ErrInvalid, got:\n\t%s", bad, strings.Join(wrong, "\n\t"))
+			}
+		}
+	})
+
+	if unsigned {
+		t.Run("MissingSignature", func(t *testing.T) {
+			t.Parallel()
+			ctx := testCtx(t)
+			got, err := src.Latest(ctx, r.unsigned)
+			if err != nil {
+				t.Fatalf("Latest of a product without signature files: %v", err)
+			}
+			checkSigned(t, got, r.read(t, manifest.LatestPath(r.unsigned)), nil)
+			got, err = src.Manifest(ctx, r.unsigned, r.unsignedVersion)
+			if err != nil {
+				t.Fatalf("Manifest of a version without signature file: %v", err)
+			}
+			checkSigned(t, got, r.read(t, manifest.ManifestPath(r.unsigned, r.unsignedVersion)), nil)
+		})
+	}
+
+	t.Run("Blob", func(t *testing.T) {
+		t.Parallel()
+		for _, d := range r.digests {
+			content := r.blobs[d]
+			offsets := []int64{0}
+			if n := int64(len(content)); n > 1 {
+				offsets = append(offsets, n/2|1, n-1)
+			}
+			for _, off := range offsets {
+				t.Run(fmt.Sprintf("%d@%d", len(content), off), func(t *testing.T) {
+					t.Parallel()
+					want := content[off:]
+					// io.ReadAll uses Read only.
+					got, err := readBlob(testCtx(t), src, d, off, io.ReadAll)
+					checkBytes(t, "ReadAll", got, want, err)
+					// io.Copy prefers the reader's WriteTo, when it has one.
+					got, err = readBlob(testCtx(t), src, d, off, func(rd io.Reader) ([]byte, error) {
+						var buf bytes.Buffer
+						_, err := io.Copy(&buf, rd)
+						return buf.Bytes(), err
+					})
+					checkBytes(t, "io.Copy", got, want, err)
+				})
+			}
+		}
+	})
+
+	t.Run("Blob/SmallReads", func(t *testing.T) {
+		t.Parallel()
+		for _, d := range r.digests[1:3] {
+			rc, err := src.Blob(testCtx(t), d, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := iotest.TestReader(rc, r.blobs[d]); err != nil {
+				t.Errorf("blob of %d bytes: %v", len(r.blobs[d]), err)
+			}
+			if err := rc.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}
+	})
+
+	t.Run("Blob/OddReadSizes", func(t *testing.T) {
+		t.Parallel()
+		d, content := r.big()
+		const off = 12347
+		rc, err := src.Blob(testCtx(t), d, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		// Read sizes that straddle every chunk boundary a source may use.
+		sizes := []int{1, 7, 4095, 4097, 65537, 262143, 3}
+		var got []byte
+		buf := make([]byte, 262143)
+		for i := 0; ; i++ {
+			n, err := rc.Read(buf[:sizes[i%len(sizes)]])
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("Read after %d bytes: %v", len(got), err)
+			}
+		}
+		checkBytes(t, "Read", got, content[off:], nil)
+	})
+
+	// The reader yields "the bytes from offset to the blob's end": at the
+	// end there are none, and that is not an error (a resumed download
+	// that had every byte but was not yet verified asks for exactly this).
+	t.Run("Blob/OffsetAtEnd", func(t *testing.T) {
+		t.Parallel()
+		for _, d := range r.digests {
+			n := int64(len(r.blobs[d]))
+			got, err := readBlob(testCtx(t), src, d, n, io.ReadAll)
+			if err != nil {
+				t.Errorf("blob of %d bytes at offset %d: %v", n, n, err)
+			} else if len(got) != 0 {
+				t.Errorf("blob of %d bytes at offset %d: got %d bytes", n, n, len(got))
+			}
+		}
+	})
+
+	// Past the end there is nothing the source has: an error, never an
+	// empty success that a caller would take for a complete blob.
+	t.Run("Blob/OffsetPastEnd", func(t *testing.T) {
+		t.Parallel()
+		d, content := r.big()
+		for _, off := range []int64{int64(len(content)) + 1, 1 << 40} {
+			got, err := readBlob(testCtx(t), src, d, off, io.ReadAll)
+			if err == nil {
+				t.Errorf("blob of %d bytes at offset %d: got %d bytes and no error", len(content), off, len(got))
+			}
+		}
+	})
+
+	t.Run("Blob/UnknownDigest", func(t *testing.T) {
+		t.Parallel()
+		rc, err := src.Blob(testCtx(t), missingDigest, 0)
+		if err == nil {
+			rc.Close()
+		}
+		checkErr(t, src, err, source.ErrNotFound)
+	})
+
+	t.Run("Blob/InvalidDigest", func(t *testing.T) {
+		t.Parallel()
+		d := r.digests[0]
+		for _, bad := range []string{
+			"", "abc", d[:63], d + "0", strings.ToUpper(d),
+			strings.Repeat("g", 64), "../../" + d[6:], d[:32] + "/" + d[33:], " " + d[1:],
+		} {
+			rc, err := src.Blob(testCtx(t), bad, 0)
+			if err == nil {
+				rc.Close()
+			}
+			if !errors.Is(err, source.ErrInvalid) {
+				t.Errorf("Blob(%q): error %v, want one wrapping ErrInvalid", bad, err)
+			}
+		}
+	})
+
+	// Closing a reader in the middle releases the transfer (goleak in
+	// TestMain catches a stream left behind), and the source keeps working.
+	t.Run("Blob/CloseEarly", func(t *testing.T) {
+		t.Parallel()
+		d, content := r.big()
+		for range 3 {
+			rc, err := src.Blob(testCtx(t), d, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 10)
+			if _, err := io.ReadFull(rc, buf); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf, content[100:110]) {
+				t.Errorf("first bytes at offset 100 differ")
+			}
+			if err := rc.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}
+		got, err := readBlob(testCtx(t), src, d, 0, io.ReadAll)
+		checkBytes(t, "after early closes", got, content, err)
+	})
+
+	// Close without reading anything.
+	t.Run("Blob/CloseUnread", func(t *testing.T) {
+		t.Parallel()
+		d, _ := r.big()
+		rc, err := src.Blob(testCtx(t), d, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+
+	// Sources are safe for concurrent use.
+	t.Run("Concurrent", func(t *testing.T) {
+		t.Parallel()
+		g, ctx := errgroup.WithContext(testCtx(t))
+		for i := range 12 {
+			d := r.digests[i%len(r.digests)]
+			content := r.blobs[d]
+			off := int64(0)
+			if len(content) > 0 {
+				off = int64(i*977) % int64(len(content))
+			}
+			g.Go(func() error {
+				if _, err := src.Latest(ctx, r.product); err != nil {
+					return err
+				}
+				got, err := readBlob(ctx, src, d, off, io.ReadAll)
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(got, content[off:]) {
+					return fmt.Errorf("blob %s at %d: wrong bytes", d[:8], off)
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// readBlob opens a blob at off, reads it with read, and closes it.
+func readBlob(ctx context.Context, src source.Source, digest string, off int64, read func(io.Reader) ([]byte, error)) ([]byte, error) {
+	rc, err := src.Blob(ctx, digest, off)
+	if err != nil {
+		return nil, err
+	}
+	b, err := read(rc)
+	if cerr := rc.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("Close: %w", cerr)
+	}
+	return b, err
+}
+
+func checkSigned(t *testing.T, got source.Signed, data, sig []byte) {
+	t.Helper()
+	if !bytes.Equal(got.Data, data) {
+		t.Errorf("document: got %d bytes, want the file's %d bytes verbatim:\n%s", len(got.Data), len(data), got.Data)
+	}
+	if !bytes.Equal(got.Signature, sig) {
+		t.Errorf("signature: got %d bytes, want %d bytes verbatim:\n%s", len(got.Signature), len(sig), got.Signature)
+	}
+}
+
+func checkBytes(t *testing.T, what string, got, want []byte, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s: %v (after %d bytes)", what, err, len(got))
+		return
+	}
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		t.Errorf("%s: got %d bytes, want %d; first difference at byte %d", what, len(got), len(want), i)
+	}
+}
+
+// checkErr checks that err wraps want and names the source.
+func checkErr(t *testing.T, src source.Source, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Errorf("%s: error %v, want one wrapping %q", src, err, want)
+		return
+	}
+	if !strings.Contains(err.Error(), src.String()) {
+		t.Errorf("error %q does not name the source %s", err, src)
+	}
+}
