@@ -2,6 +2,7 @@ package cache
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"encoding/binary"
 	"encoding/hex"
 	"io"
@@ -170,7 +171,12 @@ func BenchmarkIngestOptions(b *testing.B) {
 		{"nosync", func(c *Config) { c.NoSync = true }},
 		{"nosync/flush=4M", func(c *Config) { c.NoSync = true; c.FlushSize = 4 << 20 }},
 		{"nosync/flush=64M", func(c *Config) { c.NoSync = true; c.FlushSize = 64 << 20 }},
-		{"chunk=256K", func(c *Config) { c.ChunkSize = 256 << 10 }},
+		{"chunk=128K", func(c *Config) { c.ChunkSize = 128 << 10 }},
+		{"chunk=512K", func(c *Config) { c.ChunkSize = 512 << 10 }},
+		{"chunk=1M/flush=1M", func(c *Config) { c.ChunkSize = 1 << 20; c.FlushSize = 1 << 20 }},
+		{"flush=16M", func(c *Config) { c.FlushSize = 16 << 20 }},
+		{"chunk=1M/flush=16M", func(c *Config) { c.ChunkSize = 1 << 20; c.FlushSize = 16 << 20 }},
+		{"chunk=1M/flush=32M", func(c *Config) { c.ChunkSize = 1 << 20; c.FlushSize = 32 << 20 }},
 		{"chunk=4M", func(c *Config) { c.ChunkSize = 4 << 20 }},
 		{"freelist=array", func(c *Config) { c.FreelistType = FreelistArray }},
 		{"nofreelistsync", func(c *Config) { c.NoFreelistSync = true }},
@@ -187,6 +193,15 @@ func BenchmarkIngestOptions(b *testing.B) {
 // BenchmarkReadAt reads a cached 1 GiB blob in 1 MiB ReadAt calls against
 // ReadAt on a plain file holding the same bytes (both in the page cache).
 func BenchmarkReadAt(b *testing.B) {
+	b.Run("default", func(b *testing.B) { benchReadAt(b, func(*Config) {}) })
+	for _, cs := range []int{1 << 20, 4 << 20} {
+		b.Run(fmt.Sprintf("chunk=%dK", cs>>10), func(b *testing.B) {
+			benchReadAt(b, func(c *Config) { c.ChunkSize = cs })
+		})
+	}
+}
+
+func benchReadAt(b *testing.B, mod func(*Config)) {
 	s := newStream(benchSize())
 	digest := s.digest()
 	dir := b.TempDir()
@@ -197,7 +212,9 @@ func BenchmarkReadAt(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	c, err := Open(benchConfig(filepath.Join(dir, "cache.db")))
+	cfg := benchConfig(filepath.Join(dir, "cache.db"))
+	mod(&cfg)
+	c, err := Open(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

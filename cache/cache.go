@@ -82,7 +82,7 @@ func Open(cfg Config) (*Cache, error) {
 	}
 	c := &Cache{cfg: cfg, db: db, log: log, busy: make(map[key]*Writer)}
 
-	if err := c.recover(); err != nil {
+	if err := c.checkPrevious(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -109,9 +109,9 @@ func Open(cfg Config) (*Cache, error) {
 	return c, nil
 }
 
-// recover looks at how the previous session ended and checks the file when
+// checkPrevious looks at how the previous session ended and checks the file when
 // it may have been damaged.
-func (c *Cache) recover() error {
+func (c *Cache) checkPrevious() error {
 	var dirty bool
 	var flags byte
 	err := c.db.View(func(tx *bolt.Tx) error {

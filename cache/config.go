@@ -19,16 +19,20 @@ type Config struct {
 	Path string
 
 	// ChunkSize is the number of bytes per stored chunk of a blob (the last
-	// chunk of a blob may be shorter). Default 1 MiB. Changing it is safe:
+	// chunk of a blob may be shorter). Default 256 KiB: smaller chunks mean
+	// less rewriting per transaction (see FlushSize); 1 MiB chunks ingest
+	// about 10-20% slower, 4 MiB ones half as fast. Changing it is safe:
 	// each blob records the chunk size it was written with.
 	ChunkSize int
 
 	// FlushSize is how many bytes of full chunks a Writer buffers before it
 	// stores them in one bbolt transaction; it is rounded up to a multiple of
-	// ChunkSize. Larger batches cost memory per active Writer but rewrite
-	// less: bbolt keeps at least two values per leaf page, so every
-	// transaction copies the two to four chunks already in the last leaf.
-	// Default 16 MiB.
+	// ChunkSize. A Writer holds up to two batches (one being stored while
+	// the next is written). Larger batches cost memory but rewrite less:
+	// bbolt keeps at least two values per leaf page, so every transaction
+	// copies again the two to four chunks already in the last leaf it
+	// touches, and syncs twice. Default 8 MiB; below 4 MiB throughput drops
+	// fast (1 MiB batches of 1 MiB chunks: a third of the speed).
 	FlushSize int
 
 	// NoSync skips fdatasync on the transactions that store chunks during an
@@ -79,8 +83,8 @@ type Config struct {
 // Path is left for the caller to set.
 func DefaultConfig() Config {
 	return Config{
-		ChunkSize:       1 << 20,
-		FlushSize:       16 << 20,
+		ChunkSize:       256 << 10,
+		FlushSize:       8 << 20,
 		NoSync:          false,
 		NoFreelistSync:  false,
 		FreelistType:    FreelistMap,
@@ -122,8 +126,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// flushChunks is the number of full chunks a Writer stores per transaction.
-func (c Config) flushChunks() int {
-	n := (c.FlushSize + c.ChunkSize - 1) / c.ChunkSize
+// flushChunks is the number of full chunks of chunkSize bytes a Writer
+// stores per transaction.
+func (c Config) flushChunks(chunkSize int) int {
+	n := (c.FlushSize + chunkSize - 1) / chunkSize
 	return max(n, 1)
 }

@@ -85,7 +85,12 @@ func (c *Cache) NewWriter(digest string, size int64) (*Writer, error) {
 		c.release(k)
 		return nil, err
 	}
-	w.batch = c.cfg.flushChunks() * w.chunkSize
+	if w.size > maxBlobSize(w.chunkSize) { // a resumed blob keeps its chunk size
+		c.release(k)
+		return nil, fmt.Errorf("new writer for blob %s: size %d above the %d bytes its chunk size of %d can address: %w",
+			k, size, maxBlobSize(w.chunkSize), w.chunkSize, ErrTooLarge)
+	}
+	w.batch = c.cfg.flushChunks(w.chunkSize) * w.chunkSize
 	capacity := int64(w.chunkSize) // grows by append up to batch
 	if w.size != SizeUnknown {
 		capacity = min(int64(w.batch), w.size-w.off)

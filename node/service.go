@@ -106,6 +106,12 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, stream bl
 	if off > f.size {
 		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, ErrInvalid)
 	}
+	// Answer at once with the size: the caller learns the blob exists while
+	// the first bytes are still on their way from upstream.
+	if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
+		return err
+	}
+	first = false
 	pos := off
 	startGen, _, _, _, _ := f.state()
 	for {

@@ -37,13 +37,13 @@ func TestConformance(t *testing.T) {
 		// file (a DP verifies and refuses it).
 		unsigned bool
 	}{
-		{name: "File/path", url: r.root, unsigned: true},
-		{name: "File/URL", url: "file://" + r.root, unsigned: true},
+		{name: "File", url: r.root, unsigned: true},
+		{name: "FileURL", url: "file://" + r.root, unsigned: true},
 		// Without the trailing slash: the repository's root is still
 		// /updates/.
-		{name: "HTTP/nginx", url: strings.TrimSuffix(ngx.URL, "/"), unsigned: true},
-		{name: "HTTP/FileServer", url: fileServer.URL, unsigned: true},
-		{name: "GRPC/DP", url: "grpc://" + dp.GRPCAddr()},
+		{name: "HTTPNginx", url: strings.TrimSuffix(ngx.URL, "/"), unsigned: true},
+		{name: "HTTPFileServer", url: fileServer.URL, unsigned: true},
+		{name: "GRPCNode", url: "grpc://" + dp.GRPCAddr()},
 	}
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
@@ -82,7 +82,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		}
 	})
 
-	t.Run("Latest/Verbatim", func(t *testing.T) {
+	t.Run("LatestVerbatim", func(t *testing.T) {
 		t.Parallel()
 		got, err := src.Latest(testCtx(t), r.product)
 		if err != nil {
@@ -92,7 +92,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		checkSigned(t, got, r.read(t, p), r.read(t, manifest.SigPath(p)))
 	})
 
-	t.Run("Manifest/Verbatim", func(t *testing.T) {
+	t.Run("ManifestVerbatim", func(t *testing.T) {
 		t.Parallel()
 		got, err := src.Manifest(testCtx(t), r.product, r.version)
 		if err != nil {
@@ -102,19 +102,19 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		checkSigned(t, got, r.read(t, p), r.read(t, manifest.SigPath(p)))
 	})
 
-	t.Run("Latest/MissingProduct", func(t *testing.T) {
+	t.Run("LatestMissingProduct", func(t *testing.T) {
 		t.Parallel()
 		_, err := src.Latest(testCtx(t), "no-such-product")
 		checkErr(t, src, err, source.ErrNotFound)
 	})
 
-	t.Run("Manifest/MissingVersion", func(t *testing.T) {
+	t.Run("ManifestMissingVersion", func(t *testing.T) {
 		t.Parallel()
 		_, err := src.Manifest(testCtx(t), r.product, "0.0.0.404")
 		checkErr(t, src, err, source.ErrNotFound)
 	})
 
-	t.Run("Manifest/MissingProduct", func(t *testing.T) {
+	t.Run("ManifestMissingProduct", func(t *testing.T) {
 		t.Parallel()
 		_, err := src.Manifest(testCtx(t), "no-such-product", r.version)
 		checkErr(t, src, err, source.ErrNotFound)
@@ -187,7 +187,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		}
 	})
 
-	t.Run("Blob/SmallReads", func(t *testing.T) {
+	t.Run("BlobSmallReads", func(t *testing.T) {
 		t.Parallel()
 		for _, d := range r.digests[1:3] {
 			rc, err := src.Blob(testCtx(t), d, 0)
@@ -203,7 +203,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		}
 	})
 
-	t.Run("Blob/OddReadSizes", func(t *testing.T) {
+	t.Run("BlobOddReadSizes", func(t *testing.T) {
 		t.Parallel()
 		d, content := r.big()
 		const off = 12347
@@ -232,7 +232,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 	// The reader yields "the bytes from offset to the blob's end": at the
 	// end there are none, and that is not an error (a resumed download
 	// that had every byte but was not yet verified asks for exactly this).
-	t.Run("Blob/OffsetAtEnd", func(t *testing.T) {
+	t.Run("BlobOffsetAtEnd", func(t *testing.T) {
 		t.Parallel()
 		for _, d := range r.digests {
 			n := int64(len(r.blobs[d]))
@@ -247,7 +247,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 
 	// Past the end there is nothing the source has: an error, never an
 	// empty success that a caller would take for a complete blob.
-	t.Run("Blob/OffsetPastEnd", func(t *testing.T) {
+	t.Run("BlobOffsetPastEnd", func(t *testing.T) {
 		t.Parallel()
 		d, content := r.big()
 		for _, off := range []int64{int64(len(content)) + 1, 1 << 40} {
@@ -258,7 +258,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		}
 	})
 
-	t.Run("Blob/UnknownDigest", func(t *testing.T) {
+	t.Run("BlobUnknownDigest", func(t *testing.T) {
 		t.Parallel()
 		rc, err := src.Blob(testCtx(t), missingDigest, 0)
 		if err == nil {
@@ -267,7 +267,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 		checkErr(t, src, err, source.ErrNotFound)
 	})
 
-	t.Run("Blob/InvalidDigest", func(t *testing.T) {
+	t.Run("BlobInvalidDigest", func(t *testing.T) {
 		t.Parallel()
 		d := r.digests[0]
 		for _, bad := range []string{
@@ -286,7 +286,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 
 	// Closing a reader in the middle releases the transfer (goleak in
 	// TestMain catches a stream left behind), and the source keeps working.
-	t.Run("Blob/CloseEarly", func(t *testing.T) {
+	t.Run("BlobCloseEarly", func(t *testing.T) {
 		t.Parallel()
 		d, content := r.big()
 		for range 3 {
@@ -310,7 +310,7 @@ func testSource(t *testing.T, r *repo, src source.Source, unsigned bool) {
 	})
 
 	// Close without reading anything.
-	t.Run("Blob/CloseUnread", func(t *testing.T) {
+	t.Run("BlobCloseUnread", func(t *testing.T) {
 		t.Parallel()
 		d, _ := r.big()
 		rc, err := src.Blob(testCtx(t), d, 0)

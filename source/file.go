@@ -15,8 +15,14 @@ type File struct {
 	root string
 }
 
-// NewFile returns a Source reading the repository rooted at folder root.
-func NewFile(root string) *File { return &File{root: filepath.Clean(root)} }
+// NewFile returns a Source reading the repository rooted at folder root (a
+// relative root is taken from the working directory now).
+func NewFile(root string) *File {
+	if abs, err := filepath.Abs(root); err == nil {
+		root = abs
+	}
+	return &File{root: filepath.Clean(root)}
+}
 
 // String implements Source.
 func (f *File) String() string { return "file://" + filepath.ToSlash(f.root) }
@@ -26,12 +32,20 @@ func (f *File) Close() error { return nil }
 
 // Latest implements Source.
 func (f *File) Latest(ctx context.Context, product string) (Signed, error) {
-	return f.signed(latestPath(product))
+	rel, err := latestPath(product)
+	if err != nil {
+		return Signed{}, err
+	}
+	return f.signed(rel)
 }
 
 // Manifest implements Source.
 func (f *File) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	return f.signed(manifestPath(product, version))
+	rel, err := manifestPath(product, version)
+	if err != nil {
+		return Signed{}, err
+	}
+	return f.signed(rel)
 }
 
 func (f *File) signed(rel string) (Signed, error) {
@@ -70,6 +84,13 @@ func (f *File) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 	fh, err := os.Open(filepath.Join(f.root, filepath.FromSlash(rel)))
 	if err != nil {
 		return nil, f.wrap(rel, err)
+	}
+	if st, err := fh.Stat(); err != nil {
+		fh.Close()
+		return nil, f.wrap(rel, err)
+	} else if offset > st.Size() {
+		fh.Close()
+		return nil, fmt.Errorf("%s: %s: offset %d is past the end (%d bytes): %w", f, rel, offset, st.Size(), ErrDataLoss)
 	}
 	if offset > 0 {
 		if _, err := fh.Seek(offset, io.SeekStart); err != nil {

@@ -113,16 +113,19 @@ func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded})
-	if err != nil {
-		cancel()
-		return nil, g.wrap(rel, err)
-	}
-	r := &grpcBlob{g: g, rel: rel, stream: stream, cancel: cancel}
-	// Wait for the first message (or the error) so that a missing blob is
+	r := &grpcBlob{g: g, rel: rel, cancel: cancel, off: offset}
+	// Open the stream and wait for the first message (or the error) within
+	// the source's timeout, so that a silent DP or a missing blob is
 	// reported by Blob, not by the first Read.
 	first := make(chan error, 1)
-	go func() { first <- stream.RecvMsg(&r.msg) }()
+	go func() {
+		stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded})
+		if err == nil {
+			r.stream = stream
+			err = stream.RecvMsg(&r.msg)
+		}
+		first <- err
+	}()
 	t := time.NewTimer(g.timeout)
 	defer t.Stop()
 	select {
@@ -151,8 +154,9 @@ type grpcBlob struct {
 	rel    string
 	stream grpc.ServerStreamingClient[pb.ReadBlobResponse]
 	cancel context.CancelFunc
-	msg    pb.BlobFrames // msg.Data[0][off:] is the unread part
-	off    int
+	msg    pb.BlobFrames // msg.Data[0][at:] is the unread part
+	at     int
+	off    int64 // blob offset of the next byte to deliver
 	size   int64 // total blob size announced by the server, 0 if unknown
 	eof    bool
 }
@@ -164,24 +168,24 @@ func (r *grpcBlob) Size() int64 { return r.size }
 // needed; false at the end of the stream.
 func (r *grpcBlob) next() (bool, error) {
 	for {
-		for len(r.msg.Data) > 0 && r.off >= r.msg.Data[0].Len() {
+		for len(r.msg.Data) > 0 && r.at >= r.msg.Data[0].Len() {
 			r.msg.Data[0].Free()
-			r.msg.Data, r.off = r.msg.Data[1:], 0
+			r.msg.Data, r.at = r.msg.Data[1:], 0
 		}
 		if len(r.msg.Data) > 0 {
 			return true, nil
 		}
 		if r.eof {
-			return false, nil
+			return false, r.checkEnd()
 		}
 		if err := r.stream.RecvMsg(&r.msg); err != nil {
 			if err == io.EOF {
 				r.eof = true
-				return false, nil
+				return false, r.checkEnd()
 			}
 			return false, r.g.wrap(r.rel, err)
 		}
-		r.off = 0
+		r.at = 0
 	}
 }
 
@@ -193,8 +197,9 @@ func (r *grpcBlob) Read(p []byte) (int, error) {
 		}
 		return 0, err
 	}
-	n := copy(p, r.msg.Data[0].ReadOnlyData()[r.off:])
-	r.off += n
+	n := copy(p, r.msg.Data[0].ReadOnlyData()[r.at:])
+	r.at += n
+	r.off += int64(n)
 	return n, nil
 }
 
@@ -206,13 +211,23 @@ func (r *grpcBlob) WriteTo(w io.Writer) (int64, error) {
 		if !ok {
 			return total, err
 		}
-		n, err := w.Write(r.msg.Data[0].ReadOnlyData()[r.off:])
+		n, err := w.Write(r.msg.Data[0].ReadOnlyData()[r.at:])
 		total += int64(n)
-		r.off += n
+		r.at += n
+		r.off += int64(n)
 		if err != nil {
 			return total, err
 		}
 	}
+}
+
+// checkEnd turns a clean end of stream before the announced size into an
+// error: a DP that stops early must never yield a silently short blob.
+func (r *grpcBlob) checkEnd() error {
+	if r.size > 0 && r.off < r.size {
+		return fmt.Errorf("%s: %s: stream ended at byte %d of %d: %w", r.g, r.rel, r.off, r.size, io.ErrUnexpectedEOF)
+	}
+	return nil
 }
 
 func (r *grpcBlob) Close() error {

@@ -71,8 +71,7 @@ func newRepo(t testing.TB) *repo {
 		unsigned: "unsigned-product", unsignedVersion: "1.0",
 		blobs: map[string][]byte{},
 	}
-	for path, content := range r.publish(t, r.product, r.version, 1, repoFiles) {
-		_ = path
+	for _, content := range r.publish(t, r.product, r.version, 1, repoFiles) {
 		d := manifest.SHA256Hex(content)
 		if _, ok := r.blobs[d]; !ok {
 			r.blobs[d] = content
@@ -174,7 +173,7 @@ func startDP(t testing.TB, trust *manifest.Trust, upstream string) *node.Node {
 				t.Errorf("node.Run: %v", err)
 			}
 		case <-time.After(30 * time.Second):
-			t.Fatal("node.Run did not return 30 s after its context was cancelled")
+			t.Error("node.Run did not return 30 s after its context was cancelled")
 		}
 	})
 	return n

@@ -63,12 +63,20 @@ func (h *HTTP) Close() error {
 
 // Latest implements Source.
 func (h *HTTP) Latest(ctx context.Context, product string) (Signed, error) {
-	return h.signed(ctx, latestPath(product))
+	rel, err := latestPath(product)
+	if err != nil {
+		return Signed{}, err
+	}
+	return h.signed(ctx, rel)
 }
 
 // Manifest implements Source.
 func (h *HTTP) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	return h.signed(ctx, manifestPath(product, version))
+	rel, err := manifestPath(product, version)
+	if err != nil {
+		return Signed{}, err
+	}
+	return h.signed(ctx, rel)
 }
 
 // maxDocument bounds a signed document read into memory.
@@ -121,6 +129,14 @@ func (h *HTTP) do(ctx context.Context, rel string, offset int64) (*http.Response
 		return resp, nil
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
 		resp.Body.Close()
+		// "bytes */N": asking at exactly the end is an empty read, as
+		// for the other sources; past it, the source lacks the bytes.
+		if total, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes */"); ok && total == strconv.FormatInt(offset, 10) {
+			resp.Body = http.NoBody
+			resp.StatusCode = http.StatusPartialContent
+			resp.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", offset, offset, offset))
+			return resp, nil
+		}
 		return nil, fmt.Errorf("%s: %s: offset %d is past the end: %w", h, rel, offset, ErrDataLoss)
 	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusGone:
 		resp.Body.Close()

@@ -54,7 +54,7 @@ func Parse(raw string, opts Options) (Source, error) {
 	}
 	switch u.Scheme {
 	case "http", "https":
-		if u.Host == "" {
+		if u.Hostname() == "" {
 			return nil, fmt.Errorf("source %q: %w: missing host", Redact(raw), ErrBadURL)
 		}
 		return NewHTTP(u, opts)
@@ -64,7 +64,7 @@ func Parse(raw string, opts Options) (Source, error) {
 		}
 		return NewFile(filepath.FromSlash(u.Path)), nil
 	case "grpc":
-		if u.Host == "" || u.Port() == "" {
+		if u.Hostname() == "" || u.Port() == "" {
 			return nil, fmt.Errorf("source %q: %w: want grpc://host:port", Redact(raw), ErrBadURL)
 		}
 		return NewGRPC(u.Host, opts)
@@ -100,13 +100,23 @@ func ParseList(urls []string, opts Options) ([]Source, error) {
 // errors.
 func Redact(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if i := strings.Index(raw, "@"); i >= 0 && strings.Contains(raw[:i], "://") {
-			return raw[:strings.Index(raw, "://")+3] + "xxxxx@" + raw[i+1:]
-		}
+	if err == nil {
+		return u.Redacted()
+	}
+	// Unparsable: drop everything between "://" and the last "@" of the
+	// authority, which may hold a password.
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
 		return raw
 	}
-	return u.Redacted()
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		return scheme + "://xxxxx@" + rest[i+1:]
+	}
+	return raw
 }
 
 // stripURLError drops the URL from a *url.Error so that a password in it is

@@ -75,23 +75,47 @@ type BlobFrames struct {
 
 // Unmarshal implements encoding.CodecV2.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if f, ok := v.(*BlobFrames); ok {
-		return unmarshalFrames(data, f)
-	}
-	m, ok := v.(*ReadBlobResponse)
-	if !ok {
+	switch m := v.(type) {
+	case *BlobFrames:
+		m.Data.Free()
+		m.Data, m.Size = nil, 0
+		return parseBlobResponse(data, &m.Size, func(r *mem.Reader, start, n int) error {
+			// Reference the payload in place; the last occurrence wins.
+			m.Data.Free()
+			m.Data = sliceRefs(data, start, start+n)
+			_, err := r.Discard(n)
+			return err
+		})
+	case *ReadBlobResponse:
+		m.Data, m.Size = m.Data[:0], 0
+		return parseBlobResponse(data, &m.Size, func(r *mem.Reader, _, n int) error {
+			// Copy once, reusing Data's capacity across messages.
+			if cap(m.Data) < n {
+				m.Data = make([]byte, n)
+			}
+			m.Data = m.Data[:n]
+			_, err := io.ReadFull(r, m.Data)
+			return err
+		})
+	default:
 		return protoCodec.Unmarshal(data, v)
 	}
+}
+
+
+// parseBlobResponse walks a ReadBlobResponse's fields as protobuf does
+// (unknown fields, groups included, skipped; bad field numbers, truncated
+// or overlong varints refused), setting *size and handing the data field's
+// position to onData, which must consume its n bytes from r.
+func parseBlobResponse(data mem.BufferSlice, size *uint64, onData func(r *mem.Reader, start, n int) error) error {
 	r := data.Reader()
 	defer r.Close()
-	m.Data = m.Data[:0]
-	m.Size = 0
+	total := r.Remaining()
 	for r.Remaining() > 0 {
-		tag, err := readVarint(r)
+		num, typ, err := readTag(r)
 		if err != nil {
 			return err
 		}
-		num, typ := protowire.DecodeTag(tag)
 		switch {
 		case num == 1 && typ == protowire.BytesType:
 			n, err := readVarint(r)
@@ -101,20 +125,15 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 			if n > uint64(r.Remaining()) {
 				return errors.New("dpcache.v1.ReadBlobResponse: data length exceeds message")
 			}
-			// Repeated occurrences of a bytes field: the last one wins.
-			if uint64(cap(m.Data)) < n {
-				m.Data = make([]byte, n)
-			}
-			m.Data = m.Data[:n]
-			if _, err := io.ReadFull(r, m.Data); err != nil {
+			if err := onData(r, total-r.Remaining(), int(n)); err != nil {
 				return err
 			}
 		case num == 2 && typ == protowire.VarintType:
-			if m.Size, err = readVarint(r); err != nil {
+			if *size, err = readVarint(r); err != nil {
 				return err
 			}
 		default:
-			if err := skipField(r, typ); err != nil {
+			if err := skipField(r, num, typ, 0); err != nil {
 				return fmt.Errorf("dpcache.v1.ReadBlobResponse: field %d: %w", num, err)
 			}
 		}
@@ -122,14 +141,29 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
+func readTag(r *mem.Reader) (protowire.Number, protowire.Type, error) {
+	tag, err := readVarint(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	num, typ := protowire.DecodeTag(tag)
+	if tag>>3 > uint64(protowire.MaxValidNumber) || num < protowire.MinValidNumber {
+		return 0, 0, fmt.Errorf("dpcache.v1.ReadBlobResponse: invalid field number %d", tag>>3)
+	}
+	return num, typ, nil
+}
+
 func readVarint(r io.ByteReader) (uint64, error) {
 	var x uint64
-	for shift := uint(0); shift < 64; shift += 7 {
+	for i := 0; i < 10; i++ {
 		b, err := r.ReadByte()
 		if err != nil {
 			return 0, errors.New("dpcache.v1: truncated varint")
 		}
-		x |= uint64(b&0x7f) << shift
+		if i == 9 && b > 1 {
+			break
+		}
+		x |= uint64(b&0x7f) << (7 * i)
 		if b < 0x80 {
 			return x, nil
 		}
@@ -137,7 +171,9 @@ func readVarint(r io.ByteReader) (uint64, error) {
 	return 0, errors.New("dpcache.v1: varint overflow")
 }
 
-func skipField(r *mem.Reader, typ protowire.Type) error {
+// skipField skips one field's value; for a group, every field up to its
+// end tag.
+func skipField(r *mem.Reader, num protowire.Number, typ protowire.Type, depth int) error {
 	var n uint64
 	switch typ {
 	case protowire.VarintType:
@@ -152,58 +188,36 @@ func skipField(r *mem.Reader, typ protowire.Type) error {
 		if n, err = readVarint(r); err != nil {
 			return err
 		}
+	case protowire.StartGroupType:
+		if depth > 100 {
+			return errors.New("groups nested too deep")
+		}
+		for {
+			if r.Remaining() == 0 {
+				return errors.New("truncated group")
+			}
+			inner, t, err := readTag(r)
+			if err != nil {
+				return err
+			}
+			if t == protowire.EndGroupType {
+				if inner != num {
+					return fmt.Errorf("group %d ended by end tag %d", num, inner)
+				}
+				return nil
+			}
+			if err := skipField(r, inner, t, depth+1); err != nil {
+				return err
+			}
+		}
 	default:
-		return fmt.Errorf("unsupported wire type %d", typ)
+		return fmt.Errorf("unexpected wire type %d", typ)
 	}
 	if n > uint64(r.Remaining()) {
 		return errors.New("truncated field")
 	}
 	_, err := r.Discard(int(n))
 	return err
-}
-
-// unmarshalFrames parses a ReadBlobResponse whose data field is taken as
-// references to data's buffers.
-func unmarshalFrames(data mem.BufferSlice, f *BlobFrames) error {
-	f.Data.Free()
-	f.Data, f.Size = nil, 0
-	// The message is small fields plus one large bytes field; parse the
-	// header bytes with a reader, then reference the payload in place.
-	r := data.Reader()
-	defer r.Close()
-	total := r.Remaining()
-	for r.Remaining() > 0 {
-		tag, err := readVarint(r)
-		if err != nil {
-			return err
-		}
-		num, typ := protowire.DecodeTag(tag)
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			n, err := readVarint(r)
-			if err != nil {
-				return err
-			}
-			if n > uint64(r.Remaining()) {
-				return errors.New("dpcache.v1.ReadBlobResponse: data length exceeds message")
-			}
-			start := total - r.Remaining()
-			f.Data.Free()
-			f.Data = sliceRefs(data, start, start+int(n))
-			if _, err := r.Discard(int(n)); err != nil {
-				return err
-			}
-		case num == 2 && typ == protowire.VarintType:
-			if f.Size, err = readVarint(r); err != nil {
-				return err
-			}
-		default:
-			if err := skipField(r, typ); err != nil {
-				return fmt.Errorf("dpcache.v1.ReadBlobResponse: field %d: %w", num, err)
-			}
-		}
-	}
-	return nil
 }
 
 // sliceRefs returns bytes [start, end) of s as new references to its

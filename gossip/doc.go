@@ -1,0 +1,49 @@
+// Package gossip keeps a distribution point (DP) in its cluster, on
+// hashicorp/memberlist: who the DPs are (name, site, gRPC and HTTP addresses
+// in memberlist's node metadata), whether each is alive, which product
+// versions each holds whole, which blobs each is fetching from upstream
+// right now, and which DP of a site owns a blob (rendezvous hashing).
+//
+// A DP calls New, then Run in its own goroutine; it reports its holdings
+// with SetVersions and SetFetching, and asks Holders, Fetchers, Owners and
+// Live when it resolves a miss. Changed signals every change, for watchers.
+//
+// # Spreading holdings
+//
+// Each DP's holdings carry a Lamport-style clock, incremented on every local
+// change and started at the wall clock (in nanoseconds) when the process
+// starts, so a restarted DP's state wins over what the cluster remembers of
+// its previous run; should a clock ever go backwards, a DP that sees a newer
+// clock for itself moves past it and announces its state again. Nothing
+// older ever overwrites something newer: a message about a node is applied
+// only if its clock is higher than the one known.
+//
+// A change is broadcast at once as a delta (the DP's versions, or its
+// fetches) through memberlist's transmit-limited queue, piggybacked on
+// memberlist's gossip; a DP that learns something newer from a broadcast
+// relays it, so news spreads epidemically in a few gossip intervals. Every
+// push/pull (at join, and every Memberlist.PushPullInterval) exchanges the
+// full inventory of every node, which repairs lost packets.
+//
+// # Caveats
+//
+//   - A broadcast must fit in one UDP packet (Memberlist.UDPBufferSize,
+//     1400 bytes by default, less framing). A DP fetching more digests than
+//     fit (about 39 SHA-256 digests in the default 1400-byte packets) broadcasts the first ones, sorted, marked
+//     truncated; the full list reaches the others at the next push/pull. The
+//     same holds for a DP holding very many products. Fetchers may therefore
+//     miss a fetch for up to a push/pull interval; callers must treat it as
+//     a hint (a request to a non-fetching DP still works).
+//   - memberlist v0.7.0 does not expose its suspect state to applications,
+//     so members are reported alive until declared dead (StateSuspect is
+//     never produced), and memberlist's events do not tell a failed member
+//     from one that left: Gossip announces its own leave in a message of its
+//     own, and a member whose announcement was missed shows as dead.
+//   - Dead members are retried by their last address for ForgetAfter; a DP
+//     that comes back with a new address is found through Config.Join or
+//     by joining it to any member.
+//   - Owners is only as consistent as membership: while DPs disagree about
+//     who is alive (during a failure, a join, a partition) they may
+//     disagree about an owner. Callers must not forward a request that was
+//     itself forwarded.
+package gossip
