@@ -76,7 +76,8 @@ type Config struct {
 	// Memberlist holds memberlist's own settings (timers, buffer sizes,
 	// Transport). nil means memberlist.DefaultLANConfig(). New copies it and
 	// overrides: Name; BindAddr and BindPort (from BindAddr); AdvertiseAddr
-	// and AdvertisePort (from AdvertiseAddr, when set); Delegate and Events
+	// and AdvertisePort (from AdvertiseAddr; when it is empty, cleared so
+	// that the transport derives them); Delegate and Events
 	// (Gossip's own); SecretKey (when SecretKey is set); Logger (bridged to
 	// Logger) and LogOutput (cleared); Transport, when nil, becomes a
 	// memberlist.NetTransport on BindAddr whose outgoing dials are cancelled

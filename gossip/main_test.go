@@ -42,7 +42,7 @@ func fastMemberlist() *memberlist.Config {
 	c.TCPTimeout = time.Second
 	c.ProbeInterval = 100 * time.Millisecond
 	c.ProbeTimeout = 80 * time.Millisecond
-	c.SuspicionMult = 3
+	c.SuspicionMult = 4
 	c.SuspicionMaxTimeoutMult = 2
 	c.GossipInterval = 20 * time.Millisecond
 	c.PushPullInterval = 500 * time.Millisecond

@@ -30,9 +30,6 @@ const (
 	StateLeft State = "left"
 )
 
-// Live reports whether a member in state s should be used: alive or suspect.
-func (s State) Live() bool { return s == StateAlive || s == StateSuspect }
-
 // Member is one distribution point as this node sees it. A Member is a copy:
 // callers may keep and modify it.
 type Member struct {

@@ -288,7 +288,11 @@ type ReadBlobRequest struct {
 	// First byte to send.
 	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	// See GetLatestRequest.forwarded.
-	Forwarded     bool `protobuf:"varint,3,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	Forwarded bool `protobuf:"varint,3,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	// Send only the bytes the DP holds right now, whole or still arriving,
+	// and end the stream; never fetch. A DP taking over a fetch uses it to
+	// copy what its peers already have instead of fetching it again.
+	AvailableOnly bool `protobuf:"varint,4,opt,name=available_only,json=availableOnly,proto3" json:"available_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -340,6 +344,13 @@ func (x *ReadBlobRequest) GetOffset() uint64 {
 func (x *ReadBlobRequest) GetForwarded() bool {
 	if x != nil {
 		return x.Forwarded
+	}
+	return false
+}
+
+func (x *ReadBlobRequest) GetAvailableOnly() bool {
+	if x != nil {
+		return x.AvailableOnly
 	}
 	return false
 }
@@ -593,6 +604,932 @@ func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
 	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{9}
 }
 
+type ListSourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The endpoint's site; empty means the answering DP's own site.
+	Site          string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSourcesRequest) Reset() {
+	*x = ListSourcesRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourcesRequest) ProtoMessage() {}
+
+func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
+func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListSourcesRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+// DistributionPoint is how to reach a DP.
+type DistributionPoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Site  string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// host:port of its gRPC API.
+	GrpcAddress string `protobuf:"bytes,3,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	// host:port of its HTTP server (/repo/, /metrics).
+	HttpAddress   string `protobuf:"bytes,4,opt,name=http_address,json=httpAddress,proto3" json:"http_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DistributionPoint) Reset() {
+	*x = DistributionPoint{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DistributionPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DistributionPoint) ProtoMessage() {}
+
+func (x *DistributionPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DistributionPoint.ProtoReflect.Descriptor instead.
+func (*DistributionPoint) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DistributionPoint) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DistributionPoint) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *DistributionPoint) GetGrpcAddress() string {
+	if x != nil {
+		return x.GrpcAddress
+	}
+	return ""
+}
+
+func (x *DistributionPoint) GetHttpAddress() string {
+	if x != nil {
+		return x.HttpAddress
+	}
+	return ""
+}
+
+type ListSourcesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sources       []*DistributionPoint   `protobuf:"bytes,1,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSourcesResponse) Reset() {
+	*x = ListSourcesResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourcesResponse) ProtoMessage() {}
+
+func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
+func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListSourcesResponse) GetSources() []*DistributionPoint {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+type WatchLatestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Product       string                 `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchLatestRequest) Reset() {
+	*x = WatchLatestRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchLatestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchLatestRequest) ProtoMessage() {}
+
+func (x *WatchLatestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchLatestRequest.ProtoReflect.Descriptor instead.
+func (*WatchLatestRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchLatestRequest) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+type WatchLatestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Latest        *SignedDocument        `protobuf:"bytes,1,opt,name=latest,proto3" json:"latest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchLatestResponse) Reset() {
+	*x = WatchLatestResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchLatestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchLatestResponse) ProtoMessage() {}
+
+func (x *WatchLatestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchLatestResponse.ProtoReflect.Descriptor instead.
+func (*WatchLatestResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchLatestResponse) GetLatest() *SignedDocument {
+	if x != nil {
+		return x.Latest
+	}
+	return nil
+}
+
+type GetStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this DP's own figures, without asking its peers.
+	LocalOnly     bool `protobuf:"varint,1,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusRequest) Reset() {
+	*x = GetStatusRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusRequest) ProtoMessage() {}
+
+func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetStatusRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetStatusRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
+// ProductVersions lists the serials of a product a DP holds whole.
+type ProductVersions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Product       string                 `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	Serials       []uint64               `protobuf:"varint,2,rep,packed,name=serials,proto3" json:"serials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProductVersions) Reset() {
+	*x = ProductVersions{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProductVersions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProductVersions) ProtoMessage() {}
+
+func (x *ProductVersions) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProductVersions.ProtoReflect.Descriptor instead.
+func (*ProductVersions) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ProductVersions) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *ProductVersions) GetSerials() []uint64 {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
+// Traffic counts bytes since the DP started.
+type Traffic struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Read from upstream sources (the internet link).
+	UpstreamBytes uint64 `protobuf:"varint,1,opt,name=upstream_bytes,json=upstreamBytes,proto3" json:"upstream_bytes,omitempty"`
+	// Read from peer DPs of the site.
+	PeerBytes uint64 `protobuf:"varint,2,opt,name=peer_bytes,json=peerBytes,proto3" json:"peer_bytes,omitempty"`
+	// Blob bytes sent to endpoints and peers.
+	ServedBytes   uint64 `protobuf:"varint,3,opt,name=served_bytes,json=servedBytes,proto3" json:"served_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Traffic) Reset() {
+	*x = Traffic{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Traffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Traffic) ProtoMessage() {}
+
+func (x *Traffic) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Traffic.ProtoReflect.Descriptor instead.
+func (*Traffic) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Traffic) GetUpstreamBytes() uint64 {
+	if x != nil {
+		return x.UpstreamBytes
+	}
+	return 0
+}
+
+func (x *Traffic) GetPeerBytes() uint64 {
+	if x != nil {
+		return x.PeerBytes
+	}
+	return 0
+}
+
+func (x *Traffic) GetServedBytes() uint64 {
+	if x != nil {
+		return x.ServedBytes
+	}
+	return 0
+}
+
+// CacheUsage is a DP's disk use.
+type CacheUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Bytes uint64                 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The quota (--cache-max); 0 when unlimited.
+	MaxBytes uint64 `protobuf:"varint,2,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	Blobs    uint64 `protobuf:"varint,3,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	// Free space on the data directory's file system.
+	FreeDiskBytes uint64 `protobuf:"varint,4,opt,name=free_disk_bytes,json=freeDiskBytes,proto3" json:"free_disk_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheUsage) Reset() {
+	*x = CacheUsage{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheUsage) ProtoMessage() {}
+
+func (x *CacheUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheUsage.ProtoReflect.Descriptor instead.
+func (*CacheUsage) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CacheUsage) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CacheUsage) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *CacheUsage) GetBlobs() uint64 {
+	if x != nil {
+		return x.Blobs
+	}
+	return 0
+}
+
+func (x *CacheUsage) GetFreeDiskBytes() uint64 {
+	if x != nil {
+		return x.FreeDiskBytes
+	}
+	return 0
+}
+
+// MemberStatus is one DP as the answering DP sees it.
+type MemberStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Site        string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	GrpcAddress string                 `protobuf:"bytes,3,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	HttpAddress string                 `protobuf:"bytes,4,opt,name=http_address,json=httpAddress,proto3" json:"http_address,omitempty"`
+	// memberlist's state: alive, suspect, dead or left.
+	State    string             `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	Versions []*ProductVersions `protobuf:"bytes,6,rep,name=versions,proto3" json:"versions,omitempty"`
+	// Unset when the member could not be asked.
+	Traffic       *Traffic    `protobuf:"bytes,7,opt,name=traffic,proto3" json:"traffic,omitempty"`
+	Cache         *CacheUsage `protobuf:"bytes,8,opt,name=cache,proto3" json:"cache,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberStatus) Reset() {
+	*x = MemberStatus{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberStatus) ProtoMessage() {}
+
+func (x *MemberStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
+func (*MemberStatus) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MemberStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetGrpcAddress() string {
+	if x != nil {
+		return x.GrpcAddress
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetHttpAddress() string {
+	if x != nil {
+		return x.HttpAddress
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetVersions() []*ProductVersions {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetTraffic() *Traffic {
+	if x != nil {
+		return x.Traffic
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetCache() *CacheUsage {
+	if x != nil {
+		return x.Cache
+	}
+	return nil
+}
+
+type GetStatusResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*MemberStatus        `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// Sum over the members that answered.
+	Traffic       *Traffic `protobuf:"bytes,2,opt,name=traffic,proto3" json:"traffic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusResponse) Reset() {
+	*x = GetStatusResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusResponse) ProtoMessage() {}
+
+func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetStatusResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetStatusResponse) GetMembers() []*MemberStatus {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetTraffic() *Traffic {
+	if x != nil {
+		return x.Traffic
+	}
+	return nil
+}
+
+type PrefetchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Product       string                 `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrefetchRequest) Reset() {
+	*x = PrefetchRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrefetchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrefetchRequest) ProtoMessage() {}
+
+func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrefetchRequest.ProtoReflect.Descriptor instead.
+func (*PrefetchRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PrefetchRequest) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+type PrefetchResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Product    string                 `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	Version    string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Serial     uint64                 `protobuf:"varint,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	BlobsTotal uint64                 `protobuf:"varint,4,opt,name=blobs_total,json=blobsTotal,proto3" json:"blobs_total,omitempty"`
+	BlobsDone  uint64                 `protobuf:"varint,5,opt,name=blobs_done,json=blobsDone,proto3" json:"blobs_done,omitempty"`
+	BytesTotal uint64                 `protobuf:"varint,6,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	BytesDone  uint64                 `protobuf:"varint,7,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	// Set in the last message: the version is held whole.
+	Done          bool `protobuf:"varint,8,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrefetchResponse) Reset() {
+	*x = PrefetchResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrefetchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrefetchResponse) ProtoMessage() {}
+
+func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrefetchResponse.ProtoReflect.Descriptor instead.
+func (*PrefetchResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PrefetchResponse) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *PrefetchResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *PrefetchResponse) GetSerial() uint64 {
+	if x != nil {
+		return x.Serial
+	}
+	return 0
+}
+
+func (x *PrefetchResponse) GetBlobsTotal() uint64 {
+	if x != nil {
+		return x.BlobsTotal
+	}
+	return 0
+}
+
+func (x *PrefetchResponse) GetBlobsDone() uint64 {
+	if x != nil {
+		return x.BlobsDone
+	}
+	return 0
+}
+
+func (x *PrefetchResponse) GetBytesTotal() uint64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+func (x *PrefetchResponse) GetBytesDone() uint64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *PrefetchResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+type ListEndpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only endpoints whose installed version is behind the newest.
+	OutdatedOnly  bool `protobuf:"varint,1,opt,name=outdated_only,json=outdatedOnly,proto3" json:"outdated_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsRequest) Reset() {
+	*x = ListEndpointsRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsRequest) ProtoMessage() {}
+
+func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListEndpointsRequest) GetOutdatedOnly() bool {
+	if x != nil {
+		return x.OutdatedOnly
+	}
+	return false
+}
+
+// EndpointInfo is an endpoint's last report and how far behind it is.
+type EndpointInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status *EndpointStatus        `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// One of "current", "24h", "3d", "7d": how far the installed version is
+	// behind the newest, by publication time.
+	Age           string `protobuf:"bytes,2,opt,name=age,proto3" json:"age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointInfo) Reset() {
+	*x = EndpointInfo{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointInfo) ProtoMessage() {}
+
+func (x *EndpointInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointInfo.ProtoReflect.Descriptor instead.
+func (*EndpointInfo) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *EndpointInfo) GetStatus() *EndpointStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *EndpointInfo) GetAge() string {
+	if x != nil {
+		return x.Age
+	}
+	return ""
+}
+
+type ListEndpointsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints     []*EndpointInfo        `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsResponse) Reset() {
+	*x = ListEndpointsResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsResponse) ProtoMessage() {}
+
+func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListEndpointsResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListEndpointsResponse) GetEndpoints() []*EndpointInfo {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
 var File_dpcache_v1_dpcache_proto protoreflect.FileDescriptor
 
 const file_dpcache_v1_dpcache_proto_rawDesc = "" +
@@ -612,11 +1549,12 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1c\n" +
 	"\tforwarded\x18\x03 \x01(\bR\tforwarded\"M\n" +
 	"\x13GetManifestResponse\x126\n" +
-	"\bmanifest\x18\x01 \x01(\v2\x1a.dpcache.v1.SignedDocumentR\bmanifest\"_\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x1a.dpcache.v1.SignedDocumentR\bmanifest\"\x86\x01\n" +
 	"\x0fReadBlobRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x1c\n" +
-	"\tforwarded\x18\x03 \x01(\bR\tforwarded\":\n" +
+	"\tforwarded\x18\x03 \x01(\bR\tforwarded\x12%\n" +
+	"\x0eavailable_only\x18\x04 \x01(\bR\ravailableOnly\":\n" +
 	"\x10ReadBlobResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\"\x82\x02\n" +
@@ -632,12 +1570,82 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\breported\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\breported\"I\n" +
 	"\x13ReportStatusRequest\x122\n" +
 	"\x06status\x18\x01 \x01(\v2\x1a.dpcache.v1.EndpointStatusR\x06status\"\x16\n" +
-	"\x14ReportStatusResponse2\xcb\x02\n" +
+	"\x14ReportStatusResponse\"(\n" +
+	"\x12ListSourcesRequest\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\"\x81\x01\n" +
+	"\x11DistributionPoint\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
+	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddress\x12!\n" +
+	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"N\n" +
+	"\x13ListSourcesResponse\x127\n" +
+	"\asources\x18\x01 \x03(\v2\x1d.dpcache.v1.DistributionPointR\asources\".\n" +
+	"\x12WatchLatestRequest\x12\x18\n" +
+	"\aproduct\x18\x01 \x01(\tR\aproduct\"I\n" +
+	"\x13WatchLatestResponse\x122\n" +
+	"\x06latest\x18\x01 \x01(\v2\x1a.dpcache.v1.SignedDocumentR\x06latest\"1\n" +
+	"\x10GetStatusRequest\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x01 \x01(\bR\tlocalOnly\"E\n" +
+	"\x0fProductVersions\x12\x18\n" +
+	"\aproduct\x18\x01 \x01(\tR\aproduct\x12\x18\n" +
+	"\aserials\x18\x02 \x03(\x04R\aserials\"r\n" +
+	"\aTraffic\x12%\n" +
+	"\x0eupstream_bytes\x18\x01 \x01(\x04R\rupstreamBytes\x12\x1d\n" +
+	"\n" +
+	"peer_bytes\x18\x02 \x01(\x04R\tpeerBytes\x12!\n" +
+	"\fserved_bytes\x18\x03 \x01(\x04R\vservedBytes\"}\n" +
+	"\n" +
+	"CacheUsage\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x1b\n" +
+	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\x12\x14\n" +
+	"\x05blobs\x18\x03 \x01(\x04R\x05blobs\x12&\n" +
+	"\x0ffree_disk_bytes\x18\x04 \x01(\x04R\rfreeDiskBytes\"\xa8\x02\n" +
+	"\fMemberStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
+	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddress\x12!\n" +
+	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x127\n" +
+	"\bversions\x18\x06 \x03(\v2\x1b.dpcache.v1.ProductVersionsR\bversions\x12-\n" +
+	"\atraffic\x18\a \x01(\v2\x13.dpcache.v1.TrafficR\atraffic\x12,\n" +
+	"\x05cache\x18\b \x01(\v2\x16.dpcache.v1.CacheUsageR\x05cache\"v\n" +
+	"\x11GetStatusResponse\x122\n" +
+	"\amembers\x18\x01 \x03(\v2\x18.dpcache.v1.MemberStatusR\amembers\x12-\n" +
+	"\atraffic\x18\x02 \x01(\v2\x13.dpcache.v1.TrafficR\atraffic\"+\n" +
+	"\x0fPrefetchRequest\x12\x18\n" +
+	"\aproduct\x18\x01 \x01(\tR\aproduct\"\xf2\x01\n" +
+	"\x10PrefetchResponse\x12\x18\n" +
+	"\aproduct\x18\x01 \x01(\tR\aproduct\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\x04R\x06serial\x12\x1f\n" +
+	"\vblobs_total\x18\x04 \x01(\x04R\n" +
+	"blobsTotal\x12\x1d\n" +
+	"\n" +
+	"blobs_done\x18\x05 \x01(\x04R\tblobsDone\x12\x1f\n" +
+	"\vbytes_total\x18\x06 \x01(\x04R\n" +
+	"bytesTotal\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\a \x01(\x04R\tbytesDone\x12\x12\n" +
+	"\x04done\x18\b \x01(\bR\x04done\";\n" +
+	"\x14ListEndpointsRequest\x12#\n" +
+	"\routdated_only\x18\x01 \x01(\bR\foutdatedOnly\"T\n" +
+	"\fEndpointInfo\x122\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.dpcache.v1.EndpointStatusR\x06status\x12\x10\n" +
+	"\x03age\x18\x02 \x01(\tR\x03age\"O\n" +
+	"\x15ListEndpointsResponse\x126\n" +
+	"\tendpoints\x18\x01 \x03(\v2\x18.dpcache.v1.EndpointInfoR\tendpoints2\xed\x03\n" +
 	"\x13DistributionService\x12H\n" +
 	"\tGetLatest\x12\x1c.dpcache.v1.GetLatestRequest\x1a\x1d.dpcache.v1.GetLatestResponse\x12N\n" +
 	"\vGetManifest\x12\x1e.dpcache.v1.GetManifestRequest\x1a\x1f.dpcache.v1.GetManifestResponse\x12G\n" +
 	"\bReadBlob\x12\x1b.dpcache.v1.ReadBlobRequest\x1a\x1c.dpcache.v1.ReadBlobResponse0\x01\x12Q\n" +
-	"\fReportStatus\x12\x1f.dpcache.v1.ReportStatusRequest\x1a .dpcache.v1.ReportStatusResponseB7Z5github.com/dpcache/dpcache/proto/dpcache/v1;dpcachev1b\x06proto3"
+	"\fReportStatus\x12\x1f.dpcache.v1.ReportStatusRequest\x1a .dpcache.v1.ReportStatusResponse\x12N\n" +
+	"\vListSources\x12\x1e.dpcache.v1.ListSourcesRequest\x1a\x1f.dpcache.v1.ListSourcesResponse\x12P\n" +
+	"\vWatchLatest\x12\x1e.dpcache.v1.WatchLatestRequest\x1a\x1f.dpcache.v1.WatchLatestResponse0\x012\xf7\x01\n" +
+	"\fAdminService\x12H\n" +
+	"\tGetStatus\x12\x1c.dpcache.v1.GetStatusRequest\x1a\x1d.dpcache.v1.GetStatusResponse\x12G\n" +
+	"\bPrefetch\x12\x1b.dpcache.v1.PrefetchRequest\x1a\x1c.dpcache.v1.PrefetchResponse0\x01\x12T\n" +
+	"\rListEndpoints\x12 .dpcache.v1.ListEndpointsRequest\x1a!.dpcache.v1.ListEndpointsResponseB7Z5github.com/dpcache/dpcache/proto/dpcache/v1;dpcachev1b\x06proto3"
 
 var (
 	file_dpcache_v1_dpcache_proto_rawDescOnce sync.Once
@@ -651,7 +1659,7 @@ func file_dpcache_v1_dpcache_proto_rawDescGZIP() []byte {
 	return file_dpcache_v1_dpcache_proto_rawDescData
 }
 
-var file_dpcache_v1_dpcache_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_dpcache_v1_dpcache_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_dpcache_v1_dpcache_proto_goTypes = []any{
 	(*SignedDocument)(nil),        // 0: dpcache.v1.SignedDocument
 	(*GetLatestRequest)(nil),      // 1: dpcache.v1.GetLatestRequest
@@ -663,26 +1671,61 @@ var file_dpcache_v1_dpcache_proto_goTypes = []any{
 	(*EndpointStatus)(nil),        // 7: dpcache.v1.EndpointStatus
 	(*ReportStatusRequest)(nil),   // 8: dpcache.v1.ReportStatusRequest
 	(*ReportStatusResponse)(nil),  // 9: dpcache.v1.ReportStatusResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*ListSourcesRequest)(nil),    // 10: dpcache.v1.ListSourcesRequest
+	(*DistributionPoint)(nil),     // 11: dpcache.v1.DistributionPoint
+	(*ListSourcesResponse)(nil),   // 12: dpcache.v1.ListSourcesResponse
+	(*WatchLatestRequest)(nil),    // 13: dpcache.v1.WatchLatestRequest
+	(*WatchLatestResponse)(nil),   // 14: dpcache.v1.WatchLatestResponse
+	(*GetStatusRequest)(nil),      // 15: dpcache.v1.GetStatusRequest
+	(*ProductVersions)(nil),       // 16: dpcache.v1.ProductVersions
+	(*Traffic)(nil),               // 17: dpcache.v1.Traffic
+	(*CacheUsage)(nil),            // 18: dpcache.v1.CacheUsage
+	(*MemberStatus)(nil),          // 19: dpcache.v1.MemberStatus
+	(*GetStatusResponse)(nil),     // 20: dpcache.v1.GetStatusResponse
+	(*PrefetchRequest)(nil),       // 21: dpcache.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),      // 22: dpcache.v1.PrefetchResponse
+	(*ListEndpointsRequest)(nil),  // 23: dpcache.v1.ListEndpointsRequest
+	(*EndpointInfo)(nil),          // 24: dpcache.v1.EndpointInfo
+	(*ListEndpointsResponse)(nil), // 25: dpcache.v1.ListEndpointsResponse
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_dpcache_v1_dpcache_proto_depIdxs = []int32{
 	0,  // 0: dpcache.v1.GetLatestResponse.latest:type_name -> dpcache.v1.SignedDocument
 	0,  // 1: dpcache.v1.GetManifestResponse.manifest:type_name -> dpcache.v1.SignedDocument
-	10, // 2: dpcache.v1.EndpointStatus.reported:type_name -> google.protobuf.Timestamp
+	26, // 2: dpcache.v1.EndpointStatus.reported:type_name -> google.protobuf.Timestamp
 	7,  // 3: dpcache.v1.ReportStatusRequest.status:type_name -> dpcache.v1.EndpointStatus
-	1,  // 4: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
-	3,  // 5: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
-	5,  // 6: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
-	8,  // 7: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
-	2,  // 8: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
-	4,  // 9: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
-	6,  // 10: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
-	9,  // 11: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
-	8,  // [8:12] is the sub-list for method output_type
-	4,  // [4:8] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	11, // 4: dpcache.v1.ListSourcesResponse.sources:type_name -> dpcache.v1.DistributionPoint
+	0,  // 5: dpcache.v1.WatchLatestResponse.latest:type_name -> dpcache.v1.SignedDocument
+	16, // 6: dpcache.v1.MemberStatus.versions:type_name -> dpcache.v1.ProductVersions
+	17, // 7: dpcache.v1.MemberStatus.traffic:type_name -> dpcache.v1.Traffic
+	18, // 8: dpcache.v1.MemberStatus.cache:type_name -> dpcache.v1.CacheUsage
+	19, // 9: dpcache.v1.GetStatusResponse.members:type_name -> dpcache.v1.MemberStatus
+	17, // 10: dpcache.v1.GetStatusResponse.traffic:type_name -> dpcache.v1.Traffic
+	7,  // 11: dpcache.v1.EndpointInfo.status:type_name -> dpcache.v1.EndpointStatus
+	24, // 12: dpcache.v1.ListEndpointsResponse.endpoints:type_name -> dpcache.v1.EndpointInfo
+	1,  // 13: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
+	3,  // 14: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
+	5,  // 15: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
+	8,  // 16: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
+	10, // 17: dpcache.v1.DistributionService.ListSources:input_type -> dpcache.v1.ListSourcesRequest
+	13, // 18: dpcache.v1.DistributionService.WatchLatest:input_type -> dpcache.v1.WatchLatestRequest
+	15, // 19: dpcache.v1.AdminService.GetStatus:input_type -> dpcache.v1.GetStatusRequest
+	21, // 20: dpcache.v1.AdminService.Prefetch:input_type -> dpcache.v1.PrefetchRequest
+	23, // 21: dpcache.v1.AdminService.ListEndpoints:input_type -> dpcache.v1.ListEndpointsRequest
+	2,  // 22: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
+	4,  // 23: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
+	6,  // 24: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
+	9,  // 25: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
+	12, // 26: dpcache.v1.DistributionService.ListSources:output_type -> dpcache.v1.ListSourcesResponse
+	14, // 27: dpcache.v1.DistributionService.WatchLatest:output_type -> dpcache.v1.WatchLatestResponse
+	20, // 28: dpcache.v1.AdminService.GetStatus:output_type -> dpcache.v1.GetStatusResponse
+	22, // 29: dpcache.v1.AdminService.Prefetch:output_type -> dpcache.v1.PrefetchResponse
+	25, // 30: dpcache.v1.AdminService.ListEndpoints:output_type -> dpcache.v1.ListEndpointsResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_dpcache_v1_dpcache_proto_init() }
@@ -696,9 +1739,9 @@ func file_dpcache_v1_dpcache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dpcache_v1_dpcache_proto_rawDesc), len(file_dpcache_v1_dpcache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   26,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_dpcache_v1_dpcache_proto_goTypes,
 		DependencyIndexes: file_dpcache_v1_dpcache_proto_depIdxs,

@@ -23,6 +23,8 @@ const (
 	DistributionService_GetManifest_FullMethodName  = "/dpcache.v1.DistributionService/GetManifest"
 	DistributionService_ReadBlob_FullMethodName     = "/dpcache.v1.DistributionService/ReadBlob"
 	DistributionService_ReportStatus_FullMethodName = "/dpcache.v1.DistributionService/ReportStatus"
+	DistributionService_ListSources_FullMethodName  = "/dpcache.v1.DistributionService/ListSources"
+	DistributionService_WatchLatest_FullMethodName  = "/dpcache.v1.DistributionService/WatchLatest"
 )
 
 // DistributionServiceClient is the client API for DistributionService service.
@@ -50,6 +52,13 @@ type DistributionServiceClient interface {
 	ReadBlob(ctx context.Context, in *ReadBlobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadBlobResponse], error)
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
+	// ListSources returns the DPs an endpoint of the given site should use,
+	// nearest first: the live DPs of that site, least loaded first, then the
+	// DPs of other sites.
+	ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error)
+	// WatchLatest streams the product's latest.json now and each time the DP
+	// holds a newer version whole (push, so endpoints need not poll).
+	WatchLatest(ctx context.Context, in *WatchLatestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchLatestResponse], error)
 }
 
 type distributionServiceClient struct {
@@ -109,6 +118,35 @@ func (c *distributionServiceClient) ReportStatus(ctx context.Context, in *Report
 	return out, nil
 }
 
+func (c *distributionServiceClient) ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSourcesResponse)
+	err := c.cc.Invoke(ctx, DistributionService_ListSources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *distributionServiceClient) WatchLatest(ctx context.Context, in *WatchLatestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchLatestResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &DistributionService_ServiceDesc.Streams[1], DistributionService_WatchLatest_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchLatestRequest, WatchLatestResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DistributionService_WatchLatestClient = grpc.ServerStreamingClient[WatchLatestResponse]
+
 // DistributionServiceServer is the server API for DistributionService service.
 // All implementations must embed UnimplementedDistributionServiceServer
 // for forward compatibility.
@@ -134,6 +172,13 @@ type DistributionServiceServer interface {
 	ReadBlob(*ReadBlobRequest, grpc.ServerStreamingServer[ReadBlobResponse]) error
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
+	// ListSources returns the DPs an endpoint of the given site should use,
+	// nearest first: the live DPs of that site, least loaded first, then the
+	// DPs of other sites.
+	ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error)
+	// WatchLatest streams the product's latest.json now and each time the DP
+	// holds a newer version whole (push, so endpoints need not poll).
+	WatchLatest(*WatchLatestRequest, grpc.ServerStreamingServer[WatchLatestResponse]) error
 	mustEmbedUnimplementedDistributionServiceServer()
 }
 
@@ -155,6 +200,12 @@ func (UnimplementedDistributionServiceServer) ReadBlob(*ReadBlobRequest, grpc.Se
 }
 func (UnimplementedDistributionServiceServer) ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportStatus not implemented")
+}
+func (UnimplementedDistributionServiceServer) ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSources not implemented")
+}
+func (UnimplementedDistributionServiceServer) WatchLatest(*WatchLatestRequest, grpc.ServerStreamingServer[WatchLatestResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchLatest not implemented")
 }
 func (UnimplementedDistributionServiceServer) mustEmbedUnimplementedDistributionServiceServer() {}
 func (UnimplementedDistributionServiceServer) testEmbeddedByValue()                             {}
@@ -242,6 +293,35 @@ func _DistributionService_ReportStatus_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DistributionService_ListSources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DistributionServiceServer).ListSources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DistributionService_ListSources_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DistributionServiceServer).ListSources(ctx, req.(*ListSourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DistributionService_WatchLatest_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchLatestRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DistributionServiceServer).WatchLatest(m, &grpc.GenericServerStream[WatchLatestRequest, WatchLatestResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DistributionService_WatchLatestServer = grpc.ServerStreamingServer[WatchLatestResponse]
+
 // DistributionService_ServiceDesc is the grpc.ServiceDesc for DistributionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -261,11 +341,214 @@ var DistributionService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReportStatus",
 			Handler:    _DistributionService_ReportStatus_Handler,
 		},
+		{
+			MethodName: "ListSources",
+			Handler:    _DistributionService_ListSources_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "ReadBlob",
 			Handler:       _DistributionService_ReadBlob_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchLatest",
+			Handler:       _DistributionService_WatchLatest_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "dpcache/v1/dpcache.proto",
+}
+
+const (
+	AdminService_GetStatus_FullMethodName     = "/dpcache.v1.AdminService/GetStatus"
+	AdminService_Prefetch_FullMethodName      = "/dpcache.v1.AdminService/Prefetch"
+	AdminService_ListEndpoints_FullMethodName = "/dpcache.v1.AdminService/ListEndpoints"
+)
+
+// AdminServiceClient is the client API for AdminService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// AdminService is for administrators and their tools (dpcache status,
+// prefetch, endpoints).
+type AdminServiceClient interface {
+	// GetStatus describes the cluster as this DP sees it.
+	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// Prefetch runs the download task for a product now, streaming progress.
+	Prefetch(ctx context.Context, in *PrefetchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PrefetchResponse], error)
+	// ListEndpoints lists what the site's endpoints reported.
+	ListEndpoints(ctx context.Context, in *ListEndpointsRequest, opts ...grpc.CallOption) (*ListEndpointsResponse, error)
+}
+
+type adminServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAdminServiceClient(cc grpc.ClientConnInterface) AdminServiceClient {
+	return &adminServiceClient{cc}
+}
+
+func (c *adminServiceClient) GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Prefetch(ctx context.Context, in *PrefetchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PrefetchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Prefetch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PrefetchRequest, PrefetchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_PrefetchClient = grpc.ServerStreamingClient[PrefetchResponse]
+
+func (c *adminServiceClient) ListEndpoints(ctx context.Context, in *ListEndpointsRequest, opts ...grpc.CallOption) (*ListEndpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEndpointsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListEndpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AdminServiceServer is the server API for AdminService service.
+// All implementations must embed UnimplementedAdminServiceServer
+// for forward compatibility.
+//
+// AdminService is for administrators and their tools (dpcache status,
+// prefetch, endpoints).
+type AdminServiceServer interface {
+	// GetStatus describes the cluster as this DP sees it.
+	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// Prefetch runs the download task for a product now, streaming progress.
+	Prefetch(*PrefetchRequest, grpc.ServerStreamingServer[PrefetchResponse]) error
+	// ListEndpoints lists what the site's endpoints reported.
+	ListEndpoints(context.Context, *ListEndpointsRequest) (*ListEndpointsResponse, error)
+	mustEmbedUnimplementedAdminServiceServer()
+}
+
+// UnimplementedAdminServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedAdminServiceServer struct{}
+
+func (UnimplementedAdminServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) Prefetch(*PrefetchRequest, grpc.ServerStreamingServer[PrefetchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Prefetch not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEndpoints(context.Context, *ListEndpointsRequest) (*ListEndpointsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEndpoints not implemented")
+}
+func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
+func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
+
+// UnsafeAdminServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AdminServiceServer will
+// result in compilation errors.
+type UnsafeAdminServiceServer interface {
+	mustEmbedUnimplementedAdminServiceServer()
+}
+
+func RegisterAdminServiceServer(s grpc.ServiceRegistrar, srv AdminServiceServer) {
+	// If the following call panics, it indicates UnimplementedAdminServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&AdminService_ServiceDesc, srv)
+}
+
+func _AdminService_GetStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetStatus(ctx, req.(*GetStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Prefetch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(PrefetchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).Prefetch(m, &grpc.GenericServerStream[PrefetchRequest, PrefetchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_PrefetchServer = grpc.ServerStreamingServer[PrefetchResponse]
+
+func _AdminService_ListEndpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEndpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEndpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListEndpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEndpoints(ctx, req.(*ListEndpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var AdminService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "dpcache.v1.AdminService",
+	HandlerType: (*AdminServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetStatus",
+			Handler:    _AdminService_GetStatus_Handler,
+		},
+		{
+			MethodName: "ListEndpoints",
+			Handler:    _AdminService_ListEndpoints_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Prefetch",
+			Handler:       _AdminService_Prefetch_Handler,
 			ServerStreams: true,
 		},
 	},
