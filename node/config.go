@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
@@ -24,6 +25,23 @@ type Config struct {
 	// HTTPAddr serves /healthz (and, in later versions, /metrics, the status
 	// page and /repo/). Default ":7341". Empty disables the HTTP server.
 	HTTPAddr string
+	// GossipAddr is where the DP gossips with the other DPs (memberlist,
+	// TCP and UDP). Default ":7946". Empty disables clustering: the DP works
+	// alone.
+	GossipAddr string
+	// Join lists gossip addresses of DPs to join; retried until the DP is
+	// in a cluster again (a healed partition rejoins by itself).
+	Join []string
+	// GossipKey, when set (16, 24 or 32 bytes), encrypts gossip; every DP
+	// of the cluster needs the same key.
+	GossipKey []byte
+	// Advertise is the host (name or IP) other DPs and endpoints use to
+	// reach this DP's gRPC and HTTP ports. Default: the host of GRPCAddr
+	// when it names one, else this machine's first private IP address.
+	Advertise string
+	// Gossip, when set, adjusts the gossip configuration before it is used
+	// (tests shorten memberlist's timers with it).
+	Gossip func(*gossip.Config)
 	// Upstream lists the source URLs tried in order on a miss.
 	Upstream []string
 	// Trust holds the vendor public keys documents must be signed with.
@@ -58,6 +76,7 @@ func DefaultConfig() Config {
 		Site:          "default",
 		DataDir:       "./dpcache-data",
 		GRPCAddr:      ":7340",
+		GossipAddr:    ":7946",
 		HTTPAddr:      ":7341",
 		Refresh:       time.Minute,
 		SourceOptions: source.DefaultOptions(),

@@ -9,30 +9,96 @@ import (
 	"sync"
 
 	"github.com/dpcache/dpcache/cache"
-	"github.com/dpcache/dpcache/source"
 )
 
-// fetch is one blob being ingested from upstream. Every request for the
-// blob while it is in flight reads the chunks already stored, then waits for
-// more: the site's link carries the blob once, and bytes reach callers as
-// they arrive.
+// fetch is one blob being ingested. Every request for the blob while it is
+// in flight reads the chunks already stored, then waits for more: the
+// site's link carries the blob once, and bytes reach callers as they arrive.
 type fetch struct {
 	digest string
 	size   int64
 
-	mu      sync.Mutex    // protects the fields below
-	gen     int           // bumped when stored bytes are discarded (digest mismatch)
-	flushed int64         // bytes readable with cache.ReadPendingAt
-	done    bool          // the fetch ended; err says how
-	err     error         // nil: the blob is whole in the cache
-	changed chan struct{} // closed and replaced on every change
+	mu        sync.Mutex // protects the fields below
+	gen       int        // bumped when stored bytes are discarded (digest mismatch)
+	flushed   int64      // bytes readable with cache.ReadPendingAt
+	written   int64      // bytes received; [flushed, written) are in tail
+	tail      []byte     // bytes [tailStart, written), kept until stored
+	tailStart int64
+	done      bool          // the fetch ended; err says how
+	err       error         // nil: the blob is whole in the cache
+	changed   chan struct{} // closed and replaced on every change
+	forwarded bool          // serving a forwarded request: never ask peers or owners
+	promoted  chan struct{} // closed when forwarded becomes true after the start
 }
 
-// state returns a snapshot and a channel closed at the next change.
-func (f *fetch) state() (gen int, flushed int64, done bool, err error, changed <-chan struct{}) {
+// fetchState is a snapshot of a fetch.
+type fetchState struct {
+	gen              int
+	flushed, written int64
+	done             bool
+	err              error
+	changed          <-chan struct{} // closed at the next change
+}
+
+func (f *fetch) snapshot() fetchState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.gen, f.flushed, f.done, f.err, f.changed
+	return fetchState{f.gen, f.flushed, f.written, f.done, f.err, f.changed}
+}
+
+// maxTail bounds the bytes a fetch keeps in memory for its readers while
+// they are not stored yet; past it, readers wait for the store.
+const maxTail = 32 << 20
+
+// received records bytes written to the cache but maybe not stored yet, so
+// that readers get them at once, and drops what is now stored.
+func (f *fetch) received(b []byte, written, flushed int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if written-int64(len(b)) != f.tailStart+int64(len(f.tail)) || len(f.tail)+len(b) > maxTail {
+		// Not contiguous (a restart) or too much: start a new tail.
+		f.tail, f.tailStart = f.tail[:0], written-int64(len(b))
+	}
+	f.tail = append(f.tail, b...)
+	f.written = written
+	if flushed > f.tailStart {
+		drop := min(flushed-f.tailStart, int64(len(f.tail)))
+		f.tail = f.tail[:copy(f.tail, f.tail[drop:])]
+		f.tailStart += drop
+	}
+	if flushed > f.flushed {
+		f.flushed = flushed
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// readTail copies bytes from pos that are held in memory into p.
+func (f *fetch) readTail(p []byte, pos int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if pos < f.tailStart || pos >= f.tailStart+int64(len(f.tail)) {
+		return 0
+	}
+	return copy(p, f.tail[pos-f.tailStart:])
+}
+
+func (f *fetch) isForwarded() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwarded
+}
+
+// promote marks the fetch as serving a forwarded request: if it is waiting
+// on a peer or owner, it stops and fetches upstream itself (two DPs that
+// briefly disagree about the owner must not wait on each other).
+func (f *fetch) promote() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.forwarded {
+		f.forwarded = true
+		close(f.promoted)
+	}
 }
 
 // restart records that the stored bytes were discarded: readers that sent
@@ -40,7 +106,8 @@ func (f *fetch) state() (gen int, flushed int64, done bool, err error, changed <
 func (f *fetch) restart() {
 	f.mu.Lock()
 	f.gen++
-	f.flushed = 0
+	f.flushed, f.written = 0, 0
+	f.tail, f.tailStart = nil, 0
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
@@ -64,21 +131,17 @@ func (f *fetch) finish(err error) {
 	f.mu.Unlock()
 }
 
-// blobSize returns the size of a blob named by a verified manifest.
-func (n *Node) blobSize(digest string) (int64, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	size, ok := n.known[digest]
-	return size, ok
-}
-
 // acquire returns the in-flight fetch of digest, starting one if needed, or
 // nil when the blob is already whole in the cache. Blobs that no verified
-// manifest names are NotFound: the DP is not an open proxy.
-func (n *Node) acquire(digest string) (*fetch, error) {
+// manifest names are NotFound: the DP is not an open proxy. A forwarded
+// request promotes the fetch it joins.
+func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if f, ok := n.fetches[digest]; ok {
+		if forwarded {
+			f.promote()
+		}
 		return f, nil
 	}
 	// Under n.mu: a fetch leaves the map only after its blob is whole, so
@@ -95,43 +158,52 @@ func (n *Node) acquire(digest string) (*fetch, error) {
 	if n.closed || n.bg.Err() != nil {
 		return nil, fmt.Errorf("blob %s: %w: the DP is shutting down", digest, ErrUnavailable)
 	}
-	f := &fetch{digest: digest, size: size, changed: make(chan struct{})}
+	f := &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{})}
+	if forwarded {
+		close(f.promoted)
+	}
 	n.fetches[digest] = f
 	n.bgWG.Add(1)
 	go func() {
 		defer n.bgWG.Done()
+		n.publishFetching()
 		err := n.runFetch(n.bg, f)
 		n.mu.Lock()
 		delete(n.fetches, digest)
 		n.mu.Unlock()
 		f.finish(err)
+		n.publishFetching()
 	}()
 	return f, nil
 }
 
 // ensureBlob returns once digest is whole in the cache.
 func (n *Node) ensureBlob(ctx context.Context, digest string) error {
-	f, err := n.acquire(digest)
+	f, err := n.acquire(digest, false)
 	if err != nil || f == nil {
 		return err
 	}
 	for {
-		_, _, done, err, changed := f.state()
-		if done {
-			return err
+		st := f.snapshot()
+		if st.done {
+			return st.err
 		}
 		select {
-		case <-changed:
+		case <-st.changed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// runFetch ingests f's blob from the upstream sources in order. A broken
-// transfer resumes at its offset from the same or the next source; a blob
+// errPromoted ends an attempt that waited on a peer or owner when the fetch
+// is promoted.
+var errPromoted = errors.New("fetch promoted to serve a forwarded request")
+
+// runFetch ingests f's blob from its candidates in order (see candidates).
+// A broken transfer resumes at its offset from the next candidate; a blob
 // whose digest does not match is discarded whole and fetched again from the
-// next source, so resumed bytes from a bad source never survive.
+// next candidate, so resumed bytes from a bad source never survive.
 func (n *Node) runFetch(ctx context.Context, f *fetch) error {
 	log := n.log.With("blob", f.digest, "size", f.size)
 	w, err := n.cache.NewWriter(f.digest, f.size)
@@ -146,44 +218,51 @@ func (n *Node) runFetch(ctx context.Context, f *fetch) error {
 		f.progress(w.Flushed())
 	}
 	var errs []string
-	for _, src := range n.upstream {
+	mismatch := false
+	cands := n.candidates(f)
+	for i := 0; i < len(cands); i++ {
 		if ctx.Err() != nil {
 			break
 		}
-		err := n.copyFrom(ctx, src, f, w)
+		c := cands[i]
+		err := n.copyFrom(ctx, c, f, w)
+		if errors.Is(err, errPromoted) {
+			// Recompute without peers and owners, keep the bytes.
+			log.Info("taking over the fetch for a forwarded request", "offset", w.Offset())
+			cands, i = n.candidates(f), -1
+			continue
+		}
 		if err == nil {
-			err = w.Commit()
-			if err == nil {
+			if err = w.Commit(); err == nil {
 				f.progress(f.size)
-				log.Debug("blob ingested", "source", src.String())
+				log.Debug("blob ingested", "from", c.kind.String(), "source", c.src.String())
 				return nil
 			}
-			if errors.Is(err, cache.ErrDigestMismatch) {
-				log.Warn("upstream blob failed verification; discarded, trying the next source", "source", src.String(), "err", err)
-				errs = append(errs, fmt.Sprintf("%s: %v", src, err))
-				// Readers may have streamed the bad bytes: they fail on
-				// DataLoss and retry. Start over from byte 0.
-				if w, err = n.cache.NewWriter(f.digest, f.size); err != nil {
-					return fmt.Errorf("blob %s: %w", f.digest, err)
-				}
-				f.restart()
-				continue
+			if !errors.Is(err, cache.ErrDigestMismatch) {
+				w.Abort()
+				return fmt.Errorf("blob %s: %w", f.digest, err)
 			}
-			w.Abort()
-			return fmt.Errorf("blob %s: %w", f.digest, err)
+			mismatch = true
+			log.Warn("blob failed verification; discarded, trying the next source", "from", c.kind.String(), "source", c.src.String(), "err", err)
+			errs = append(errs, fmt.Sprintf("%s: %v", c.src, err))
+			// Readers may have streamed the bad bytes: they fail on
+			// DataLoss and retry. Start over from byte 0.
+			if w, err = n.cache.NewWriter(f.digest, f.size); err != nil {
+				return fmt.Errorf("blob %s: %w", f.digest, err)
+			}
+			f.restart()
+			continue
 		}
-		log.Warn("upstream transfer failed; resuming from the next source", "source", src.String(), "offset", w.Offset(), "err", err)
+		if c.kind == fromPartial {
+			log.Debug("copied what a peer had", "source", c.src.String(), "offset", w.Offset())
+			continue
+		}
+		log.Warn("transfer failed; resuming from the next source", "from", c.kind.String(), "source", c.src.String(), "offset", w.Offset(), "err", err)
 		errs = append(errs, err.Error())
 	}
 	w.Abort() // keep the stored chunks: the next request resumes there
 	if ctx.Err() != nil {
 		return fmt.Errorf("blob %s: %w: %v", f.digest, ErrUnavailable, ctx.Err())
-	}
-	mismatch := false
-	for _, e := range errs {
-		if strings.Contains(e, cache.ErrDigestMismatch.Error()) {
-			mismatch = true
-		}
 	}
 	if mismatch {
 		return fmt.Errorf("blob %s: %w: %s", f.digest, ErrDataLoss, strings.Join(errs, "; "))
@@ -191,26 +270,52 @@ func (n *Node) runFetch(ctx context.Context, f *fetch) error {
 	return upstreamError("blob "+f.digest, errs)
 }
 
-// copyFrom copies the rest of f's blob from src into w, publishing progress.
-func (n *Node) copyFrom(ctx context.Context, src source.Source, f *fetch, w *cache.Writer) error {
-	r, err := src.Blob(ctx, f.digest, w.Offset())
+// copyFrom copies the rest of f's blob from c into w, publishing progress.
+// Waiting on a peer or owner ends with errPromoted when f is promoted.
+func (n *Node) copyFrom(ctx context.Context, c candidate, f *fetch, w *cache.Writer) error {
+	if c.kind == fromPeer || c.kind == fromOwner {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-f.promoted:
+				cancel(errPromoted)
+			case <-ctx.Done():
+			}
+		}()
+		err := n.copyStream(ctx, c, f, w)
+		if errors.Is(context.Cause(ctx), errPromoted) {
+			return errPromoted
+		}
+		return err
+	}
+	return n.copyStream(ctx, c, f, w)
+}
+
+func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.Writer) error {
+	r, err := c.src.Blob(ctx, f.digest, w.Offset())
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	counter := &n.traffic.upstream
+	if c.kind != fromUpstream {
+		counter = &n.traffic.peer
+	}
 	buf := make([]byte, 256<<10)
 	for w.Offset() < f.size {
 		nr, rerr := r.Read(buf)
 		if nr > 0 {
-			n.traffic.upstream.Add(int64(nr))
+			counter.Add(int64(nr))
 			if _, err := w.Write(buf[:nr]); err != nil {
-				return fmt.Errorf("%s: blob %s: storing: %w", src, f.digest, err)
+				return fmt.Errorf("%s: blob %s: storing: %w", c.src, f.digest, err)
 			}
-			f.progress(w.Flushed())
+			f.received(buf[:nr], w.Offset(), w.Flushed())
 		}
 		if rerr == io.EOF {
 			if w.Offset() < f.size {
-				return fmt.Errorf("%s: blob %s: stream ended at byte %d of %d: %w", src, f.digest, w.Offset(), f.size, io.ErrUnexpectedEOF)
+				return fmt.Errorf("%s: blob %s: stream ended at byte %d of %d: %w", c.src, f.digest, w.Offset(), f.size, io.ErrUnexpectedEOF)
 			}
 			break
 		}

@@ -73,7 +73,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	if err := manifest.ValidDigest(digest); err != nil {
 		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
 	}
-	f, err := n.acquire(digest)
+	f, err := n.acquire(digest, false)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return nil
 	}
 	sink := &httpSink{w: w, left: to - from}
-	err = n.readBlob(r.Context(), digest, from, sink)
+	err = n.readBlob(r.Context(), digest, from, false, sink)
 	if errors.Is(err, errRangeDone) || err == nil {
 		return nil
 	}

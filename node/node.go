@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
@@ -46,18 +47,23 @@ type Node struct {
 	bgCancel context.CancelFunc
 	bgWG     sync.WaitGroup
 
-	docs singleflight.Group // upstream document fetches, by path
+	docs   singleflight.Group // upstream document fetches, by path
+	gossip *gossip.Gossip     // nil when clustering is off
 
-	mu       sync.Mutex               // protects the fields below
-	fetches  map[string]*fetch        // blob fetches in flight, by digest
-	known    map[string]int64         // blob sizes from verified manifests
-	products map[string]bool          // products this DP keeps current
-	upLatest map[string]upLatest      // upstream's latest, for cold pass-through
-	jobs     map[string]chan struct{} // version completions in flight, by product/version; closed when done
-	closed   bool
+	mu             sync.Mutex                 // protects the fields below
+	fetches        map[string]*fetch          // blob fetches in flight, by digest
+	known          map[string]int64           // blob sizes from verified manifests
+	blobVersions   map[string][]productSerial // versions naming each blob, from verified manifests
+	peers          map[string]*source.GRPC    // clients of peer DPs, by gRPC address
+	products       map[string]bool            // products this DP keeps current
+	upLatest       map[string]upLatest        // upstream's latest, for cold pass-through
+	jobs           map[string]chan struct{}   // version completions in flight, by product/version; closed when done
+	versionChanged map[string]chan struct{}   // closed when a product's held latest changes
+	closed         bool
 
 	traffic struct {
 		upstream atomic.Int64 // bytes read from upstream sources
+		peer     atomic.Int64 // bytes read from peer DPs
 		served   atomic.Int64 // blob bytes sent to callers
 	}
 }
@@ -78,15 +84,17 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "node", "node", cfg.Name),
-		trust:    cfg.Trust,
-		pool:     newChunkPool(cfg.ServeChunk, cfg.ServeMemory),
-		fetches:  map[string]*fetch{},
-		known:    map[string]int64{},
-		products: map[string]bool{},
-		upLatest: map[string]upLatest{},
-		jobs:     map[string]chan struct{}{},
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "node", "node", cfg.Name),
+		trust:        cfg.Trust,
+		pool:         newChunkPool(cfg.ServeChunk, cfg.ServeMemory),
+		fetches:      map[string]*fetch{},
+		known:        map[string]int64{},
+		blobVersions: map[string][]productSerial{},
+		peers:        map[string]*source.GRPC{},
+		products:     map[string]bool{},
+		upLatest:     map[string]upLatest{},
+		jobs:         map[string]chan struct{}{},
 	}
 	for _, p := range cfg.Products {
 		n.products[p] = true
@@ -121,9 +129,16 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: HTTP listener on %s: %w (choose --http)", cfg.HTTPAddr, err)
 		}
 	}
+	if cfg.GossipAddr != "" {
+		if n.gossip, err = n.newGossip(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
 	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	n.grpcSrv = grpc.NewServer(ServerOptions()...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
+	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpcSrv, n.health)
 	reflection.Register(n.grpcSrv)
@@ -177,6 +192,10 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if n.gossip != nil {
+		n.publishAllVersions()
+		g.Go(func() error { return n.gossip.Run(gctx) })
+	}
 	g.Go(func() error { n.refreshLoop(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
@@ -227,6 +246,14 @@ func (n *Node) Close() error {
 		n.httpLis.Close()
 	}
 	n.closeSources()
+	if n.gossip != nil {
+		n.gossip.Close()
+	}
+	n.mu.Lock()
+	for _, p := range n.peers {
+		p.Close()
+	}
+	n.mu.Unlock()
 	if n.cache != nil {
 		return n.cache.Close()
 	}
@@ -256,7 +283,7 @@ type Traffic struct {
 
 // Traffic returns the DP's byte counters since start.
 func (n *Node) Traffic() Traffic {
-	return Traffic{UpstreamBytes: n.traffic.upstream.Load(), ServedBytes: n.traffic.served.Load()}
+	return Traffic{UpstreamBytes: n.traffic.upstream.Load(), PeerBytes: n.traffic.peer.Load(), ServedBytes: n.traffic.served.Load()}
 }
 
 func (n *Node) httpHandler() http.Handler {

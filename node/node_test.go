@@ -83,7 +83,7 @@ func startNode(t testing.TB, v *vendor, upstream string, mod func(*Config)) *Nod
 	cfg := DefaultConfig()
 	cfg.Name = "dp-test"
 	cfg.DataDir = t.TempDir()
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.Upstream = []string{upstream}
 	cfg.Trust = v.trust
 	cfg.Refresh = 200 * time.Millisecond

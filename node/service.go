@@ -3,12 +3,10 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -46,10 +44,57 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 	if err := manifest.ValidDigest(digest); err != nil {
 		return status.Errorf(codes.InvalidArgument, "sha256 %q: %v", digest, err)
 	}
-	if err := s.n.readBlob(stream.Context(), digest, int64(req.GetOffset()), stream); err != nil {
+	if p, v := req.GetProduct(), req.GetVersion(); p != "" && v != "" {
+		if _, known := s.n.blobSize(digest); !known {
+			// A peer names the version: learn its blobs (verified) first.
+			if _, _, err := s.n.manifestDoc(stream.Context(), p, v); err != nil {
+				s.n.log.Debug("version hint of a blob request unusable", "product", p, "version", v, "err", err)
+			}
+		}
+	}
+	read := s.n.readBlob
+	if req.GetAvailableOnly() {
+		read = s.n.readAvailable
+	}
+	if err := read(stream.Context(), digest, int64(req.GetOffset()), req.GetForwarded(), stream); err != nil {
 		return toStatus(err)
 	}
 	return nil
+}
+
+func (s *distributionServer) ListSources(ctx context.Context, req *pb.ListSourcesRequest) (*pb.ListSourcesResponse, error) {
+	return &pb.ListSourcesResponse{Sources: s.n.listSources(req.GetSite())}, nil
+}
+
+func (s *distributionServer) WatchLatest(req *pb.WatchLatestRequest, stream grpc.ServerStreamingServer[pb.WatchLatestResponse]) error {
+	product := req.GetProduct()
+	if err := manifest.ValidName(product); err != nil {
+		return status.Errorf(codes.InvalidArgument, "product %q: %v", product, err)
+	}
+	s.n.addProduct(product)
+	ctx := stream.Context()
+	var sent uint64
+	for {
+		changed := s.n.versionWatch(product)
+		v, err := s.n.cache.LatestVersion(product)
+		if err == nil && v.Serial > sent {
+			data, sig, err := s.n.cache.Document(latestDocKey(product, v.Version))
+			if err != nil {
+				return toStatus(err)
+			}
+			if err := stream.Send(&pb.WatchLatestResponse{Latest: &pb.SignedDocument{Data: data, Signature: sig}}); err != nil {
+				return err
+			}
+			sent = v.Serial
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		case <-s.n.bg.Done():
+			return status.Error(codes.Unavailable, "the DP is shutting down")
+		}
+	}
 }
 
 func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) (*pb.ReportStatusResponse, error) {
@@ -80,121 +125,6 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 
 // endpointsBucket holds the last report of each endpoint and product.
 const endpointsBucket = "endpoints"
-
-// blobSender is the part of a ReadBlob stream readBlob uses.
-type blobSender interface {
-	SendMsg(m any) error
-}
-
-// readBlob streams digest from off: from the cache when whole, else from
-// the in-flight fetch as its bytes are stored.
-func (n *Node) readBlob(ctx context.Context, digest string, off int64, stream blobSender) error {
-	f, err := n.acquire(digest)
-	if err != nil {
-		return err
-	}
-	bufs := n.pool.stream()
-	defer bufs.done()
-	first := true
-	if f == nil {
-		size, err := n.cache.Stat(digest)
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", digest, err)
-		}
-		return n.sendRange(ctx, digest, off, size, size, stream, bufs, &first, false)
-	}
-	if off > f.size {
-		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, ErrInvalid)
-	}
-	// Answer at once with the size: the caller learns the blob exists while
-	// the first bytes are still on their way from upstream.
-	if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
-		return err
-	}
-	first = false
-	pos := off
-	startGen, _, _, _, _ := f.state()
-	for {
-		gen, flushed, done, ferr, changed := f.state()
-		if gen != startGen {
-			if pos > off {
-				return fmt.Errorf("blob %s: %w: upstream sent corrupt bytes, which were discarded; retry", digest, ErrDataLoss)
-			}
-			startGen = gen
-		}
-		if done {
-			if ferr != nil {
-				return ferr
-			}
-			// Whole now: the rest comes from the cache.
-			return n.sendRange(ctx, digest, pos, f.size, f.size, stream, bufs, &first, false)
-		}
-		if pos < flushed {
-			if err := n.sendRange(ctx, digest, pos, flushed, f.size, stream, bufs, &first, true); err != nil {
-				if errors.Is(err, cache.ErrNotFound) {
-					// The blob became whole (or was discarded) meanwhile:
-					// look again.
-					continue
-				}
-				return err
-			}
-			pos = flushed
-			continue
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// sendRange sends bytes [from, to) of digest, read from the whole blob or,
-// with pending, from the chunks of an ingest in progress.
-func (n *Node) sendRange(ctx context.Context, digest string, from, to, size int64, stream blobSender, bufs *streamBuffers, first *bool, pending bool) error {
-	if from > to {
-		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, from, size, ErrInvalid)
-	}
-	if *first && from == to {
-		*first = false
-		return stream.SendMsg(&pb.BlobChunk{Size: uint64(size)})
-	}
-	chunk := int64(n.cfg.ServeChunk)
-	for pos := from; pos < to; {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		l := min(chunk, to-pos)
-		buf, err := bufs.get(ctx, int(l))
-		if err != nil {
-			return err
-		}
-		var nr int
-		if pending {
-			nr, err = n.cache.ReadPendingAt(digest, *buf, pos)
-		} else {
-			nr, err = n.cache.ReadAt(digest, *buf, pos)
-		}
-		if nr < int(l) && err == nil {
-			err = fmt.Errorf("blob %s: short read at %d: %w", digest, pos, ErrDataLoss)
-		}
-		if err != nil && !(nr == int(l)) {
-			bufs.Put(buf)
-			return err
-		}
-		msg := &pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}
-		if *first {
-			msg.Size = uint64(size)
-			*first = false
-		}
-		if err := stream.SendMsg(msg); err != nil {
-			return err
-		}
-		n.traffic.served.Add(l)
-		pos += l
-	}
-	return nil
-}
 
 // toStatus turns an error into a gRPC status at the RPC edge.
 func toStatus(err error) error {

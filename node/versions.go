@@ -179,6 +179,7 @@ func (n *Node) register(m *manifest.Manifest) {
 	for _, f := range m.Files {
 		n.known[f.SHA256] = f.Size
 	}
+	n.registerVersionsLocked(m)
 }
 
 // loadKnown registers the manifests the cache holds.
@@ -266,6 +267,8 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest)
 	}); err != nil {
 		return err
 	}
+	n.publishVersions(product)
+	n.notifyVersion(product)
 	n.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -18,7 +19,7 @@ import (
 
 func newNode() *cobra.Command {
 	cfg := node.DefaultConfig()
-	var configFile, proxy string
+	var configFile, proxy, gossipKey string
 	var trust []string
 	cmd := &cobra.Command{
 		Use:   "node [--config FILE] [flags]",
@@ -45,6 +46,11 @@ flags win over the environment, which wins over the file.`,
 				return fmt.Errorf("node: %w", err)
 			}
 			cfg.Trust = t
+			if gossipKey != "" {
+				if cfg.GossipKey, err = decodeGossipKey(gossipKey); err != nil {
+					return fmt.Errorf("node: %w", err)
+				}
+			}
 			if cfg.SourceOptions.Proxy, err = parseProxy(proxy); err != nil {
 				return fmt.Errorf("node: %w", err)
 			}
@@ -65,7 +71,11 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.Site, "site", cfg.Site, "site (branch office) this DP serves")
 	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory (holds the bbolt cache)")
 	f.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "gRPC listen address (endpoints and peers)")
-	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address (/healthz)")
+	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address (/healthz, /repo/)")
+	f.StringVar(&cfg.GossipAddr, "gossip", cfg.GossipAddr, "gossip listen address (memberlist, TCP and UDP); empty: no cluster")
+	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
+	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
+	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
 	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream source URLs, tried in order (http://, https://, file://, grpc://)")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
 	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest")
@@ -135,4 +145,17 @@ func redactProxy(raw string) string {
 		return u.Redacted()
 	}
 	return "(unparsable)"
+}
+
+// decodeGossipKey decodes a base64 gossip key of 16, 24 or 32 bytes.
+func decodeGossipKey(s string) ([]byte, error) {
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("--gossip-key: not base64 (make one with: head -c 32 /dev/urandom | base64): %v", err)
+	}
+	switch len(k) {
+	case 16, 24, 32:
+		return k, nil
+	}
+	return nil, fmt.Errorf("--gossip-key: %d bytes, want 16, 24 or 32 (make one with: head -c 32 /dev/urandom | base64)", len(k))
 }

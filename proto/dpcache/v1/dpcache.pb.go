@@ -293,6 +293,10 @@ type ReadBlobRequest struct {
 	// and end the stream; never fetch. A DP taking over a fetch uses it to
 	// copy what its peers already have instead of fetching it again.
 	AvailableOnly bool `protobuf:"varint,4,opt,name=available_only,json=availableOnly,proto3" json:"available_only,omitempty"`
+	// The product and version that name the blob: a DP that has not seen
+	// that version's manifest yet fetches it (verified) first. Optional.
+	Product       string `protobuf:"bytes,5,opt,name=product,proto3" json:"product,omitempty"`
+	Version       string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +357,20 @@ func (x *ReadBlobRequest) GetAvailableOnly() bool {
 		return x.AvailableOnly
 	}
 	return false
+}
+
+func (x *ReadBlobRequest) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *ReadBlobRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 type ReadBlobResponse struct {
@@ -1549,12 +1567,14 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1c\n" +
 	"\tforwarded\x18\x03 \x01(\bR\tforwarded\"M\n" +
 	"\x13GetManifestResponse\x126\n" +
-	"\bmanifest\x18\x01 \x01(\v2\x1a.dpcache.v1.SignedDocumentR\bmanifest\"\x86\x01\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x1a.dpcache.v1.SignedDocumentR\bmanifest\"\xba\x01\n" +
 	"\x0fReadBlobRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x1c\n" +
 	"\tforwarded\x18\x03 \x01(\bR\tforwarded\x12%\n" +
-	"\x0eavailable_only\x18\x04 \x01(\bR\ravailableOnly\":\n" +
+	"\x0eavailable_only\x18\x04 \x01(\bR\ravailableOnly\x12\x18\n" +
+	"\aproduct\x18\x05 \x01(\tR\aproduct\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\":\n" +
 	"\x10ReadBlobResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\"\x82\x02\n" +

@@ -1,0 +1,140 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/gossip"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+)
+
+// adminServer implements pb.AdminServiceServer; stateless, like
+// distributionServer.
+type adminServer struct {
+	pb.UnimplementedAdminServiceServer
+	n *Node
+}
+
+// peerStatusTimeout bounds asking one peer for its figures.
+const peerStatusTimeout = 2 * time.Second
+
+func (s *adminServer) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
+	local, err := s.n.localStatus()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if req.GetLocalOnly() || s.n.gossip == nil {
+		return &pb.GetStatusResponse{Members: []*pb.MemberStatus{local}, Traffic: local.GetTraffic()}, nil
+	}
+	members := s.n.gossip.Members()
+	out := make([]*pb.MemberStatus, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		if m.Local {
+			out[i] = local
+			continue
+		}
+		out[i] = memberStatus(m)
+		if m.State != gossip.StateAlive || m.GRPCAddr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if peer, err := s.n.askStatus(ctx, m.GRPCAddr); err == nil {
+				out[i].Traffic, out[i].Cache = peer.GetTraffic(), peer.GetCache()
+			} else {
+				s.n.log.Debug("peer did not report its status", "peer", m.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	total := &pb.Traffic{}
+	for _, m := range out {
+		if t := m.GetTraffic(); t != nil {
+			total.UpstreamBytes += t.GetUpstreamBytes()
+			total.PeerBytes += t.GetPeerBytes()
+			total.ServedBytes += t.GetServedBytes()
+		}
+	}
+	return &pb.GetStatusResponse{Members: out, Traffic: total}, nil
+}
+
+// askStatus asks a peer for its own figures.
+func (n *Node) askStatus(ctx context.Context, addr string) (*pb.MemberStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
+	defer cancel()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	resp, err := pb.NewAdminServiceClient(conn).GetStatus(ctx, &pb.GetStatusRequest{LocalOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetMembers()) != 1 {
+		return nil, status.Error(codes.Internal, "peer answered with no member")
+	}
+	return resp.GetMembers()[0], nil
+}
+
+func memberStatus(m gossip.Member) *pb.MemberStatus {
+	ms := &pb.MemberStatus{Name: m.Name, Site: m.Site, GrpcAddress: m.GRPCAddr, HttpAddress: m.HTTPAddr, State: string(m.State)}
+	products := make([]string, 0, len(m.Versions))
+	for p := range m.Versions {
+		products = append(products, p)
+	}
+	slices.Sort(products)
+	for _, p := range products {
+		ms.Versions = append(ms.Versions, &pb.ProductVersions{Product: p, Serials: slices.Clone(m.Versions[p])})
+	}
+	return ms
+}
+
+// localStatus describes this DP from its own cache and counters.
+func (n *Node) localStatus() (*pb.MemberStatus, error) {
+	self := n.self()
+	ms := &pb.MemberStatus{Name: self.GetName(), Site: self.GetSite(), GrpcAddress: self.GetGrpcAddress(), HttpAddress: self.GetHttpAddress(), State: string(gossip.StateAlive)}
+	products, err := n.cache.Products()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range products {
+		vs, err := n.cache.Versions(p)
+		if err != nil {
+			return nil, err
+		}
+		pv := &pb.ProductVersions{Product: p}
+		for _, v := range vs {
+			pv.Serials = append(pv.Serials, v.Serial)
+		}
+		ms.Versions = append(ms.Versions, pv)
+	}
+	t := n.Traffic()
+	ms.Traffic = &pb.Traffic{UpstreamBytes: uint64(t.UpstreamBytes), PeerBytes: uint64(t.PeerBytes), ServedBytes: uint64(t.ServedBytes)}
+	st, err := n.cache.Stats()
+	if err != nil {
+		return nil, err
+	}
+	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), Blobs: uint64(st.Blobs), FreeDiskBytes: freeDisk(n.cfg.DataDir)}
+	return ms, nil
+}
+
+// freeDisk returns the bytes available to unprivileged users on dir's file
+// system, 0 if unknown.
+func freeDisk(dir string) uint64 {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return 0
+	}
+	return fs.Bavail * uint64(fs.Bsize)
+}

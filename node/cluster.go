@@ -1,0 +1,285 @@
+package node
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+
+	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+// productSerial names one version of a product.
+type productSerial struct {
+	product string
+	version string
+	serial  uint64
+}
+
+// newGossip builds the DP's gossip member from its configuration.
+func (n *Node) newGossip() (*gossip.Gossip, error) {
+	host := n.cfg.Advertise
+	if host == "" {
+		host = advertiseHost(n.grpcLis.Addr())
+	}
+	gc := gossip.DefaultConfig()
+	gc.Name, gc.Site = n.cfg.Name, n.cfg.Site
+	gc.GRPCAddr = net.JoinHostPort(host, port(n.grpcLis.Addr()))
+	if n.httpLis != nil {
+		gc.HTTPAddr = net.JoinHostPort(host, port(n.httpLis.Addr()))
+	}
+	gc.BindAddr = n.cfg.GossipAddr
+	gc.Join = n.cfg.Join
+	gc.SecretKey = n.cfg.GossipKey
+	gc.Logger = n.cfg.Logger
+	if n.cfg.Gossip != nil {
+		n.cfg.Gossip(&gc)
+	}
+	g, err := gossip.New(gc)
+	if err != nil {
+		return nil, fmt.Errorf("node: gossip on %s: %w", n.cfg.GossipAddr, err)
+	}
+	return g, nil
+}
+
+// advertiseHost is the host of a listener's address when it names one, else
+// the machine's first private (or, failing that, any non-loopback) IP.
+func advertiseHost(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+		return ta.IP.String()
+	}
+	addrs, _ := net.InterfaceAddrs()
+	var fallback string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if ipn.IP.IsPrivate() {
+			return ipn.IP.String()
+		}
+		if fallback == "" {
+			fallback = ipn.IP.String()
+		}
+	}
+	if fallback != "" {
+		return fallback
+	}
+	return "127.0.0.1"
+}
+
+func port(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return strconv.Itoa(ta.Port)
+	}
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}
+
+// peer returns the gRPC client of a peer DP, created on first use and
+// closed with the node.
+func (n *Node) peer(addr string) *source.GRPC {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if p, ok := n.peers[addr]; ok {
+		return p
+	}
+	opts := n.cfg.SourceOptions
+	opts.Proxy = nil // peers are on the LAN
+	p, err := source.NewGRPC(addr, opts)
+	if err != nil {
+		return nil
+	}
+	n.peers[addr] = p
+	return p
+}
+
+// publishVersions tells the cluster which versions of product this DP
+// holds whole.
+func (n *Node) publishVersions(product string) {
+	if n.gossip == nil {
+		return
+	}
+	vs, err := n.cache.Versions(product)
+	if err != nil {
+		n.log.Warn("cannot list held versions for gossip", "product", product, "err", err)
+		return
+	}
+	serials := make([]uint64, len(vs))
+	for i, v := range vs {
+		serials[i] = v.Serial
+	}
+	n.gossip.SetVersions(product, serials)
+}
+
+// publishAllVersions announces every held version (at start).
+func (n *Node) publishAllVersions() {
+	products, err := n.cache.Products()
+	if err != nil {
+		n.log.Warn("cannot list held products for gossip", "err", err)
+		return
+	}
+	for _, p := range products {
+		n.publishVersions(p)
+	}
+}
+
+// publishFetching tells the cluster which blobs this DP is fetching.
+func (n *Node) publishFetching() {
+	if n.gossip == nil {
+		return
+	}
+	n.mu.Lock()
+	ds := make([]string, 0, len(n.fetches))
+	for d := range n.fetches {
+		ds = append(ds, d)
+	}
+	n.mu.Unlock()
+	slices.Sort(ds)
+	n.gossip.SetFetching(ds)
+}
+
+// versionsOf returns the versions (from verified manifests) that name digest.
+func (n *Node) versionsOf(digest string) []productSerial {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.blobVersions[digest])
+}
+
+// registerVersions records which versions name each blob of m.
+func (n *Node) registerVersionsLocked(m *manifest.Manifest) {
+	ps := productSerial{m.Product, m.Version, m.Serial}
+	for _, f := range m.Files {
+		if !slices.Contains(n.blobVersions[f.SHA256], ps) {
+			n.blobVersions[f.SHA256] = append(n.blobVersions[f.SHA256], ps)
+		}
+	}
+}
+
+// candidate is one place a blob fetch may read from.
+type candidate struct {
+	src  source.Source
+	kind candidateKind
+}
+
+type candidateKind int
+
+const (
+	fromPeer     candidateKind = iota // a DP of the site that holds the blob whole
+	fromOwner                         // the blob's owner in the site, which fetches it upstream once for all
+	fromPartial                       // a DP of the site fetching it: the bytes it has now
+	fromUpstream                      // the configured upstream sources, in order
+)
+
+func (k candidateKind) String() string {
+	return [...]string{"peer", "owner", "partial", "upstream"}[k]
+}
+
+// candidates lists, in order, where f's blob is read from (DESIGN: "How a
+// DP resolves a blob"): peers of the site holding it; the owners ranked
+// above this DP; then, when this DP fetches upstream itself, what the site's
+// other fetchers already have; then upstream. A fetch started or taken over
+// for a forwarded request never asks peers or owners: it must not wait on
+// another DP that may be waiting on it.
+func (n *Node) candidates(f *fetch) []candidate {
+	var out []candidate
+	if n.gossip != nil {
+		site, self := n.cfg.Site, n.cfg.Name
+		seen := map[string]bool{self: true}
+		// The version hint lets a peer that has not seen the manifest yet
+		// fetch it rather than answer NotFound.
+		var hint productSerial
+		if vs := n.versionsOf(f.digest); len(vs) > 0 {
+			hint = vs[len(vs)-1]
+		}
+		add := func(m gossip.Member, kind candidateKind) {
+			if seen[m.Name] || m.GRPCAddr == "" {
+				return
+			}
+			p := n.peer(m.GRPCAddr)
+			if p == nil {
+				return
+			}
+			seen[m.Name] = true
+			src := p.Forwarded()
+			if kind == fromPartial {
+				src = p.AvailableOnly()
+			}
+			if hint.product != "" {
+				src = src.ForVersion(hint.product, hint.version)
+			}
+			out = append(out, candidate{src, kind})
+		}
+		if !f.isForwarded() {
+			for _, ps := range n.versionsOf(f.digest) {
+				for _, m := range n.gossip.Holders(site, ps.product, ps.serial) {
+					add(m, fromPeer)
+				}
+			}
+			for _, m := range n.gossip.Owners(site, f.digest) {
+				if m.Name == self {
+					break
+				}
+				add(m, fromOwner)
+			}
+		}
+		for _, m := range n.gossip.Fetchers(site, f.digest) {
+			add(m, fromPartial)
+		}
+	}
+	for _, u := range n.upstream {
+		out = append(out, candidate{u, fromUpstream})
+	}
+	return out
+}
+
+// listSources returns the DPs an endpoint of site should use: the live DPs
+// of that site (this DP's own when site is empty), least busy first, then
+// those of the other sites.
+func (n *Node) listSources(site string) []*pb.DistributionPoint {
+	if site == "" {
+		site = n.cfg.Site
+	}
+	if n.gossip == nil {
+		return []*pb.DistributionPoint{n.self()}
+	}
+	members := n.gossip.Live("")
+	slices.SortStableFunc(members, func(a, b gossip.Member) int {
+		if (a.Site == site) != (b.Site == site) {
+			if a.Site == site {
+				return -1
+			}
+			return 1
+		}
+		return len(a.Fetching) - len(b.Fetching)
+	})
+	out := make([]*pb.DistributionPoint, 0, len(members))
+	for _, m := range members {
+		out = append(out, &pb.DistributionPoint{Name: m.Name, Site: m.Site, GrpcAddress: m.GRPCAddr, HttpAddress: m.HTTPAddr})
+	}
+	return out
+}
+
+// self describes this DP as a source.
+func (n *Node) self() *pb.DistributionPoint {
+	host := n.cfg.Advertise
+	if host == "" {
+		host = advertiseHost(n.grpcLis.Addr())
+	}
+	dp := &pb.DistributionPoint{Name: n.cfg.Name, Site: n.cfg.Site, GrpcAddress: net.JoinHostPort(host, port(n.grpcLis.Addr()))}
+	if n.httpLis != nil {
+		dp.HttpAddress = net.JoinHostPort(host, port(n.httpLis.Addr()))
+	}
+	return dp
+}
+
+// blobSize returns the size of a blob named by a verified manifest.
+func (n *Node) blobSize(digest string) (int64, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	size, ok := n.known[digest]
+	return size, ok
+}

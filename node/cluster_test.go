@@ -1,0 +1,214 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/dpcache/dpcache/agent"
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// fastGossip shortens memberlist's timers for in-process clusters.
+func fastGossip(gc *gossip.Config) {
+	c := memberlist.DefaultLANConfig()
+	c.TCPTimeout = time.Second
+	c.ProbeInterval = 100 * time.Millisecond
+	c.ProbeTimeout = 80 * time.Millisecond
+	c.SuspicionMult = 4
+	c.SuspicionMaxTimeoutMult = 2
+	c.GossipInterval = 20 * time.Millisecond
+	c.PushPullInterval = 500 * time.Millisecond
+	gc.Memberlist = c
+	gc.RejoinInterval = 100 * time.Millisecond
+	gc.LeaveTimeout = time.Second
+}
+
+// clusterNode is a DP of an in-process cluster that a test can stop.
+type clusterNode struct {
+	*Node
+	stop func()
+}
+
+// startCluster starts one DP per site name given, all joined, with the
+// same upstream, and waits until every DP sees all of them.
+func startCluster(t *testing.T, v *vendor, upstream string, sites ...string) []*clusterNode {
+	t.Helper()
+	var nodes []*clusterNode
+	var join []string
+	for i, site := range sites {
+		cfg := DefaultConfig()
+		cfg.Name, cfg.Site = fmt.Sprintf("dp-%d", i+1), site
+		cfg.DataDir = t.TempDir()
+		cfg.GRPCAddr, cfg.HTTPAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+		cfg.Join = join
+		cfg.Upstream, cfg.Trust = []string{upstream}, v.trust
+		cfg.Refresh = 200 * time.Millisecond
+		cfg.Gossip = fastGossip
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("dp", cfg.Name)
+		n, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- n.Run(ctx) }()
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("%s: Run: %v", cfg.Name, err)
+				}
+			})
+		}
+		t.Cleanup(stop)
+		nodes = append(nodes, &clusterNode{n, stop})
+		join = append(join, n.gossip.LocalAddr())
+	}
+	testenv.WaitFor(t, 20*time.Second, "every DP sees the whole cluster", func() bool {
+		for _, n := range nodes {
+			if len(n.gossip.Live("")) != len(nodes) {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+// updateAll runs one agent per source at once and returns their results.
+func updateAll(t *testing.T, v *vendor, product string, srcs []source.Source) []*agent.Result {
+	t.Helper()
+	results := make([]*agent.Result, len(srcs))
+	errs := make([]error, len(srcs))
+	var wg sync.WaitGroup
+	for i, s := range srcs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg := agent.DefaultConfig()
+			cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir = []source.Source{s}, v.trust, product, t.TempDir()
+			cfg.EndpointID = fmt.Sprintf("ep-%d", i)
+			results[i], errs[i] = agent.Update(testCtx(t), cfg)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("agent %d via %s: %v", i, srcs[i], err)
+		}
+	}
+	return results
+}
+
+func grpcSources(t *testing.T, nodes []*clusterNode, count int) []source.Source {
+	var out []source.Source
+	for i := range count {
+		s, err := source.NewGRPC(nodes[i%len(nodes)].GRPCAddr(), source.DefaultOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		out = append(out, s)
+	}
+	return out
+}
+
+// Three DPs of one site and many agents asking at once: the origin serves
+// each blob once. With a second site: once per site.
+func TestCluster_OneUpstreamFetchPerSite(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{
+		"databases/a.dat": 3 << 20, "databases/b.dat": 2 << 20, "databases/c.dat": 1 << 20, "modules/m.bin": 2 << 20,
+	})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "16m"})
+	nodes := startCluster(t, v, ngx.URL, "paris", "paris", "paris", "lyon")
+	updateAll(t, v, "av", grpcSources(t, nodes, 24))
+	for _, f := range pub.Manifest.Blobs() {
+		testenv.WaitFor(t, 10*time.Second, "origin log", func() bool {
+			return ngx.CountRequests(t, manifest.BlobPath(f.SHA256)) >= 2
+		})
+		// Once for paris, once for lyon; a second look after the others
+		// hold the version whole must not find more.
+	}
+	for _, n := range nodes {
+		testenv.WaitFor(t, 20*time.Second, n.cfg.Name+" holds v1 whole", func() bool {
+			hv, err := n.cache.LatestVersion("av")
+			return err == nil && hv.Serial == 1
+		})
+	}
+	for _, f := range pub.Manifest.Blobs() {
+		if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 2 {
+			t.Errorf("origin served %s %d times to a cluster of two sites, want 2 (once per site)", f.Path, got)
+		}
+	}
+	var up, peer int64
+	for _, n := range nodes {
+		up += n.Traffic().UpstreamBytes
+		peer += n.Traffic().PeerBytes
+	}
+	if up != 2*pub.Manifest.Size() {
+		t.Errorf("upstream bytes over the cluster %d, want %d (the version once per site)", up, 2*pub.Manifest.Size())
+	}
+	if peer == 0 {
+		t.Errorf("no bytes moved between peers")
+	}
+}
+
+// The owner of a blob stops mid-fetch: the DPs waiting on it take over
+// from the next owner, which copies what they already have instead of
+// fetching it again: the origin serves little more than the blob once.
+func TestCluster_OwnerLostMidFetch(t *testing.T) {
+	v := newVendor(t)
+	const size = 24 << 20
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "6m"})
+	nodes := startCluster(t, v, ngx.URL, "paris", "paris", "paris")
+	digest := pub.Manifest.Files[0].SHA256
+	owner := nodes[0].gossip.Owners("paris", digest)[0].Name
+	var others []*clusterNode
+	var victim *clusterNode
+	for _, n := range nodes {
+		if n.cfg.Name == owner {
+			victim = n
+		} else {
+			others = append(others, n)
+		}
+	}
+	srcs := grpcSources(t, others, 6)
+	results := make(chan error, len(srcs))
+	for i, s := range srcs {
+		go func() {
+			cfg := agent.DefaultConfig()
+			cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir = []source.Source{s}, v.trust, "av", filepath.Join(t.TempDir(), fmt.Sprint(i))
+			_, err := agent.Update(testCtx(t), cfg)
+			results <- err
+		}()
+	}
+	// Stop the owner once it has fetched a good part of the blob.
+	testenv.WaitFor(t, 30*time.Second, "owner mid-fetch", func() bool {
+		info, err := victim.cache.Blob(digest)
+		return err == nil && info.Stored >= size/3
+	})
+	victim.stop()
+	for range srcs {
+		if err := <-results; err != nil {
+			t.Fatalf("agent after the owner was lost: %v", err)
+		}
+	}
+	served := ngx.BytesServed(t, "/"+manifest.BlobPath(digest))
+	t.Logf("origin served %d bytes for a %d-byte blob (%.2fx)", served, size, float64(served)/size)
+	if served > size*105/100 {
+		t.Errorf("origin served %.2fx the blob after losing the owner, want at most 1.05x", float64(served)/size)
+	}
+}

@@ -1,0 +1,192 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc/mem"
+
+	"github.com/dpcache/dpcache/cache"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+)
+
+// blobSender is the part of a ReadBlob stream the senders use; the HTTP
+// /repo/ handler implements it too.
+type blobSender interface {
+	SendMsg(m any) error
+}
+
+// readBlob streams digest from off: from the cache when whole, else from
+// the in-flight fetch as its bytes arrive (stored chunks, then the bytes
+// not stored yet, from memory).
+func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded bool, stream blobSender) error {
+	f, err := n.acquire(digest, forwarded)
+	if err != nil {
+		return err
+	}
+	bufs := n.pool.stream()
+	defer bufs.done()
+	if f == nil {
+		size, err := n.cache.Stat(digest)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", digest, err)
+		}
+		if off > size {
+			return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, size, ErrInvalid)
+		}
+		if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(size)}); err != nil {
+			return err
+		}
+		_, err = n.sendRange(ctx, digest, off, size, stream, bufs, false)
+		return err
+	}
+	if off > f.size {
+		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, ErrInvalid)
+	}
+	// Answer at once with the size: the caller learns the blob exists while
+	// the first bytes are still on their way.
+	if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
+		return err
+	}
+	return n.streamFetch(ctx, f, off, stream, bufs, false)
+}
+
+// readAvailable streams the bytes of digest this DP holds now (whole,
+// stored, or arrived and still in memory) from off, then ends; it never
+// fetches.
+func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bool, stream blobSender) error {
+	bufs := n.pool.stream()
+	defer bufs.done()
+	n.mu.Lock()
+	f := n.fetches[digest]
+	n.mu.Unlock()
+	if f != nil {
+		if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
+			return err
+		}
+		return n.streamFetch(ctx, f, off, stream, bufs, true)
+	}
+	info, err := n.cache.Blob(digest)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", digest, err)
+	}
+	if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(max(info.Size, 0))}); err != nil {
+		return err
+	}
+	if off >= info.Stored {
+		return nil
+	}
+	_, err = n.sendRange(ctx, digest, off, info.Stored, stream, bufs, !info.Whole)
+	return err
+}
+
+// streamFetch sends f's bytes from pos as they arrive. With availableOnly
+// it sends what is there now and returns instead of waiting.
+func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers, availableOnly bool) error {
+	start := pos
+	startGen := f.snapshot().gen
+	for {
+		st := f.snapshot()
+		if st.gen != startGen {
+			if pos > start {
+				return fmt.Errorf("blob %s: %w: the source sent corrupt bytes, which were discarded; retry", f.digest, ErrDataLoss)
+			}
+			startGen = st.gen
+		}
+		switch {
+		case st.done && st.err != nil:
+			return st.err
+		case st.done:
+			// Whole now: the rest comes from the cache.
+			_, err := n.sendRange(ctx, f.digest, pos, f.size, stream, bufs, false)
+			return err
+		case pos < st.flushed:
+			sent, err := n.sendRange(ctx, f.digest, pos, st.flushed, stream, bufs, true)
+			pos += sent
+			if err != nil && !errors.Is(err, cache.ErrNotFound) {
+				return err
+			}
+			// ErrNotFound: the blob became whole or was discarded
+			// meanwhile; look again.
+			continue
+		case pos < st.written:
+			sent, err := n.sendTail(ctx, f, pos, stream, bufs)
+			pos += sent
+			if err != nil {
+				return err
+			}
+			if sent > 0 {
+				continue
+			}
+		}
+		if availableOnly {
+			return nil
+		}
+		select {
+		case <-st.changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// sendTail sends one chunk of f's bytes that are not stored yet, from
+// memory; 0 when pos is no longer in memory (stored meanwhile).
+func (n *Node) sendTail(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers) (int64, error) {
+	buf, err := bufs.get(ctx, n.cfg.ServeChunk)
+	if err != nil {
+		return 0, err
+	}
+	nr := f.readTail(*buf, pos)
+	if nr == 0 {
+		bufs.Put(buf)
+		return 0, nil
+	}
+	*buf = (*buf)[:nr]
+	if err := stream.SendMsg(&pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}); err != nil {
+		return 0, err
+	}
+	n.traffic.served.Add(int64(nr))
+	return int64(nr), nil
+}
+
+// sendRange sends bytes [from, to) of digest, read from the whole blob or,
+// with pending, from the stored chunks of an ingest in progress. It returns
+// the bytes sent.
+func (n *Node) sendRange(ctx context.Context, digest string, from, to int64, stream blobSender, bufs *streamBuffers, pending bool) (int64, error) {
+	chunk := int64(n.cfg.ServeChunk)
+	pos := from
+	for pos < to {
+		if err := ctx.Err(); err != nil {
+			return pos - from, err
+		}
+		l := min(chunk, to-pos)
+		buf, err := bufs.get(ctx, int(l))
+		if err != nil {
+			return pos - from, err
+		}
+		var nr int
+		if pending {
+			nr, err = n.cache.ReadPendingAt(digest, *buf, pos)
+		} else {
+			nr, err = n.cache.ReadAt(digest, *buf, pos)
+		}
+		if nr == int(l) {
+			err = nil
+		} else if err == nil || err == io.EOF {
+			err = fmt.Errorf("blob %s: short read at %d: %w", digest, pos, ErrDataLoss)
+		}
+		if err != nil {
+			bufs.Put(buf)
+			return pos - from, err
+		}
+		if err := stream.SendMsg(&pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}); err != nil {
+			return pos - from, err
+		}
+		n.traffic.served.Add(l)
+		pos += l
+	}
+	return pos - from, nil
+}
