@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -231,8 +232,14 @@ func TestCache_Crash(t *testing.T) {
 		t.Fatalf("child not killed by a signal: %v", cmd.ProcessState)
 	}
 
-	// The file opens (after the consistency check a NoSync session calls for).
-	c := mustOpen(t, crashConfig(path))
+	// The file opens, after the consistency check a NoSync session calls for.
+	var logs syncBuffer
+	cfg := crashConfig(path)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	c := mustOpen(t, cfg)
+	if !strings.Contains(logs.String(), "consistency check passed") {
+		t.Fatalf("no consistency check after the crash; logs:\n%s", logs.String())
+	}
 	whole, dw := blob(crashWholeSeed, 1<<20+3)
 	if got := readAll(t, c, dw, 1<<20); !bytes.Equal(got, whole) {
 		t.Fatal("the blob committed before the crash differs")
