@@ -170,11 +170,12 @@ func TestCluster_OneUpstreamFetchPerSite(t *testing.T) {
 // fetching it again: the origin serves little more than the blob once.
 func TestCluster_OwnerLostMidFetch(t *testing.T) {
 	v := newVendor(t)
-	const size = 64 << 20
+	const size = 160 << 20
 	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
-	// Slow enough that the owner is lost mid-fetch; the loss is bounded by
-	// what was in flight (socket buffers), hence a blob of tens of MiB.
-	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "16m"})
+	// Slow enough that the owner is lost mid-fetch. What the origin had
+	// sent into the lost owner's socket buffers (a few MiB on loopback) is
+	// lost with it, hence a version of more than a hundred MiB.
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "40m"})
 	nodes := startCluster(t, v, ngx.URL, "paris", "paris", "paris")
 	digest := pub.Manifest.Files[0].SHA256
 	owner := nodes[0].gossip.Owners("paris", digest)[0].Name

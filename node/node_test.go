@@ -56,16 +56,16 @@ func newVendor(t testing.TB) *vendor {
 func (v *vendor) publish(t testing.TB, product, version string, seed uint64, files map[string]int) *manifest.PublishResult {
 	t.Helper()
 	src := t.TempDir()
-	rng := rand.New(rand.NewPCG(seed, 1))
+	var key [32]byte
+	key[0], key[1] = byte(seed), byte(seed>>8)
+	rng := rand.NewChaCha8(key)
 	for name, size := range files {
 		p := filepath.Join(src, filepath.FromSlash(name))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		b := make([]byte, size)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
+		rng.Read(b)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
