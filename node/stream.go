@@ -96,9 +96,9 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 			startGen = st.gen
 		}
 		switch {
-		case st.done && st.err != nil:
+		case st.done && st.err != nil && pos >= st.written:
 			return st.err
-		case st.done:
+		case st.done && st.err == nil:
 			// Whole now: the rest comes from the cache.
 			_, err := n.sendRange(ctx, f.digest, pos, f.size, stream, bufs, false)
 			return err
@@ -123,6 +123,11 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 		}
 		if availableOnly {
 			return nil
+		}
+		if st.done {
+			// Failed, and what it had is sent (or no longer at hand): a
+			// caller resumes elsewhere at its offset.
+			return st.err
 		}
 		select {
 		case <-st.changed:
