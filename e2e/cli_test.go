@@ -39,7 +39,7 @@ func TestE2E_CLIErrors(t *testing.T) {
 
 	// Port 0: a node that wrongly started would not collide with anything.
 	node := func(args ...string) []string {
-		return append([]string{"node", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", filepath.Join(work, "dp")}, args...)
+		return append([]string{"node", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--data", filepath.Join(work, "dp")}, args...)
 	}
 	upd := func(args ...string) []string {
 		base := map[string]string{"--source": repo, "--product": product, "--dir": ep, "--trust": k.pub}
@@ -95,7 +95,7 @@ func TestE2E_CLIErrors(t *testing.T) {
 		{name: "node with a bad upstream", args: node("--trust", k.pub, "--upstream", "gopher://example.com/"), want: []string{"gopher"}},
 		{name: "node with a missing config", args: node("--config", missing+".yaml"), want: []string{missing + ".yaml"}},
 		{name: "node with a bad site", args: node("--trust", k.pub, "--upstream", "http://127.0.0.1:9/", "--site", "a b"), want: []string{"site"}},
-		{name: "node on a busy port", args: []string{"node", "--grpc", busyAddr, "--http", "127.0.0.1:0", "--data", filepath.Join(work, "dp-busy"), "--trust", k.pub, "--upstream", "http://127.0.0.1:9/"}, want: []string{busyAddr}, logs: true},
+		{name: "node on a busy port", args: []string{"node", "--grpc", busyAddr, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--data", filepath.Join(work, "dp-busy"), "--trust", k.pub, "--upstream", "http://127.0.0.1:9/"}, want: []string{busyAddr}, logs: true},
 
 		{name: "update without flags", args: []string{"update"}, want: []string{"--source", "--product", "--dir", "--trust"}},
 		{name: "update from an unsupported scheme", args: upd("--source", "gopher://example.com/"), want: []string{"gopher"}},

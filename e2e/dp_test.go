@@ -94,15 +94,16 @@ func TestE2E_KillDPWhileIngesting(t *testing.T) {
 	args := updateArgs(dp.URL(), ep, k.pub)
 	first := startDpcache(t, args...)
 
-	// A DP streams only bytes it has stored, so once the endpoint's partial
-	// download has bytes, the DP's cache holds at least as many.
+	// A DP streams bytes as they arrive and stores them at least every
+	// second, so once the endpoint has received a few seconds' worth, the
+	// DP's cache holds part of the blob.
 	part := filepath.Join(ep, product, ".dpcache", "blobs", digest+".part")
 	var received int64
-	testenv.WaitFor(t, 60*time.Second, "the endpoint to receive the first bytes through the DP", func() bool {
+	testenv.WaitFor(t, 60*time.Second, "the endpoint to receive 8 MiB through the DP", func() bool {
 		if fi, err := os.Stat(part); err == nil {
 			received = fi.Size()
 		}
-		return received > 0 || first.Exited()
+		return received >= 8<<20 || first.Exited()
 	})
 	if first.Exited() {
 		t.Fatalf("the update ended before the DP could be killed mid-ingest: %s", waitProc(t, first, args))
@@ -146,8 +147,8 @@ func TestE2E_KillDPWhileIngesting(t *testing.T) {
 	switch {
 	case !ok:
 		t.Errorf("the restarted DP fetched the blob with Range %q, want bytes=N- (a resume)", resumed.Range)
-	case from < received:
-		t.Errorf("the restarted DP resumed at byte %d, but it had already stored at least %d", from, received)
+	case from == 0:
+		t.Errorf("the restarted DP fetched the blob from byte 0, want a resume at what it had stored")
 	case resumed.Bytes != size-from || !resumed.Complete:
 		t.Errorf("resumed transfer %+v, want the %d bytes from %d to the end", resumed, size-from, from)
 	}

@@ -418,7 +418,7 @@ func startNode(t *testing.T, upstream, trust string, extra ...string) *dpNode {
 	for attempt := 1; ; attempt++ {
 		n := &dpNode{GRPC: testenv.FreeAddr(t, "127.0.0.1"), HTTP: testenv.FreeAddr(t, "127.0.0.1"), Data: data}
 		n.args = append([]string{"node", "--name", "dp-" + filepath.Base(data), "--data", data,
-			"--grpc", n.GRPC, "--http", n.HTTP, "--upstream", upstream, "--trust", trust, "--refresh", "200ms"}, extra...)
+			"--grpc", n.GRPC, "--http", n.HTTP, "--gossip", "127.0.0.1:0", "--upstream", upstream, "--trust", trust, "--refresh", "200ms"}, extra...)
 		err := n.start(t)
 		if err == nil {
 			return n

@@ -55,7 +55,7 @@ func TestE2E_NodeConfigPrecedence(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			httpAddr := testenv.FreeAddr(t, "127.0.0.1")
-			args := append([]string{"node", "--config", conf, "--http", httpAddr}, tc.flags...)
+			args := append([]string{"node", "--config", conf, "--http", httpAddr, "--gossip", "127.0.0.1:0"}, tc.flags...)
 			p := testenv.StartProcWith(t, testenv.ProcOptions{Env: tc.env}, testenv.BuildDpcache(t), args...)
 			if err := waitReady(t, p, httpAddr); err != nil {
 				t.Fatal(err)
@@ -86,7 +86,7 @@ func TestE2E_NodeConfigPrecedence(t *testing.T) {
 	})
 	t.Run("bad value in the environment", func(t *testing.T) {
 		r := dpcacheWith(t, testenv.ProcOptions{Env: []string{"DPCACHE_REFRESH=often"}},
-			"node", "--config", conf, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0")
+			"node", "--config", conf, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--gossip", "127.0.0.1:0")
 		mustContain(t, errorLine(t, r), "DPCACHE_REFRESH", "often")
 	})
 }

@@ -283,3 +283,21 @@ func (n *Node) blobSize(digest string) (int64, bool) {
 	size, ok := n.known[digest]
 	return size, ok
 }
+
+// GossipAddr returns the address other DPs join this one at, or "" when
+// clustering is off.
+func (n *Node) GossipAddr() string {
+	if n.gossip == nil {
+		return ""
+	}
+	return n.gossip.LocalAddr()
+}
+
+// Members returns the live DPs of the cluster this DP sees, itself
+// included (only itself when clustering is off).
+func (n *Node) Members() []gossip.Member {
+	if n.gossip == nil {
+		return []gossip.Member{{Name: n.cfg.Name, Site: n.cfg.Site, State: gossip.StateAlive, Local: true}}
+	}
+	return n.gossip.Live("")
+}

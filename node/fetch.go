@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dpcache/dpcache/cache"
 )
@@ -196,6 +197,9 @@ func (n *Node) ensureBlob(ctx context.Context, digest string) error {
 	}
 }
 
+// storeInterval is the longest a fetch keeps received bytes unstored.
+const storeInterval = time.Second
+
 // errPromoted ends an attempt that waited on a peer or owner when the fetch
 // is promoted.
 var errPromoted = errors.New("fetch promoted to serve a forwarded request")
@@ -304,7 +308,18 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 		counter = &n.traffic.peer
 	}
 	buf := make([]byte, 256<<10)
+	lastStore := time.Now()
 	for w.Offset() < f.size {
+		// Readers get bytes from memory at once; what is stored survives a
+		// crash and is where a restarted DP resumes. The cache stores in
+		// large batches for speed; on a slow link, store at least every
+		// storeInterval.
+		if time.Since(lastStore) > storeInterval {
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("%s: blob %s: storing: %w", c.src, f.digest, err)
+			}
+			lastStore = time.Now()
+		}
 		nr, rerr := r.Read(buf)
 		if nr > 0 {
 			counter.Add(int64(nr))

@@ -6,11 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -21,37 +25,96 @@ import (
 
 // TestConformance runs one suite against every Source implementation, each
 // reading the same published repository: a folder (File), a real nginx and
-// Go's http.FileServer (HTTP), and a real distribution point whose upstream
-// is that nginx (GRPC).
+// Go's http.FileServer (HTTP), nginx over HTTPS with a test CA, nginx and
+// nginx over HTTPS through a real squid with basic auth (the proxy), a real
+// vsftpd with a user and password (FTP), a real distribution point whose
+// upstream is that nginx (GRPC), and a Chain whose first source lacks
+// everything.
 func TestConformance(t *testing.T) {
 	r := newRepo(t)
-	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{Prefix: "/updates/"})
+	ca := testenv.NewTestCA(t)
+	ngx := testenv.StartNginxTLS(t, r.root, ca, testenv.NginxOptions{Prefix: "/updates/"})
 	fileServer := httptest.NewServer(http.FileServer(http.Dir(r.root)))
 	t.Cleanup(fileServer.Close)
 	dp := startDP(t, r.trust, ngx.URL)
+	// vsftpd serves the repository's parent: the URL's path names it.
+	ftpd := testenv.StartVsftpd(t, filepath.Dir(r.root), testenv.VsftpdOptions{
+		User: testenv.UniqueUserName(t, "dpconf"), Password: "conformance-" + r.version,
+	})
+	squid := testenv.StartSquid(t, testenv.SquidOptions{User: "dpcache", Password: "squid-" + r.version})
+	ftpURL := ftpd.URL + filepath.Base(r.root) + "/"
+	empty := t.TempDir()
 
+	var ranProxied, ranTunnel atomic.Bool
+	withCA := source.Options{CAFile: ca.CAFile}
+	viaSquid := source.Options{Proxy: squid.ProxyURL()}
+	viaSquidCA := source.Options{Proxy: squid.ProxyURL(), CAFile: ca.CAFile}
 	impls := []struct {
 		name string
-		url  string
+		urls []string // more than one: a Chain over them
+		opts source.Options
 		// unsigned: the source relays a document that has no signature
 		// file (a DP verifies and refuses it).
 		unsigned bool
 	}{
-		{name: "File", url: r.root, unsigned: true},
-		{name: "FileURL", url: "file://" + r.root, unsigned: true},
+		{name: "File", urls: []string{r.root}, unsigned: true},
+		{name: "FileURL", urls: []string{"file://" + r.root}, unsigned: true},
 		// Without the trailing slash: the repository's root is still
 		// /updates/.
-		{name: "HTTPNginx", url: strings.TrimSuffix(ngx.URL, "/"), unsigned: true},
-		{name: "HTTPFileServer", url: fileServer.URL, unsigned: true},
-		{name: "GRPCNode", url: "grpc://" + dp.GRPCAddr()},
+		{name: "HTTPNginx", urls: []string{strings.TrimSuffix(ngx.URL, "/")}, unsigned: true},
+		{name: "HTTPFileServer", urls: []string{fileServer.URL}, unsigned: true},
+		{name: "HTTPSNginx", urls: []string{ngx.TLSURL}, opts: withCA, unsigned: true},
+		{name: "HTTPSquid", urls: []string{ngx.URL}, opts: viaSquid, unsigned: true},
+		{name: "HTTPSSquidConnect", urls: []string{ngx.TLSURL}, opts: viaSquidCA, unsigned: true},
+		{name: "FTPVsftpd", urls: []string{ftpURL}, unsigned: true},
+		{name: "GRPCNode", urls: []string{"grpc://" + dp.GRPCAddr()}},
+		{name: "ChainFTP", urls: []string{empty, ftpURL}, unsigned: true},
 	}
 	for _, im := range impls {
 		t.Run(im.name, func(t *testing.T) {
 			t.Parallel()
-			src := parse(t, im.url, source.DefaultOptions())
+			opts := im.opts
+			opts.Timeout = 20 * time.Second
+			var src source.Source
+			if len(im.urls) == 1 {
+				src = parse(t, im.urls[0], opts)
+			} else {
+				var members []source.Source
+				for _, u := range im.urls {
+					s, err := source.Parse(u, opts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					members = append(members, s)
+				}
+				chain := source.NewChain(members, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+				t.Cleanup(func() { chain.Close() })
+				src = chain
+			}
+			if im.opts.Proxy != nil && strings.HasPrefix(im.urls[0], "https:") {
+				ranTunnel.Store(true)
+			} else if im.opts.Proxy != nil {
+				ranProxied.Store(true)
+			}
 			testSource(t, r, src, im.unsigned)
 		})
 	}
+	// The proxied variants went through squid: its log has their requests
+	// (a tunnel is logged when it closes, after the variant's cleanup).
+	t.Cleanup(func() {
+		if !ranProxied.Load() || !ranTunnel.Load() {
+			return
+		}
+		var get, connect bool
+		testenv.WaitFor(t, 10*time.Second, "squid's log of the proxied requests", func() bool {
+			get, connect = false, false
+			for _, e := range squid.Requests(t) {
+				get = get || e.Method == "GET" && e.Status == http.StatusOK && strings.Contains(e.URL, "/updates/blobs/sha256/")
+				connect = connect || e.Method == "CONNECT" && e.Status == http.StatusOK && e.URL == ngx.TLSAddr
+			}
+			return get && connect
+		})
+	})
 }
 
 // testSource is the conformance suite: what every Source guarantees.
@@ -391,14 +454,24 @@ func checkBytes(t *testing.T, what string, got, want []byte, err error) {
 	}
 }
 
-// checkErr checks that err wraps want and names the source.
+// checkErr checks that err wraps want and names the source (every member
+// of a Chain).
 func checkErr(t *testing.T, src source.Source, err, want error) {
 	t.Helper()
 	if !errors.Is(err, want) {
 		t.Errorf("%s: error %v, want one wrapping %q", src, err, want)
 		return
 	}
-	if !strings.Contains(err.Error(), src.String()) {
-		t.Errorf("error %q does not name the source %s", err, src)
+	names := []string{src.String()}
+	if c, ok := src.(*source.Chain); ok {
+		names = names[:0]
+		for _, m := range c.Sources() {
+			names = append(names, m.String())
+		}
+	}
+	for _, name := range names {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name the source %s", err, name)
+		}
 	}
 }

@@ -6,19 +6,41 @@ import "errors"
 // match them with errors.Is.
 var (
 	// ErrNotFound means the source does not have the document or blob
-	// (HTTP 404, a missing file, gRPC NotFound).
+	// (HTTP 404, FTP 550, a missing file, gRPC NotFound).
 	ErrNotFound = errors.New("not found")
 	// ErrUnavailable means the source could not be reached or failed to
-	// answer (connection refused, timeout, HTTP 5xx, gRPC Unavailable).
+	// answer (connection refused, timeout, HTTP 5xx, an FTP login refused,
+	// gRPC Unavailable, an untrusted TLS certificate, a failing proxy).
 	ErrUnavailable = errors.New("source unavailable")
 	// ErrDataLoss means the source reported or delivered corrupt content
-	// (gRPC DataLoss, a short body).
+	// (gRPC DataLoss, a blob whose SHA-256 does not match its name, a
+	// document whose signature does not verify, an offset past the end).
 	ErrDataLoss = errors.New("corrupt content")
 	// ErrBadURL means a source URL could not be parsed or has an
 	// unsupported scheme.
 	ErrBadURL = errors.New("bad source URL")
+	// ErrBadOptions means Options are invalid: a malformed proxy URL or
+	// NoProxy entry, or a CA file that cannot be read or holds no
+	// certificate. The error names the option or the file.
+	ErrBadOptions = errors.New("bad source options")
 )
 
 // ErrInvalid means a request was malformed (a bad digest, product or
 // version name).
 var ErrInvalid = errors.New("invalid request")
+
+// ErrProxy means the HTTP proxy, not the origin, failed the request: it
+// could not be reached, refused the credentials (HTTP 407), or refused the
+// CONNECT tunnel of an https:// source. The error names the proxy (without
+// its password). ErrProxy wraps ErrUnavailable, so errors.Is(err,
+// ErrUnavailable) holds for it too.
+var ErrProxy error = &wrappedSentinel{msg: "proxy error", parent: ErrUnavailable}
+
+// wrappedSentinel is a sentinel that is also another sentinel.
+type wrappedSentinel struct {
+	msg    string
+	parent error
+}
+
+func (e *wrappedSentinel) Error() string { return e.msg }
+func (e *wrappedSentinel) Unwrap() error { return e.parent }

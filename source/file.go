@@ -57,7 +57,7 @@ func (f *File) signed(rel string) (Signed, error) {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Signed{}, err
 	}
-	return Signed{Data: data, Signature: sig}, nil
+	return Signed{Data: data, Signature: sig, Source: f.String()}, nil
 }
 
 func (f *File) read(rel string) ([]byte, error) {

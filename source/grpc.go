@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
@@ -28,10 +30,15 @@ const (
 	MaxMessage = 80 << 20
 )
 
-// DialOptions are the options dpcache uses to dial a distribution point.
+// DialOptions are the options dpcache uses to dial a distribution point
+// over plain gRPC (grpc://).
 func DialOptions() []grpc.DialOption {
+	return dialOptions(insecure.NewCredentials())
+}
+
+func dialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		experimental.WithBufferPool(pb.BufferPool),
 		grpc.WithInitialWindowSize(StreamWindow),
 		grpc.WithInitialConnWindowSize(ConnWindow),
@@ -44,23 +51,48 @@ func DialOptions() []grpc.DialOption {
 	}
 }
 
-// GRPC is a distribution point reached over gRPC.
+// GRPC is a distribution point reached over gRPC (grpc://) or gRPC over TLS
+// (grpcs://).
 type GRPC struct {
 	addr      string
+	scheme    string // "grpc" or "grpcs"
 	conn      *grpc.ClientConn
 	client    pb.DistributionServiceClient
 	timeout   time.Duration
 	forwarded bool
+	available bool   // AvailableOnly: ask for the bytes the DP holds now
+	product   string // ForVersion: the version hint sent with blob reads
+	version   string
 }
 
-// NewGRPC returns a Source for the DP at addr (host:port). It does not
-// connect until first used.
+// NewGRPC returns a Source for the DP at addr (host:port), over plain gRPC.
+// It does not connect until first used.
 func NewGRPC(addr string, opts Options) (*GRPC, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, DialOptions()...)
+	return newGRPC("grpc", addr, opts.withDefaults(), insecure.NewCredentials())
+}
+
+// NewGRPCTLS returns a Source for the DP at addr (host:port) over gRPC with
+// TLS (grpcs://): the DP's certificate must be valid for the host and
+// signed by a CA of the system roots or of opts.CAFile (or opts.TLSConfig's
+// roots). It reads the CA file now; it does not connect until first used.
+func NewGRPCTLS(addr string, opts Options) (*GRPC, error) {
+	opts = opts.withDefaults()
+	cfg, err := opts.tlsConfig()
 	if err != nil {
-		return nil, fmt.Errorf("source grpc://%s: %w: %v", addr, ErrBadURL, err)
+		return nil, err
 	}
-	return &GRPC{addr: addr, conn: conn, client: pb.NewDistributionServiceClient(conn), timeout: opts.Timeout}, nil
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return newGRPC("grpcs", addr, opts, credentials.NewTLS(cfg))
+}
+
+func newGRPC(scheme, addr string, opts Options, creds credentials.TransportCredentials) (*GRPC, error) {
+	conn, err := grpc.NewClient("passthrough:///"+addr, dialOptions(creds)...)
+	if err != nil {
+		return nil, fmt.Errorf("source %s://%s: %w: %v", scheme, addr, ErrBadURL, err)
+	}
+	return &GRPC{addr: addr, scheme: scheme, conn: conn, client: pb.NewDistributionServiceClient(conn), timeout: opts.Timeout}, nil
 }
 
 // Forwarded returns a copy of g whose requests carry the forwarded mark: a
@@ -72,12 +104,32 @@ func (g *GRPC) Forwarded() *GRPC {
 	return &c
 }
 
+// AvailableOnly returns a copy of g whose blob reads carry the forwarded
+// mark and ask for only the bytes the DP holds now (whole or still
+// arriving): the stream then ends early, with an io.ErrUnexpectedEOF read
+// error, where the DP's bytes end. A DP taking over a fetch uses it to copy
+// what its peers already have.
+func (g *GRPC) AvailableOnly() *GRPC {
+	c := *g
+	c.forwarded, c.available = true, true
+	return &c
+}
+
+// ForVersion returns a copy of g whose blob reads name the version the blob
+// belongs to, so that a DP that has not seen that version's manifest yet
+// can fetch it first.
+func (g *GRPC) ForVersion(product, version string) *GRPC {
+	c := *g
+	c.product, c.version = product, version
+	return &c
+}
+
 // String implements Source.
-func (g *GRPC) String() string { return "grpc://" + g.addr }
+func (g *GRPC) String() string { return g.scheme + "://" + g.addr }
 
 // Close implements Source.
 func (g *GRPC) Close() error {
-	if g.forwarded {
+	if g.forwarded || g.available || g.product != "" {
 		return nil // the original owns the connection
 	}
 	return g.conn.Close()
@@ -91,7 +143,7 @@ func (g *GRPC) Latest(ctx context.Context, product string) (Signed, error) {
 	if err != nil {
 		return Signed{}, g.wrap(product+"/latest.json", err)
 	}
-	return Signed{Data: resp.GetLatest().GetData(), Signature: resp.GetLatest().GetSignature()}, nil
+	return Signed{Data: resp.GetLatest().GetData(), Signature: resp.GetLatest().GetSignature(), Source: g.String()}, nil
 }
 
 // Manifest implements Source.
@@ -102,7 +154,7 @@ func (g *GRPC) Manifest(ctx context.Context, product, version string) (Signed, e
 	if err != nil {
 		return Signed{}, g.wrap(product+"/"+version+"/manifest.json", err)
 	}
-	return Signed{Data: resp.GetManifest().GetData(), Signature: resp.GetManifest().GetSignature()}, nil
+	return Signed{Data: resp.GetManifest().GetData(), Signature: resp.GetManifest().GetSignature(), Source: g.String()}, nil
 }
 
 // Blob implements Source. The first message is awaited within the source's
@@ -119,7 +171,7 @@ func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 	// reported by Blob, not by the first Read.
 	first := make(chan error, 1)
 	go func() {
-		stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded})
+		stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded, AvailableOnly: g.available, Product: g.product, Version: g.version})
 		if err == nil {
 			r.stream = stream
 			err = stream.RecvMsg(&r.msg)

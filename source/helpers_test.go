@@ -153,7 +153,7 @@ func startDP(t testing.TB, trust *manifest.Trust, upstream string) *node.Node {
 	cfg := node.DefaultConfig()
 	cfg.Name = "dp-source-test"
 	cfg.DataDir = t.TempDir()
-	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.Upstream = []string{upstream}
 	cfg.Trust = trust
 	cfg.SourceOptions = source.Options{Timeout: 5 * time.Second}
@@ -201,4 +201,10 @@ func parse(t testing.TB, raw string, opts source.Options) source.Source {
 		}
 	})
 	return src
+}
+
+// testLogger returns a logger writing records at level and above to the
+// test log.
+func testLogger(t testing.TB, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: level}))
 }

@@ -2,6 +2,8 @@ package source
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -20,25 +22,42 @@ type HTTP struct {
 	name   string   // base without credentials
 	client *http.Client
 	ua     string
+	proxy  func(*http.Request) (*url.URL, error)
+	trust  string // what TLS trusts, for certificate errors
 }
 
-// NewHTTP returns a Source for the repository whose root is base.
+// NewHTTP returns a Source for the repository whose root is base. It
+// reads opts.CAFile, if set, now; other errors wrap ErrBadOptions.
+//
+// Requests go through opts.Proxy as documented on Options; an https://
+// source reached through a proxy uses a CONNECT tunnel, so the proxy sees
+// the host name but not the content.
 func NewHTTP(base *url.URL, opts Options) (*HTTP, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
 	b := *base
 	if !strings.HasSuffix(b.Path, "/") {
 		b.Path += "/"
 	}
 	b.RawQuery, b.Fragment = "", ""
-	proxy := http.ProxyFromEnvironment
-	if opts.Proxy != nil {
-		proxy = http.ProxyURL(opts.Proxy)
+	proxy, err := proxyFunc(opts)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := opts.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
 	tr := &http.Transport{
-		Proxy: proxy,
+		Proxy:                  proxy,
+		OnProxyConnectResponse: onProxyConnectResponse,
 		DialContext: (&net.Dialer{
 			Timeout:   opts.Timeout,
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
+		TLSClientConfig:       tlsCfg,
 		TLSHandshakeTimeout:   opts.Timeout,
 		ResponseHeaderTimeout: opts.Timeout,
 		IdleConnTimeout:       90 * time.Second,
@@ -49,7 +68,14 @@ func NewHTTP(base *url.URL, opts Options) (*HTTP, error) {
 		ReadBufferSize:     256 << 10,
 		WriteBufferSize:    64 << 10,
 	}
-	return &HTTP{base: &b, name: b.Redacted(), client: &http.Client{Transport: tr}, ua: opts.UserAgent}, nil
+	if tlsCfg != nil {
+		// A custom TLSClientConfig turns HTTP/2 off unless asked for.
+		tr.ForceAttemptHTTP2 = true
+	}
+	return &HTTP{
+		base: &b, name: b.Redacted(), client: &http.Client{Transport: tr},
+		ua: opts.UserAgent, proxy: proxy, trust: opts.trustDescription(),
+	}, nil
 }
 
 // String implements Source.
@@ -91,7 +117,7 @@ func (h *HTTP) signed(ctx context.Context, rel string) (Signed, error) {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Signed{}, err
 	}
-	return Signed{Data: data, Signature: sig}, nil
+	return Signed{Data: data, Signature: sig, Source: h.name}, nil
 }
 
 func (h *HTTP) get(ctx context.Context, rel string) ([]byte, error) {
@@ -120,9 +146,13 @@ func (h *HTTP) do(ctx context.Context, rel string, offset int64) (*http.Response
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
+	var proxy *url.URL
+	if h.proxy != nil {
+		proxy, _ = h.proxy(req) // an invalid environment proxy fails in Do
+	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w: %v", h, rel, ErrUnavailable, stripURLError(err))
+		return nil, h.transportError(rel, proxy, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK, resp.StatusCode == http.StatusPartialContent:
@@ -141,13 +171,69 @@ func (h *HTTP) do(ctx context.Context, rel string, offset int64) (*http.Response
 	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusGone:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%s: %s: %w (HTTP %d)", h, rel, ErrNotFound, resp.StatusCode)
+	case resp.StatusCode == http.StatusProxyAuthRequired && proxy != nil:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: %w: proxy %s refused the credentials (HTTP %s): check the user and password of the proxy URL",
+			h, rel, ErrProxy, redactedProxy(proxy), resp.Status)
 	case resp.StatusCode == http.StatusProxyAuthRequired:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%s: %s: the proxy refused the credentials (HTTP 407): %w", h, rel, ErrUnavailable)
+	case proxy != nil && resp.Header.Get("X-Squid-Error") != "":
+		// Squid marks the answers it makes itself (it could not reach the
+		// origin, or refuses the destination).
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: %w: proxy %s answered HTTP %s, %s",
+			h, rel, ErrProxy, redactedProxy(proxy), resp.Status, resp.Header.Get("X-Squid-Error"))
+	case proxy != nil:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s: %w (HTTP %s, through proxy %s)", h, rel, ErrUnavailable, resp.Status, redactedProxy(proxy))
 	default:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%s: %s: %w (HTTP %s)", h, rel, ErrUnavailable, resp.Status)
 	}
+}
+
+// transportError explains a failed round trip: the proxy's fault (named,
+// ErrProxy), an untrusted certificate, or the origin unreachable.
+func (h *HTTP) transportError(rel string, proxy *url.URL, err error) error {
+	err = stripURLError(err)
+	if proxy != nil {
+		var ce *connectError
+		if errors.As(err, &ce) {
+			status := "HTTP " + ce.status
+			if ce.squid != "" {
+				status += ", " + ce.squid
+			}
+			why := ""
+			if ce.code == http.StatusProxyAuthRequired {
+				why = ": check the user and password of the proxy URL"
+			}
+			return fmt.Errorf("%s: %s: %w: proxy %s refused the tunnel to %s (%s)%s",
+				h, rel, ErrProxy, redactedProxy(proxy), h.base.Host, status, why)
+		}
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "proxyconnect" {
+			return fmt.Errorf("%s: %s: %w: proxy %s unreachable: %v", h, rel, ErrProxy, redactedProxy(proxy), oe.Err)
+		}
+	}
+	via := ""
+	if proxy != nil {
+		via = " (through proxy " + redactedProxy(proxy) + ")"
+	}
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		verifyErr *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &unknownCA), errors.As(err, &verifyErr) && !errors.As(err, &hostErr):
+		return fmt.Errorf("%s: %s: %w: the server's TLS certificate is not signed by a CA trusted here (%s): %v%s",
+			h, rel, ErrUnavailable, h.trust, err, via)
+	case errors.As(err, &hostErr):
+		return fmt.Errorf("%s: %s: %w: the server's TLS certificate does not name %s: %v%s",
+			h, rel, ErrUnavailable, h.base.Hostname(), err, via)
+	}
+	return fmt.Errorf("%s: %s: %w: %v%s", h, rel, ErrUnavailable, err, via)
 }
 
 // Blob implements Source. A server that ignores Range (HTTP 200 to a

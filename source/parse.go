@@ -4,43 +4,26 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"time"
 )
-
-// Options tune how sources are reached.
-type Options struct {
-	// Timeout bounds connecting and waiting for a response header (not a
-	// whole transfer, which may legitimately take long). Default 10 s, as an
-	// update task waits for one source before it moves to the next.
-	Timeout time.Duration
-	// Proxy, when set, is the HTTP proxy that http:// and https:// sources
-	// go through. When nil, the standard environment variables apply.
-	Proxy *url.URL
-	// UserAgent is sent to HTTP sources. Default "dpcache".
-	UserAgent string
-}
-
-// DefaultOptions returns the defaults documented on Options.
-func DefaultOptions() Options {
-	return Options{Timeout: 10 * time.Second, UserAgent: "dpcache"}
-}
 
 // Parse turns a source URL into a Source. Accepted forms:
 //
-//	http://host[:port]/[prefix/]   a repository served over HTTP
-//	https://host[:port]/[prefix/]  the same over TLS (system roots)
-//	file:///path, /path, ./path    a repository folder (a mounted share)
-//	grpc://host:port               a distribution point
+//	http://[user:pass@]host[:port]/[prefix/]  a repository served over HTTP
+//	https://[user:pass@]host[:port]/[prefix/] the same over TLS (system roots + Options.CAFile)
+//	ftp://[user[:pass]@]host[:port]/[path/]   a repository on an FTP server (anonymous without user)
+//	file:///path, /path, ./path               a repository folder (a mounted share)
+//	grpc://host:port                          a distribution point
+//	grpcs://host:port                         a distribution point over TLS
 //
-// Errors wrap ErrBadURL and never contain the URL's password.
+// Errors wrap ErrBadURL (or ErrBadOptions for invalid opts, or a CA file
+// that cannot be used) and never contain a password.
 func Parse(raw string, opts Options) (Source, error) {
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultOptions().Timeout
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
-	if opts.UserAgent == "" {
-		opts.UserAgent = DefaultOptions().UserAgent
-	}
+	opts = opts.withDefaults()
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return nil, fmt.Errorf("source: empty URL: %w", ErrBadURL)
@@ -58,18 +41,31 @@ func Parse(raw string, opts Options) (Source, error) {
 			return nil, fmt.Errorf("source %q: %w: missing host", Redact(raw), ErrBadURL)
 		}
 		return NewHTTP(u, opts)
+	case "ftp":
+		if u.Hostname() == "" {
+			return nil, fmt.Errorf("source %q: %w: missing host (want ftp://[user[:password]@]host[:port]/path)", Redact(raw), ErrBadURL)
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				return nil, fmt.Errorf("source %q: %w: bad port %q", Redact(raw), ErrBadURL, p)
+			}
+		}
+		return NewFTP(u, opts)
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
 			return nil, fmt.Errorf("source %q: %w: file URLs name a local path (file:///path)", Redact(raw), ErrBadURL)
 		}
 		return NewFile(filepath.FromSlash(u.Path)), nil
-	case "grpc":
+	case "grpc", "grpcs":
 		if u.Hostname() == "" || u.Port() == "" {
-			return nil, fmt.Errorf("source %q: %w: want grpc://host:port", Redact(raw), ErrBadURL)
+			return nil, fmt.Errorf("source %q: %w: want %s://host:port", Redact(raw), ErrBadURL, u.Scheme)
+		}
+		if u.Scheme == "grpcs" {
+			return NewGRPCTLS(u.Host, opts)
 		}
 		return NewGRPC(u.Host, opts)
 	default:
-		return nil, fmt.Errorf("source %q: %w: unsupported scheme %q (want http, https, file or grpc)", Redact(raw), ErrBadURL, u.Scheme)
+		return nil, fmt.Errorf("source %q: %w: unsupported scheme %q (want http, https, ftp, file, grpc or grpcs)", Redact(raw), ErrBadURL, u.Scheme)
 	}
 }
 

@@ -14,8 +14,8 @@ func TestParse(t *testing.T) {
 	tests := []struct {
 		name string
 		raw  string
-		// want is the type of the Source ("file", "http", "grpc"), or "" for
-		// an error wrapping ErrBadURL.
+		// want is the type of the Source ("file", "http", "ftp", "grpc"), or
+		// "" for an error wrapping ErrBadURL.
 		want string
 		// str is the expected String(), when not empty.
 		str string
@@ -36,6 +36,12 @@ func TestParse(t *testing.T) {
 		{name: "grpc", raw: "grpc://127.0.0.1:7340", want: "grpc", str: "grpc://127.0.0.1:7340"},
 		{name: "grpc host name", raw: "grpc://dp1.branch.local:7340", want: "grpc", str: "grpc://dp1.branch.local:7340"},
 		{name: "grpc ipv6", raw: "grpc://[::1]:7340", want: "grpc", str: "grpc://[::1]:7340"},
+		{name: "grpcs", raw: "grpcs://dp1.branch.local:7340", want: "grpc", str: "grpcs://dp1.branch.local:7340"},
+		{name: "ftp", raw: "ftp://ftp.example.com/updates/", want: "ftp", str: "ftp://ftp.example.com/updates/"},
+		{name: "ftp root", raw: "ftp://ftp.example.com", want: "ftp", str: "ftp://ftp.example.com/"},
+		{name: "ftp user and port", raw: "ftp://kes@10.0.0.5:2121/av", want: "ftp", str: "ftp://kes@10.0.0.5:2121/av/"},
+		{name: "ftp password hidden", raw: "ftp://kes:pw@h/", want: "ftp", str: "ftp://kes:xxxxx@h/"},
+		{name: "ftp absolute path", raw: "ftp://h/%2Fsrv/updates", want: "ftp"},
 
 		{name: "empty", raw: ""},
 		{name: "blank", raw: "  \t "},
@@ -49,10 +55,10 @@ func TestParse(t *testing.T) {
 		{name: "grpc empty port", raw: "grpc://dp1.branch.local:"},
 		{name: "grpc without host", raw: "grpc://:7340"},
 		{name: "grpc nothing", raw: "grpc://"},
-		// FTP and TLS gRPC are in DESIGN.md but not implemented yet: they
-		// must be refused clearly rather than misread as something else.
-		{name: "ftp", raw: "ftp://ftp.example.com/updates/"},
-		{name: "grpcs", raw: "grpcs://dp1.branch.local:7340"},
+		{name: "ftp without host", raw: "ftp:///updates/"},
+		{name: "ftp bad port", raw: "ftp://h:99999/"},
+		{name: "ftp line break", raw: "ftp://h/a%0D%0ADELE%20x/"},
+		{name: "grpcs without port", raw: "grpcs://dp1.branch.local"},
 		{name: "unknown scheme", raw: "gopher://h/"},
 		{name: "scheme only", raw: "://h/"},
 	}
@@ -82,6 +88,8 @@ func TestParse(t *testing.T) {
 				kind = "http"
 			case *source.GRPC:
 				kind = "grpc"
+			case *source.FTP:
+				kind = "ftp"
 			default:
 				kind = "unknown"
 			}
@@ -99,9 +107,9 @@ func TestParse(t *testing.T) {
 // was refused, so a user can fix the URL.
 func TestParse_UnsupportedSchemeNamed(t *testing.T) {
 	t.Parallel()
-	_, err := source.Parse("ftp://ftp.example.com/updates/", source.DefaultOptions())
-	if err == nil || !strings.Contains(err.Error(), `"ftp"`) {
-		t.Fatalf("Parse(ftp://...) error = %v, want one naming the scheme \"ftp\"", err)
+	_, err := source.Parse("sftp://ftp.example.com/updates/", source.DefaultOptions())
+	if err == nil || !strings.Contains(err.Error(), `"sftp"`) {
+		t.Fatalf("Parse(sftp://...) error = %v, want one naming the scheme \"sftp\"", err)
 	}
 }
 
@@ -119,7 +127,9 @@ func TestParse_PasswordNeverShown(t *testing.T) {
 		{name: "https prefix", raw: "https://user:" + secret + "@updates.example.com:8443/kes/", ok: true},
 		{name: "escaped password", raw: "http://user:" + secret + "%21@h/", ok: true},
 		{name: "password with at sign", raw: "http://user:top@" + secret + "@h/", ok: true},
-		{name: "ftp unsupported", raw: "ftp://user:" + secret + "@ftp.example.com/"},
+		{name: "ftp", raw: "ftp://user:" + secret + "@ftp.example.com/", ok: true},
+		{name: "ftp without host", raw: "ftp://user:" + secret + "@/"},
+		{name: "sftp unsupported", raw: "sftp://user:" + secret + "@ftp.example.com/"},
 		{name: "grpc without port", raw: "grpc://user:" + secret + "@dp1"},
 		{name: "file remote host", raw: "file://user:" + secret + "@fileserver/share"},
 		{name: "bad port", raw: "http://user:" + secret + "@h:port/"},
@@ -170,6 +180,7 @@ func TestRedact(t *testing.T) {
 		{raw: "http://h/updates/", keep: []string{"http://h/updates/"}},
 		{raw: "/srv/updates", keep: []string{"/srv/updates"}},
 		{raw: "grpc://dp1:7340", keep: []string{"grpc://dp1:7340"}},
+		{raw: "ftp://kes:ftpPW1@h:2121/av/", secret: "ftpPW1", keep: []string{"kes", "h:2121/av/"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.raw, func(t *testing.T) {
@@ -213,7 +224,7 @@ func TestParseList(t *testing.T) {
 		{name: "only blanks", urls: []string{"", " , ,"}},
 		// The grpc source parsed before the bad URL must be closed: goleak
 		// in TestMain catches it otherwise.
-		{name: "one bad", urls: []string{"grpc://127.0.0.1:7340,http://h/", "ftp://h/"}},
+		{name: "one bad", urls: []string{"grpc://127.0.0.1:7340,http://h/", "sftp://h/"}},
 		{name: "bad first", urls: []string{"gopher://h/", "grpc://127.0.0.1:7340"}},
 	}
 	for _, tt := range tests {

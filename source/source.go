@@ -1,8 +1,3 @@
-// Package source is where updates come from: a vendor's HTTP/HTTPS server, a
-// folder, or a distribution point over gRPC. Every Source returns the
-// repository's signed documents verbatim and a blob's bytes from an offset;
-// verification is the caller's job (see package manifest), because nothing
-// trusts a source.
 package source
 
 import (
@@ -15,6 +10,10 @@ import (
 type Signed struct {
 	Data      []byte
 	Signature []byte
+	// Source names the source that served the document (its String(),
+	// without credentials), for results and logs: with a Chain, the member
+	// that served it.
+	Source string
 }
 
 // Source is one place updates come from. Implementations are safe for

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"os"
@@ -78,4 +79,39 @@ func (p *progress) finish() {
 	if p.bar != nil {
 		p.bar.Finish()
 	}
+}
+
+// discoverSources asks the first grpc(s):// source for the DPs of site and
+// returns them, nearest first, followed by the sources given (each once).
+func discoverSources(ctx context.Context, srcs []source.Source, site, proxy string) ([]source.Source, error) {
+	var dp *source.GRPC
+	for _, s := range srcs {
+		if g, ok := s.(*source.GRPC); ok {
+			dp = g
+			break
+		}
+	}
+	if dp == nil {
+		return srcs, fmt.Errorf("no grpc:// source to ask")
+	}
+	dps, err := dp.ListSources(ctx, site)
+	if err != nil {
+		return srcs, err
+	}
+	seen := map[string]bool{}
+	for _, s := range srcs {
+		seen[s.String()] = true
+	}
+	var urls []string
+	for _, d := range dps {
+		if u := "grpc://" + d.GRPCAddr; !seen[u] {
+			urls = append(urls, u)
+			seen[u] = true
+		}
+	}
+	found, err := openSources(urls, proxy)
+	if err != nil && len(urls) > 0 {
+		return srcs, err
+	}
+	return append(found, srcs...), nil
 }

@@ -47,7 +47,7 @@ on 127.0.0.1 in a temporary folder that is removed at the end.`,
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), endpoints, logger)
 		},
 	}
-	cmd.Flags().IntVar(&endpoints, "endpoints", 6, "number of endpoints to update")
+	cmd.Flags().IntVar(&endpoints, "endpoints", 12, "number of endpoints to update")
 	cmd.Flags().BoolVar(&verbose, "verbose", false, "show the distribution point's logs")
 	return cmd
 }
@@ -106,62 +106,107 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 	originURL := "http://" + olis.Addr().String() + "/"
 	say("origin serving %s at %s", repo, originURL)
 
-	// A distribution point in front of it.
-	ncfg := node.DefaultConfig()
-	ncfg.Name, ncfg.DataDir = "dp-1", filepath.Join(tmp, "dp-1")
-	ncfg.GRPCAddr, ncfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	ncfg.Upstream, ncfg.Trust = []string{originURL}, trust
-	ncfg.Refresh, ncfg.Logger = 300*time.Millisecond, logger
-	dp, err := node.New(ncfg)
-	if err != nil {
-		cancel()
-		g.Wait()
-		return fmt.Errorf("demo: %w", err)
+	// Three distribution points in two sites, gossiping on loopback.
+	type dpInfo struct {
+		node *node.Node
+		site string
 	}
-	g.Go(func() error { return dp.Run(gctx) })
-	dpURL := "grpc://" + dp.GRPCAddr()
-	say("distribution point %s serving at %s (upstream %s)", ncfg.Name, dpURL, originURL)
+	var dps []dpInfo
+	var join []string
+	for _, d := range []struct{ name, site string }{{"dp-paris-1", "paris"}, {"dp-paris-2", "paris"}, {"dp-lyon-1", "lyon"}} {
+		ncfg := node.DefaultConfig()
+		ncfg.Name, ncfg.Site, ncfg.DataDir = d.name, d.site, filepath.Join(tmp, d.name)
+		ncfg.GRPCAddr, ncfg.HTTPAddr, ncfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+		ncfg.Join = join
+		ncfg.Upstream, ncfg.Trust = []string{originURL}, trust
+		ncfg.Refresh, ncfg.Logger = 300*time.Millisecond, logger.With("dp", d.name)
+		dp, err := node.New(ncfg)
+		if err != nil {
+			cancel()
+			g.Wait()
+			return fmt.Errorf("demo: %w", err)
+		}
+		g.Go(func() error { return dp.Run(gctx) })
+		dps = append(dps, dpInfo{dp, d.site})
+		join = append(join, dp.GossipAddr())
+		say("distribution point %s (site %s) serving at grpc://%s", d.name, d.site, dp.GRPCAddr())
+	}
 
 	runErr := func() error {
-		dpSrc, err := source.Parse(dpURL, source.DefaultOptions())
-		if err != nil {
+		// Every DP must see the others before the endpoints come.
+		if err := waitFor(gctx, "the DPs to form a cluster", func() bool {
+			for _, d := range dps {
+				if len(d.node.Members()) != len(dps) {
+					return false
+				}
+			}
+			return true
+		}); err != nil {
 			return err
 		}
-		defer dpSrc.Close()
-		round := func(title string) (int64, error) {
-			say("\n%s: %d endpoints update from the DP at once", title, endpoints)
-			results := make([]*agent.Result, endpoints)
+		// Endpoints: 8 in paris, 4 in lyon; each asks a DP of its site for
+		// the site's DPs (--discover) and uses them in that order.
+		type endpoint struct {
+			name, site string
+			srcs       []source.Source
+		}
+		var eps []endpoint
+		for i := range endpoints {
+			site, dpi := "paris", i%2
+			if i%3 == 2 {
+				site, dpi = "lyon", 2
+			}
+			first, err := source.NewGRPC(dps[dpi].node.GRPCAddr(), source.DefaultOptions())
+			if err != nil {
+				return err
+			}
+			defer first.Close()
+			srcs := []source.Source{first}
+			if listed, err := first.ListSources(gctx, site); err == nil {
+				for _, l := range listed {
+					if l.Site != site || l.GRPCAddr == dps[dpi].node.GRPCAddr() {
+						continue
+					}
+					s, err := source.NewGRPC(l.GRPCAddr, source.DefaultOptions())
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					srcs = append(srcs, s)
+				}
+			}
+			eps = append(eps, endpoint{fmt.Sprintf("endpoint-%02d", i+1), site, srcs})
+		}
+		delivered := map[string]int64{}
+		round := func(title string) error {
+			say("\n%s: %d endpoints update from their site's DPs at once", title, len(eps))
+			results := make([]*agent.Result, len(eps))
 			eg, ectx := errgroup.WithContext(gctx)
-			for i := range endpoints {
+			for i, ep := range eps {
 				eg.Go(func() error {
 					acfg := agent.DefaultConfig()
-					acfg.Sources, acfg.Trust = []source.Source{dpSrc}, trust
-					acfg.Product, acfg.Dir = demoProduct, filepath.Join(tmp, fmt.Sprintf("endpoint-%02d", i+1))
-					acfg.EndpointID, acfg.Hostname = fmt.Sprintf("endpoint-%02d", i+1), fmt.Sprintf("endpoint-%02d", i+1)
+					acfg.Sources, acfg.Trust = ep.srcs, trust
+					acfg.Product, acfg.Dir = demoProduct, filepath.Join(tmp, ep.name)
+					acfg.EndpointID, acfg.Hostname, acfg.Site = ep.name, ep.name, ep.site
 					r, err := agent.Update(ectx, acfg)
 					results[i] = r
 					return err
 				})
 			}
 			if err := eg.Wait(); err != nil {
-				return 0, err
+				return err
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "  endpoint\tstatus\tversion\tserial\tfiles changed\tdownloaded")
-			var total int64
+			fmt.Fprintln(tw, "  endpoint\tsite\tstatus\tversion\tserial\tfiles changed\tdownloaded\tfrom")
 			for i, r := range results {
-				fmt.Fprintf(tw, "  endpoint-%02d\t%s\t%s\t%d\t%d\t%s\n", i+1, r.Status, r.Version, r.Serial, r.FilesChanged, formatBytes(r.BytesDownloaded))
-				total += r.BytesDownloaded
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", eps[i].name, eps[i].site, r.Status, r.Version, r.Serial, r.FilesChanged, formatBytes(r.BytesDownloaded), r.Source)
+				delivered[eps[i].site] += r.BytesDownloaded
 			}
-			tw.Flush()
-			return total, nil
+			return tw.Flush()
 		}
-		got1, err := round("round 1 (cold DP)")
-		if err != nil {
+		if err := round("round 1 (cold DPs)"); err != nil {
 			return err
 		}
-		before := orig.sent.Load()
-		say("  origin sent %s; endpoints received %s", formatBytes(before), formatBytes(got1))
 
 		// A new version: two database files and one module change.
 		for _, name := range []string{"databases/av-base-02.dat", "databases/index.xml", "modules/updater.bin"} {
@@ -174,15 +219,39 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 			return err
 		}
 		say("\nvendor published %s (serial %d): %d new blobs, %s", v2.Manifest.Version, v2.Manifest.Serial, v2.BlobsWritten, formatBytes(v2.BytesWritten))
-		if err := waitForSerial(gctx, dpSrc, trust, v2.Manifest.Serial); err != nil {
+		for _, d := range dps {
+			dpSrc, err := source.NewGRPC(d.node.GRPCAddr(), source.DefaultOptions())
+			if err != nil {
+				return err
+			}
+			err = waitForSerial(gctx, dpSrc, trust, v2.Manifest.Serial)
+			dpSrc.Close()
+			if err != nil {
+				return err
+			}
+		}
+		say("every DP fetched it whole in the background (each blob once per site) and now announces it")
+		if err := round("round 2 (incremental)"); err != nil {
 			return err
 		}
-		say("the DP fetched it whole in the background and now announces it")
-		got2, err := round("round 2 (incremental)")
-		if err != nil {
-			return err
+
+		say("\ninternet link per site (what the DPs fetched upstream) against what the site's endpoints received:")
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  site\tDPs\tinternet\tfrom peers\tdelivered\tsaved")
+		for _, site := range []string{"paris", "lyon"} {
+			var up, peer int64
+			n := 0
+			for _, d := range dps {
+				if d.site == site {
+					up += d.node.Traffic().UpstreamBytes
+					peer += d.node.Traffic().PeerBytes
+					n++
+				}
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%.1fx\n", site, n, formatBytes(up), formatBytes(peer), formatBytes(delivered[site]), float64(delivered[site])/float64(max(up, 1)))
 		}
-		say("  origin sent %s more; endpoints received %s", formatBytes(orig.sent.Load()-before), formatBytes(got2))
+		tw.Flush()
+		say("  (the origin sent %s in all for two versions of %s and %s)", formatBytes(orig.sent.Load()), formatBytes(v1.Manifest.Size()), formatBytes(v2.Manifest.Size()))
 
 		rb, err := agent.Rollback(filepath.Join(tmp, "endpoint-01"), demoProduct)
 		if err != nil {
@@ -190,9 +259,6 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 		}
 		say("\nendpoint-01 rolled back to %s (serial %d) on the admin's command", rb.Version, rb.Serial)
 
-		sent, received := orig.sent.Load(), got1+got2
-		say("\ntotal: the origin sent %s over the 'internet link'; endpoints received %s from the LAN (%.1fx saved)",
-			formatBytes(sent), formatBytes(received), float64(received)/float64(max(sent, 1)))
 		return nil
 	}()
 	cancel()
@@ -201,6 +267,20 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 	}
 	if runErr != nil {
 		return fmt.Errorf("demo: %w", runErr)
+	}
+	return nil
+}
+
+// waitFor polls cond until it holds, for at most a minute.
+func waitFor(ctx context.Context, what string, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out waiting for %s", what)
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	return nil
 }

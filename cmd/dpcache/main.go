@@ -71,6 +71,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		newUpdate(),
 		newRollback(),
 		newMirror(),
+		newStatus(),
 		newDemo(),
 	)
 	return root

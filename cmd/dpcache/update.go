@@ -4,18 +4,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
 )
 
 func newUpdate() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var sources, trust []string
 	var proxy string
-	var asJSON bool
+	var asJSON, discover, watch bool
+	var jitter time.Duration
 	cmd := &cobra.Command{
 		Use:   "update --source URL[,URL...] --product P --dir DIR --trust FILE [flags]",
 		Short: "Update a product on this endpoint from ordered sources",
@@ -25,7 +29,13 @@ verifies both against --trust, downloads only the files that changed (each
 verified by SHA-256, resuming interrupted downloads), and switches current
 atomically. The previous version stays on disk for dpcache rollback. When a
 source fails the next one is used. A lower serial than installed is refused.
-When the source is a distribution point, the result is reported to it.`,
+When the source is a distribution point, the result is reported to it.
+
+With --discover, the first grpc:// source is asked for the DPs of --site
+(its own site by default), and those are tried first, nearest first. With
+--watch, update keeps running and updates whenever that DP announces a new
+version, after a random delay within --jitter (so a site's endpoints do not
+all start at once).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
@@ -35,13 +45,56 @@ When the source is a distribution point, the result is reported to it.`,
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
+			if jitter < 0 {
+				return fmt.Errorf("update: --jitter %v must not be negative", jitter)
+			}
+			if cmd.Flags().Changed("jitter") && !watch {
+				return fmt.Errorf("update: --jitter applies only with --watch")
+			}
 			srcs, err := openSources(sources, proxy)
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			defer closeSources(srcs)
+			defer func() { closeSources(srcs) }()
+			if discover {
+				if srcs, err = discoverSources(cmd.Context(), srcs, cfg.Site, proxy); err != nil {
+					return fmt.Errorf("update: --discover: %w", err)
+				}
+			}
 			cfg.Sources, cfg.Trust = srcs, t
 			cfg.Logger = slog.Default()
+			out := cmd.OutOrStdout()
+			print := func(res *agent.Result) error {
+				if asJSON {
+					return json.NewEncoder(out).Encode(res)
+				}
+				if res.Status == agent.StatusUpToDate {
+					fmt.Fprintf(out, "%s %s (serial %d) is up to date (checked %s)\n", res.Product, res.Version, res.Serial, res.Source)
+					return nil
+				}
+				fmt.Fprintf(out, "updated %s to %s (serial %d) from %s: %d files changed, %s downloaded\n",
+					res.Product, res.Version, res.Serial, res.Source, res.FilesChanged, formatBytes(res.BytesDownloaded))
+				return nil
+			}
+			if watch {
+				var w agent.Watcher
+				for _, s := range srcs {
+					if g, ok := s.(*source.GRPC); ok {
+						w = g
+						break
+					}
+				}
+				if w == nil {
+					return fmt.Errorf("update: --watch needs a grpc:// source (a DP announces new versions)")
+				}
+				return agent.Watch(cmd.Context(), cfg, w, agent.WatchConfig{Jitter: jitter, Result: func(res *agent.Result, err error) {
+					if err != nil {
+						fmt.Fprintln(os.Stderr, "dpcache: update:", oneLine(err))
+						return
+					}
+					print(res)
+				}})
+			}
 			bar := newProgress(!asJSON, "downloading "+cfg.Product)
 			cfg.Progress = bar.update
 			res, err := agent.Update(cmd.Context(), cfg)
@@ -49,16 +102,7 @@ When the source is a distribution point, the result is reported to it.`,
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
-			}
-			if res.Status == "up-to-date" {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s (serial %d) is up to date (checked %s)\n", res.Product, res.Version, res.Serial, res.Source)
-				return nil
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "updated %s to %s (serial %d) from %s: %d files changed, %s downloaded\n",
-				res.Product, res.Version, res.Serial, res.Source, res.FilesChanged, formatBytes(res.BytesDownloaded))
-			return nil
+			return print(res)
 		},
 	}
 	f := cmd.Flags()
@@ -70,7 +114,10 @@ When the source is a distribution point, the result is reported to it.`,
 	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) sources (http://[user:pass@]host:port)")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&cfg.EndpointID, "id", cfg.EndpointID, "endpoint identifier reported to a DP")
-	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP")
+	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")
+	f.BoolVar(&discover, "discover", false, "ask the first grpc:// source for the DPs of --site and use them first")
+	f.BoolVar(&watch, "watch", false, "keep running, updating whenever the DP announces a new version")
+	f.DurationVar(&jitter, "jitter", 0, "with --watch: random delay up to this before each update")
 	return cmd
 }
 

@@ -66,7 +66,7 @@ func newSetup(b *testing.B, size int64) *setup {
 	s.ngx = testenv.StartNginx(b, repo, testenv.NginxOptions{})
 	grpcAddr, httpAddr := testenv.FreeAddr(b, "127.0.0.1"), testenv.FreeAddr(b, "127.0.0.1")
 	s.node = testenv.StartProc(b, bin, "node", "--name", "bench", "--data", filepath.Join(dir, "dp"),
-		"--grpc", grpcAddr, "--http", httpAddr, "--upstream", s.ngx.URL,
+		"--grpc", grpcAddr, "--http", httpAddr, "--gossip", "127.0.0.1:0", "--upstream", s.ngx.URL,
 		"--trust", filepath.Join(dir, "vendor.pub"), "--log-level", "warn")
 	testenv.WaitFor(b, 30*time.Second, "node healthy", func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/healthz")
