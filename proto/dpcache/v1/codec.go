@@ -102,7 +102,6 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 }
 
-
 // parseBlobResponse walks a ReadBlobResponse's fields as protobuf does
 // (unknown fields, groups included, skipped; bad field numbers, truncated
 // or overlong varints refused), setting *size and handing the data field's
