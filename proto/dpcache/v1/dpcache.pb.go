@@ -1407,7 +1407,9 @@ func (x *PrefetchResponse) GetDone() bool {
 type ListEndpointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only endpoints whose installed version is behind the newest.
-	OutdatedOnly  bool `protobuf:"varint,1,opt,name=outdated_only,json=outdatedOnly,proto3" json:"outdated_only,omitempty"`
+	OutdatedOnly bool `protobuf:"varint,1,opt,name=outdated_only,json=outdatedOnly,proto3" json:"outdated_only,omitempty"`
+	// Only this DP's own records, without asking the site's other DPs.
+	LocalOnly     bool `protobuf:"varint,2,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1445,6 +1447,13 @@ func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
 func (x *ListEndpointsRequest) GetOutdatedOnly() bool {
 	if x != nil {
 		return x.OutdatedOnly
+	}
+	return false
+}
+
+func (x *ListEndpointsRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
 	}
 	return false
 }
@@ -1647,9 +1656,11 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"bytesTotal\x12\x1d\n" +
 	"\n" +
 	"bytes_done\x18\a \x01(\x04R\tbytesDone\x12\x12\n" +
-	"\x04done\x18\b \x01(\bR\x04done\";\n" +
+	"\x04done\x18\b \x01(\bR\x04done\"Z\n" +
 	"\x14ListEndpointsRequest\x12#\n" +
-	"\routdated_only\x18\x01 \x01(\bR\foutdatedOnly\"T\n" +
+	"\routdated_only\x18\x01 \x01(\bR\foutdatedOnly\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x02 \x01(\bR\tlocalOnly\"T\n" +
 	"\fEndpointInfo\x122\n" +
 	"\x06status\x18\x01 \x01(\v2\x1a.dpcache.v1.EndpointStatusR\x06status\x12\x10\n" +
 	"\x03age\x18\x02 \x01(\tR\x03age\"O\n" +
