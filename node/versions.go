@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,6 +124,9 @@ func (n *Node) manifestDoc(ctx context.Context, product, version string) (source
 		return source.Signed{}, nil, fmt.Errorf("version %q: %w: %v", version, ErrInvalid, err)
 	}
 	path := manifest.ManifestPath(product, version)
+	// A product endpoints ask about is kept current, even by a DP they never
+	// asked for its latest.
+	n.addProduct(product)
 	if data, sig, err := n.cache.Document(path); err == nil {
 		m, err := n.trust.VerifyManifest(data, sig, nil)
 		if err != nil {
@@ -180,6 +184,7 @@ func (n *Node) register(m *manifest.Manifest) {
 		n.known[f.SHA256] = f.Size
 	}
 	n.registerVersionsLocked(m)
+	n.rememberVersionLocked(m)
 }
 
 // loadKnown registers the manifests the cache holds.
@@ -206,32 +211,37 @@ func (n *Node) loadKnown() error {
 
 // startVersion fetches every blob of ul's version in the background and
 // then records the version as held whole (which makes it this DP's latest).
-func (n *Node) startVersion(product string, ul upLatest) {
+// It returns the completion in flight (started now or earlier), or nil
+// when the DP is closing.
+func (n *Node) startVersion(product string, ul upLatest) *versionJob {
 	key := product + "/" + ul.latest.Version
 	n.mu.Lock()
-	if _, running := n.jobs[key]; running || n.closed {
+	if j, running := n.jobs[key]; running || n.closed {
 		n.mu.Unlock()
-		return
+		return j
 	}
-	done := make(chan struct{})
-	n.jobs[key] = done
+	j := newVersionJob(product, ul.latest)
+	n.jobs[key] = j
 	n.bgWG.Add(1)
 	n.mu.Unlock()
 	go func() {
 		defer n.bgWG.Done()
-		defer func() {
-			n.mu.Lock()
-			delete(n.jobs, key)
-			n.mu.Unlock()
-			close(done)
-		}()
-		if err := n.completeVersion(n.bg, product, ul); err != nil && n.bg.Err() == nil {
+		err := n.completeVersion(n.bg, product, ul, j)
+		n.mu.Lock()
+		delete(n.jobs, key)
+		n.mu.Unlock()
+		j.finish(err)
+		if err != nil && n.bg.Err() == nil {
 			n.log.Error("could not complete version; will retry at the next refresh", "product", product, "version", ul.latest.Version, "err", err)
 		}
 	}()
+	return j
 }
 
-func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest) error {
+// completeVersion fetches the blobs of ul's version that the cache lacks,
+// those of databases files first, reporting progress to j, then records
+// the version whole and announces it.
+func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest, j *versionJob) error {
 	l := ul.latest
 	if held, err := n.cache.LatestVersion(product); err == nil && held.Serial >= l.Serial {
 		return nil
@@ -245,14 +255,30 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest)
 		return fmt.Errorf("manifest of %s %s: %w: %v", product, l.Version, ErrDataLoss, err)
 	}
 	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(n.cfg.FetchParallel)
-	blobs := m.Blobs()
-	for _, f := range blobs {
-		g.Go(func() error { return n.ensureBlob(gctx, f.SHA256) })
+	databases, modules := fetchOrder(m)
+	blobs := slices.Concat(databases, modules)
+	j.setBlobs(n.cache, blobs)
+	if n.cfg.CacheMax > 0 {
+		// Make room for the version before fetching it.
+		if err := n.retain(ctx); err != nil {
+			n.log.Warn("could not make room in the cache before fetching a version", "product", product, "version", l.Version, "err", err)
+		}
 	}
-	if err := g.Wait(); err != nil {
-		return err
+	for _, group := range [][]manifest.File{databases, modules} {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(n.cfg.FetchParallel)
+		for _, f := range group {
+			g.Go(func() error {
+				if err := n.ensureBlob(gctx, f.SHA256); err != nil {
+					return err
+				}
+				j.blobDone(f.SHA256)
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
 	}
 	digests := make([]string, len(blobs))
 	for i, f := range blobs {
@@ -269,12 +295,14 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest)
 	}
 	n.publishVersions(product)
 	n.notifyVersion(product)
+	n.kickRetention()
 	n.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// refreshLoop asks upstream for a newer latest of every product this DP
-// serves, at start and then every Refresh.
+// refreshLoop asks upstream for a newer latest of every product endpoints
+// asked this DP for, at start and then every Refresh. The products of
+// Config.Products follow the download task instead (prefetchLoop).
 func (n *Node) refreshLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.Refresh)
 	defer t.Stop()
@@ -292,7 +320,9 @@ func (n *Node) refreshAll(ctx context.Context) {
 	n.mu.Lock()
 	products := make([]string, 0, len(n.products))
 	for p := range n.products {
-		products = append(products, p)
+		if !slices.Contains(n.cfg.Products, p) {
+			products = append(products, p)
+		}
 	}
 	n.mu.Unlock()
 	for _, p := range products {

@@ -8,16 +8,41 @@ import (
 	"sync"
 
 	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/dpcache/dpcache/source"
 )
 
-// openSources parses source URLs, in order, with an optional HTTP proxy.
-func openSources(urls []string, proxy string) ([]source.Source, error) {
+// sourceFlags are the flags that say how sources are reached.
+type sourceFlags struct {
+	proxy, noProxy, ca string
+}
+
+func (sf *sourceFlags) register(f *pflag.FlagSet, what string) {
+	f.StringVar(&sf.proxy, "proxy", "", "HTTP proxy for http(s) "+what+" (http://[user:pass@]host:port); without it the standard proxy environment variables apply; FTP never goes through it")
+	f.StringVar(&sf.noProxy, "no-proxy", "", "hosts, domains and CIDRs reached without --proxy (comma-separated, as NO_PROXY)")
+	f.StringVar(&sf.ca, "ca", "", "PEM file of extra CA certificates for https:// and grpcs:// "+what)
+}
+
+// options turns the flags into source.Options.
+func (sf *sourceFlags) options() (source.Options, error) {
 	opts := source.DefaultOptions()
 	var err error
-	if opts.Proxy, err = parseProxy(proxy); err != nil {
+	if opts.Proxy, err = parseProxy(sf.proxy); err != nil {
+		return opts, err
+	}
+	opts.NoProxy, opts.CAFile = sf.noProxy, sf.ca
+	if err := opts.Validate(); err != nil {
+		return opts, err
+	}
+	return opts, nil
+}
+
+// open parses source URLs, in order.
+func (sf *sourceFlags) open(urls []string) ([]source.Source, error) {
+	opts, err := sf.options()
+	if err != nil {
 		return nil, err
 	}
 	return source.ParseList(urls, opts)
@@ -83,7 +108,7 @@ func (p *progress) finish() {
 
 // discoverSources asks the first grpc(s):// source for the DPs of site and
 // returns them, nearest first, followed by the sources given (each once).
-func discoverSources(ctx context.Context, srcs []source.Source, site, proxy string) ([]source.Source, error) {
+func discoverSources(ctx context.Context, srcs []source.Source, site string, sf *sourceFlags) ([]source.Source, error) {
 	var dp *source.GRPC
 	for _, s := range srcs {
 		if g, ok := s.(*source.GRPC); ok {
@@ -109,7 +134,7 @@ func discoverSources(ctx context.Context, srcs []source.Source, site, proxy stri
 			seen[u] = true
 		}
 	}
-	found, err := openSources(urls, proxy)
+	found, err := sf.open(urls)
 	if err != nil && len(urls) > 0 {
 		return srcs, err
 	}

@@ -72,6 +72,8 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		newRollback(),
 		newMirror(),
 		newStatus(),
+		newEndpoints(),
+		newPrefetch(),
 		newDemo(),
 	)
 	return root

@@ -14,7 +14,7 @@ import (
 func newMirror() *cobra.Command {
 	var cfg agent.MirrorConfig
 	var sources, trust []string
-	var proxy string
+	var sf sourceFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "mirror --source URL[,URL...] --product P --to DIR --trust FILE [--version V]",
@@ -35,7 +35,7 @@ never replaced by a lower serial.`,
 			if err != nil {
 				return fmt.Errorf("mirror: %w", err)
 			}
-			srcs, err := openSources(sources, proxy)
+			srcs, err := sf.open(sources)
 			if err != nil {
 				return fmt.Errorf("mirror: %w", err)
 			}
@@ -62,7 +62,7 @@ never replaced by a lower serial.`,
 	f.StringVar(&cfg.Version, "version", "", "version to copy (default: the latest)")
 	f.StringVar(&cfg.To, "to", "", "repository folder to write")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
-	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) sources (http://[user:pass@]host:port)")
+	sf.register(f, "sources")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	return cmd
 }

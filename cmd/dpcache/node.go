@@ -19,7 +19,8 @@ import (
 
 func newNode() *cobra.Command {
 	cfg := node.DefaultConfig()
-	var configFile, proxy, gossipKey string
+	var configFile, gossipKey string
+	var sf sourceFlags
 	var trust []string
 	cmd := &cobra.Command{
 		Use:   "node [--config FILE] [flags]",
@@ -51,7 +52,7 @@ flags win over the environment, which wins over the file.`,
 					return fmt.Errorf("node: %w", err)
 				}
 			}
-			if cfg.SourceOptions.Proxy, err = parseProxy(proxy); err != nil {
+			if cfg.SourceOptions, err = sf.options(); err != nil {
 				return fmt.Errorf("node: %w", err)
 			}
 			if cfg.Name == "" {
@@ -78,9 +79,14 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
 	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream source URLs, tried in order (http://, https://, file://, grpc://)")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
-	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest")
-	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask")
-	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) upstream sources (http://[user:pass@]host:port)")
+	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest of the products endpoints asked for (those of --product follow --prefetch-interval)")
+	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask (the download task: at start and every --prefetch-interval)")
+	f.DurationVar(&cfg.PrefetchInterval, "prefetch-interval", cfg.PrefetchInterval, "how often the download task checks upstream for the --product list and fetches a newer version whole (each wait +0-10% at random)")
+	f.Var(windowFlag{&cfg.UpstreamWindow}, "upstream-window", "local time of day the download task may start fetching, e.g. 22:00-06:00 (may cross midnight); endpoint requests, --refresh and 'dpcache prefetch' are not limited (default: any time)")
+	f.Var(bytesFlag{&cfg.UpstreamRate}, "upstream-rate", "bytes per second read from upstream, all fetches together, e.g. 10MiB, 500KiB; databases are fetched before modules (default 0: unlimited)")
+	f.Var(bytesFlag{&cfg.CacheMax}, "cache-max", "cache quota, e.g. 50GiB: past it the oldest versions that are not their product's latest are evicted; the latest and blobs being streamed never are (default 0: unlimited)")
+	f.IntVar(&cfg.KeepVersions, "keep-versions", cfg.KeepVersions, "versions of each product kept (the newest); older ones and the blobs only they use are deleted")
+	sf.register(f, "upstream sources")
 	return cmd
 }
 

@@ -17,7 +17,7 @@ import (
 func newUpdate() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var sources, trust []string
-	var proxy string
+	var sf sourceFlags
 	var asJSON, discover, watch bool
 	var jitter time.Duration
 	cmd := &cobra.Command{
@@ -51,13 +51,13 @@ all start at once).`,
 			if cmd.Flags().Changed("jitter") && !watch {
 				return fmt.Errorf("update: --jitter applies only with --watch")
 			}
-			srcs, err := openSources(sources, proxy)
+			srcs, err := sf.open(sources)
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
 			defer func() { closeSources(srcs) }()
 			if discover {
-				if srcs, err = discoverSources(cmd.Context(), srcs, cfg.Site, proxy); err != nil {
+				if srcs, err = discoverSources(cmd.Context(), srcs, cfg.Site, &sf); err != nil {
 					return fmt.Errorf("update: --discover: %w", err)
 				}
 			}
@@ -111,7 +111,7 @@ all start at once).`,
 	f.StringVar(&cfg.Dir, "dir", "", "install root (files go to DIR/<product>/current/)")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
 	f.StringSliceVar(&cfg.Components, "components", cfg.Components, "components to install: databases, modules")
-	f.StringVar(&proxy, "proxy", "", "HTTP proxy for http(s) sources (http://[user:pass@]host:port)")
+	sf.register(f, "sources")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&cfg.EndpointID, "id", cfg.EndpointID, "endpoint identifier reported to a DP")
 	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")

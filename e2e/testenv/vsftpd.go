@@ -279,11 +279,32 @@ func (v *Vsftpd) stop() {
 			return
 		}
 		_ = v.proc.Signal(syscall.SIGSTOP)
-		for _, pid := range descendants(v.proc.Pid()) {
+		pids := descendants(v.proc.Pid())
+		for _, pid := range pids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		v.proc.Kill()
+		// SIGKILL takes effect asynchronously: wait until the sessions are
+		// gone (or zombies), so their connections are closed on return.
+		poll(StopTimeout, func() bool {
+			for _, pid := range pids {
+				if alive(pid) {
+					return false
+				}
+			}
+			return true
+		})
 	})
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
 // descendants returns the pids of pid's children, grandchildren and so on,
