@@ -150,7 +150,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		total += j.size
 	}
 	f := &fetcher{
-		sources: cfg.Sources, dir: blobDir, log: log, progress: cfg.Progress,
+		sources: withVersionHint(cfg.Sources, cfg.Product, m.Version), dir: blobDir, log: log, progress: cfg.Progress,
 		served: make([]bool, len(cfg.Sources)), total: total,
 	}
 	f.sticky.Store(int64(docs.src))

@@ -281,7 +281,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 		"files", len(files), "blobs", len(jobs), "components", u.components)
 
 	f := &fetcher{
-		sources:  u.cfg.Sources,
+		sources:  withVersionHint(u.cfg.Sources, u.cfg.Product, d.latest.Version),
 		dir:      u.l.blobs,
 		log:      u.log,
 		progress: u.cfg.Progress,
@@ -532,4 +532,19 @@ func localAdvice(err error) string {
 	default:
 		return "; fix the local file system problem and run again: downloads resume where they stopped"
 	}
+}
+
+// withVersionHint tells DP sources which version the blobs belong to, so
+// that a DP that has not seen that manifest yet (another DP of the site
+// served it) fetches it rather than answer NotFound: an agent resuming on
+// another DP then finishes there.
+func withVersionHint(srcs []source.Source, product, version string) []source.Source {
+	out := make([]source.Source, len(srcs))
+	for i, s := range srcs {
+		if g, ok := s.(*source.GRPC); ok {
+			s = g.ForVersion(product, version)
+		}
+		out[i] = s
+	}
+	return out
 }

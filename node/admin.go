@@ -125,7 +125,7 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), Blobs: uint64(st.Blobs), FreeDiskBytes: freeDisk(n.cfg.DataDir)}
+	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: freeDisk(n.cfg.DataDir)}
 	return ms, nil
 }
 

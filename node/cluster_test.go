@@ -43,6 +43,12 @@ type clusterNode struct {
 // same upstream, and waits until every DP sees all of them.
 func startCluster(t *testing.T, v *vendor, upstream string, sites ...string) []*clusterNode {
 	t.Helper()
+	return startClusterWith(t, v, upstream, nil, sites...)
+}
+
+// startClusterWith is startCluster with mod applied to each DP's Config.
+func startClusterWith(t *testing.T, v *vendor, upstream string, mod func(*Config), sites ...string) []*clusterNode {
+	t.Helper()
 	var nodes []*clusterNode
 	var join []string
 	for i, site := range sites {
@@ -54,7 +60,10 @@ func startCluster(t *testing.T, v *vendor, upstream string, sites ...string) []*
 		cfg.Upstream, cfg.Trust = []string{upstream}, v.trust
 		cfg.Refresh = 200 * time.Millisecond
 		cfg.Gossip = fastGossip
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("dp", cfg.Name)
+		cfg.Logger = slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo})).With("dp", cfg.Name)
+		if mod != nil {
+			mod(&cfg)
+		}
 		n, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)

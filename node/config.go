@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
@@ -22,8 +24,8 @@ type Config struct {
 	DataDir string
 	// GRPCAddr is where endpoints and peers reach the DP. Default ":7340".
 	GRPCAddr string
-	// HTTPAddr serves /healthz (and, in later versions, /metrics, the status
-	// page and /repo/). Default ":7341". Empty disables the HTTP server.
+	// HTTPAddr serves the status page (/), /metrics, /healthz, /readyz and
+	// /repo/. Default ":7341". Empty disables the HTTP server.
 	HTTPAddr string
 	// GossipAddr is where the DP gossips with the other DPs (memberlist,
 	// TCP and UDP). Default ":7946". Empty disables clustering: the DP works
@@ -48,10 +50,43 @@ type Config struct {
 	// Required.
 	Trust *manifest.Trust
 	// Refresh is how often the DP asks upstream for a newer latest of each
-	// product it serves. Default 1 minute.
+	// product endpoints asked it for (and fetches that version whole before
+	// announcing it). Products listed in Products follow PrefetchInterval
+	// instead. Default 1 minute.
 	Refresh time.Duration
-	// Products are kept current even before any endpoint asks.
+	// Products are kept current even before any endpoint asks: the
+	// download task checks upstream for each at start and every
+	// PrefetchInterval, and fetches a newer version whole (the site's DPs
+	// share the work by blob ownership, so the site fetches each blob once).
 	Products []string
+	// PrefetchInterval is how often the download task runs for Products;
+	// each wait is lengthened by a random 0-10% so the DPs of a site do
+	// not all ask at once. Default 1 hour.
+	PrefetchInterval time.Duration
+	// UpstreamWindow, when set, is the daily period (local time) in which
+	// the download task may start fetching; outside it the task waits for
+	// the window. Fetches already started finish; misses (an endpoint
+	// asking for what the site lacks), the refresh of products endpoints
+	// asked for (Refresh) and AdminService.Prefetch are not limited.
+	// Default: the zero Window, always open.
+	UpstreamWindow Window
+	// UpstreamRate bounds the blob bytes per second this DP reads from its
+	// upstream sources, all fetches together (one token bucket; signed
+	// documents, a few KiB, are not counted). Blobs of databases files are
+	// fetched before those of modules, so they come first when the budget
+	// is short. 0 (default) is unlimited.
+	UpstreamRate int64
+	// KeepVersions is how many versions of each product the cache keeps
+	// (the newest); older ones and the blobs only they use are deleted
+	// once a newer version is held whole. Default 3.
+	KeepVersions int
+	// CacheMax bounds the cache's own bytes (blobs whole and in part, not
+	// the bbolt file's free pages): past it, the oldest versions that are
+	// not their product's latest are evicted first. The latest version of
+	// each product and blobs being streamed are never evicted, so the
+	// cache may exceed it when those alone do (a warning is logged). 0
+	// (default) is unlimited.
+	CacheMax int64
 	// SourceOptions tune upstream access (timeouts, proxy).
 	SourceOptions source.Options
 	// ServeChunk is the size of the messages a blob is streamed in. Default
@@ -68,6 +103,16 @@ type Config struct {
 	FetchParallel int
 	// Logger receives the DP's logs. Default slog.Default().
 	Logger *slog.Logger
+	// Registry receives the DP's Prometheus metrics (dpcache_*), served on
+	// /metrics. Default (nil): a registry of the DP's own, which also holds
+	// the Go runtime and process collectors; several DPs in one process
+	// never clash. A registry given here must not hold another DP's
+	// metrics (New fails), nor the Go and process collectors if /metrics
+	// should show them: add them yourself.
+	Registry *prometheus.Registry
+	// DisableMetrics turns instrumentation off: nothing is counted and
+	// /metrics answers 404. The status page works either way.
+	DisableMetrics bool
 }
 
 // DefaultConfig returns a Config with every default documented above.
@@ -83,6 +128,9 @@ func DefaultConfig() Config {
 		ServeChunk:    256 << 10,
 		ServeMemory:   64 << 20,
 		FetchParallel: 4,
+
+		PrefetchInterval: time.Hour,
+		KeepVersions:     3,
 	}
 }
 
@@ -123,6 +171,21 @@ func (c *Config) Validate() error {
 	}
 	if c.FetchParallel < 1 {
 		errs = append(errs, fmt.Errorf("fetch parallelism %d must be at least 1", c.FetchParallel))
+	}
+	if c.PrefetchInterval <= 0 {
+		errs = append(errs, fmt.Errorf("prefetch interval %v must be positive", c.PrefetchInterval))
+	}
+	if c.UpstreamRate < 0 {
+		errs = append(errs, fmt.Errorf("upstream rate %d must not be negative (0 is unlimited)", c.UpstreamRate))
+	}
+	if c.KeepVersions < 1 {
+		errs = append(errs, fmt.Errorf("keep versions %d must be at least 1 (the latest is always kept)", c.KeepVersions))
+	}
+	if c.CacheMax < 0 {
+		errs = append(errs, fmt.Errorf("cache max %d must not be negative (0 is unlimited)", c.CacheMax))
+	}
+	if w := c.UpstreamWindow; w.From < 0 || w.From >= 24*time.Hour || w.To < 0 || w.To >= 24*time.Hour {
+		errs = append(errs, fmt.Errorf("upstream window %v..%v: both ends must be times of day in [0, 24h)", w.From, w.To))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("node config: %w", err)

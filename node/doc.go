@@ -22,6 +22,45 @@
 // a product passes upstream's latest through and pulls the blobs as they are
 // asked for. A lower serial from upstream is ignored (a rollback attack).
 //
+// # Download task
+//
+// The products of Config.Products are kept current before any endpoint
+// asks: at start (once the DP has joined its cluster) and every
+// Config.PrefetchInterval (plus a random 0-10%), the DP checks upstream and
+// completes a newer version; the site's DPs share the work by blob
+// ownership, so the site fetches each blob once. Config.UpstreamWindow
+// confines when the task starts fetches; Config.UpstreamRate bounds the
+// bytes read from upstream, and databases are fetched before modules.
+// AdminService.Prefetch runs the task now and streams its progress. Other
+// products (those endpoints ask for) follow Config.Refresh.
+//
+// # Quota and retention
+//
+// After a version becomes whole (and at start, and every minute) the DP
+// keeps the newest Config.KeepVersions versions of each product, deletes
+// the blobs no kept version references, and while the cache's own bytes
+// exceed Config.CacheMax evicts the oldest versions that are not their
+// product's latest. It never drops the latest version of a product nor a
+// blob being streamed; bbolt reuses the freed pages. It logs a warning
+// while less than 2 GiB are free under the data directory.
+//
+// # Endpoints
+//
+// Endpoints report what they installed (ReportStatus); ListEndpoints gives
+// the reports of the DP's whole site with an age bucket (current, 24h, 3d,
+// 7d: how far the installed version's publication is behind the newest's;
+// see AgeBucket).
+//
+// # Operations
+//
+// The HTTP listener (Config.HTTPAddr) serves a status page at / (members by
+// site, versions held, cache use, the internet bytes saved with a chart of
+// the last hours, outdated endpoints, a low-disk warning), Prometheus
+// metrics named dpcache_<subsystem>_<name>_<unit> at /metrics (on
+// Config.Registry, a registry of the DP's own by default), /healthz and
+// /readyz (503 until Run serves and while it stops). Most figures are read
+// when scraped; the serving path only adds to a few atomics.
+//
 // # Caveats
 //
 // Bytes of a blob still being fetched are streamed before the blob is

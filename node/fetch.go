@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/dpcache/dpcache/cache"
 )
 
@@ -180,6 +182,11 @@ func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
 
 // ensureBlob returns once digest is whole in the cache.
 func (n *Node) ensureBlob(ctx context.Context, digest string) error {
+	release, err := n.startReading(ctx, digest) // retention leaves it alone meanwhile
+	if err != nil {
+		return err
+	}
+	defer release()
 	f, err := n.acquire(digest, false)
 	if err != nil || f == nil {
 		return err
@@ -307,7 +314,13 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 	if c.kind != fromUpstream {
 		counter = &n.traffic.peer
 	}
+	bySource := n.metrics.upstreamBytes(c.src) // nil for peers or without metrics
 	buf := make([]byte, 256<<10)
+	var limit *rate.Limiter // Config.UpstreamRate: reads wait for their bytes' tokens
+	if c.kind == fromUpstream && n.limiter != nil {
+		limit = n.limiter
+		buf = buf[:min(len(buf), limit.Burst())]
+	}
 	lastStore := time.Now()
 	for w.Offset() < f.size {
 		// Readers get bytes from memory at once; what is stored survives a
@@ -321,8 +334,16 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 			lastStore = time.Now()
 		}
 		nr, rerr := r.Read(buf)
+		if nr > 0 && limit != nil {
+			if err := limit.WaitN(ctx, nr); err != nil {
+				return fmt.Errorf("%s: blob %s: waiting for the upstream rate limit: %w", c.src, f.digest, err)
+			}
+		}
 		if nr > 0 {
 			counter.Add(int64(nr))
+			if bySource != nil {
+				bySource.Add(int64(nr))
+			}
 			if _, err := w.Write(buf[:nr]); err != nil {
 				return fmt.Errorf("%s: blob %s: storing: %w", c.src, f.digest, err)
 			}

@@ -73,6 +73,11 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	if err := manifest.ValidDigest(digest); err != nil {
 		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
 	}
+	release, err := n.startReading(r.Context(), digest) // retention never deletes a blob being served
+	if err != nil {
+		return err
+	}
+	defer release()
 	f, err := n.acquire(digest, false)
 	if err != nil {
 		return err
@@ -82,6 +87,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if f == nil {
+		n.metrics.cacheRequest(true) // in flight: readBlob counts it below
 		size, err := n.cache.Stat(digest)
 		if err != nil {
 			return err

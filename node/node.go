@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
@@ -50,6 +51,15 @@ type Node struct {
 	docs   singleflight.Group // upstream document fetches, by path
 	gossip *gossip.Gossip     // nil when clustering is off
 
+	metrics *metrics    // nil when Config.DisableMetrics
+	status  *statusPage // the status page's traffic history
+	ready   atomic.Bool // Run serves and the DP is not stopping (/readyz)
+	// endpointAges, set by endpoint reporting, counts the site's endpoints
+	// by age bucket ("current", "24h", "3d", "7d") for /metrics and the
+	// status page; called at scrape and render time, concurrently. nil:
+	// no figures, the metric is absent.
+	endpointAges func() map[string]int
+
 	mu             sync.Mutex                 // protects the fields below
 	fetches        map[string]*fetch          // blob fetches in flight, by digest
 	known          map[string]int64           // blob sizes from verified manifests
@@ -57,9 +67,20 @@ type Node struct {
 	peers          map[string]*source.GRPC    // clients of peer DPs, by gRPC address
 	products       map[string]bool            // products this DP keeps current
 	upLatest       map[string]upLatest        // upstream's latest, for cold pass-through
-	jobs           map[string]chan struct{}   // version completions in flight, by product/version; closed when done
+	jobs           map[string]*versionJob     // version completions in flight, by product/version
 	versionChanged map[string]chan struct{}   // closed when a product's held latest changes
 	closed         bool
+
+	// Quota, retention and endpoint ages (retention.go, endpoints.go).
+	reading      map[string]int                   // readers streaming each blob now
+	evicting     map[string]chan struct{}         // blobs being deleted by retention; closed when done
+	evictWaiting map[string]bool                  // blobs retention skipped while they were read
+	versionRecs  map[string]map[uint64]versionRec // product → serial → version and publication time
+
+	limiter    *rate.Limiter // Config.UpstreamRate over all upstream reads; nil: unlimited
+	retainKick chan struct{} // asks the retention loop for a pass
+	retainMu   sync.Mutex    // serialises retention passes; protects overQuota
+	overQuota  bool          // the last pass could not get under Config.CacheMax
 
 	traffic struct {
 		upstream atomic.Int64 // bytes read from upstream sources
@@ -94,8 +115,17 @@ func New(cfg Config) (*Node, error) {
 		peers:        map[string]*source.GRPC{},
 		products:     map[string]bool{},
 		upLatest:     map[string]upLatest{},
-		jobs:         map[string]chan struct{}{},
+		jobs:         map[string]*versionJob{},
+
+		versionChanged: map[string]chan struct{}{},
+		reading:        map[string]int{},
+		evicting:       map[string]chan struct{}{},
+		evictWaiting:   map[string]bool{},
+		versionRecs:    map[string]map[uint64]versionRec{},
+		limiter:        newUpstreamLimiter(cfg.UpstreamRate),
+		retainKick:     make(chan struct{}, 1),
 	}
+	n.endpointAges = n.countEndpointAges
 	for _, p := range cfg.Products {
 		n.products[p] = true
 	}
@@ -111,6 +141,7 @@ func New(cfg Config) (*Node, error) {
 	cc := cache.DefaultConfig()
 	cc.Path = filepath.Join(cfg.DataDir, "cache.db")
 	cc.Logger = cfg.Logger
+	cc.NoFreelistSync = true
 	if n.cache, err = cache.Open(cc); err != nil {
 		n.closeSources()
 		return nil, fmt.Errorf("node: %w", err)
@@ -118,6 +149,10 @@ func New(cfg Config) (*Node, error) {
 	if err := n.loadKnown(); err != nil {
 		n.Close()
 		return nil, err
+	}
+	if err := n.loadPublished(); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		n.Close()
@@ -136,7 +171,12 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.bg, n.bgCancel = context.WithCancel(context.Background())
-	n.grpcSrv = grpc.NewServer(ServerOptions()...)
+	if n.metrics, err = newMetrics(n); err != nil {
+		n.Close()
+		return nil, err
+	}
+	n.status = newStatusPage(n)
+	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.serverOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
@@ -197,10 +237,15 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { return n.gossip.Run(gctx) })
 	}
 	g.Go(func() error { n.refreshLoop(gctx); return nil })
+	g.Go(func() error { n.prefetchLoop(gctx); return nil })
+	g.Go(func() error { n.retentionLoop(gctx); return nil })
+	g.Go(func() error { n.status.run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	n.ready.Store(true)
 	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
 
 	<-gctx.Done()
+	n.ready.Store(false)
 	n.log.Info("distribution point stopping")
 	n.health.Shutdown()
 	n.bgCancel() // stop upstream fetches: waiting readers get Unavailable
@@ -293,5 +338,6 @@ func (n *Node) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET "+repoPrefix, n.serveRepo)
-	return mux
+	n.opsRoutes(mux)
+	return n.metrics.instrumentHTTP(mux)
 }

@@ -87,7 +87,8 @@ func startNode(t testing.TB, v *vendor, upstream string, mod func(*Config)) *Nod
 	cfg.Upstream = []string{upstream}
 	cfg.Trust = v.trust
 	cfg.Refresh = 200 * time.Millisecond
-	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.PrefetchInterval = 200 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := t.(*testing.B); ok {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -110,10 +111,31 @@ func startNode(t testing.TB, v *vendor, upstream string, mod func(*Config)) *Nod
 	return n
 }
 
-type testWriter struct{ t testing.TB }
+// newTestWriter returns a log destination that writes to t until the test
+// ends and drops what comes later: memberlist's timers can fire after a
+// stopped member's Shutdown and log, and t.Log after the test panics.
+func newTestWriter(t testing.TB) *testWriter {
+	w := &testWriter{t: t}
+	t.Cleanup(func() { // registered before the DPs' cleanups: runs after they stop
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
+type testWriter struct {
+	t    testing.TB
+	mu   sync.Mutex // protects done, and orders it with t.Log
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(string(bytes.TrimRight(p, "\n")))
+	}
 	return len(p), nil
 }
 

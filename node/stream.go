@@ -22,10 +22,16 @@ type blobSender interface {
 // the in-flight fetch as its bytes arrive (stored chunks, then the bytes
 // not stored yet, from memory).
 func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded bool, stream blobSender) error {
+	release, err := n.startReading(ctx, digest) // retention never deletes a blob being streamed
+	if err != nil {
+		return err
+	}
+	defer release()
 	f, err := n.acquire(digest, forwarded)
 	if err != nil {
 		return err
 	}
+	n.metrics.cacheRequest(f == nil)
 	bufs := n.pool.stream()
 	defer bufs.done()
 	if f == nil {
@@ -57,6 +63,11 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 // stored, or arrived and still in memory) from off, then ends; it never
 // fetches.
 func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bool, stream blobSender) error {
+	release, err := n.startReading(ctx, digest)
+	if err != nil {
+		return err
+	}
+	defer release()
 	bufs := n.pool.stream()
 	defer bufs.done()
 	n.mu.Lock()

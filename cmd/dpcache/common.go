@@ -123,20 +123,31 @@ func discoverSources(ctx context.Context, srcs []source.Source, site string, sf 
 	if err != nil {
 		return srcs, err
 	}
-	seen := map[string]bool{}
+	// ListSources' order (the site's DPs, least busy first, then the other
+	// sites'), then any given source it did not list.
+	given := map[string]source.Source{}
 	for _, s := range srcs {
-		seen[s.String()] = true
+		given[s.String()] = s
 	}
-	var urls []string
+	var out []source.Source
 	for _, d := range dps {
-		if u := "grpc://" + d.GRPCAddr; !seen[u] {
-			urls = append(urls, u)
-			seen[u] = true
+		u := "grpc://" + d.GRPCAddr
+		if s, ok := given[u]; ok {
+			out = append(out, s)
+			delete(given, u)
+			continue
+		}
+		found, err := sf.open([]string{u})
+		if err != nil {
+			closeSources(out)
+			return srcs, err
+		}
+		out = append(out, found...)
+	}
+	for _, s := range srcs {
+		if _, ok := given[s.String()]; ok {
+			out = append(out, s)
 		}
 	}
-	found, err := sf.open(urls)
-	if err != nil && len(urls) > 0 {
-		return srcs, err
-	}
-	return append(found, srcs...), nil
+	return out, nil
 }

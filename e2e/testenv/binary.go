@@ -13,6 +13,8 @@ import (
 var debianPackages = map[string]string{
 	"nginx":    "nginx",
 	"minisign": "minisign",
+	"promtool": "prometheus",
+	"useradd":  "passwd",
 	"vsftpd":   "vsftpd",
 	"squid":    "squid",
 	"curl":     "curl",

@@ -1,0 +1,199 @@
+package node
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dpcache/dpcache/agent"
+	"github.com/dpcache/dpcache/e2e/testenv"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+func TestAgeBucket(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		lag  time.Duration
+		want string
+	}{
+		{0, AgeCurrent},
+		{-time.Hour, AgeCurrent}, // clocks disagree: not behind
+		{23*time.Hour + 59*time.Minute, AgeCurrent},
+		{24 * time.Hour, Age24h},
+		{71 * time.Hour, Age24h},
+		{72 * time.Hour, Age3d},
+		{7*24*time.Hour - time.Second, Age3d},
+		{7 * 24 * time.Hour, Age7d},
+		{400 * 24 * time.Hour, Age7d},
+	}
+	for _, tt := range tests {
+		t.Run(tt.lag.String(), func(t *testing.T) {
+			t.Parallel()
+			if got := AgeBucket(tt.lag); got != tt.want {
+				t.Fatalf("AgeBucket(%v) = %q, want %q", tt.lag, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestAgeRefs_Age(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	refs := ageRefs{"av": {
+		newest: versionRec{Version: "9", Serial: 9, Published: now},
+		known: []versionRec{
+			{Version: "2", Serial: 2, Published: now.Add(-10 * day)},
+			{Version: "5", Serial: 5, Published: now.Add(-4 * day)},
+			{Version: "8", Serial: 8, Published: now.Add(-2 * time.Hour)},
+			{Version: "9", Serial: 9, Published: now},
+		},
+	}}
+	tests := []struct {
+		name    string
+		product string
+		serial  uint64
+		want    string
+	}{
+		{"newest", "av", 9, AgeCurrent},
+		{"newer than known", "av", 12, AgeCurrent},
+		{"hours behind", "av", 8, AgeCurrent},
+		{"known, 4 days", "av", 5, Age3d},
+		{"unknown, dated by the next known (lower bound)", "av", 4, Age3d},
+		{"unknown, before everything known", "av", 1, Age7d},
+		{"known, 10 days", "av", 2, Age7d},
+		{"unknown product", "other", 1, AgeCurrent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := refs.age(tt.product, tt.serial); got != tt.want {
+				t.Fatalf("age(%s, %d) = %q, want %q", tt.product, tt.serial, got, tt.want)
+			}
+		})
+	}
+}
+
+// Ten endpoints at versions published 10 days, 4 days, 36 hours and 1
+// hour ago report to the three DPs of their site; every DP of the site
+// lists all of them, once each, in the right buckets. The DP of another
+// site lists none.
+func TestEndpoints_SiteListsAgeBuckets(t *testing.T) {
+	v := newVendor(t)
+	now := time.Now()
+	published := []time.Time{now.Add(-10 * 24 * time.Hour), now.Add(-4 * 24 * time.Hour), now.Add(-36 * time.Hour), now.Add(-time.Hour)}
+	wantAge := []string{Age7d, Age3d, Age24h, AgeCurrent}
+	perVersion := []int{1, 2, 3, 4}
+	files := func(k int) map[string][]byte {
+		return map[string][]byte{"databases/base.dat": fill(fmt.Sprint("base", k), 64<<10), "modules/m.so": fill("module", 16<<10)}
+	}
+	v.publishFiles(t, "av", "1", files(1), published[0])
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	nodes := startClusterWith(t, v, ngx.URL, func(c *Config) {
+		c.Products = []string{"av"}
+		c.PrefetchInterval = 200 * time.Millisecond
+	}, "paris", "paris", "paris", "lyon")
+	paris := nodes[:3]
+	srcs := grpcSources(t, paris, len(paris))
+
+	type endpoint struct {
+		id, dir string
+		version int
+	}
+	var eps []endpoint
+	update := func(id, dir string, via int) *agent.Result {
+		t.Helper()
+		cfg := agent.DefaultConfig()
+		cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir = []source.Source{srcs[via%len(srcs)]}, v.trust, "av", dir
+		cfg.EndpointID, cfg.Hostname, cfg.Site = id, "host-"+id, "paris"
+		res, err := agent.Update(testCtx(t), cfg)
+		if err != nil {
+			t.Fatalf("agent %s: %v", id, err)
+		}
+		return res
+	}
+	moving := filepath.Join(t.TempDir(), "moving")
+	for k := range 4 {
+		if k > 0 {
+			v.publishFiles(t, "av", fmt.Sprint(k+1), files(k+1), published[k])
+		}
+		testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("the site holds v%d", k+1), func() bool {
+			for _, n := range paris {
+				if hv, err := n.cache.LatestVersion("av"); err != nil || hv.Serial != uint64(k+1) {
+					return false
+				}
+			}
+			return true
+		})
+		for i := range perVersion[k] {
+			id := fmt.Sprintf("ep-v%d-%d", k+1, i)
+			if k == 3 && i == 0 {
+				id = "ep-moving" // at v3 through dp-1 first (below), now v4 through dp-2
+			}
+			dir, via := filepath.Join(t.TempDir(), id), len(eps)
+			if id == "ep-moving" {
+				dir, via = moving, 1
+			}
+			if res := update(id, dir, via); res.Serial != uint64(k+1) {
+				t.Fatalf("agent %s installed serial %d, want %d", id, res.Serial, k+1)
+			}
+			eps = append(eps, endpoint{id, dir, k})
+		}
+		if k == 2 {
+			update("ep-moving", moving, 0) // reports v3 to dp-1; it moves to v4 below
+		}
+	}
+	if len(eps) != 10 {
+		t.Fatalf("%d endpoints, want 10", len(eps))
+	}
+	for _, n := range paris {
+		c := dialAdmin(t, n.Node)
+		resp, err := c.ListEndpoints(testCtx(t), &pb.ListEndpointsRequest{})
+		if err != nil {
+			t.Fatalf("%s: ListEndpoints: %v", n.cfg.Name, err)
+		}
+		got := map[string]*pb.EndpointInfo{}
+		for _, e := range resp.GetEndpoints() {
+			if _, dup := got[e.GetStatus().GetId()]; dup {
+				t.Errorf("%s lists %s twice", n.cfg.Name, e.GetStatus().GetId())
+			}
+			got[e.GetStatus().GetId()] = e
+		}
+		if len(got) != len(eps) {
+			t.Errorf("%s lists %d endpoints, want %d", n.cfg.Name, len(got), len(eps))
+		}
+		for _, ep := range eps {
+			e := got[ep.id]
+			if e == nil {
+				t.Errorf("%s does not list %s", n.cfg.Name, ep.id)
+				continue
+			}
+			st := e.GetStatus()
+			if e.GetAge() != wantAge[ep.version] || st.GetSerial() != uint64(ep.version+1) || st.GetHostname() != "host-"+ep.id || st.GetSite() != "paris" || st.GetResult() == "" || st.GetReported() == nil {
+				t.Errorf("%s lists %s as %v age %q, want serial %d age %q", n.cfg.Name, ep.id, st, e.GetAge(), ep.version+1, wantAge[ep.version])
+			}
+		}
+		out, err := c.ListEndpoints(testCtx(t), &pb.ListEndpointsRequest{OutdatedOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.GetEndpoints()) != 6 {
+			t.Errorf("%s lists %d outdated endpoints, want 6", n.cfg.Name, len(out.GetEndpoints()))
+		}
+		for _, e := range out.GetEndpoints() {
+			if e.GetAge() == AgeCurrent {
+				t.Errorf("outdated list has a current endpoint: %v", e)
+			}
+		}
+		ages := n.countEndpointAges()
+		if ages[AgeCurrent] != 4 || ages[Age24h] != 3 || ages[Age3d] != 2 || ages[Age7d] != 1 {
+			t.Errorf("%s counts ages %v, want current 4, 24h 3, 3d 2, 7d 1", n.cfg.Name, ages)
+		}
+	}
+	lyon, err := dialAdmin(t, nodes[3].Node).ListEndpoints(testCtx(t), &pb.ListEndpointsRequest{})
+	if err != nil || len(lyon.GetEndpoints()) != 0 {
+		t.Errorf("the lyon DP lists %v (%v): no endpoint of its site reported", lyon.GetEndpoints(), err)
+	}
+}

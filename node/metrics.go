@@ -1,0 +1,403 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/source"
+)
+
+// lowDiskThreshold is the free space under the data directory below which a
+// DP warns (dpcache_disk_low, the status page's banner), as Kaspersky's
+// distribution points do.
+const lowDiskThreshold = 2 << 30
+
+// Endpoint age buckets (DESIGN: endpoints --json "age"), in display order.
+var endpointAgeBuckets = []string{"current", "24h", "3d", "7d"}
+
+// metrics is a DP's Prometheus instrumentation. Most figures are read from
+// the DP's state when /metrics is scraped (byte counters, cache statistics,
+// fetches, gossip members, disk); only what has no state to read is counted
+// as it happens, on pre-resolved atomics: cache hits and misses, upstream
+// bytes by source, evictions, and gRPC and HTTP requests.
+//
+// Every method is safe for concurrent use and does nothing on a nil
+// *metrics (Config.DisableMetrics), so callers never check.
+type metrics struct {
+	n       *Node
+	reg     *prometheus.Registry
+	started time.Time
+
+	hits, misses atomic.Int64
+	upstream     []upstreamCounter // one per configured upstream, in order
+	evictBlobs   atomic.Int64
+	evictBytes   atomic.Int64
+
+	grpcRequests *prometheus.CounterVec // service, method, code
+	grpcInFlight *prometheus.GaugeVec   // service, method
+	httpRequests *prometheus.CounterVec // handler, code
+	httpInFlight prometheus.Gauge
+
+	info, served, peer, upstreamDesc, requests           *prometheus.Desc
+	blobs, bytes, pendingBlobs, pendingBytes, versions   *prometheus.Desc
+	fileBytes, latestSerial, evictions, evictedBytes     *prometheus.Desc
+	maxBytes                                             *prometheus.Desc
+	fetches, members, endpoints, diskFree, diskLow, upAt *prometheus.Desc
+}
+
+// upstreamCounter counts the blob bytes read from one upstream source.
+// Sources that print the same (two identical URLs) share one counter, so
+// every label set is unique.
+type upstreamCounter struct {
+	src   source.Source
+	name  string
+	bytes *atomic.Int64
+	first bool // the first source with this name: the one exported
+}
+
+// newMetrics registers the DP's metrics on cfg.Registry (a new registry,
+// with the Go runtime and process collectors, when nil). It returns nil when
+// metrics are disabled.
+func newMetrics(n *Node) (*metrics, error) {
+	if n.cfg.DisableMetrics {
+		return nil, nil
+	}
+	reg := n.cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	m := &metrics{n: n, reg: reg, started: time.Now()}
+	byName := map[string]*atomic.Int64{}
+	for _, s := range n.upstream {
+		name := s.String()
+		c, seen := byName[name]
+		if !seen {
+			c = new(atomic.Int64)
+			byName[name] = c
+		}
+		m.upstream = append(m.upstream, upstreamCounter{src: s, name: name, bytes: c, first: !seen})
+	}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	m.info = d("dpcache_node_info", "Always 1; labels name the distribution point and its site.", "name", "site")
+	m.upAt = d("dpcache_node_start_time_seconds", "When the distribution point started, in seconds since the Unix epoch.")
+	m.served = d("dpcache_serve_bytes_total", "Blob bytes sent to endpoints and peer DPs (gRPC and HTTP).")
+	m.peer = d("dpcache_peer_bytes_total", "Blob bytes read from peer DPs of the site.")
+	m.upstreamDesc = d("dpcache_upstream_bytes_total", "Blob bytes read from each upstream source (the internet link); the source URL is shown without credentials.", "source")
+	m.requests = d("dpcache_cache_requests_total", "Blob requests answered from the cache whole (hit) or through a fetch (miss).", "result")
+	m.blobs = d("dpcache_cache_blobs", "Blobs held whole in the cache.")
+	m.bytes = d("dpcache_cache_bytes", "Bytes of the blobs held whole in the cache.")
+	m.pendingBlobs = d("dpcache_cache_pending_blobs", "Blobs stored in part (a fetch in progress or interrupted).")
+	m.pendingBytes = d("dpcache_cache_pending_bytes", "Bytes stored of blobs held in part.")
+	m.versions = d("dpcache_cache_versions", "Product versions recorded in the cache, all products.")
+	m.maxBytes = d("dpcache_cache_max_bytes", "The cache's quota (--cache-max); 0 when unlimited.")
+	m.fileBytes = d("dpcache_cache_file_bytes", "Size of the bbolt cache file (its high-water mark).")
+	m.latestSerial = d("dpcache_cache_latest_serial", "Serial of the newest version of each product held whole.", "product")
+	m.evictions = d("dpcache_cache_evictions_total", "Blobs evicted from the cache (quota and retention).")
+	m.evictedBytes = d("dpcache_cache_evicted_bytes_total", "Bytes of the blobs evicted from the cache.")
+	m.fetches = d("dpcache_fetches_in_flight", "Blob fetches in progress (from peers or upstream).")
+	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
+	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
+	m.diskFree = d("dpcache_disk_free_bytes", "Free bytes on the file system of the data directory.")
+	m.diskLow = d("dpcache_disk_low", fmt.Sprintf("1 when the data directory's file system has less than %d bytes free, else 0.", lowDiskThreshold))
+
+	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dpcache_grpc_requests_total", Help: "gRPC requests handled, by service, method and status code.",
+	}, []string{"service", "method", "code"})
+	m.grpcInFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "dpcache_grpc_requests_in_flight", Help: "gRPC requests (including open streams) being handled.",
+	}, []string{"service", "method"})
+	m.httpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dpcache_http_requests_total", Help: "HTTP requests handled, by route and status code.",
+	}, []string{"handler", "code"})
+	m.httpInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "dpcache_http_requests_in_flight", Help: "HTTP requests being handled.",
+	})
+	for _, c := range []prometheus.Collector{m, m.grpcRequests, m.grpcInFlight, m.httpRequests, m.httpInFlight} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("node: registering metrics: %w (a registry serves one DP)", err)
+		}
+	}
+	return m, nil
+}
+
+// cacheRequest counts a blob request: hit when the blob was whole in the
+// cache.
+func (m *metrics) cacheRequest(hit bool) {
+	if m == nil {
+		return
+	}
+	if hit {
+		m.hits.Add(1)
+	} else {
+		m.misses.Add(1)
+	}
+}
+
+// upstreamBytes returns the counter of blob bytes read from src, or nil
+// when src is not an upstream source (a peer) or metrics are off. Called
+// once per transfer; the caller adds to the counter as bytes arrive.
+func (m *metrics) upstreamBytes(src source.Source) *atomic.Int64 {
+	if m == nil {
+		return nil
+	}
+	for i := range m.upstream {
+		if m.upstream[i].src == src {
+			return m.upstream[i].bytes
+		}
+	}
+	return nil
+}
+
+// evicted counts blobs removed from the cache by quota or retention, and
+// their bytes. The retention code calls it after each eviction it commits.
+func (m *metrics) evicted(blobs int, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.evictBlobs.Add(int64(blobs))
+	m.evictBytes.Add(bytes)
+}
+
+// handler serves the registry in the Prometheus text format.
+func (m *metrics) handler() http.Handler {
+	if m == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      slogPrinter{m.n},
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.reg, // promhttp_metric_handler_errors_total
+	})
+}
+
+type slogPrinter struct{ n *Node }
+
+func (p slogPrinter) Println(v ...any) { p.n.log.Warn("serving /metrics", "err", fmt.Sprint(v...)) }
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		m.info, m.upAt, m.served, m.peer, m.upstreamDesc, m.requests,
+		m.blobs, m.bytes, m.pendingBlobs, m.pendingBytes, m.versions,
+		m.fileBytes, m.maxBytes, m.latestSerial, m.evictions, m.evictedBytes,
+		m.fetches, m.members, m.endpoints, m.diskFree, m.diskLow,
+	} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the DP's state. A
+// figure that cannot be read (the cache is closing) is left out, never
+// reported as zero.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	n := m.n
+	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, t, v, labels...)
+	}
+	emit(m.info, prometheus.GaugeValue, 1, n.cfg.Name, n.cfg.Site)
+	emit(m.upAt, prometheus.GaugeValue, float64(m.started.UnixNano())/1e9)
+	t := n.Traffic()
+	emit(m.served, prometheus.CounterValue, float64(t.ServedBytes))
+	emit(m.peer, prometheus.CounterValue, float64(t.PeerBytes))
+	for _, u := range m.upstream {
+		if u.first {
+			emit(m.upstreamDesc, prometheus.CounterValue, float64(u.bytes.Load()), u.name)
+		}
+	}
+	emit(m.requests, prometheus.CounterValue, float64(m.hits.Load()), "hit")
+	emit(m.requests, prometheus.CounterValue, float64(m.misses.Load()), "miss")
+	emit(m.evictions, prometheus.CounterValue, float64(m.evictBlobs.Load()))
+	emit(m.evictedBytes, prometheus.CounterValue, float64(m.evictBytes.Load()))
+
+	if st, err := n.cache.Stats(); err == nil {
+		emit(m.blobs, prometheus.GaugeValue, float64(st.Blobs))
+		emit(m.bytes, prometheus.GaugeValue, float64(st.Bytes))
+		emit(m.pendingBlobs, prometheus.GaugeValue, float64(st.Pending))
+		emit(m.pendingBytes, prometheus.GaugeValue, float64(st.PendingBytes))
+		emit(m.versions, prometheus.GaugeValue, float64(st.Versions))
+		emit(m.fileBytes, prometheus.GaugeValue, float64(st.FileSize))
+	}
+	emit(m.maxBytes, prometheus.GaugeValue, float64(n.cfg.CacheMax))
+	if products, err := n.cache.Products(); err == nil {
+		for _, p := range products {
+			if v, err := n.cache.LatestVersion(p); err == nil {
+				emit(m.latestSerial, prometheus.GaugeValue, float64(v.Serial), p)
+			}
+		}
+	}
+
+	n.mu.Lock()
+	inFlight := len(n.fetches)
+	n.mu.Unlock()
+	emit(m.fetches, prometheus.GaugeValue, float64(inFlight))
+
+	states := map[gossip.State]int{gossip.StateAlive: 0, gossip.StateSuspect: 0, gossip.StateDead: 0, gossip.StateLeft: 0}
+	if n.gossip != nil {
+		for _, mb := range n.gossip.Members() {
+			states[mb.State]++
+		}
+	} else {
+		states[gossip.StateAlive] = 1
+	}
+	for s, c := range states {
+		emit(m.members, prometheus.GaugeValue, float64(c), string(s))
+	}
+
+	if ages := n.endpointAgeCounts(); ages != nil {
+		for _, a := range endpointAgeBuckets {
+			emit(m.endpoints, prometheus.GaugeValue, float64(ages[a]), a)
+		}
+	}
+
+	if free, ok := diskFree(n.cfg.DataDir); ok {
+		emit(m.diskFree, prometheus.GaugeValue, float64(free))
+		low := 0.0
+		if free < lowDiskThreshold {
+			low = 1
+		}
+		emit(m.diskLow, prometheus.GaugeValue, low)
+	}
+}
+
+// endpointAgeCounts returns the site's endpoints by age bucket from
+// Node.endpointAges, or nil when endpoint reporting provides none.
+func (n *Node) endpointAgeCounts() map[string]int {
+	if n.endpointAges == nil {
+		return nil
+	}
+	return n.endpointAges()
+}
+
+// splitMethod splits "/dpcache.v1.DistributionService/ReadBlob".
+func splitMethod(full string) (string, string) {
+	svc, method, ok := strings.Cut(strings.TrimPrefix(full, "/"), "/")
+	if !ok {
+		return "unknown", full
+	}
+	return svc, method
+}
+
+// serverOptions returns the gRPC interceptors that count requests.
+func (m *metrics) serverOptions() []grpc.ServerOption {
+	if m == nil {
+		return nil
+	}
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		svc, method := splitMethod(info.FullMethod)
+		g := m.grpcInFlight.WithLabelValues(svc, method)
+		g.Inc()
+		resp, err := handler(ctx, req)
+		g.Dec()
+		m.grpcRequests.WithLabelValues(svc, method, status.Code(err).String()).Inc()
+		return resp, err
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		svc, method := splitMethod(info.FullMethod)
+		g := m.grpcInFlight.WithLabelValues(svc, method)
+		g.Inc()
+		defer g.Dec()
+		err := handler(srv, ss)
+		m.grpcRequests.WithLabelValues(svc, method, status.Code(err).String()).Inc()
+		return err
+	}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
+}
+
+// instrumentHTTP counts the requests h handles by route (the ServeMux
+// pattern matched) and status code.
+func (m *metrics) instrumentHTTP(h http.Handler) http.Handler {
+	if m == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.httpInFlight.Inc()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			// Deferred: a handler that aborts (http.ErrAbortHandler) is
+			// counted too, with the status it had sent.
+			m.httpInFlight.Dec()
+			route := r.Pattern
+			if _, path, ok := strings.Cut(route, " "); ok {
+				route = path
+			}
+			route = strings.TrimSuffix(route, "{$}") // "/{$}" is the status page, "/"
+			if route == "" {
+				route = "other"
+			}
+			code := sw.code
+			if code == 0 {
+				code = http.StatusOK
+			}
+			m.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+		}()
+		h.ServeHTTP(sw, r)
+	})
+}
+
+// statusWriter records the status code a handler sends.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush lets streamed responses reach the client as they are written.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// serveReady answers /readyz: 200 once Run serves with the cache open, 503
+// before that and while the DP stops.
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !n.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready")
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// diskFree returns the bytes available to unprivileged users on dir's file
+// system; false when it cannot be read.
+func diskFree(dir string) (uint64, bool) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return 0, false
+	}
+	return fs.Bavail * uint64(fs.Bsize), true
+}

@@ -1,0 +1,361 @@
+package node
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+func TestParseWindow(t *testing.T) {
+	t.Parallel()
+	at := func(h, m int) time.Time { return time.Date(2025, 3, 14, h, m, 0, 0, time.Local) }
+	tests := []struct {
+		in      string
+		wantErr bool
+		in_     []time.Time // inside
+		out     []time.Time // outside
+	}{
+		{in: "22:00-06:00", in_: []time.Time{at(22, 0), at(23, 59), at(0, 0), at(5, 59)}, out: []time.Time{at(6, 0), at(12, 0), at(21, 59)}},
+		{in: "09:00-17:30", in_: []time.Time{at(9, 0), at(17, 29)}, out: []time.Time{at(8, 59), at(17, 30), at(0, 0)}},
+		{in: "00:00-24:00", wantErr: true}, // same instant
+		{in: "23:00-24:00", in_: []time.Time{at(23, 30)}, out: []time.Time{at(0, 0), at(22, 59)}},
+		{in: "", in_: []time.Time{at(3, 0), at(15, 0)}},
+		{in: "10:00-10:00", wantErr: true},
+		{in: "25:00-01:00", wantErr: true},
+		{in: "10:60-11:00", wantErr: true},
+		{in: "10-12", wantErr: true},
+		{in: "22:00", wantErr: true},
+		{in: "ab:cd-01:00", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			t.Parallel()
+			w, err := ParseWindow(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("ParseWindow(%q): %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if err != nil {
+				if !strings.Contains(err.Error(), tt.in) {
+					t.Errorf("error %q does not name the input", err)
+				}
+				return
+			}
+			if got := w.String(); got != tt.in && tt.in != "23:00-24:00" {
+				t.Errorf("String() = %q, want %q", got, tt.in)
+			}
+			for _, ti := range tt.in_ {
+				if !w.Contains(ti) || w.untilOpen(ti) != 0 {
+					t.Errorf("%s should contain %s", tt.in, ti.Format("15:04"))
+				}
+			}
+			for _, to := range tt.out {
+				if w.Contains(to) {
+					t.Errorf("%s should not contain %s", tt.in, to.Format("15:04"))
+				}
+				if u := w.untilOpen(to); u <= 0 || u > 24*time.Hour || !w.Contains(to.Add(u)) {
+					t.Errorf("%s: untilOpen(%s) = %v, which is not the opening", tt.in, to.Format("15:04"), u)
+				}
+			}
+		})
+	}
+}
+
+func TestJitteredAndLimiter(t *testing.T) {
+	t.Parallel()
+	for range 100 {
+		if d := jittered(time.Hour); d < time.Hour || d > time.Hour+6*time.Minute {
+			t.Fatalf("jittered(1h) = %v, want within [1h, 1h06m]", d)
+		}
+	}
+	if newUpstreamLimiter(0) != nil {
+		t.Fatal("rate 0 must be unlimited")
+	}
+	tests := []struct {
+		rate  int64
+		burst int
+	}{{1000, 4 << 10}, {500 << 10, 500 << 10 / 8}, {10 << 20, 256 << 10}}
+	for _, tt := range tests {
+		if got := newUpstreamLimiter(tt.rate).Burst(); got != tt.burst {
+			t.Errorf("rate %d: burst %d, want %d", tt.rate, got, tt.burst)
+		}
+	}
+}
+
+func TestFetchOrder_DatabasesFirst(t *testing.T) {
+	t.Parallel()
+	d := func(c byte) string { return strings.Repeat(string(c), 64) }
+	m := &manifest.Manifest{Files: []manifest.File{
+		{Path: "modules/a", SHA256: d('a'), Component: manifest.ComponentModules},
+		{Path: "db/b", SHA256: d('b'), Component: manifest.ComponentDatabases},
+		{Path: "modules/c", SHA256: d('c'), Component: manifest.ComponentModules},
+		{Path: "db/c-again", SHA256: d('c'), Component: manifest.ComponentDatabases}, // same bytes in both
+		{Path: "db/e", SHA256: d('e'), Component: manifest.ComponentDatabases},
+	}}
+	dbs, mods := fetchOrder(m)
+	var got []string
+	for _, f := range append(dbs, mods...) {
+		got = append(got, f.SHA256[:1])
+	}
+	if strings.Join(got, "") != "bcea" {
+		t.Fatalf("fetch order %v, want b c e (databases) then a (modules)", got)
+	}
+}
+
+func dialAdmin(t testing.TB, n *Node) pb.AdminServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), source.DialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewAdminServiceClient(conn)
+}
+
+// prefetchAll runs the Prefetch RPC and returns every message.
+func prefetchAll(ctx context.Context, c pb.AdminServiceClient, product string) ([]*pb.PrefetchResponse, error) {
+	stream, err := c.Prefetch(ctx, &pb.PrefetchRequest{Product: product})
+	if err != nil {
+		return nil, err
+	}
+	var out []*pb.PrefetchResponse
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, m)
+	}
+}
+
+// The download task keeps a configured product current in every DP of a
+// cluster without any endpoint asking; each site fetches each blob once.
+func TestPrefetch_ClusterHoldsNewVersionWithoutRequests(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, map[string]int{"databases/a.dat": 1 << 20, "modules/m.bin": 512 << 10})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "32m"})
+	nodes := startClusterWith(t, v, ngx.URL, func(c *Config) {
+		c.Products = []string{"av"}
+		c.PrefetchInterval = 300 * time.Millisecond
+		c.Refresh = time.Hour // only the download task may act
+	}, "paris", "paris", "paris", "lyon")
+	holds := func(serial uint64) func() bool {
+		return func() bool {
+			for _, n := range nodes {
+				if hv, err := n.cache.LatestVersion("av"); err != nil || hv.Serial != serial {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	testenv.WaitFor(t, 30*time.Second, "every DP holds v1", holds(1))
+
+	pub := v.publish(t, "av", "2", 2, map[string]int{
+		"databases/a.dat": 3 << 20, "databases/b.dat": 2 << 20, "databases/c.dat": 1 << 20, "modules/m.bin": 2 << 20,
+	})
+	testenv.WaitFor(t, 30*time.Second, "every DP holds v2 with no endpoint asking", holds(2))
+	for _, f := range pub.Manifest.Blobs() {
+		if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 2 {
+			t.Errorf("origin served %s %d times to two sites, want 2 (once per site)", f.Path, got)
+		}
+	}
+	for _, n := range nodes {
+		if tr := n.Traffic(); tr.ServedBytes > 0 && n.cfg.Site == "lyon" {
+			t.Errorf("lyon served %d bytes: it is alone in its site", tr.ServedBytes)
+		}
+	}
+}
+
+// Prefetch streams the progress of a version's completion and ends with
+// done; asked again, it answers done at once.
+func TestPrefetch_RPCStreamsProgress(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{
+		"databases/a.dat": 4 << 20, "databases/b.dat": 1 << 20, "databases/empty": 0, "modules/m.bin": 2 << 20,
+	})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "4m"})
+	n := startNode(t, v, ngx.URL, func(c *Config) { c.FetchParallel = 1 })
+	c := dialAdmin(t, n)
+	ctx := testCtx(t)
+
+	msgs, err := prefetchAll(ctx, c, "av")
+	if err != nil {
+		t.Fatalf("Prefetch: %v", err)
+	}
+	if len(msgs) < 3 {
+		t.Fatalf("Prefetch sent %d messages for a 7 MiB version at 4 MB/s, want progress along the way", len(msgs))
+	}
+	var prev *pb.PrefetchResponse
+	for i, m := range msgs {
+		if m.GetProduct() != "av" || m.GetVersion() != "1" || m.GetSerial() != 1 {
+			t.Fatalf("message %d names %s %s %d", i, m.GetProduct(), m.GetVersion(), m.GetSerial())
+		}
+		if m.GetDone() != (i == len(msgs)-1) {
+			t.Fatalf("message %d of %d: done %v", i, len(msgs), m.GetDone())
+		}
+		if prev != nil && (m.GetBytesDone() < prev.GetBytesDone() || m.GetBlobsDone() < prev.GetBlobsDone()) {
+			t.Fatalf("progress went back: %v then %v", prev, m)
+		}
+		if m.GetBytesDone() > m.GetBytesTotal() || m.GetBlobsDone() > m.GetBlobsTotal() {
+			t.Fatalf("done beyond total: %v", m)
+		}
+		prev = m
+	}
+	last := msgs[len(msgs)-1]
+	blobs := pub.Manifest.Blobs()
+	if last.GetBlobsTotal() != uint64(len(blobs)) || last.GetBlobsDone() != last.GetBlobsTotal() ||
+		last.GetBytesTotal() != uint64(pub.Manifest.Size()) || last.GetBytesDone() != last.GetBytesTotal() {
+		t.Fatalf("last message %v, want %d blobs and %d bytes, all done", last, len(blobs), pub.Manifest.Size())
+	}
+	partial := false
+	for _, m := range msgs {
+		if m.GetBytesDone() > 0 && m.GetBytesDone() < m.GetBytesTotal() {
+			partial = true
+		}
+	}
+	if !partial {
+		t.Errorf("no message showed partial progress: %v", msgs)
+	}
+	if hv, err := n.cache.LatestVersion("av"); err != nil || hv.Serial != 1 {
+		t.Fatalf("after Prefetch the DP holds %+v (%v), want serial 1", hv, err)
+	}
+	// Databases before modules: the module's request comes last.
+	var order []string
+	for _, e := range ngx.Requests(t) {
+		if strings.Contains(e.URI, "/blobs/") {
+			order = append(order, e.URI)
+		}
+	}
+	var mod manifest.File
+	for _, f := range pub.Manifest.Files {
+		if f.Component == manifest.ComponentModules {
+			mod = f
+		}
+	}
+	if len(order) == 0 || order[len(order)-1] != "/"+manifest.BlobPath(mod.SHA256) {
+		t.Errorf("origin requests %v: the module's blob should come after every database blob", order)
+	}
+
+	again, err := prefetchAll(ctx, c, "av")
+	if err != nil || len(again) != 1 || !again[0].GetDone() || again[0].GetBytesDone() != uint64(pub.Manifest.Size()) {
+		t.Fatalf("Prefetch of a held version: %v, %v; want one done message", again, err)
+	}
+
+	for _, tc := range []struct {
+		product string
+		want    codes.Code
+	}{{"nope", codes.NotFound}, {"../x", codes.InvalidArgument}} {
+		if _, err := prefetchAll(ctx, c, tc.product); status.Code(err) != tc.want {
+			t.Errorf("Prefetch(%q): %v, want %v", tc.product, err, tc.want)
+		}
+	}
+}
+
+// logCapture records log messages for tests to wait on.
+type logCapture struct {
+	slog.Handler
+	mu   *sync.Mutex
+	msgs *[]string
+}
+
+func newLogCapture(t testing.TB) (*slog.Logger, func(substr string) bool) {
+	var mu sync.Mutex
+	var msgs []string
+	h := logCapture{slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}), &mu, &msgs}
+	seen := func(substr string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range msgs {
+			if strings.Contains(m, substr) {
+				return true
+			}
+		}
+		return false
+	}
+	return slog.New(h), seen
+}
+
+func (h logCapture) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	*h.msgs = append(*h.msgs, r.Message)
+	h.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	return logCapture{h.Handler.WithAttrs(as), h.mu, h.msgs}
+}
+
+func (h logCapture) WithGroup(name string) slog.Handler {
+	return logCapture{h.Handler.WithGroup(name), h.mu, h.msgs}
+}
+
+// Outside --upstream-window the download task starts nothing; endpoint
+// misses and an admin's Prefetch still work.
+func TestPrefetch_OutsideWindowWaits(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	now := sinceMidnight(time.Now())
+	closed := Window{From: (now + 2*time.Hour) % (24 * time.Hour), To: (now + 3*time.Hour) % (24 * time.Hour)}
+	logger, seen := newLogCapture(t)
+	n := startNode(t, v, ngx.URL, func(c *Config) {
+		c.Products = []string{"av"}
+		c.UpstreamWindow = closed
+		c.Logger = logger
+	})
+	testenv.WaitFor(t, 10*time.Second, "the download task waits for the window", func() bool {
+		return seen("outside the upstream window")
+	})
+	if got := ngx.CountRequests(t, "/av/latest.json"); got != 0 {
+		t.Fatalf("outside its window the download task asked upstream %d times", got)
+	}
+	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
+	if err != nil || len(msgs) == 0 || !msgs[len(msgs)-1].GetDone() {
+		t.Fatalf("Prefetch outside the window: %v, %v", msgs, err)
+	}
+	if hv, err := n.cache.LatestVersion("av"); err != nil || hv.Serial != pub.Latest.Serial {
+		t.Fatalf("held %+v, %v", hv, err)
+	}
+}
+
+// --upstream-rate bounds the bytes a DP reads from upstream: a token
+// bucket cannot hand out more than its burst plus rate × time, so the
+// fetch cannot end sooner than that (a lower bound, never flaky).
+func TestPrefetch_UpstreamRateLimits(t *testing.T) {
+	v := newVendor(t)
+	const size, rate = 3 << 20, 2 << 20
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, func(c *Config) { c.UpstreamRate = rate })
+	start := time.Now()
+	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
+	took := time.Since(start)
+	if err != nil || !msgs[len(msgs)-1].GetDone() {
+		t.Fatalf("Prefetch: %v, %v", msgs, err)
+	}
+	floor := time.Duration(float64(size-n.limiter.Burst()) / rate * float64(time.Second))
+	if took < floor {
+		t.Fatalf("fetched %d bytes in %v at a limit of %d B/s: the limit was not applied (floor %v)", size, took, rate, floor)
+	}
+	b, err := readBlob(testCtx(t), dial(t, n), pub.Manifest.Files[0].SHA256, 0)
+	if err != nil || sha(b) != pub.Manifest.Files[0].SHA256 {
+		t.Fatalf("blob after a limited fetch: %v", err)
+	}
+}
