@@ -14,6 +14,13 @@
 // They need nginx and minisign (Debian packages). Outside CI a missing binary
 // skips the tests that need it; with CI set it fails them (see testenv).
 //
+// The cluster tests (cluster_test.go) run several DPs as processes that
+// gossip on loopback, kill them with SIGKILL mid-transfer, and stop the
+// origin. The multi-host test (docker_test.go) builds a FROM scratch image
+// around a static dpcache binary, runs DPs as containers on a private
+// network, cuts one off (docker network disconnect) and checks that the
+// cluster heals by itself; it skips when Docker is not installed.
+//
 // # Caveats
 //
 // The tests never assert durations. Slow transfers (nginx's limit_rate) only
