@@ -480,6 +480,57 @@ func (c *Cache) DeleteBlob(digest string) error {
 	return nil
 }
 
+// DeleteBlobs deletes several blobs, and the versions referencing them, in
+// one transaction (one sync): eviction of many blobs costs one commit, not
+// one each. Digests a Writer is busy on, and digests not stored, are
+// skipped; it returns the digests it deleted.
+func (c *Cache) DeleteBlobs(digests []string) ([]string, error) {
+	var keys []key
+	for _, d := range digests {
+		k, err := parseDigest(d)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.claim(k, nil); err != nil {
+			continue // busy: a later pass retries
+		}
+		keys = append(keys, k)
+	}
+	defer func() {
+		for _, k := range keys {
+			c.release(k)
+		}
+	}()
+	var deleted, dropped []string
+	err := c.update(false, func(tx *bolt.Tx) error {
+		deleted, dropped = deleted[:0], dropped[:0]
+		for _, k := range keys {
+			found, err := deleteBlobTx(tx, k)
+			if err != nil {
+				return err
+			}
+			if !found {
+				continue
+			}
+			deleted = append(deleted, k.String())
+			vs, err := deleteVersionsReferencing(tx, k.String())
+			if err != nil {
+				return err
+			}
+			dropped = append(dropped, vs...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.log.Debug("blobs deleted", "blobs", len(deleted), "versions_dropped", dropped)
+	if len(dropped) > 0 {
+		c.log.Info("versions dropped with their blobs", "versions", dropped)
+	}
+	return deleted, nil
+}
+
 // deleteBlobTx deletes blob k's meta record and chunks.
 func deleteBlobTx(tx *bolt.Tx, k key) (bool, error) {
 	blobs := tx.Bucket(bucketBlobs)

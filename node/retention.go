@@ -339,20 +339,12 @@ func (n *Node) evictBatch(r *retention, digests []string) {
 	n.metrics.evicted(len(deleted), freed)
 }
 
-// deleteBlobs deletes blobs from the cache and returns those it deleted.
-// One transaction (and sync) each: with a batch delete in the cache, a
-// pass would sync once per batch (see BenchmarkEviction).
+// deleteBlobs deletes blobs from the cache in one transaction and returns
+// those it deleted (busy ones are skipped; a later pass retries them).
 func (n *Node) deleteBlobs(digests []string) []string {
-	var deleted []string
-	for _, d := range digests {
-		err := n.cache.DeleteBlob(d)
-		switch {
-		case err == nil:
-			deleted = append(deleted, d)
-		case errors.Is(err, cache.ErrNotFound), errors.Is(err, cache.ErrBusy):
-		default:
-			n.log.Warn("retention: could not delete a blob; retrying later", "blob", d, "err", err)
-		}
+	deleted, err := n.cache.DeleteBlobs(digests)
+	if err != nil {
+		n.log.Warn("retention: could not delete blobs; retrying later", "blobs", len(digests), "err", err)
 	}
 	return deleted
 }

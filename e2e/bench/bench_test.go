@@ -35,8 +35,9 @@ type setup struct {
 	size   int64
 	digest string
 	ngx    *testenv.Nginx
-	node   *testenv.Proc
-	dp     *source.GRPC
+	node     *testenv.Proc
+	dp       *source.GRPC
+	grpcAddr string
 }
 
 func newSetup(b *testing.B, size int64) *setup {
@@ -76,6 +77,7 @@ func newSetup(b *testing.B, size int64) *setup {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
+	s.grpcAddr = grpcAddr
 	s.dp, err = source.NewGRPC(grpcAddr, source.DefaultOptions())
 	if err != nil {
 		b.Fatal(err)
@@ -112,9 +114,16 @@ func writeRandom(path string, size int64) error {
 	return f.Close()
 }
 
-// readDP reads n bytes of the blob from off through the DP's gRPC API.
+// readDP reads n bytes of the blob from off through the DP's gRPC API, on
+// a connection of its own, as each endpoint has (the nginx baseline's
+// clients have theirs too).
 func (s *setup) readDP(ctx context.Context, off, n int64) (int64, error) {
-	r, err := s.dp.Blob(ctx, s.digest, off)
+	dp, err := source.NewGRPC(s.grpcAddr, source.DefaultOptions())
+	if err != nil {
+		return 0, err
+	}
+	defer dp.Close()
+	r, err := dp.Blob(ctx, s.digest, off)
 	if err != nil {
 		return 0, err
 	}
