@@ -32,9 +32,9 @@ import (
 // setup is a published product with one big blob, served by nginx and by a
 // DP process that holds it whole.
 type setup struct {
-	size   int64
-	digest string
-	ngx    *testenv.Nginx
+	size     int64
+	digest   string
+	ngx      *testenv.Nginx
 	node     *testenv.Proc
 	dp       *source.GRPC
 	grpcAddr string
