@@ -335,7 +335,7 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 		}
 		nr, rerr := r.Read(buf)
 		if nr > 0 && limit != nil {
-			if err := limit.WaitN(ctx, nr); err != nil {
+			if err := n.waitUpstream(ctx, limit, nr); err != nil {
 				return fmt.Errorf("%s: blob %s: waiting for the upstream rate limit: %w", c.src, f.digest, err)
 			}
 		}
@@ -360,4 +360,13 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 		}
 	}
 	return nil
+}
+
+// waitUpstream waits until n upstream bytes may be read under the rate
+// limit; tests wrap it to see what is charged.
+func (n *Node) waitUpstream(ctx context.Context, limit *rate.Limiter, bytes int) error {
+	if hook := n.onUpstreamWait.Load(); hook != nil {
+		(*hook)(bytes)
+	}
+	return limit.WaitN(ctx, bytes)
 }

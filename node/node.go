@@ -77,10 +77,12 @@ type Node struct {
 	evictWaiting map[string]bool                  // blobs retention skipped while they were read
 	versionRecs  map[string]map[uint64]versionRec // product → serial → version and publication time
 
-	limiter    *rate.Limiter // Config.UpstreamRate over all upstream reads; nil: unlimited
-	retainKick chan struct{} // asks the retention loop for a pass
-	retainMu   sync.Mutex    // serialises retention passes; protects overQuota
-	overQuota  bool          // the last pass could not get under Config.CacheMax
+	limiter *rate.Limiter // Config.UpstreamRate over all upstream reads; nil: unlimited
+	// onUpstreamWait, set by tests, sees every charge to limiter.
+	onUpstreamWait atomic.Pointer[func(bytes int)]
+	retainKick     chan struct{} // asks the retention loop for a pass
+	retainMu       sync.Mutex    // serialises retention passes; protects overQuota
+	overQuota      bool          // the last pass could not get under Config.CacheMax
 
 	traffic struct {
 		upstream atomic.Int64 // bytes read from upstream sources
