@@ -72,7 +72,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.Site, "site", cfg.Site, "site (branch office) this DP serves")
 	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory (holds the bbolt cache)")
 	f.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "gRPC listen address (endpoints and peers)")
-	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address (/healthz, /repo/)")
+	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address: status page /, /metrics, /healthz, /readyz, repository /repo/")
 	f.StringVar(&cfg.GossipAddr, "gossip", cfg.GossipAddr, "gossip listen address (memberlist, TCP and UDP); empty: no cluster")
 	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
 	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
