@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"syscall"
@@ -72,12 +73,11 @@ func (s *adminServer) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (
 func (n *Node) askStatus(ctx context.Context, addr string) (*pb.MemberStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	client, err := n.peerAdmin(addr)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	resp, err := pb.NewAdminServiceClient(conn).GetStatus(ctx, &pb.GetStatusRequest{LocalOnly: true})
+	resp, err := client.GetStatus(ctx, &pb.GetStatusRequest{LocalOnly: true})
 	if err != nil {
 		return nil, err
 	}
@@ -137,4 +137,24 @@ func freeDisk(dir string) uint64 {
 		return 0
 	}
 	return fs.Bavail * uint64(fs.Bsize)
+}
+
+// peerAdmin returns the AdminService client of a peer DP; its connection is
+// made on first use, kept, and closed with the node.
+func (n *Node) peerAdmin(addr string) (pb.AdminServiceClient, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, status.Error(codes.Unavailable, "the DP is shutting down")
+	}
+	conn, ok := n.adminConns[addr]
+	if !ok {
+		var err error
+		conn, err = grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, fmt.Errorf("peer %s: %w", addr, err)
+		}
+		n.adminConns[addr] = conn
+	}
+	return pb.NewAdminServiceClient(conn), nil
 }

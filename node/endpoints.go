@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dpcache/dpcache/manifest"
@@ -277,12 +275,11 @@ func (n *Node) listEndpoints(ctx context.Context, outdatedOnly, localOnly bool) 
 func (n *Node) askEndpoints(ctx context.Context, addr string) ([]*pb.EndpointStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	client, err := n.peerAdmin(addr)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	resp, err := pb.NewAdminServiceClient(conn).ListEndpoints(ctx, &pb.ListEndpointsRequest{LocalOnly: true})
+	resp, err := client.ListEndpoints(ctx, &pb.ListEndpointsRequest{LocalOnly: true})
 	if err != nil {
 		return nil, err
 	}

@@ -60,15 +60,16 @@ type Node struct {
 	// no figures, the metric is absent.
 	endpointAges func() map[string]int
 
-	mu             sync.Mutex                 // protects the fields below
-	fetches        map[string]*fetch          // blob fetches in flight, by digest
-	known          map[string]int64           // blob sizes from verified manifests
-	blobVersions   map[string][]productSerial // versions naming each blob, from verified manifests
-	peers          map[string]*source.GRPC    // clients of peer DPs, by gRPC address
-	products       map[string]bool            // products this DP keeps current
-	upLatest       map[string]upLatest        // upstream's latest, for cold pass-through
-	jobs           map[string]*versionJob     // version completions in flight, by product/version
-	versionChanged map[string]chan struct{}   // closed when a product's held latest changes
+	mu             sync.Mutex                  // protects the fields below
+	fetches        map[string]*fetch           // blob fetches in flight, by digest
+	known          map[string]int64            // blob sizes from verified manifests
+	blobVersions   map[string][]productSerial  // versions naming each blob, from verified manifests
+	peers          map[string]*source.GRPC     // clients of peer DPs, by gRPC address
+	adminConns     map[string]*grpc.ClientConn // AdminService connections to peer DPs, by gRPC address
+	products       map[string]bool             // products this DP keeps current
+	upLatest       map[string]upLatest         // upstream's latest, for cold pass-through
+	jobs           map[string]*versionJob      // version completions in flight, by product/version
+	versionChanged map[string]chan struct{}    // closed when a product's held latest changes
 	closed         bool
 
 	// Quota, retention and endpoint ages (retention.go, endpoints.go).
@@ -115,6 +116,7 @@ func New(cfg Config) (*Node, error) {
 		known:        map[string]int64{},
 		blobVersions: map[string][]productSerial{},
 		peers:        map[string]*source.GRPC{},
+		adminConns:   map[string]*grpc.ClientConn{},
 		products:     map[string]bool{},
 		upLatest:     map[string]upLatest{},
 		jobs:         map[string]*versionJob{},
@@ -299,6 +301,9 @@ func (n *Node) Close() error {
 	n.mu.Lock()
 	for _, p := range n.peers {
 		p.Close()
+	}
+	for _, c := range n.adminConns {
+		c.Close()
 	}
 	n.mu.Unlock()
 	if n.cache != nil {
