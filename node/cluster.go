@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"slices"
@@ -300,4 +301,41 @@ func (n *Node) Members() []gossip.Member {
 		return []gossip.Member{{Name: n.cfg.Name, Site: n.cfg.Site, State: gossip.StateAlive, Local: true}}
 	}
 	return n.gossip.Live("")
+}
+
+// docSources lists where signed documents come from: the upstream sources,
+// then the live DPs of this site (asked with the forwarded mark, so they
+// answer from what they hold or from upstream, and never ask back). With
+// the internet link down, a DP still learns the newest version its site
+// holds whole, and completes it from its peers. Documents are verified
+// whoever serves them. A forwarded request uses upstream only.
+func (n *Node) docSources(ctx context.Context) []source.Source {
+	if n.gossip == nil || isForwarded(ctx) {
+		return n.upstream
+	}
+	out := slices.Clone(n.upstream)
+	for _, m := range n.gossip.Live(n.cfg.Site) {
+		if m.Local || m.GRPCAddr == "" {
+			continue
+		}
+		if p := n.peer(m.GRPCAddr); p != nil {
+			out = append(out, p.Forwarded())
+		}
+	}
+	return out
+}
+
+type forwardedKey struct{}
+
+// withForwarded marks ctx as serving a request another DP forwarded.
+func withForwarded(ctx context.Context, forwarded bool) context.Context {
+	if !forwarded {
+		return ctx
+	}
+	return context.WithValue(ctx, forwardedKey{}, true)
+}
+
+func isForwarded(ctx context.Context) bool {
+	v, _ := ctx.Value(forwardedKey{}).(bool)
+	return v
 }

@@ -229,3 +229,29 @@ func TestCluster_OwnerLostMidFetch(t *testing.T) {
 		t.Errorf("origin served %.2fx the blob after losing the owner, want at most 1.05x", float64(served)/size)
 	}
 }
+
+// With the internet link down, a DP that lacks the newest version learns it
+// from a peer of its site that holds it whole, completes it from that peer,
+// and serves it: the site's newest whole version reaches every endpoint.
+func TestCluster_OriginDownPeerHasNewerVersion(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	nodes := startCluster(t, v, ngx.URL, "paris", "paris")
+	viaFirst := grpcSources(t, nodes[:1], 1)
+	updateAll(t, v, "av", viaFirst)
+	pub2 := v.publish(t, "av", "2", 2, map[string]int{"databases/a.dat": 1 << 20, "modules/m.bin": 300 << 10})
+	testenv.WaitFor(t, 30*time.Second, "dp-1 holds v2 whole", func() bool {
+		hv, err := nodes[0].cache.LatestVersion("av")
+		return err == nil && hv.Serial == 2
+	})
+	ngx.Stop(t) // the internet link goes down
+	res := updateAll(t, v, "av", grpcSources(t, nodes[1:2], 1))
+	if res[0].Serial != pub2.Latest.Serial {
+		t.Fatalf("through dp-2 with the origin down: %+v, want serial 2 (held whole by its peer)", res[0])
+	}
+	testenv.WaitFor(t, 30*time.Second, "dp-2 holds v2 whole", func() bool {
+		hv, err := nodes[1].cache.LatestVersion("av")
+		return err == nil && hv.Serial == 2
+	})
+}

@@ -32,6 +32,90 @@ type fetch struct {
 	changed   chan struct{} // closed and replaced on every change
 	forwarded bool          // serving a forwarded request: never ask peers or owners
 	promoted  chan struct{} // closed when forwarded becomes true after the start
+
+	// DPs of the site streaming this fetch (it is their owner): the fetch
+	// keeps at most maxPeerLead ahead of them, so that if this DP dies
+	// mid-fetch they hold nearly every byte it took from upstream.
+	peers     map[int]*peerPos
+	peerSeq   int
+	peerMoved chan struct{} // closed and replaced when a peer advances or leaves
+}
+
+// peerPos is how far a peer DP has streamed a fetch.
+type peerPos struct {
+	pos   int64
+	moved time.Time
+}
+
+// Backpressure from peer DPs: how far the owner may read ahead of the
+// slowest of them, and how long a peer may make no progress before it is
+// no longer waited for (a stalled peer must not stall the site's fetch).
+const (
+	maxPeerLead  = 4 << 20
+	peerStallCap = 2 * time.Second
+)
+
+// addPeer registers a peer DP streaming from pos; removePeer undoes it.
+func (f *fetch) addPeer(pos int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.peers == nil {
+		f.peers, f.peerMoved = map[int]*peerPos{}, make(chan struct{})
+	}
+	f.peerSeq++
+	f.peers[f.peerSeq] = &peerPos{pos, time.Now()}
+	return f.peerSeq
+}
+
+func (f *fetch) movePeer(id int, pos int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p := f.peers[id]; p != nil {
+		p.pos, p.moved = pos, time.Now()
+		close(f.peerMoved)
+		f.peerMoved = make(chan struct{})
+	}
+}
+
+func (f *fetch) removePeer(id int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.peers[id]; ok {
+		delete(f.peers, id)
+		close(f.peerMoved)
+		f.peerMoved = make(chan struct{})
+	}
+}
+
+// awaitPeers waits until every peer DP that is making progress is within
+// maxPeerLead of off.
+func (f *fetch) awaitPeers(ctx context.Context, off int64) {
+	for {
+		f.mu.Lock()
+		var behind bool
+		now := time.Now()
+		for _, p := range f.peers {
+			if off-p.pos > maxPeerLead && now.Sub(p.moved) < peerStallCap {
+				behind = true
+				break
+			}
+		}
+		moved := f.peerMoved
+		f.mu.Unlock()
+		if !behind {
+			return
+		}
+		t := time.NewTimer(peerStallCap)
+		select {
+		case <-moved:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 // fetchState is a snapshot of a fetch.
@@ -333,6 +417,7 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 			}
 			lastStore = time.Now()
 		}
+		f.awaitPeers(ctx, w.Offset())
 		nr, rerr := r.Read(buf)
 		if nr > 0 && limit != nil {
 			if err := n.waitUpstream(ctx, limit, nr); err != nil {

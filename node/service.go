@@ -24,7 +24,7 @@ type distributionServer struct {
 }
 
 func (s *distributionServer) GetLatest(ctx context.Context, req *pb.GetLatestRequest) (*pb.GetLatestResponse, error) {
-	signed, err := s.n.latest(ctx, req.GetProduct())
+	signed, err := s.n.latest(withForwarded(ctx, req.GetForwarded()), req.GetProduct())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -32,7 +32,7 @@ func (s *distributionServer) GetLatest(ctx context.Context, req *pb.GetLatestReq
 }
 
 func (s *distributionServer) GetManifest(ctx context.Context, req *pb.GetManifestRequest) (*pb.GetManifestResponse, error) {
-	signed, _, err := s.n.manifestDoc(ctx, req.GetProduct(), req.GetVersion())
+	signed, _, err := s.n.manifestDoc(withForwarded(ctx, req.GetForwarded()), req.GetProduct(), req.GetVersion())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -47,7 +47,7 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 	if p, v := req.GetProduct(), req.GetVersion(); p != "" && v != "" {
 		if _, known := s.n.blobSize(digest); !known {
 			// A peer names the version: learn its blobs (verified) first.
-			if _, _, err := s.n.manifestDoc(stream.Context(), p, v); err != nil {
+			if _, _, err := s.n.manifestDoc(withForwarded(stream.Context(), req.GetForwarded()), p, v); err != nil {
 				s.n.log.Debug("version hint of a blob request unusable", "product", p, "version", v, "err", err)
 			}
 		}

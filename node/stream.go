@@ -56,7 +56,13 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 	if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
 		return err
 	}
-	return n.streamFetch(ctx, f, off, stream, bufs, false)
+	if forwarded {
+		// A peer DP waiting on this fetch: keep the fetch close to it.
+		id := f.addPeer(off)
+		defer f.removePeer(id)
+		return n.streamFetch(ctx, f, off, stream, bufs, false, func(pos int64) { f.movePeer(id, pos) })
+	}
+	return n.streamFetch(ctx, f, off, stream, bufs, false, nil)
 }
 
 // readAvailable streams the bytes of digest this DP holds now (whole,
@@ -77,7 +83,7 @@ func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bo
 		if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
 			return err
 		}
-		return n.streamFetch(ctx, f, off, stream, bufs, true)
+		return n.streamFetch(ctx, f, off, stream, bufs, true, nil)
 	}
 	info, err := n.cache.Blob(digest)
 	if err != nil {
@@ -94,8 +100,9 @@ func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bo
 }
 
 // streamFetch sends f's bytes from pos as they arrive. With availableOnly
-// it sends what is there now and returns instead of waiting.
-func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers, availableOnly bool) error {
+// it sends what is there now and returns instead of waiting. progress, when
+// set, learns each new position.
+func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers, availableOnly bool, progress func(int64)) error {
 	start := pos
 	startGen := f.snapshot().gen
 	for {
@@ -116,6 +123,9 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 		case pos < st.flushed:
 			sent, err := n.sendRange(ctx, f.digest, pos, st.flushed, stream, bufs, true)
 			pos += sent
+			if progress != nil && sent > 0 {
+				progress(pos)
+			}
 			if err != nil && !errors.Is(err, cache.ErrNotFound) {
 				return err
 			}
@@ -125,6 +135,9 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 		case pos < st.written:
 			sent, err := n.sendTail(ctx, f, pos, stream, bufs)
 			pos += sent
+			if progress != nil && sent > 0 {
+				progress(pos)
+			}
 			if err != nil {
 				return err
 			}

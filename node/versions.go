@@ -68,9 +68,13 @@ func (n *Node) upstreamLatest(ctx context.Context, product string, maxAge time.D
 	if ok && time.Since(ul.at) < maxAge {
 		return ul, nil
 	}
-	v, err, _ := n.docs.Do("latest/"+product, func() (any, error) {
+	srcs, key := n.docSources(ctx), "latest/"+product
+	if isForwarded(ctx) {
+		key = "forwarded/" + key
+	}
+	v, err, _ := n.docs.Do(key, func() (any, error) {
 		var errs []string
-		for _, src := range n.upstream {
+		for _, src := range srcs {
 			signed, err := src.Latest(n.bg, product)
 			if err == nil {
 				var l *manifest.Latest
@@ -87,7 +91,7 @@ func (n *Node) upstreamLatest(ctx context.Context, product string, maxAge time.D
 				}
 				err = fmt.Errorf("%s: %s: %w", src, manifest.LatestPath(product), err)
 			}
-			n.log.Warn("upstream source failed, trying the next", "product", product, "source", src.String(), "err", err)
+			n.log.Warn("source failed, trying the next", "product", product, "source", src.String(), "err", err)
 			errs = append(errs, err.Error())
 		}
 		return upLatest{}, upstreamError(product+" latest.json", errs)
@@ -141,9 +145,13 @@ func (n *Node) manifestDoc(ctx context.Context, product, version string) (source
 		signed source.Signed
 		m      *manifest.Manifest
 	}
-	v, err, _ := n.docs.Do(path, func() (any, error) {
+	srcs, key := n.docSources(ctx), path
+	if isForwarded(ctx) {
+		key = "forwarded/" + key
+	}
+	v, err, _ := n.docs.Do(key, func() (any, error) {
 		var errs []string
-		for _, src := range n.upstream {
+		for _, src := range srcs {
 			signed, err := src.Manifest(n.bg, product, version)
 			if err == nil {
 				var m *manifest.Manifest
@@ -163,7 +171,7 @@ func (n *Node) manifestDoc(ctx context.Context, product, version string) (source
 				}
 				err = fmt.Errorf("%s: %s: %w", src, path, err)
 			}
-			n.log.Warn("upstream source failed, trying the next", "document", path, "source", src.String(), "err", err)
+			n.log.Warn("source failed, trying the next", "document", path, "source", src.String(), "err", err)
 			errs = append(errs, err.Error())
 		}
 		return nil, upstreamError(path, errs)
