@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,11 +226,22 @@ func (g *Gossip) announceLeave() {
 	msg := encodeLeaveMsg(g.cfg.Name, g.clock)
 	g.queue.QueueBroadcast(newBroadcast(msgLeave, g.cfg.Name, msg))
 	g.notifyLocked()
-	g.mu.Unlock()
-	for _, n := range g.ml.Members() {
-		if n.Name != g.cfg.Name {
-			_ = g.ml.SendBestEffort(n, msg) // best effort; the broadcast and push/pull back it up
+	// Addresses from our own copies: the *Node values memberlist.Members
+	// returns are its live records, which it rewrites concurrently.
+	var to []*memberlist.Node
+	for name, m := range g.members {
+		if name == g.cfg.Name || !m.alive {
+			continue
 		}
+		host, port, err := net.SplitHostPort(m.addr)
+		p, perr := strconv.Atoi(port)
+		if ip := net.ParseIP(host); err == nil && perr == nil && ip != nil {
+			to = append(to, &memberlist.Node{Name: name, Addr: ip, Port: uint16(p)})
+		}
+	}
+	g.mu.Unlock()
+	for _, n := range to {
+		_ = g.ml.SendBestEffort(n, msg) // best effort; the broadcast and push/pull back it up
 	}
 }
 
