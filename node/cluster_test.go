@@ -18,12 +18,15 @@ import (
 	"github.com/dpcache/dpcache/source"
 )
 
-// fastGossip shortens memberlist's timers for in-process clusters.
+// fastGossip shortens memberlist's timers for in-process clusters: fast
+// spreading, but probes patient enough that a machine loaded by parallel
+// race-detector tests does not declare live members dead (which would make
+// DPs disagree about owners and fetch a blob twice).
 func fastGossip(gc *gossip.Config) {
 	c := memberlist.DefaultLANConfig()
-	c.TCPTimeout = time.Second
-	c.ProbeInterval = 100 * time.Millisecond
-	c.ProbeTimeout = 80 * time.Millisecond
+	c.TCPTimeout = 2 * time.Second
+	c.ProbeInterval = 300 * time.Millisecond
+	c.ProbeTimeout = 600 * time.Millisecond
 	c.SuspicionMult = 4
 	c.SuspicionMaxTimeoutMult = 2
 	c.GossipInterval = 20 * time.Millisecond
