@@ -223,6 +223,11 @@ func (f *fetch) finish(err error) {
 // manifest names are NotFound: the DP is not an open proxy. A forwarded
 // request promotes the fetch it joins.
 func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
+	// The common case, a whole blob, needs no lock: a whole blob stays
+	// whole (eviction spares blobs being read).
+	if _, err := n.cache.Stat(digest); err == nil {
+		return nil, nil
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if f, ok := n.fetches[digest]; ok {
