@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 
@@ -255,24 +256,10 @@ func writeAtomic(path string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return &localError{err}
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return &localError{err}
-	}
-	name := tmp.Name()
+	name := filepath.Join(dir, fmt.Sprintf(".tmp-%s-%d", filepath.Base(path), rand.Uint64()))
 	defer os.Remove(name) // a no-op once renamed
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return &localError{fmt.Errorf("write %s: %w", name, err)}
-	}
-	if err := os.Chmod(name, 0o644); err != nil {
-		return &localError{err}
+	if err := writeFileSync(name, data); err != nil {
+		return err
 	}
 	if err := os.Rename(name, path); err != nil {
 		return &localError{err}

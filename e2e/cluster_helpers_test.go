@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/gossip"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -233,34 +233,12 @@ func localTraffic(t *testing.T, addr string) (*pb.Traffic, error) {
 	return resp.GetMembers()[0].GetTraffic(), nil
 }
 
-// rendezvousOwner returns the name among names that owns key by the
-// rendezvous (highest random weight) hashing the gossip package documents:
-// FNV-1a over key, a zero byte and the name, then the splitmix64 finalizer;
-// ties (a 64-bit collision) go to the smaller name. Tests use it to start
-// work where they want it; they then check by the DPs' traffic counters
-// that the DP computed here is the one that fetched upstream.
+// rendezvousOwner returns the name among names that owns key, as the
+// DPs compute it (gossip.RankNames). Tests use it to start work where they
+// want it; they then check by the DPs' traffic counters that the DP
+// computed here is the one that fetched upstream.
 func rendezvousOwner(key string, names []string) string {
-	score := func(name string) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		h.Write([]byte{0})
-		h.Write([]byte(name))
-		z := h.Sum64()
-		z ^= z >> 30
-		z *= 0xbf58476d1ce4e5b9
-		z ^= z >> 27
-		z *= 0x94d049bb133111eb
-		z ^= z >> 31
-		return z
-	}
-	best := ""
-	var bestScore uint64
-	for _, n := range slices.Sorted(slices.Values(names)) {
-		if s := score(n); best == "" || s > bestScore {
-			best, bestScore = n, s
-		}
-	}
-	return best
+	return gossip.RankNames(key, names)[0]
 }
 
 // restartNginx starts nginx again after n.Stop, with the same configuration:

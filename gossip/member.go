@@ -162,6 +162,22 @@ func rendezvousScore(key, name string) uint64 {
 	return z
 }
 
+// RankNames ranks member names for key as Owners does: RankNames(...)[0]
+// owns key among those members. For tools and tests that must predict the
+// owner from names alone.
+func RankNames(key string, names []string) []string {
+	ms := make([]Member, len(names))
+	for i, n := range names {
+		ms[i].Name = n
+	}
+	rankByRendezvous(key, ms)
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Name
+	}
+	return out
+}
+
 // rankByRendezvous sorts ms in place, highest weight for key first (ties,
 // which need a 64-bit collision, broken by name).
 func rankByRendezvous(key string, ms []Member) {

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -258,5 +259,25 @@ func TestGossip_ForgetAfter(t *testing.T) {
 	}
 	if g.members["recent"] == nil || g.entries["fresh-orphan"] == nil || g.entries["self"] == nil {
 		t.Error("forgot too much")
+	}
+}
+
+// RankNames predicts Owners from names alone.
+func TestRankNames_MatchesOwners(t *testing.T) {
+	t.Parallel()
+	names := []string{"dp-a", "dp-b", "dp-c", "dp-d"}
+	ms := make([]Member, len(names))
+	for i, n := range names {
+		ms[i].Name = n
+	}
+	for i := range 200 {
+		key := fmt.Sprintf("digest-%d", i)
+		rankByRendezvous(key, ms)
+		got := RankNames(key, names)
+		for j := range ms {
+			if got[j] != ms[j].Name {
+				t.Fatalf("key %s: RankNames %v, Owners order %v", key, got, ms)
+			}
+		}
 	}
 }

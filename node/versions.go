@@ -68,38 +68,58 @@ func (n *Node) upstreamLatest(ctx context.Context, product string, maxAge time.D
 	if ok && time.Since(ul.at) < maxAge {
 		return ul, nil
 	}
-	srcs, key := n.docSources(ctx), "latest/"+product
-	if isForwarded(ctx) {
-		key = "forwarded/" + key
-	}
-	v, err, _ := n.docs.Do(key, func() (any, error) {
-		var errs []string
-		for _, src := range srcs {
-			signed, err := src.Latest(n.bg, product)
-			if err == nil {
-				var l *manifest.Latest
-				l, err = n.trust.VerifyLatest(signed.Data, signed.Signature)
-				if err == nil && l.Product != product {
+	path := manifest.LatestPath(product)
+	v, err, _ := n.docs.Do(docKey(ctx, path), func() (any, error) {
+		var l *manifest.Latest
+		signed, err := n.firstVerified(path, n.docSources(ctx),
+			func(src source.Source) (source.Signed, error) { return src.Latest(n.bg, product) },
+			func(s source.Signed) (err error) {
+				if l, err = n.trust.VerifyLatest(s.Data, s.Signature); err == nil && l.Product != product {
 					err = fmt.Errorf("latest.json names product %q", l.Product)
 				}
-				if err == nil {
-					ul := upLatest{signed: signed, latest: l, at: time.Now()}
-					n.mu.Lock()
-					n.upLatest[product] = ul
-					n.mu.Unlock()
-					return ul, nil
-				}
-				err = fmt.Errorf("%s: %s: %w", src, manifest.LatestPath(product), err)
-			}
-			n.log.Warn("source failed, trying the next", "product", product, "source", src.String(), "err", err)
-			errs = append(errs, err.Error())
+				return err
+			})
+		if err != nil {
+			return upLatest{}, err
 		}
-		return upLatest{}, upstreamError(product+" latest.json", errs)
+		ul := upLatest{signed: signed, latest: l, at: time.Now()}
+		n.mu.Lock()
+		n.upLatest[product] = ul
+		n.mu.Unlock()
+		return ul, nil
 	})
 	if err != nil {
 		return upLatest{}, err
 	}
 	return v.(upLatest), nil
+}
+
+// firstVerified asks srcs in order for the document at path (get) and
+// returns the first copy that verify accepts, logging why each earlier
+// source was passed over (admins must see a fallback, not guess it).
+func (n *Node) firstVerified(path string, srcs []source.Source, get func(source.Source) (source.Signed, error), verify func(source.Signed) error) (source.Signed, error) {
+	var errs []string
+	for _, src := range srcs {
+		signed, err := get(src)
+		if err == nil {
+			if err = verify(signed); err == nil {
+				return signed, nil
+			}
+			err = fmt.Errorf("%s: %s: %w", src, path, err)
+		}
+		n.log.Warn("source failed, trying the next", "document", path, "source", src.String(), "err", err)
+		errs = append(errs, err.Error())
+	}
+	return source.Signed{}, upstreamError(path, errs)
+}
+
+// docKey is the singleflight key of a document fetch: forwarded requests,
+// which use upstream only, never share a fetch that may ask peers.
+func docKey(ctx context.Context, path string) string {
+	if isForwarded(ctx) {
+		return "forwarded/" + path
+	}
+	return path
 }
 
 // upstreamError summarises why every upstream source failed. NotFound when
@@ -145,36 +165,27 @@ func (n *Node) manifestDoc(ctx context.Context, product, version string) (source
 		signed source.Signed
 		m      *manifest.Manifest
 	}
-	srcs, key := n.docSources(ctx), path
-	if isForwarded(ctx) {
-		key = "forwarded/" + key
-	}
-	v, err, _ := n.docs.Do(key, func() (any, error) {
-		var errs []string
-		for _, src := range srcs {
-			signed, err := src.Manifest(n.bg, product, version)
-			if err == nil {
-				var m *manifest.Manifest
-				m, err = n.trust.VerifyManifest(signed.Data, signed.Signature, nil)
-				if err == nil && (m.Product != product || m.Version != version) {
+	v, err, _ := n.docs.Do(docKey(ctx, path), func() (any, error) {
+		var m *manifest.Manifest
+		signed, err := n.firstVerified(path, n.docSources(ctx),
+			func(src source.Source) (source.Signed, error) { return src.Manifest(n.bg, product, version) },
+			func(s source.Signed) (err error) {
+				if m, err = n.trust.VerifyManifest(s.Data, s.Signature, nil); err == nil && (m.Product != product || m.Version != version) {
 					err = fmt.Errorf("manifest names %s %s", m.Product, m.Version)
 				}
-				if err == nil {
-					if err := n.cache.PutDocument(path, signed.Data, signed.Signature); err != nil {
-						return nil, fmt.Errorf("caching %s: %w", path, err)
-					}
-					if err := n.cache.PutRecord(manifestsBucket, product+"/"+version, nil); err != nil {
-						return nil, fmt.Errorf("caching %s: %w", path, err)
-					}
-					n.register(m)
-					return result{signed, m}, nil
-				}
-				err = fmt.Errorf("%s: %s: %w", src, path, err)
-			}
-			n.log.Warn("source failed, trying the next", "document", path, "source", src.String(), "err", err)
-			errs = append(errs, err.Error())
+				return err
+			})
+		if err != nil {
+			return nil, err
 		}
-		return nil, upstreamError(path, errs)
+		if err := n.cache.PutDocument(path, signed.Data, signed.Signature); err != nil {
+			return nil, fmt.Errorf("caching %s: %w", path, err)
+		}
+		if err := n.cache.PutRecord(manifestsBucket, product+"/"+version, nil); err != nil {
+			return nil, fmt.Errorf("caching %s: %w", path, err)
+		}
+		n.register(m)
+		return result{signed, m}, nil
 	})
 	if err != nil {
 		return source.Signed{}, nil, err
