@@ -222,11 +222,11 @@ func (f *fetch) finish(err error) {
 // nil when the blob is already whole in the cache. Blobs that no verified
 // manifest names are NotFound: the DP is not an open proxy. A forwarded
 // request promotes the fetch it joins.
-func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
+func (n *Node) acquire(digest string, forwarded bool) (f *fetch, size int64, err error) {
 	// The common case, a whole blob, needs no lock: a whole blob stays
 	// whole (eviction spares blobs being read).
-	if _, err := n.cache.Stat(digest); err == nil {
-		return nil, nil
+	if size, err := n.cache.Stat(digest); err == nil {
+		return nil, size, nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -234,23 +234,23 @@ func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
 		if forwarded {
 			f.promote()
 		}
-		return f, nil
+		return f, f.size, nil
 	}
 	// Under n.mu: a fetch leaves the map only after its blob is whole, so
 	// checking the cache here cannot miss a blob that just completed.
-	if _, err := n.cache.Stat(digest); err == nil {
-		return nil, nil
+	if size, err := n.cache.Stat(digest); err == nil {
+		return nil, size, nil
 	} else if !errors.Is(err, cache.ErrNotFound) {
-		return nil, fmt.Errorf("blob %s: %w", digest, err)
+		return nil, 0, fmt.Errorf("blob %s: %w", digest, err)
 	}
 	size, ok := n.known[digest]
 	if !ok {
-		return nil, fmt.Errorf("blob %s: %w: no manifest this DP knows names it (fetch the manifest first)", digest, ErrNotFound)
+		return nil, 0, fmt.Errorf("blob %s: %w: no manifest this DP knows names it (fetch the manifest first)", digest, ErrNotFound)
 	}
 	if n.closed || n.bg.Err() != nil {
-		return nil, fmt.Errorf("blob %s: %w: the DP is shutting down", digest, ErrUnavailable)
+		return nil, 0, fmt.Errorf("blob %s: %w: the DP is shutting down", digest, ErrUnavailable)
 	}
-	f := &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{})}
+	f = &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{})}
 	if forwarded {
 		close(f.promoted)
 	}
@@ -266,7 +266,7 @@ func (n *Node) acquire(digest string, forwarded bool) (*fetch, error) {
 		f.finish(err)
 		n.publishFetching()
 	}()
-	return f, nil
+	return f, size, nil
 }
 
 // ensureBlob returns once digest is whole in the cache.
@@ -276,7 +276,7 @@ func (n *Node) ensureBlob(ctx context.Context, digest string) error {
 		return err
 	}
 	defer release()
-	f, err := n.acquire(digest, false)
+	f, _, err := n.acquire(digest, false)
 	if err != nil || f == nil {
 		return err
 	}

@@ -78,7 +78,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return err
 	}
 	defer release()
-	f, err := n.acquire(digest, false)
+	f, size, err := n.acquire(digest, false)
 	if err != nil {
 		return err
 	}
@@ -88,10 +88,6 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if f == nil {
 		n.metrics.cacheRequest(true) // in flight: readBlob counts it below
-		size, err := n.cache.Stat(digest)
-		if err != nil {
-			return err
-		}
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
 		http.ServeContent(cw, r, "", zeroTime, body)

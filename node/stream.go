@@ -27,7 +27,7 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 		return err
 	}
 	defer release()
-	f, err := n.acquire(digest, forwarded)
+	f, size, err := n.acquire(digest, forwarded)
 	if err != nil {
 		return err
 	}
@@ -35,10 +35,6 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 	bufs := n.pool.stream()
 	defer bufs.done()
 	if f == nil {
-		size, err := n.cache.Stat(digest)
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", digest, err)
-		}
 		if off > size {
 			return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, size, ErrInvalid)
 		}
