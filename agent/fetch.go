@@ -52,6 +52,7 @@ func (j *blobJob) String() string {
 type fetcher struct {
 	sources []source.Source
 	dir     string // .dpcache/blobs
+	partDir string // where partial downloads are kept; "" means dir
 	log     *slog.Logger
 	wrap    func(writeSyncer) writeSyncer
 
@@ -66,7 +67,11 @@ type fetcher struct {
 }
 
 func (f *fetcher) partPath(digest string) string {
-	return filepath.Join(f.dir, digest+partSuffix)
+	dir := f.partDir
+	if dir == "" {
+		dir = f.dir
+	}
+	return filepath.Join(dir, digest+partSuffix)
 }
 
 func (f *fetcher) blobPath(digest string) string { return filepath.Join(f.dir, digest) }

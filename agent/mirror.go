@@ -131,8 +131,13 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		}
 	}
 	blobDir := filepath.Join(cfg.To, filepath.FromSlash(manifest.BlobDir))
-	if err := os.MkdirAll(blobDir, 0o755); err != nil {
-		return nil, &localError{err}
+	// Partial downloads wait outside the served tree: a web server pointed
+	// at the folder never serves half a blob.
+	partDir := filepath.Join(cfg.To, mirrorPartDir)
+	for _, d := range []string{blobDir, partDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, &localError{err}
+		}
 	}
 	jobs, err := groupBlobs(m.Files)
 	if err != nil {
@@ -151,7 +156,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		total += j.size
 	}
 	f := &fetcher{
-		sources: withVersionHint(cfg.Sources, cfg.Product, m.Version), dir: blobDir, log: log, progress: cfg.Progress,
+		sources: withVersionHint(cfg.Sources, cfg.Product, m.Version), dir: blobDir, partDir: partDir, log: log, progress: cfg.Progress,
 		served: make([]bool, len(cfg.Sources)), total: total,
 	}
 	f.sticky.Store(int64(docs.src))
@@ -247,6 +252,11 @@ func mirrorResolveFrom(ctx context.Context, cfg MirrorConfig, src source.Source)
 	}
 	return d, nil
 }
+
+// mirrorPartDir holds a mirror's partial downloads, beside the repository
+// layout (a dot-directory no repository path reaches), so that an
+// interrupted mirror resumes without exposing incomplete blobs.
+const mirrorPartDir = ".dpcache-partial"
 
 // writeAtomic writes data to path through a synced temporary file renamed
 // into place, then syncs the directory: readers see the old file or the new

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/dpcache/dpcache/e2e/testenv"
@@ -123,4 +125,39 @@ func mustRead(t testing.TB, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// An interrupted mirror keeps its partial download outside the repository
+// tree (a web server on the folder never serves half a blob) and the next
+// run resumes it.
+func TestMirror_InterruptedKeepsPartialOutsideTree(t *testing.T) {
+	r := newRepo(t)
+	content := strings.Repeat("0123456789", 100_000) // 1 MB
+	r.publish(t, "1", 0, map[string]string{"databases/big.dat": content})
+	cut := serveRepo(t, r.dir, func(int, *http.Request) fault { return fault{cutAfter: 100_000} })
+	to := t.TempDir()
+	if _, err := Mirror(testCtx(t), mirrorConfig(t, r, to, cut.src)); err == nil {
+		t.Fatal("mirror from a source that always cuts the blob succeeded")
+	}
+	entries, err := os.ReadDir(filepath.Join(to, filepath.FromSlash(manifest.BlobDir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("an interrupted mirror left %s in the served blob folder", entries[0].Name())
+	}
+	part := filepath.Join(to, mirrorPartDir, sha(content)+partSuffix)
+	if fi, err := os.Stat(part); err != nil || fi.Size() == 0 {
+		t.Fatalf("partial download %s: %v", part, err)
+	}
+	res, err := Mirror(testCtx(t), mirrorConfig(t, r, to, source.NewFile(r.dir)))
+	if err != nil || res.BlobsCopied != 1 || res.BytesDownloaded >= int64(len(content)) {
+		t.Fatalf("resumed mirror: %+v, %v (want fewer than %d bytes downloaded)", res, err, len(content))
+	}
+	if got := string(mustRead(t, r.blobFile(content))); got != content {
+		t.Fatal("source changed")
+	}
+	if got := string(mustRead(t, filepath.Join(to, filepath.FromSlash(manifest.BlobPath(sha(content)))))); got != content {
+		t.Fatalf("mirrored blob differs")
+	}
 }
