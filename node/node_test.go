@@ -516,4 +516,24 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 	if len(got) != 1 || got[0].GetId() != "ep-1" || got[0].GetVersion() != "1" || got[0].GetSite() != "paris" || got[0].GetReported().AsTime().Unix() != 1700000000 {
 		t.Fatalf("stored reports %v, want the one sent", got)
 	}
+	// An endpoint that does not say its site is recorded in the DP's.
+	if err := src.ReportStatus(ctx, source.Status{ID: "ep-2", Product: "av", Version: "1", Serial: 1, Result: "updated", Reported: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var site string
+	if err := n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+		st := &pb.EndpointStatus{}
+		if err := proto.Unmarshal(value, st); err != nil {
+			return err
+		}
+		if st.GetId() == "ep-2" {
+			site = st.GetSite()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if site != n.cfg.Site {
+		t.Fatalf("report without a site recorded in site %q, want the DP's %q", site, n.cfg.Site)
+	}
 }

@@ -112,6 +112,9 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if st.Reported == nil {
 		st.Reported = timestampNow()
 	}
+	if st.Site == "" {
+		st.Site = s.n.cfg.Site // an endpoint that does not know its site is in the DP's
+	}
 	b, err := proto.Marshal(st)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "status: %v", err)
