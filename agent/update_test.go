@@ -41,7 +41,7 @@ func TestUpdate_Install(t *testing.T) {
 		t.Errorf("result = %+v, want %+v", *res, want)
 	}
 	assertTree(t, current(t, cfg), v1Files)
-	// The JSON form is DESIGN.md's `update --json` object.
+	// The JSON form is docs/design.md's `update --json` object.
 	var fields map[string]any
 	b, _ := json.Marshal(res)
 	json.Unmarshal(b, &fields)

@@ -6,7 +6,7 @@ import "errors"
 // failed and where; match them with errors.Is.
 var (
 	// ErrInvalid means a document, name, path or digest breaks the rules of
-	// the repository format (DESIGN.md, "Repository layout"). The wrapping
+	// the repository format (docs/design.md, "Repository layout"). The wrapping
 	// error names the offending field or file.
 	ErrInvalid = errors.New("invalid document")
 

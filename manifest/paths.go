@@ -1,6 +1,6 @@
 package manifest
 
-// Repository layout (DESIGN.md). Paths are slash-separated and relative to
+// Repository layout (docs/design.md). Paths are slash-separated and relative to
 // the repository root; join them to a URL or, after filepath.FromSlash, to a
 // folder. The functions do not validate their arguments: check names with
 // ValidName and digests with ValidDigest first when they come from outside.

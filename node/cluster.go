@@ -179,7 +179,7 @@ func (k candidateKind) String() string {
 	return [...]string{"peer", "owner", "partial", "upstream"}[k]
 }
 
-// candidates lists, in order, where f's blob is read from (DESIGN: "How a
+// candidates lists, in order, where f's blob is read from (docs/design.md: "How a
 // DP resolves a blob"): peers of the site holding it; the owners ranked
 // above this DP; then, when this DP fetches upstream itself, what the site's
 // other fetchers already have; then upstream. A fetch started or taken over

@@ -25,7 +25,7 @@ import (
 // distribution points do.
 const lowDiskThreshold = 2 << 30
 
-// Endpoint age buckets (DESIGN: endpoints --json "age"), in display order.
+// Endpoint age buckets (docs/design.md: endpoints --json "age"), in display order.
 var endpointAgeBuckets = []string{"current", "24h", "3d", "7d"}
 
 // metrics is a DP's Prometheus instrumentation. Most figures are read from

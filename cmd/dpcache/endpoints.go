@@ -14,7 +14,7 @@ import (
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
-// endpointsJSON is `dpcache endpoints --json` as DESIGN.md gives it.
+// endpointsJSON is `dpcache endpoints --json` as docs/design.md gives it.
 type endpointsJSON struct {
 	Endpoints []endpointJSON `json:"endpoints"`
 }

@@ -15,7 +15,7 @@ import (
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
-// `endpoints --json` prints exactly DESIGN.md's shape.
+// `endpoints --json` prints exactly docs/design.md's shape.
 func TestEndpointsJSON_Shape(t *testing.T) {
 	t.Parallel()
 	resp := &pb.ListEndpointsResponse{Endpoints: []*pb.EndpointInfo{

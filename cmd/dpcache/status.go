@@ -25,7 +25,7 @@ func dialAdmin(addr string) (pb.AdminServiceClient, func(), error) {
 	return pb.NewAdminServiceClient(conn), func() { conn.Close() }, nil
 }
 
-// statusJSON is `dpcache status --json` as DESIGN.md gives it.
+// statusJSON is `dpcache status --json` as docs/design.md gives it.
 type statusJSON struct {
 	Members []memberJSON `json:"members"`
 	Traffic trafficJSON  `json:"traffic"`
