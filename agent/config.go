@@ -60,6 +60,11 @@ type Config struct {
 	// Default 10 s.
 	ReportTimeout time.Duration
 
+	// StallTimeout is how long a download may deliver no byte before it
+	// moves to the next source, resuming at its offset. Default 30 s
+	// (source.DefaultChainOptions); 0 also means the default.
+	StallTimeout time.Duration
+
 	// hooks lets tests stop a run at chosen points (a simulated crash)
 	// and wrap the writer of downloaded files.
 	hooks *hooks
@@ -134,6 +139,9 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 1 {
 		return bad("concurrency %d: want at least 1", c.Concurrency)
+	}
+	if c.StallTimeout < 0 {
+		return bad("negative stall timeout %v", c.StallTimeout)
 	}
 	if c.ReportTimeout < 0 {
 		return bad("negative report timeout %v", c.ReportTimeout)

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"errors"
-	"fmt"
 	"io"
-	"strings"
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
@@ -54,68 +52,14 @@ var (
 	// install directory, or through a symlink, and was refused.
 	ErrUnsafePath = errors.New("unsafe file path")
 
-	// ErrSourcesFailed means every source failed; the *SourcesError that
-	// wraps it lists each source and why.
-	ErrSourcesFailed = errors.New("every source failed")
+	// ErrSourcesFailed means every source failed; the
+	// *source.FailoverError that wraps it lists each source and why.
+	ErrSourcesFailed = source.ErrAllFailed
 
 	// ErrBusy means another update or rollback of the same product in the
 	// same directory is running (its lock file is held).
 	ErrBusy = errors.New("another update is running")
 )
-
-// SourceFailure is why one source could not serve something.
-type SourceFailure struct {
-	Source string // String() of the source
-	Err    error
-}
-
-// SourcesError reports that every source failed to serve something. It
-// wraps ErrSourcesFailed and each failure's error, so errors.Is matches
-// both (for example ErrLowerSerial when every source is stale).
-type SourcesError struct {
-	// What was being fetched, e.g. `the latest version of "av"` or
-	// `file "db/av.bin" (sha256 0123…)`.
-	What string
-	// Failures lists each source tried, in order, and why it failed.
-	Failures []SourceFailure
-}
-
-// Error lists every source and why it failed, on one line.
-func (e *SourcesError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%v for %s: ", ErrSourcesFailed, e.What)
-	for i, f := range e.Failures {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "[%d] %s", i+1, describeFailure(f.Source, f.Err))
-	}
-	return b.String()
-}
-
-// Unwrap returns ErrSourcesFailed and each source's error.
-func (e *SourcesError) Unwrap() []error {
-	errs := make([]error, 0, len(e.Failures)+1)
-	errs = append(errs, ErrSourcesFailed)
-	for _, f := range e.Failures {
-		errs = append(errs, f.Err)
-	}
-	return errs
-}
-
-// describeFailure renders one source's failure as "SOURCE: ERROR: HINT",
-// without repeating the source's name when the error already starts with
-// it (source implementations name themselves).
-func describeFailure(src string, err error) string {
-	msg := err.Error()
-	if !strings.HasPrefix(msg, src) {
-		msg = src + ": " + msg
-	}
-	if h := hint(err); h != "" {
-		msg += ": " + h
-	}
-	return msg
-}
 
 // hint says what a failure means for the user, or "" when the error speaks
 // for itself.

@@ -2,12 +2,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -30,6 +30,8 @@ type MirrorConfig struct {
 	Trust *manifest.Trust
 	// Concurrency is how many blobs are fetched at once. Default 4.
 	Concurrency int
+	// StallTimeout is as in Config. Default 30 s.
+	StallTimeout time.Duration
 	// Progress, when set, is called as blob bytes arrive (as in Config).
 	Progress func(done, total int64)
 	// Logger receives the run's events. Default: discard.
@@ -101,12 +103,15 @@ func (c *MirrorConfig) validate() error {
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultConfig().Concurrency
 	}
+	if c.StallTimeout < 0 {
+		return bad("negative stall timeout %v", c.StallTimeout)
+	}
 	return nil
 }
 
 // mirrorDocs are the verified documents of the version being mirrored.
 type mirrorDocs struct {
-	src     int
+	src     string        // the source that served the manifest
 	latestS source.Signed // empty when an explicit older version is mirrored
 	latest  *manifest.Latest
 	manS    source.Signed
@@ -114,7 +119,8 @@ type mirrorDocs struct {
 }
 
 func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorResult, error) {
-	docs, err := mirrorResolve(ctx, cfg, log)
+	health := source.NewHealth(source.Backoff{})
+	docs, err := mirrorResolve(ctx, cfg, health, log)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +149,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 	if err != nil {
 		return nil, err
 	}
-	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: m.Serial, Source: cfg.Sources[docs.src].String()}
+	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: m.Serial, Source: docs.src}
 	// Blobs already in the folder are kept if they verify.
 	var missing []*blobJob
 	var total int64
@@ -156,10 +162,9 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		total += j.size
 	}
 	f := &fetcher{
-		sources: withVersionHint(cfg.Sources, cfg.Product, m.Version), dir: blobDir, partDir: partDir, log: log, progress: cfg.Progress,
-		served: make([]bool, len(cfg.Sources)), total: total,
+		chain: newChain(withVersionHint(cfg.Sources, cfg.Product, m.Version), health, cfg.StallTimeout, log, nil),
+		dir:   blobDir, partDir: partDir, log: log, progress: cfg.Progress, total: total,
 	}
-	f.sticky.Store(int64(docs.src))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cfg.Concurrency)
 	for _, j := range missing {
@@ -193,63 +198,35 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 	return res, nil
 }
 
-// mirrorResolve fetches and verifies the documents from the first source
-// that has them.
-func mirrorResolve(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*mirrorDocs, error) {
-	var failures []SourceFailure
-	for i, src := range cfg.Sources {
-		d, err := mirrorResolveFrom(ctx, cfg, src)
-		if err == nil {
-			d.src = i
-			return d, nil
-		}
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
-		}
-		failures = append(failures, SourceFailure{Source: src.String(), Err: err})
-		log.Warn(fmt.Sprintf("agent: %s; trying next source", describeFailure(src.String(), err)))
-	}
-	what := fmt.Sprintf("the latest version of %q", cfg.Product)
-	if cfg.Version != "" {
-		what = fmt.Sprintf("version %q of %q", cfg.Version, cfg.Product)
-	}
-	return nil, &SourcesError{What: what, Failures: failures}
-}
-
-func mirrorResolveFrom(ctx context.Context, cfg MirrorConfig, src source.Source) (*mirrorDocs, error) {
+// mirrorResolve fetches and verifies the documents through the failover
+// engine: the latest.json (not needed for an explicit older version) and
+// the manifest.
+func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *source.Health, log *slog.Logger) (*mirrorDocs, error) {
 	d := &mirrorDocs{}
-	var err error
-	for attempt := 0; ; attempt++ { // see resolveFrom: retry once on a bad signature
-		if d.latestS, err = src.Latest(ctx, cfg.Product); err != nil {
-			break
-		}
-		d.latest, err = cfg.Trust.VerifyLatest(d.latestS.Data, d.latestS.Signature)
-		if err == nil || attempt > 0 || !errors.Is(err, manifest.ErrBadSignature) {
-			break
-		}
-	}
-	if err == nil && d.latest.Product != cfg.Product {
-		err = fmt.Errorf("%s is about product %q: %w", manifest.LatestPath(cfg.Product), d.latest.Product, ErrWrongProduct)
-	}
 	version := cfg.Version
+	chain := newChain(cfg.Sources, health, cfg.StallTimeout, log, func(kind string, s source.Signed) (err error) {
+		if kind == source.KindLatest {
+			d.latest, err = verifyLatest(cfg.Trust, cfg.Product, s)
+			return err
+		}
+		d.man, err = verifyManifest(cfg.Trust, cfg.Product, version, d.latest, s)
+		return err
+	})
+	var err error
+	d.latestS, err = chain.Latest(ctx, cfg.Product)
 	switch {
 	case err != nil && version == "":
-		return nil, err
+		return nil, named(err, fmt.Sprintf("the latest version of %q", cfg.Product))
 	case err == nil && (version == "" || version == d.latest.Version):
 		version = d.latest.Version
 	default:
 		// An explicit version other than the latest: its manifest alone.
 		d.latestS, d.latest = source.Signed{}, nil
 	}
-	if d.manS, err = src.Manifest(ctx, cfg.Product, version); err != nil {
-		return nil, err
+	if d.manS, err = chain.Manifest(ctx, cfg.Product, version); err != nil {
+		return nil, named(err, fmt.Sprintf("version %q of %q", version, cfg.Product))
 	}
-	if d.man, err = cfg.Trust.VerifyManifest(d.manS.Data, d.manS.Signature, d.latest); err != nil {
-		return nil, err
-	}
-	if d.man.Product != cfg.Product || d.man.Version != version {
-		return nil, fmt.Errorf("manifest of %s %s names %s %s: %w", cfg.Product, version, d.man.Product, d.man.Version, ErrWrongProduct)
-	}
+	d.src = d.manS.Source
 	return d, nil
 }
 

@@ -74,7 +74,7 @@ type Result struct {
 // A run that fails, or a crash at any moment, leaves `current` on the old
 // version, whole; partial downloads are kept and the next run resumes
 // them. An error names the source, the file and what went wrong; when
-// every source failed it is a *SourcesError listing each.
+// every source failed it is a *source.FailoverError listing each.
 //
 // Update holds a lock on the product's directory for the whole run
 // (ErrBusy if another run holds it). It does not close cfg.Sources.
@@ -82,7 +82,8 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components()}
+	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components(),
+		health: source.NewHealth(source.Backoff{})}
 	res, err := u.run(ctx)
 	if err != nil {
 		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
@@ -108,12 +109,12 @@ type updater struct {
 	log        *slog.Logger
 	l          layout
 	components []string
+	health     *source.Health // the run's memory of failed sources
 }
 
 // decision is what the sources offer: a verified latest.json and manifest.
 type decision struct {
-	src      source.Source
-	srcIndex int
+	src      string // the source that served latest.json
 	latest   *manifest.Latest
 	latestS  source.Signed
 	man      *manifest.Manifest
@@ -158,90 +159,68 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		}
 		return &Result{
 			Product: u.cfg.Product, Version: inst.man.Version, Serial: inst.man.Serial,
-			Status: StatusUpToDate, Source: d.src.String(),
+			Status: StatusUpToDate, Source: d.src,
 		}, nil
 	}
 	return u.install(ctx, d, inst)
 }
 
-// resolve asks the sources in order for the newest version.
+// resolve asks the sources, through the failover engine, for the newest
+// version: the first latest.json that verifies and is not below the
+// installed serial, then, unless the installed version is current, its
+// manifest.
 func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error) {
-	var failures []SourceFailure
-	for i, src := range u.cfg.Sources {
-		d, err := u.resolveFrom(ctx, src, inst)
-		if err == nil {
-			d.src, d.srcIndex = src, i
-			return d, nil
-		}
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
-		}
-		failures = append(failures, SourceFailure{Source: src.String(), Err: err})
-		if i < len(u.cfg.Sources)-1 {
-			u.log.Warn(fmt.Sprintf("agent: %s; trying next source", describeFailure(src.String(), err)))
-		}
-	}
-	return nil, &SourcesError{What: fmt.Sprintf("the latest version of %q", u.cfg.Product), Failures: failures}
-}
-
-// resolveFrom reads and verifies latest.json and, unless the installed
-// version is current, its manifest, from one source.
-func (u *updater) resolveFrom(ctx context.Context, src source.Source, inst *version) (*decision, error) {
 	product := u.cfg.Product
 	d := &decision{}
+	chain := newChain(u.cfg.Sources, u.health, u.cfg.StallTimeout, u.log, func(kind string, s source.Signed) (err error) {
+		if kind == source.KindLatest {
+			d.latest, err = u.checkLatest(s, inst)
+			return err
+		}
+		d.man, err = verifyManifest(u.cfg.Trust, product, d.latest.Version, d.latest, s)
+		return err
+	})
 	var err error
-	// Publish replaces latest.json's signature before the document, so a
-	// fetch can pair an old document with a new signature for an instant:
-	// retry once on a bad signature.
-	for attempt := 0; ; attempt++ {
-		d.latestS, err = src.Latest(ctx, product)
-		if err != nil {
-			return nil, err // sources name themselves and the document
-		}
-		d.latest, err = u.cfg.Trust.VerifyLatest(d.latestS.Data, d.latestS.Signature)
-		if err == nil || attempt > 0 || !errors.Is(err, manifest.ErrBadSignature) {
-			break
-		}
+	if d.latestS, err = chain.Latest(ctx, product); err != nil {
+		return nil, named(err, fmt.Sprintf("the latest version of %q", product))
 	}
-	if err != nil {
-		return nil, err
-	}
-	l := d.latest
-	if l.Product != product {
-		return nil, fmt.Errorf("%s is about product %q: %w", manifest.LatestPath(product), l.Product, ErrWrongProduct)
-	}
-	if inst != nil {
-		im := inst.man
-		switch {
-		case l.Serial < im.Serial:
-			return nil, fmt.Errorf("offers %s serial %d, installed is %s serial %d; refusing to downgrade: %w",
-				l.Version, l.Serial, im.Version, im.Serial, ErrLowerSerial)
-		case l.Serial == im.Serial:
-			if l.Version != im.Version || l.ManifestSHA256 != sha256Hex(inst.raw) {
-				return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), installed is %s serial %d (manifest sha256 %s): %w",
-					l.Version, l.Serial, l.ManifestSHA256, im.Version, im.Serial, sha256Hex(inst.raw), ErrSerialConflict)
-			}
-			switch broken := u.damaged(inst); {
-			case !slices.Equal(inst.info.Components, u.components):
-				u.log.Info("reinstalling the same version with other components", "version", l.Version,
-					"installed", inst.info.Components, "wanted", u.components)
-			case broken != "":
-				u.log.Warn("installed files damaged; repairing", "version", l.Version, "file", broken)
-			default:
-				d.upToDate = true
-				return d, nil
-			}
+	d.src = d.latestS.Source
+	if l := d.latest; inst != nil && l.Serial == inst.man.Serial {
+		switch broken := u.damaged(inst); {
+		case !slices.Equal(inst.info.Components, u.components):
+			u.log.Info("reinstalling the same version with other components", "version", l.Version,
+				"installed", inst.info.Components, "wanted", u.components)
+		case broken != "":
+			u.log.Warn("installed files damaged; repairing", "version", l.Version, "file", broken)
+		default:
+			d.upToDate = true
+			return d, nil
 		}
 	}
-	d.manS, err = src.Manifest(ctx, product, l.Version)
-	if err != nil {
-		return nil, err
-	}
-	d.man, err = u.cfg.Trust.VerifyManifest(d.manS.Data, d.manS.Signature, l)
-	if err != nil {
-		return nil, err
+	if d.manS, err = chain.Manifest(ctx, product, d.latest.Version); err != nil {
+		return nil, named(err, fmt.Sprintf("the manifest of %s %s", product, d.latest.Version))
 	}
 	return d, nil
+}
+
+// checkLatest verifies a latest.json and refuses a version below the
+// installed one (a rollback attack or a stale source) or one that claims
+// the installed serial with other content.
+func (u *updater) checkLatest(s source.Signed, inst *version) (*manifest.Latest, error) {
+	l, err := verifyLatest(u.cfg.Trust, u.cfg.Product, s)
+	if err != nil || inst == nil {
+		return l, err
+	}
+	im := inst.man
+	switch {
+	case l.Serial < im.Serial:
+		return nil, fmt.Errorf("offers %s serial %d, installed is %s serial %d; refusing to downgrade: %w",
+			l.Version, l.Serial, im.Version, im.Serial, ErrLowerSerial)
+	case l.Serial == im.Serial && (l.Version != im.Version || l.ManifestSHA256 != sha256Hex(inst.raw)):
+		return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), installed is %s serial %d (manifest sha256 %s): %w",
+			l.Version, l.Serial, l.ManifestSHA256, im.Version, im.Serial, sha256Hex(inst.raw), ErrSerialConflict)
+	}
+	return l, nil
 }
 
 // damaged returns the first installed file of v that is missing or has
@@ -277,17 +256,15 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	if err != nil {
 		return nil, err
 	}
-	u.log.Info("installing", "version", d.latest.Version, "serial", d.latest.Serial, "source", d.src.String(),
+	u.log.Info("installing", "version", d.latest.Version, "serial", d.latest.Serial, "source", d.src,
 		"files", len(files), "blobs", len(jobs), "components", u.components)
 
 	f := &fetcher{
-		sources:  withVersionHint(u.cfg.Sources, u.cfg.Product, d.latest.Version),
+		chain:    newChain(withVersionHint(u.cfg.Sources, u.cfg.Product, d.latest.Version), u.health, u.cfg.StallTimeout, u.log, nil),
 		dir:      u.l.blobs,
 		log:      u.log,
 		progress: u.cfg.Progress,
-		served:   make([]bool, len(u.cfg.Sources)),
 	}
-	f.sticky.Store(int64(d.srcIndex))
 	if u.cfg.hooks != nil {
 		f.wrap = u.cfg.hooks.partWriter
 	}
@@ -301,7 +278,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	}
 
 	// Metadata beside the files, then make the whole stage durable.
-	info, err := json.MarshalIndent(installInfo{Components: u.components, Source: d.src.String(), Installed: time.Now().UTC()}, "", "  ")
+	info, err := json.MarshalIndent(installInfo{Components: u.components, Source: d.src, Installed: time.Now().UTC()}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -367,12 +344,12 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 		Version:         d.latest.Version,
 		Serial:          d.latest.Serial,
 		Status:          StatusUpdated,
-		Source:          d.src.String(),
+		Source:          d.src,
 		BytesDownloaded: f.downloaded.Load(),
 		FilesChanged:    countChanges(old, files),
 	}
-	if i := f.lastServed(); i >= 0 {
-		res.Source = u.cfg.Sources[i].String()
+	if last := f.lastServed(); last != "" {
+		res.Source = last
 	}
 	return res, nil
 }

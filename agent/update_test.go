@@ -299,7 +299,7 @@ func TestUpdate_CorruptBlobNextSourceServes(t *testing.T) {
 		t.Errorf("result source = %q, want %q", res.Source, good.src.String())
 	}
 	assertTree(t, current(t, cfg), v1Files)
-	if !strings.Contains(logs.String(), "sha256 mismatch") || !strings.Contains(logs.String(), "trying next source") {
+	if !strings.Contains(logs.String(), "update source delivered a corrupt blob") || !strings.Contains(logs.String(), "skipped=1") {
 		t.Errorf("log does not tell about the corrupt source:\n%s", logs.String())
 	}
 	// Sticky failover: after the first corrupt file, the good source
@@ -321,9 +321,9 @@ func TestUpdate_EverySourceCorrupt(t *testing.T) {
 	bad2 := serveRepo(t, r.dir, func(int, *http.Request) fault { return fault{corrupt: true} })
 	cfg.Sources = []source.Source{bad1.src, bad2.src}
 	_, err := Update(testCtx(t), cfg)
-	var se *SourcesError
-	if !errors.As(err, &se) || !errors.Is(err, ErrDigestMismatch) {
-		t.Fatalf("err = %v, want a *SourcesError with ErrDigestMismatch", err)
+	var fe *source.FailoverError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("err = %v, want a *source.FailoverError with ErrDigestMismatch", err)
 	}
 	msg := err.Error()
 	for _, want := range []string{bad1.src.String(), bad2.src.String(), `"db/a.bin"`, sha("version two of A"), "source content is corrupt"} {
@@ -331,8 +331,8 @@ func TestUpdate_EverySourceCorrupt(t *testing.T) {
 			t.Errorf("error lacks %q: %s", want, msg)
 		}
 	}
-	if len(se.Failures) != 2 {
-		t.Errorf("%d failures listed, want 2", len(se.Failures))
+	if len(fe.Failures) != 2 {
+		t.Errorf("%d failures listed, want 2", len(fe.Failures))
 	}
 	assertTree(t, current(t, cfg), v1Files)
 	// The corrupt bytes are not kept.
@@ -420,11 +420,11 @@ func TestUpdate_ResumeTruncatedStream(t *testing.T) {
 	if sent > int64(len(big))+slack || res.BytesDownloaded > int64(len(big))+slack {
 		t.Errorf("servers sent %d bytes, agent got %d, for a %d-byte file", sent, res.BytesDownloaded, len(big))
 	}
-	if got := cutter.ranges(); len(got) != 1+maxResumes || got[0] != "" || !strings.HasPrefix(got[1], "bytes=") {
-		t.Errorf("cutting source got Range headers %q, want a first full request then %d resumes", got, maxResumes)
+	if got := cutter.ranges(); len(got) != 1+source.MaxResumes || got[0] != "" || !strings.HasPrefix(got[1], "bytes=") {
+		t.Errorf("cutting source got Range headers %q, want a first full request then %d resumes", got, source.MaxResumes)
 	}
-	if got := good.ranges(); len(got) != 1 || got[0] != fmt.Sprintf("bytes=%d-", (1+maxResumes)*cut) {
-		t.Errorf("second source got Range headers %q, want one resume at %d", got, (1+maxResumes)*cut)
+	if got := good.ranges(); len(got) != 1 || got[0] != fmt.Sprintf("bytes=%d-", (1+source.MaxResumes)*cut) {
+		t.Errorf("second source got Range headers %q, want one resume at %d", got, (1+source.MaxResumes)*cut)
 	}
 	if res.Source != good.src.String() {
 		t.Errorf("source = %q, want %q", res.Source, good.src.String())

@@ -21,7 +21,15 @@ const (
 	KindManifest = "manifest"
 )
 
-// Backoff is how long a source that failed waits before the Chain prefers
+// MaxResumes bounds how many times in a row one source's broken transfer
+// is resumed before the next source is tried; each resume must follow
+// progress (a source that breaks before sending a byte is left at once).
+const MaxResumes = 3
+
+// fetchBufSize is the read buffer of Chain.Fetch.
+const fetchBufSize = 256 << 10
+
+// Backoff is how long a source that failed waits before a Chain prefers
 // it again: Initial after the first failure, doubling with each further
 // one, at most Max. A success resets it.
 type Backoff struct {
@@ -34,39 +42,69 @@ type Backoff struct {
 // ChainOptions tune a Chain. Zero fields take the defaults of
 // DefaultChainOptions.
 type ChainOptions struct {
-	// PerSourceTimeout bounds each source's answer: a whole document
-	// request, and for a blob the connection and its first bytes, then
-	// any silence while reading (no byte for this long moves to the next
-	// source). It never bounds a long transfer that keeps moving. Default
-	// 10 s, as Kaspersky Endpoint Security waits for one update source.
-	PerSourceTimeout time.Duration
+	// ConnectTimeout bounds each source's answer: a whole document
+	// request, and for a blob the request until the source answers.
+	// Default 10 s, as Kaspersky Endpoint Security waits for one update
+	// source.
+	ConnectTimeout time.Duration
+	// StallTimeout bounds any silence while a blob's bytes flow: a
+	// transfer that delivers no byte for this long is left for the next
+	// source, which resumes at the offset reached. It never bounds a long
+	// transfer that keeps moving. Default 30 s (`--stall-timeout`).
+	StallTimeout time.Duration
 	// Backoff says how long a failed source is tried only after the
 	// others.
 	Backoff Backoff
+	// Health, when set, is where failures are remembered, by source name:
+	// Chains built over changing sets of sources (a DP's peers and
+	// upstreams, one Chain per fetch) share one Health so that a failing
+	// source stays in backoff across them. Nil: the Chain keeps its own.
+	Health *Health
 	// Verify, when set, checks each document a source returns (kind is
 	// KindLatest, with version "", or KindManifest) before the Chain
-	// accepts it. A failure (a bad or missing signature) counts as that
-	// source's failure: the next source is asked. It may be called
-	// concurrently.
+	// accepts it: signature, product, serial floor. A failure counts as
+	// that source's failure and the next source is asked; a failure
+	// wrapping ErrRetry first asks the same source once more (a
+	// repository being republished can pair an old document with a new
+	// signature for an instant). It may be called concurrently.
 	Verify func(kind, product, version string, s Signed) error
+	// Hint, when set, adds advice for the user to a failure in a
+	// *FailoverError's message ("check the network"), or "" for none.
+	Hint func(error) string
 	// Logger receives which source served and why others were skipped.
 	// Default slog.Default().
 	Logger *slog.Logger
 }
 
+// ErrRetry, wrapped by an error of ChainOptions.Verify, asks the Chain to
+// ask the same source once more before the next one (see Retry).
+var ErrRetry = errors.New("worth one more try")
+
+// Retry marks err as worth one more request to the same source (it then
+// wraps ErrRetry too), without changing its message.
+func Retry(err error) error { return retryError{err} }
+
+type retryError struct{ err error }
+
+func (e retryError) Error() string   { return e.err.Error() }
+func (e retryError) Unwrap() []error { return []error{e.err, ErrRetry} }
+
 // DefaultChainOptions returns the defaults documented on ChainOptions.
 func DefaultChainOptions() ChainOptions {
 	return ChainOptions{
-		PerSourceTimeout: 10 * time.Second,
-		Backoff:          Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute},
+		ConnectTimeout: 10 * time.Second,
+		StallTimeout:   30 * time.Second,
+		Backoff:        Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute},
 	}
 }
 
 // Validate reports negative durations or a Max below Initial.
 func (o ChainOptions) Validate() error {
 	switch {
-	case o.PerSourceTimeout < 0:
-		return fmt.Errorf("chain options: PerSourceTimeout %v is negative: %w", o.PerSourceTimeout, ErrBadOptions)
+	case o.ConnectTimeout < 0:
+		return fmt.Errorf("chain options: ConnectTimeout %v is negative: %w", o.ConnectTimeout, ErrBadOptions)
+	case o.StallTimeout < 0:
+		return fmt.Errorf("chain options: StallTimeout %v is negative: %w", o.StallTimeout, ErrBadOptions)
 	case o.Backoff.Initial < 0 || o.Backoff.Max < 0:
 		return fmt.Errorf("chain options: negative backoff %+v: %w", o.Backoff, ErrBadOptions)
 	case o.Backoff.Initial > 0 && o.Backoff.Max > 0 && o.Backoff.Max < o.Backoff.Initial:
@@ -77,70 +115,79 @@ func (o ChainOptions) Validate() error {
 
 func (o ChainOptions) withDefaults() ChainOptions {
 	d := DefaultChainOptions()
-	if o.PerSourceTimeout <= 0 {
-		o.PerSourceTimeout = d.PerSourceTimeout
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = d.ConnectTimeout
 	}
-	if o.Backoff.Initial <= 0 {
-		o.Backoff.Initial = d.Backoff.Initial
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = d.StallTimeout
 	}
-	if o.Backoff.Max <= 0 {
-		o.Backoff.Max = max(d.Backoff.Max, o.Backoff.Initial)
-	}
-	if o.Backoff.Max < o.Backoff.Initial {
-		o.Backoff.Max = o.Backoff.Initial
-	}
+	o.Backoff = o.Backoff.withDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	return o
 }
 
-// Chain is a Source that tries its sources in order, as an update task
-// tries the update sources an administrator listed: the first that answers
-// with a verified document, or with the blob, serves; every skipped source
-// is logged (Warn) with the reason, and the one that served is logged
-// (Info) and named in Signed.Source.
-//
-// A source that failed (unreachable, timed out, an HTTP 5xx, a bad
-// signature, a corrupt blob, a transfer that broke) is put into backoff
-// (ChainOptions.Backoff): until it ends, it is tried only after the
-// others, never forgotten. "Not found" is not a failure of the source: the
-// next is asked, and the order stays.
-//
-// A blob's reader resumes a broken transfer at the byte reached, once from
-// the same source, then from the next ones; it hashes a blob read from
-// offset 0 and checks the SHA-256 at the end (see Blob).
-//
-// Chain is safe for concurrent use.
-type Chain struct {
-	srcs []Source
-	opts ChainOptions
-	log  *slog.Logger
-
-	mu     sync.Mutex // guards health
-	health []health
+func (b Backoff) withDefaults() Backoff {
+	d := DefaultChainOptions().Backoff
+	if b.Initial <= 0 {
+		b.Initial = d.Initial
+	}
+	if b.Max <= 0 {
+		b.Max = max(d.Max, b.Initial)
+	}
+	if b.Max < b.Initial {
+		b.Max = b.Initial
+	}
+	return b
 }
 
-// health is one source's backoff state.
-type health struct {
-	failures int       // consecutive failures
-	until    time.Time // tried only after the others until then
-	gen      uint64    // changes with every recorded failure or success
+// Chain is the one failover engine: a Source that tries its sources in
+// order, as an update task tries the update sources an administrator
+// listed. The first that answers with a verified document, or with the
+// blob, serves; every skipped source is logged (Warn) with the reason, and
+// the one that served is logged (Info) and named in Signed.Source. When no
+// source serves, the error is a *FailoverError listing each.
+//
+// A source that failed (unreachable, timed out, silent mid-transfer, an
+// HTTP 5xx, a bad signature, a corrupt blob) is put into backoff
+// (ChainOptions.Backoff): until it ends, it is tried only after the
+// others, never forgotten. "Not found", a source holding only part of a
+// blob (ErrPartial), and the caller's own bad request are not failures of
+// the source: the next is asked, and the order stays.
+//
+// Blobs are read with Blob (a reader, for relaying) or Fetch (into a
+// caller's Sink, for storing). Either resumes a broken or stalled transfer
+// at the byte reached: from the same source while it keeps making
+// progress (up to 3 times in a row), then from the next sources in order.
+//
+// Chain is safe for concurrent use. It is cheap to build: a caller whose
+// sources change (a DP's peers) builds one per request over a shared
+// Health.
+type Chain struct {
+	srcs   []Source
+	opts   ChainOptions
+	log    *slog.Logger
+	health *Health
 }
 
 // NewChain returns a Chain over srcs, tried in this order. Invalid opts
-// (see Validate) are replaced by the defaults. The Chain owns the sources:
-// Close closes them.
+// (see Validate) are replaced by the defaults. Close closes the sources;
+// a Chain built over sources the caller keeps needs no Close.
 func NewChain(srcs []Source, opts ChainOptions) *Chain {
 	if opts.Validate() != nil {
-		opts = ChainOptions{Verify: opts.Verify, Logger: opts.Logger}
+		opts = ChainOptions{Verify: opts.Verify, Hint: opts.Hint, Health: opts.Health, Logger: opts.Logger}
 	}
 	opts = opts.withDefaults()
+	h := opts.Health
+	if h == nil {
+		h = NewHealth(opts.Backoff)
+	}
 	return &Chain{
 		srcs:   append([]Source(nil), srcs...),
 		opts:   opts,
 		log:    opts.Logger.With("component", "source"),
-		health: make([]health, len(srcs)),
+		health: h,
 	}
 }
 
@@ -171,6 +218,7 @@ func (c *Chain) Close() error {
 // was made.
 type pick struct {
 	i       int
+	name    string
 	gen     uint64
 	waiting bool // in backoff
 }
@@ -178,13 +226,16 @@ type pick struct {
 // order returns the sources to try: those not in backoff in their
 // configured order, then those in backoff, soonest retry first.
 func (c *Chain) order() []pick {
+	names := make([]string, len(c.srcs))
+	for i, s := range c.srcs {
+		names[i] = s.String()
+	}
+	states := c.health.states(names)
 	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var ready, waiting []pick
-	for i, h := range c.health {
-		p := pick{i: i, gen: h.gen}
-		if now.Before(h.until) {
+	for i, st := range states {
+		p := pick{i: i, name: names[i], gen: st.gen}
+		if now.Before(st.until) {
 			p.waiting = true
 			waiting = append(waiting, p)
 		} else {
@@ -192,96 +243,42 @@ func (c *Chain) order() []pick {
 		}
 	}
 	sort.SliceStable(waiting, func(a, b int) bool {
-		return c.health[waiting[a].i].until.Before(c.health[waiting[b].i].until)
+		return states[waiting[a].i].until.Before(states[waiting[b].i].until)
 	})
 	return append(ready, waiting...)
 }
 
-// fail records a failure of source i seen by an attempt that started at
-// generation gen; failures of attempts that started before the last
-// recorded change count once (a burst of concurrent requests to a dead
-// source is one failure). It returns the backoff.
-func (c *Chain) fail(i int, gen uint64) time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	h := &c.health[i]
-	if gen == h.gen {
-		h.failures++
-		h.gen++
-		d := c.opts.Backoff.Initial
-		for n := 1; n < h.failures && d < c.opts.Backoff.Max; n++ {
-			d *= 2
-		}
-		h.until = time.Now().Add(min(d, c.opts.Backoff.Max))
-	}
-	return time.Until(h.until).Round(time.Millisecond)
-}
-
-// failNow records a failure of source i regardless of when it was tried.
-func (c *Chain) failNow(i int) time.Duration {
-	c.mu.Lock()
-	gen := c.health[i].gen
-	c.mu.Unlock()
-	return c.fail(i, gen)
-}
-
-// succeed clears source i's backoff.
-func (c *Chain) succeed(i int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	h := &c.health[i]
-	if h.failures > 0 || !h.until.IsZero() {
-		h.failures, h.until = 0, time.Time{}
-		h.gen++
-	}
-}
-
 // blames reports whether err is the source's fault, to be remembered by
-// backoff: not a missing file, not the caller's bad request, not an
-// offset past the end that every source would refuse alike.
-func blames(err error, offset int64) bool {
+// backoff: not a missing file, not the caller's bad request, not a source
+// that says it holds only part of a blob, not an offset past the end that
+// every source would refuse alike.
+func blames(err error) bool {
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalid):
-		return false
-	case offset > 0 && errors.Is(err, ErrDataLoss) && strings.Contains(err.Error(), "past the end"):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalid), errors.Is(err, ErrPartial), errors.Is(err, errPastEnd):
 		return false
 	}
 	return true
 }
 
 // skipped logs why source p was left and records the failure.
-func (c *Chain) skipped(p pick, what string, err error, next string, offset int64) {
-	s := c.srcs[p.i]
-	attrs := []any{"what", what, "source", s.String(), "error", err.Error(), "next", next}
-	if blames(err, offset) {
-		attrs = append(attrs, "backoff", c.fail(p.i, p.gen))
+func (c *Chain) skipped(p pick, what string, err error, next string) {
+	attrs := []any{"what", what, "source", p.name, "error", err.Error(), "next", next}
+	level := slog.LevelWarn
+	switch {
+	case errors.Is(err, ErrPartial):
+		level = slog.LevelDebug
+	case blames(err):
+		attrs = append(attrs, "backoff", c.health.fail(p.name, p.gen))
 	}
-	c.log.Warn("update source skipped", attrs...)
+	c.log.Log(context.Background(), level, "update source skipped", attrs...)
 }
 
 // nextName names the source after position n of order, for logs.
 func (c *Chain) nextName(order []pick, n int) string {
 	if n+1 < len(order) {
-		return c.srcs[order[n+1].i].String()
+		return order[n+1].name
 	}
 	return "none"
-}
-
-// allFailed is the error when no source served: ErrNotFound if every
-// source said so, ErrUnavailable otherwise; each source's reason follows.
-func (c *Chain) allFailed(what string, errs []error) error {
-	if len(errs) == 0 {
-		return fmt.Errorf("%s: no update source configured: %w", what, ErrUnavailable)
-	}
-	sentinel := ErrNotFound
-	reasons := make([]string, len(errs))
-	for i, err := range errs {
-		if !errors.Is(err, ErrNotFound) {
-			sentinel = ErrUnavailable
-		}
-		reasons[i] = err.Error()
-	}
-	return fmt.Errorf("%s: %w from all %d sources: %s", what, sentinel, len(errs), strings.Join(reasons, "; "))
 }
 
 // Latest implements Source: the first verified latest.json.
@@ -308,48 +305,66 @@ func (c *Chain) Manifest(ctx context.Context, product, version string) (Signed, 
 
 func (c *Chain) document(ctx context.Context, kind, product, version, rel string, get func(context.Context, Source) (Signed, error)) (Signed, error) {
 	order := c.order()
-	var errs []error
+	fe := &FailoverError{What: rel, hint: c.opts.Hint}
 	for n, p := range order {
 		s := c.srcs[p.i]
-		sctx, cancel := context.WithTimeout(ctx, c.opts.PerSourceTimeout)
-		signed, err := get(sctx, s)
-		timedOut := err != nil && sctx.Err() != nil && ctx.Err() == nil
-		cancel()
-		if err == nil && c.opts.Verify != nil {
-			if verr := c.opts.Verify(kind, product, version, signed); verr != nil {
-				err = fmt.Errorf("%s: %s: %w: it does not verify: %w", s, rel, ErrDataLoss, verr)
-			}
-		}
+		signed, err := c.askDocument(ctx, kind, product, version, rel, s, get)
 		if err == nil {
-			c.succeed(p.i)
+			c.health.succeed(p.name)
 			if signed.Source == "" {
 				signed.Source = s.String()
 			}
-			c.log.Info("update source served", "what", rel, "source", signed.Source, "skipped", len(errs))
+			c.log.Info("update source served", "what", rel, "source", signed.Source, "skipped", len(fe.Failures))
 			return signed, nil
 		}
 		if ctx.Err() != nil {
-			return Signed{}, fmt.Errorf("%s: %w while asking %s: %w", rel, ErrUnavailable, s, ctx.Err())
+			return Signed{}, fmt.Errorf("%s: %w while asking %s: %w", rel, ErrUnavailable, s, context.Cause(ctx))
 		}
 		if errors.Is(err, ErrInvalid) {
 			return Signed{}, err
 		}
-		if timedOut {
-			err = fmt.Errorf("%w (no answer within the per-source timeout, %v)", err, c.opts.PerSourceTimeout)
-		}
-		c.skipped(p, rel, err, c.nextName(order, n), 0)
-		errs = append(errs, err)
+		c.skipped(p, rel, err, c.nextName(order, n))
+		fe.add(s.String(), err)
 	}
-	return Signed{}, c.allFailed(rel, errs)
+	return Signed{}, fe
+}
+
+// askDocument asks one source for a document within ConnectTimeout and
+// verifies it, asking once more when verification says ErrRetry.
+func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel string, s Source, get func(context.Context, Source) (Signed, error)) (Signed, error) {
+	for attempt := 0; ; attempt++ {
+		sctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
+		signed, err := get(sctx, s)
+		timedOut := err != nil && sctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			return Signed{}, fmt.Errorf("%w (no answer within %v)", err, c.opts.ConnectTimeout)
+		}
+		if err != nil || c.opts.Verify == nil {
+			return signed, err
+		}
+		verr := c.opts.Verify(kind, product, version, signed)
+		if verr == nil {
+			return signed, nil
+		}
+		if attempt == 0 && errors.Is(verr, ErrRetry) {
+			continue
+		}
+		return Signed{}, fmt.Errorf("%s: %s: refused: %w", s, rel, verr)
+	}
 }
 
 // errStalled cancels a source's blob transfer that went silent.
 var errStalled = errors.New("stalled")
 
+// errPastEnd marks an offset at or past a blob's end: every source would
+// refuse it alike.
+var errPastEnd = errors.New("offset past the end")
+
 // Blob implements Source. The reader resumes a transfer that breaks (a
-// connection cut, a source going silent for PerSourceTimeout) at the
-// current offset, once from the same source, then from the next sources
-// in order, so the bytes already read are never fetched again.
+// connection cut, a source going silent for StallTimeout) at the current
+// offset, from the same source while it makes progress, then from the next
+// sources in order, so the bytes already read are never fetched again.
 //
 // From offset 0 the reader hashes what it delivers and, at the end,
 // checks the SHA-256 against digest: on a mismatch the read returns an
@@ -357,19 +372,15 @@ var errStalled = errors.New("stalled")
 // delivered part of it goes into backoff, so the caller discards what it
 // has and asks again from 0, and the chain then starts with another
 // source. From an offset above 0 the chain cannot hash the bytes it never
-// saw: the caller checks the digest.
+// saw: the caller checks the digest (Fetch does it for its Sink).
 //
 // The reader has a Source() string method naming the source it reads
 // from. It is not safe for concurrent use (one reader, one goroutine).
 func (c *Chain) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
-	rel, err := blobPath(digest)
+	r, err := c.newTransfer(ctx, digest, offset, -1)
 	if err != nil {
 		return nil, err
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("source: blob %s: negative offset %d: %w", digest, offset, ErrInvalid)
-	}
-	r := &chainBlob{c: c, ctx: ctx, digest: digest, rel: rel, start: offset, off: offset, order: c.order(), delivered: map[int]bool{}}
 	if offset == 0 {
 		r.hash = sha256.New()
 	}
@@ -379,43 +390,156 @@ func (c *Chain) Blob(ctx context.Context, digest string, offset int64) (io.ReadC
 	return r, nil
 }
 
-// chainBlob is the reader Chain.Blob returns.
-type chainBlob struct {
+// Sink is where Chain.Fetch stores a blob: a cache writer, a partial
+// download file. Fetch calls it from one goroutine.
+type Sink interface {
+	// Offset is how many bytes of the blob the sink holds: the transfer
+	// starts (or resumes) there.
+	Offset() int64
+	// Write appends the blob's next bytes. An error is the sink's own (a
+	// full disk): Fetch stops at once and returns it, blaming no source.
+	Write(p []byte) (int, error)
+	// Verify checks the whole blob once the size's bytes are written. An
+	// error wrapping ErrDataLoss means the bytes are corrupt: Fetch blames
+	// the sources that delivered them, calls Reset and fetches the blob
+	// again from the next source. Any other error stops Fetch.
+	Verify() error
+	// Reset discards every byte the sink holds (Offset becomes 0).
+	Reset() error
+}
+
+// SourceSink is a Sink that wants to know which source the bytes come
+// from (to count them, or rate-limit them): From is called before the
+// first Write of each source's transfer.
+type SourceSink interface {
+	Sink
+	From(Source)
+}
+
+// Fetch stores the blob named by digest, size bytes long, into sink,
+// resuming at sink.Offset(): sources are tried in order, a broken or
+// stalled transfer resumes at its offset (the same source while it makes
+// progress, then the next), a source that sends more than size bytes or
+// whose bytes fail sink.Verify is blamed, and the blob is then fetched
+// again from byte 0 from the next source. It returns the source that
+// completed the blob. When no source could, the error is a
+// *FailoverError; an error of the sink itself or of ctx is returned as it
+// is (wrapped).
+func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink) (Source, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("source: blob %s: negative size %d: %w", digest, size, ErrInvalid)
+	}
+	off := sink.Offset()
+	if off > size {
+		if err := sink.Reset(); err != nil {
+			return nil, err
+		}
+		off = 0
+	}
+	r, err := c.newTransfer(ctx, digest, off, size)
+	if err != nil {
+		return nil, err
+	}
+	r.sink = sink
+	defer r.Close()
+	if off == size {
+		// Every byte is there (an interrupted run): check them.
+		err := r.verifySink()
+		if err == nil {
+			return nil, nil
+		}
+		if !errors.Is(err, ErrDataLoss) {
+			return nil, err
+		}
+		r.c.log.Warn("discarding a partial download that does not verify", "what", r.rel, "error", err.Error())
+		if err := sink.Reset(); err != nil {
+			return nil, err
+		}
+		r.off, r.start = 0, 0
+	}
+	buf := make([]byte, fetchBufSize)
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if _, err := sink.Write(buf[:n]); err != nil {
+				return nil, err
+			}
+		}
+		if rerr == io.EOF {
+			return r.last, nil
+		}
+		if rerr != nil {
+			var se *sinkError
+			if errors.As(rerr, &se) {
+				return nil, se.err
+			}
+			return nil, rerr
+		}
+	}
+}
+
+// sinkError carries an error of the Sink through the transfer unchanged.
+type sinkError struct{ err error }
+
+func (e *sinkError) Error() string { return e.err.Error() }
+func (e *sinkError) Unwrap() error { return e.err }
+
+// transfer is one blob read through the chain: the reader of Blob, and
+// the engine of Fetch.
+type transfer struct {
 	c      *Chain
 	ctx    context.Context
 	digest string
 	rel    string
+	size   int64 // -1: unknown (Blob); Fetch knows it
 	start  int64 // the offset asked for
 	off    int64 // blob offset of the next byte
 	hash   hash.Hash
+	sink   Sink // Fetch's
 	order  []pick
 	pos    int // index in order of the current source
 
-	resumed   bool // the current source was reopened after a break
-	resumes   int  // reopenings, all sources
+	resumes   int   // resumes of the current source
+	sinceOpen int64 // bytes delivered since the current source was opened
+	atEOF     bool  // the current source ended; finish on the next Read
+	total     int   // breaks, all sources
 	cur       io.ReadCloser
 	curCtx    context.Context // the current transfer's context
 	cancel    context.CancelCauseFunc
 	timer     *time.Timer
-	delivered map[int]bool // sources (indices) that delivered bytes
-	errs      []error      // why sources were left
-	err       error        // sticky: io.EOF, or the final error
+	told      bool            // the sink was told the current source
+	delivered map[string]bool // sources (names) that delivered bytes
+	last      Source          // the source that completed the blob
+	fe        *FailoverError  // why sources were left
+	err       error           // sticky: io.EOF, or the final error
+}
+
+func (c *Chain) newTransfer(ctx context.Context, digest string, offset, size int64) (*transfer, error) {
+	rel, err := blobPath(digest)
+	if err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("source: blob %s: negative offset %d: %w", digest, offset, ErrInvalid)
+	}
+	return &transfer{c: c, ctx: ctx, digest: digest, rel: rel, size: size, start: offset, off: offset,
+		order: c.order(), delivered: map[string]bool{}, fe: &FailoverError{What: rel, hint: c.opts.Hint}}, nil
 }
 
 // Source names the source the reader reads from (or read last).
-func (r *chainBlob) Source() string {
+func (r *transfer) Source() string {
 	if r.pos < len(r.order) {
-		return r.c.srcs[r.order[r.pos].i].String()
+		return r.order[r.pos].name
 	}
 	return ""
 }
 
-func (r *chainBlob) src() Source { return r.c.srcs[r.order[r.pos].i] }
+func (r *transfer) src() Source { return r.c.srcs[r.order[r.pos].i] }
 
 // open opens the current source at r.off, moving down the order until one
-// answers within PerSourceTimeout.
-func (r *chainBlob) open() error {
-	d := r.c.opts.PerSourceTimeout
+// answers within ConnectTimeout.
+func (r *transfer) open() error {
+	d := r.c.opts.ConnectTimeout
 	for r.pos < len(r.order) {
 		s := r.src()
 		actx, cancel := context.WithCancelCause(r.ctx)
@@ -426,13 +550,13 @@ func (r *chainBlob) open() error {
 			err = context.Cause(actx)
 		}
 		if err == nil {
-			r.cur, r.curCtx, r.cancel, r.timer = rc, actx, cancel, timer
+			r.cur, r.curCtx, r.cancel, r.timer, r.told, r.sinceOpen = rc, actx, cancel, timer, false, 0
 			return nil
 		}
 		stalled := context.Cause(actx) == errStalled
 		cancel(nil)
 		if r.ctx.Err() != nil {
-			return fmt.Errorf("%s: %w while asking %s: %w", r.rel, ErrUnavailable, s, r.ctx.Err())
+			return fmt.Errorf("%s: %w while asking %s: %w", r.rel, ErrUnavailable, s, context.Cause(r.ctx))
 		}
 		if errors.Is(err, ErrInvalid) {
 			return err
@@ -440,21 +564,24 @@ func (r *chainBlob) open() error {
 		if stalled {
 			err = fmt.Errorf("%s: %s: %w: no answer within %v", s, r.rel, ErrUnavailable, d)
 		}
+		if r.off > 0 && r.size < 0 && errors.Is(err, ErrDataLoss) && strings.Contains(err.Error(), "past the end") {
+			err = fmt.Errorf("%w: %w", errPastEnd, err)
+		}
 		r.leave(err)
 	}
-	return r.c.allFailed(r.rel, r.errs)
+	return r.fe.done()
 }
 
 // leave moves to the next source, logging why and recording the failure.
-func (r *chainBlob) leave(err error) {
-	r.c.skipped(r.order[r.pos], r.rel, fmt.Errorf("%w (at byte %d)", err, r.off), r.c.nextName(r.order, r.pos), r.off)
-	r.errs = append(r.errs, err)
+func (r *transfer) leave(err error) {
+	r.c.skipped(r.order[r.pos], r.rel, fmt.Errorf("%w (at byte %d)", err, r.off), r.c.nextName(r.order, r.pos))
+	r.fe.add(r.order[r.pos].name, err)
 	r.pos++
-	r.resumed = false
+	r.resumes = 0
 }
 
 // drop releases the current transfer.
-func (r *chainBlob) drop() {
+func (r *transfer) drop() {
 	if r.cur == nil {
 		return
 	}
@@ -464,10 +591,25 @@ func (r *chainBlob) drop() {
 	r.cur = nil
 }
 
-func (r *chainBlob) Read(p []byte) (int, error) {
+func (r *transfer) Read(p []byte) (int, error) {
 	for {
 		if r.err != nil {
 			return 0, r.err
+		}
+		if r.ctx.Err() != nil {
+			// Sources that read local files do not watch ctx.
+			r.drop()
+			r.err = fmt.Errorf("%s: %w at byte %d: %w", r.rel, ErrUnavailable, r.off, context.Cause(r.ctx))
+			return 0, r.err
+		}
+		if r.atEOF {
+			// The source's last bytes were returned by the previous Read
+			// (and are in the sink): check the whole now.
+			r.atEOF = false
+			if err := r.finish(); err != nil {
+				return 0, err
+			}
+			continue
 		}
 		if r.cur == nil {
 			if err := r.open(); err != nil {
@@ -475,23 +617,47 @@ func (r *chainBlob) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		// Any silence of PerSourceTimeout while the caller waits for bytes
+		if r.sink != nil && !r.told {
+			r.told = true
+			if ss, ok := r.sink.(SourceSink); ok {
+				ss.From(r.src())
+			}
+		}
+		if r.size >= 0 && int64(len(p)) > r.size-r.off+1 {
+			// One byte more than is left shows a source that sends too
+			// much without reading it all.
+			p = p[:r.size-r.off+1]
+		}
+		// Any silence of StallTimeout while the caller waits for bytes
 		// cancels the transfer.
-		r.timer.Reset(r.c.opts.PerSourceTimeout)
+		r.timer.Reset(r.c.opts.StallTimeout)
 		n, err := r.cur.Read(p)
 		r.timer.Stop()
+		if r.size >= 0 && r.off+int64(n) > r.size {
+			r.corrupt(fmt.Errorf("%w: more than the blob's %d bytes", ErrDataLoss, r.size))
+			continue
+		}
 		if n > 0 {
 			if r.hash != nil {
 				r.hash.Write(p[:n])
 			}
 			r.off += int64(n)
-			r.delivered[r.order[r.pos].i] = true
+			r.sinceOpen += int64(n)
+			r.delivered[r.order[r.pos].name] = true
 		}
 		switch {
 		case err == nil:
 			return n, nil
+		case err == io.EOF && r.size >= 0 && r.off < r.size:
+			err = fmt.Errorf("%s: %s: stream ended at byte %d of %d: %w", r.src(), r.rel, r.off, r.size, io.ErrUnexpectedEOF)
+		case err == io.EOF && n > 0:
+			r.atEOF = true
+			return n, nil
 		case err == io.EOF:
-			return n, r.finish()
+			if err := r.finish(); err != nil {
+				return 0, err
+			}
+			continue
 		}
 		r.broke(err)
 		if n > 0 || r.err != nil {
@@ -501,68 +667,315 @@ func (r *chainBlob) Read(p []byte) (int, error) {
 }
 
 // broke handles a transfer that failed mid-way: the caller's end stops
-// everything; otherwise the same source is asked once more from r.off,
-// then the next.
-func (r *chainBlob) broke(err error) {
+// everything; a source that went silent, or that holds only part of the
+// blob, is left at once; otherwise the same source is asked again from
+// r.off while each attempt makes progress, up to MaxResumes times, then
+// the next.
+func (r *transfer) broke(err error) {
 	s := r.src()
 	stalled := context.Cause(r.curCtx) == errStalled
+	progressed := r.sinceOpen > 0
 	r.drop()
 	if r.ctx.Err() != nil {
-		r.err = fmt.Errorf("%s: %w at byte %d from %s: %w", r.rel, ErrUnavailable, r.off, s, r.ctx.Err())
+		r.err = fmt.Errorf("%s: %w at byte %d from %s: %w", r.rel, ErrUnavailable, r.off, s, context.Cause(r.ctx))
 		return
-	}
-	if stalled {
-		err = fmt.Errorf("%s: %s: %w: no data for %v", s, r.rel, ErrUnavailable, r.c.opts.PerSourceTimeout)
 	}
 	if errors.Is(err, ErrInvalid) {
 		r.err = err
 		return
 	}
-	if !r.resumed {
-		r.resumed = true
+	r.total++
+	if stalled {
+		r.leave(fmt.Errorf("%s: %s: %w: no data for %v", s, r.rel, ErrUnavailable, r.c.opts.StallTimeout))
+		return
+	}
+	if progressed && !errors.Is(err, ErrPartial) && r.resumes < MaxResumes {
 		r.resumes++
 		r.c.log.Warn("update source transfer broke, resuming from the same source",
 			"what", r.rel, "source", s.String(), "offset", r.off, "error", err.Error())
 		return
 	}
-	r.resumes++
 	r.leave(err)
 }
 
-// finish checks the digest at the end of the blob.
-func (r *chainBlob) finish() error {
+// corrupt handles bytes that cannot be the blob (cause, wrapping
+// ErrDataLoss, says why): the
+// sources that delivered them are blamed and named in the error, and the
+// transfer starts over from byte 0 at the next source (Fetch), or ends
+// with the error (Blob).
+func (r *transfer) corrupt(cause error) {
+	r.drop()
+	var blamed []string
+	for name := range r.delivered {
+		r.c.health.fail(name, 0)
+		blamed = append(blamed, name)
+	}
+	sort.Strings(blamed)
+	from := strings.Join(blamed, ", ")
+	err := fmt.Errorf("%s: %w (from %s)", r.rel, cause, from)
+	r.c.log.Warn("update source delivered a corrupt blob", "what", r.rel, "sources", from, "error", cause.Error())
+	if r.sink == nil {
+		r.err = fmt.Errorf("%w: discard them and fetch the blob again from the start", err)
+		return
+	}
+	if rerr := r.sink.Reset(); rerr != nil {
+		r.err = &sinkError{rerr}
+		return
+	}
+	r.fe.add(r.order[r.pos].name, err)
+	r.off, r.start, r.delivered = 0, 0, map[string]bool{}
+	r.pos++
+	r.resumes = 0
+	if r.pos >= len(r.order) {
+		r.err = r.fe.done()
+	}
+}
+
+// finish checks the blob at its end: the hash of a Blob read from 0, the
+// Sink's Verify for Fetch.
+func (r *transfer) finish() error {
 	s := r.src()
 	r.drop()
 	if r.hash != nil {
 		if sum := hex.EncodeToString(r.hash.Sum(nil)); sum != r.digest {
-			var blamed []string
-			for i := range r.delivered {
-				r.c.failNow(i)
-				blamed = append(blamed, r.c.srcs[i].String())
-			}
-			sort.Strings(blamed)
-			r.err = fmt.Errorf("%s: %w: the %d bytes received (from %s) have SHA-256 %s: discard them and fetch the blob again from the start",
-				r.rel, ErrDataLoss, r.off, strings.Join(blamed, ", "), sum)
-			r.c.log.Warn("update source delivered a corrupt blob", "what", r.rel, "sources", strings.Join(blamed, ", "), "sha256", sum)
+			r.corrupt(fmt.Errorf("%w: the %d bytes received have SHA-256 %s", ErrDataLoss, r.off, sum))
 			return r.err
 		}
 	}
-	r.c.succeed(r.order[r.pos].i)
+	if r.sink != nil {
+		if err := r.verifySink(); err != nil {
+			if !errors.Is(err, ErrDataLoss) {
+				r.err = &sinkError{err}
+				return r.err
+			}
+			r.corrupt(err)
+			if r.err != nil {
+				return r.err
+			}
+			return nil // the next Read starts over at the next source
+		}
+	}
+	r.c.health.succeed(r.order[r.pos].name)
+	r.last = s
 	r.err = io.EOF
 	level := slog.LevelDebug
-	if len(r.errs) > 0 || r.resumes > 0 {
+	if len(r.fe.Failures) > 0 || r.total > 0 {
 		level = slog.LevelInfo
 	}
 	r.c.log.Log(r.ctx, level, "update source served", "what", r.rel, "source", s.String(),
-		"skipped", len(r.errs), "resumes", r.resumes, "bytes", r.off-r.start, "verified", r.hash != nil)
+		"skipped", len(r.fe.Failures), "resumes", r.total, "bytes", r.off-r.start, "verified", r.hash != nil || r.sink != nil)
 	return io.EOF
 }
 
+func (r *transfer) verifySink() error { return r.sink.Verify() }
+
 // Close implements io.Closer: it ends the transfer in progress.
-func (r *chainBlob) Close() error {
+func (r *transfer) Close() error {
 	r.drop()
 	if r.err == nil {
 		r.err = errors.New("source: read after Close")
 	}
 	return nil
+}
+
+// Health remembers which sources failed, by name (Source.String()), and
+// until when each is in backoff. A Chain has its own unless
+// ChainOptions.Health gives one to share. Safe for concurrent use; it
+// forgets sources that have recovered, so it stays small.
+type Health struct {
+	backoff Backoff
+
+	mu sync.Mutex // guards m
+	m  map[string]*health
+}
+
+// health is one source's backoff state.
+type health struct {
+	failures int       // consecutive failures
+	until    time.Time // tried only after the others until then
+	gen      uint64    // changes with every recorded failure or success
+}
+
+// maxHealth bounds how many failing sources a Health remembers.
+const maxHealth = 4096
+
+// NewHealth returns an empty Health with the given backoff (zero fields
+// take the defaults).
+func NewHealth(b Backoff) *Health {
+	return &Health{backoff: b.withDefaults(), m: map[string]*health{}}
+}
+
+// states returns each named source's state (the zero state for a source
+// never failed).
+func (h *Health) states(names []string) []health {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]health, len(names))
+	for i, n := range names {
+		if s := h.m[n]; s != nil {
+			out[i] = *s
+		}
+	}
+	return out
+}
+
+// fail records a failure of the named source seen by an attempt that
+// started at generation gen (0: whenever it started); failures of attempts
+// that started before the last recorded change count once (a burst of
+// concurrent requests to a dead source is one failure). It returns the
+// backoff.
+func (h *Health) fail(name string, gen uint64) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.m[name]
+	if s == nil {
+		if len(h.m) >= maxHealth {
+			h.forgetLocked()
+		}
+		s = &health{}
+		h.m[name] = s
+	}
+	if gen == 0 || gen == s.gen {
+		s.failures++
+		s.gen++
+		d := h.backoff.Initial
+		for n := 1; n < s.failures && d < h.backoff.Max; n++ {
+			d *= 2
+		}
+		s.until = time.Now().Add(min(d, h.backoff.Max))
+	}
+	return time.Until(s.until).Round(time.Millisecond)
+}
+
+// succeed clears the named source's backoff.
+func (h *Health) succeed(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.m[name]; s != nil {
+		s.failures, s.until = 0, time.Time{}
+		s.gen++
+	}
+}
+
+// Backoff returns until when the named source is in backoff (the zero
+// time when it is not).
+func (h *Health) Backoff(name string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.m[name]; s != nil && time.Now().Before(s.until) {
+		return s.until
+	}
+	return time.Time{}
+}
+
+// forgetLocked drops the sources whose backoff has ended, or, if none,
+// the one that ends soonest.
+func (h *Health) forgetLocked() {
+	now := time.Now()
+	var soonest string
+	for n, s := range h.m {
+		if !now.Before(s.until) {
+			delete(h.m, n)
+		} else if soonest == "" || s.until.Before(h.m[soonest].until) {
+			soonest = n
+		}
+	}
+	if len(h.m) >= maxHealth {
+		delete(h.m, soonest)
+	}
+}
+
+// Failure is why one source could not serve.
+type Failure struct {
+	Source string // the source's String()
+	Err    error
+}
+
+// FailoverError reports that no source served: each source tried, in
+// order, and why it failed. errors.Is(err, ErrNotFound) holds only when
+// every source said not found; otherwise ErrUnavailable holds, and so does
+// any sentinel that a source's error wraps (ErrDataLoss, a signature
+// error, a lower serial…).
+type FailoverError struct {
+	// What was asked: a repository path ("av/latest.json",
+	// "blobs/sha256/…"), or what the caller set.
+	What     string
+	Failures []Failure
+	hint     func(error) string
+}
+
+func (e *FailoverError) add(src string, err error) {
+	e.Failures = append(e.Failures, Failure{Source: src, Err: err})
+}
+
+// done returns e as the error of a failover that ended.
+func (e *FailoverError) done() error { return e }
+
+// notFound reports whether every source said not found.
+func (e *FailoverError) notFound() bool {
+	for _, f := range e.Failures {
+		if !errors.Is(f.Err, ErrNotFound) {
+			return false
+		}
+	}
+	return len(e.Failures) > 0
+}
+
+// Error lists every source and why it failed, on one line.
+func (e *FailoverError) Error() string {
+	if len(e.Failures) == 0 {
+		return fmt.Sprintf("%s: no update source configured", e.What)
+	}
+	var b strings.Builder
+	sentinel := ErrUnavailable
+	if e.notFound() {
+		sentinel = ErrNotFound
+	}
+	if len(e.Failures) == 1 {
+		fmt.Fprintf(&b, "%s: %v: ", e.What, sentinel)
+	} else {
+		fmt.Fprintf(&b, "%s: %v from all %d sources: ", e.What, sentinel, len(e.Failures))
+	}
+	for i, f := range e.Failures {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		if len(e.Failures) > 1 {
+			fmt.Fprintf(&b, "[%d] ", i+1)
+		}
+		b.WriteString(describe(f.Source, f.Err, e.hint))
+	}
+	return b.String()
+}
+
+// describe renders one source's failure as "SOURCE: ERROR: HINT", without
+// repeating the source's name when the error already starts with it
+// (sources name themselves).
+func describe(src string, err error, hint func(error) string) string {
+	msg := err.Error()
+	if !strings.HasPrefix(msg, src) {
+		msg = src + ": " + msg
+	}
+	if hint != nil {
+		if h := hint(err); h != "" {
+			msg += ": " + h
+		}
+	}
+	return msg
+}
+
+// Unwrap returns ErrAllFailed, and ErrNotFound when every source said not
+// found, else ErrUnavailable and every failure that is not a mere "not
+// found".
+func (e *FailoverError) Unwrap() []error {
+	if e.notFound() {
+		return []error{ErrAllFailed, ErrNotFound}
+	}
+	out := []error{ErrAllFailed, ErrUnavailable}
+	for _, f := range e.Failures {
+		if !errors.Is(f.Err, ErrNotFound) {
+			out = append(out, f.Err)
+		}
+	}
+	return out
 }

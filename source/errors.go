@@ -25,6 +25,15 @@ var (
 	ErrBadOptions = errors.New("bad source options")
 )
 
+// ErrPartial means a source served all it holds of a blob, which is not
+// all of it, by its own account (a DP asked with AvailableOnly for a blob
+// it is still fetching). It is not the source's fault: a Chain moves on
+// without backoff. It comes with io.ErrUnexpectedEOF.
+var ErrPartial = errors.New("the source holds only part of the blob")
+
+// ErrAllFailed is wrapped by every *FailoverError: no source could serve.
+var ErrAllFailed = errors.New("every source failed")
+
 // ErrInvalid means a request was malformed (a bad digest, product or
 // version name).
 var ErrInvalid = errors.New("invalid request")

@@ -81,7 +81,7 @@ func ExampleNewChain() {
 		log.Fatal(err)
 	}
 	chain := source.NewChain(srcs, source.ChainOptions{
-		PerSourceTimeout: 5 * time.Second,
+		ConnectTimeout: 5 * time.Second,
 		Verify: func(kind, product, version string, s source.Signed) error {
 			return trust.Verify(s.Data, s.Signature)
 		},

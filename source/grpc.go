@@ -277,6 +277,9 @@ func (r *grpcBlob) WriteTo(w io.Writer) (int64, error) {
 // error: a DP that stops early must never yield a silently short blob.
 func (r *grpcBlob) checkEnd() error {
 	if r.size > 0 && r.off < r.size {
+		if r.g.available {
+			return fmt.Errorf("%s: %s: %w: it ended at byte %d of %d: %w", r.g, r.rel, ErrPartial, r.off, r.size, io.ErrUnexpectedEOF)
+		}
 		return fmt.Errorf("%s: %s: stream ended at byte %d of %d: %w", r.g, r.rel, r.off, r.size, io.ErrUnexpectedEOF)
 	}
 	return nil
