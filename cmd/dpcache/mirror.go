@@ -40,7 +40,7 @@ never replaced by a lower serial.`,
 				return fmt.Errorf("mirror: %w", err)
 			}
 			defer closeSources(srcs)
-			cfg.Sources, cfg.Trust, cfg.Logger = srcs, t, slog.Default()
+			cfg.Sources, cfg.Trust, cfg.Logger, cfg.StallTimeout = srcs, t, slog.Default(), sf.stall
 			bar := newProgress(!asJSON, "mirroring "+cfg.Product)
 			cfg.Progress = bar.update
 			res, err := agent.Mirror(cmd.Context(), cfg)

@@ -61,7 +61,7 @@ all start at once).`,
 					return fmt.Errorf("update: --discover: %w", err)
 				}
 			}
-			cfg.Sources, cfg.Trust = srcs, t
+			cfg.Sources, cfg.Trust, cfg.StallTimeout = srcs, t, sf.stall
 			cfg.Logger = slog.Default()
 			out := cmd.OutOrStdout()
 			print := func(res *agent.Result) error {

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
+)
+
+// stallingOrigin is a hand-written origin that serves a repository's
+// documents but sends only the first `after` bytes of any blob, with the
+// whole blob's Content-Length, then goes silent with the connection open
+// (a frozen upstream, a middlebox that drops the flow).
+type stallingOrigin struct {
+	URL   string
+	blobs atomic.Int64 // blob requests
+	sent  atomic.Int64 // blob bytes sent
+}
+
+func startStallingOrigin(t *testing.T, repo string, after int64) *stallingOrigin {
+	t.Helper()
+	o := &stallingOrigin{}
+	files := http.FileServer(http.Dir(repo))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/blobs/") {
+			files.ServeHTTP(w, r)
+			return
+		}
+		o.blobs.Add(1)
+		b, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(r.URL.Path)))
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		n := min(after, int64(len(b)))
+		w.Write(b[:n])
+		o.sent.Add(n)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // silent until the client gives up
+	}))
+	// Close hangs while a handler waits: cut the clients first.
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	o.URL = srv.URL + "/"
+	return o
+}
+
+// TestE2E_UpdateStalledSource: the first source sends headers and 64 KiB of
+// a blob, then nothing. `update --stall-timeout 1s` leaves it after a
+// second of silence and resumes from the second source (nginx) at the
+// offset reached: the update completes, and nginx sends only the rest.
+func TestE2E_UpdateStalledSource(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/av-base.dat": 1 << 20})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	stall := startStallingOrigin(t, repo, 64<<10)
+	good := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+
+	ep := filepath.Join(work, "endpoint")
+	got := update(t, stall.URL+","+good.URL, ep, k.pub, "--stall-timeout", "1s")
+	if got.Status != "updated" || got.Source != good.URL {
+		t.Fatalf("update = %+v, want updated, finished by %s", got, good.URL)
+	}
+	checkTree(t, current(ep), files)
+	digest := files["databases/av-base.dat"]
+	testenv.WaitFor(t, eventually, "nginx to log the blob", func() bool { return len(blobEntries(t, good, digest)) == 1 })
+	e := blobEntries(t, good, digest)[0]
+	if want := fmt.Sprintf("bytes=%d-", 64<<10); e.Range != want || e.Bytes != 1<<20-64<<10 {
+		t.Errorf("nginx got Range %q and sent %d bytes; want %q and the rest (%d)", e.Range, e.Bytes, want, 1<<20-64<<10)
+	}
+	if stall.blobs.Load() != 1 {
+		t.Errorf("the stalled source was asked %d times, want once: a silent source is not asked again", stall.blobs.Load())
+	}
+}
