@@ -17,7 +17,6 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -180,28 +179,13 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.status = newStatusPage(n)
-	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.serverOptions()...)...)
+	n.grpcSrv = grpc.NewServer(append(pb.ServerOptions(), n.metrics.serverOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpcSrv, n.health)
 	reflection.Register(n.grpcSrv)
 	return n, nil
-}
-
-// ServerOptions are the gRPC server options a DP uses: the zero-copy blob
-// codec and windows sized for a LAN.
-func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ForceServerCodecV2(pb.Codec{}),
-		experimental.BufferPool(pb.BufferPool),
-		grpc.InitialWindowSize(source.StreamWindow),
-		grpc.InitialConnWindowSize(source.ConnWindow),
-		grpc.ReadBufferSize(64 << 10),
-		grpc.WriteBufferSize(source.BufferSize),
-		grpc.MaxRecvMsgSize(1 << 20),
-		grpc.MaxSendMsgSize(source.MaxMessage),
-	}
 }
 
 // GRPCAddr returns the address the gRPC server listens on.

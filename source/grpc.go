@@ -12,43 +12,16 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
-// Window sizes for blob streams. gRPC's defaults (64 KiB, growing by BDP
-// estimation) starve a LAN link; a fixed large window keeps the pipe full.
-const (
-	StreamWindow = 16 << 20
-	ConnWindow   = 64 << 20
-	// BufferSize is the transport's read and write buffer.
-	BufferSize = 1 << 20
-	// MaxMessage bounds one received message (a blob chunk or a document).
-	MaxMessage = 80 << 20
-)
-
 // DialOptions are the options dpcache uses to dial a distribution point
 // over plain gRPC (grpc://).
 func DialOptions() []grpc.DialOption {
-	return dialOptions(insecure.NewCredentials())
-}
-
-func dialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
-	return []grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
-		experimental.WithBufferPool(pb.BufferPool),
-		grpc.WithInitialWindowSize(StreamWindow),
-		grpc.WithInitialConnWindowSize(ConnWindow),
-		grpc.WithReadBufferSize(BufferSize),
-		grpc.WithWriteBufferSize(64 << 10),
-		grpc.WithDefaultCallOptions(
-			grpc.ForceCodecV2(pb.Codec{}),
-			grpc.MaxCallRecvMsgSize(MaxMessage),
-		),
-	}
+	return pb.DialOptions(insecure.NewCredentials())
 }
 
 // GRPC is a distribution point reached over gRPC (grpc://) or gRPC over TLS
@@ -88,7 +61,7 @@ func NewGRPCTLS(addr string, opts Options) (*GRPC, error) {
 }
 
 func newGRPC(scheme, addr string, opts Options, creds credentials.TransportCredentials) (*GRPC, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, dialOptions(creds)...)
+	conn, err := grpc.NewClient("passthrough:///"+addr, pb.DialOptions(creds)...)
 	if err != nil {
 		return nil, fmt.Errorf("source %s://%s: %w: %v", scheme, addr, ErrBadURL, err)
 	}
