@@ -60,10 +60,19 @@ func (f *File) signed(rel string) (Signed, error) {
 	return Signed{Data: data, Signature: sig, Source: f.String()}, nil
 }
 
+// read reads a document, at most maxDocument bytes.
 func (f *File) read(rel string) ([]byte, error) {
-	b, err := os.ReadFile(filepath.Join(f.root, filepath.FromSlash(rel)))
+	fh, err := os.Open(filepath.Join(f.root, filepath.FromSlash(rel)))
 	if err != nil {
 		return nil, f.wrap(rel, err)
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, maxDocument+1))
+	if err != nil {
+		return nil, f.wrap(rel, err)
+	}
+	if len(b) > maxDocument {
+		return nil, fmt.Errorf("%s: %s: document larger than %d bytes: %w", f, rel, maxDocument, ErrDataLoss)
 	}
 	return b, nil
 }

@@ -69,3 +69,24 @@ func TestFile_RootMissing(t *testing.T) {
 	}
 	checkErr(t, src, err, source.ErrNotFound)
 }
+
+// TestFile_DocumentTooLarge: a folder's document is read with a size cap,
+// like every other source's: a 65 MiB latest.json (a sparse file) is
+// refused as corrupt, not read into memory.
+func TestFile_DocumentTooLarge(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	p := filepath.Join(root, "kes", "latest.json")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 65<<20); err != nil {
+		t.Fatal(err)
+	}
+	src := source.NewFile(root)
+	_, err := src.Latest(testCtx(t), "kes")
+	checkErr(t, src, err, source.ErrDataLoss)
+}

@@ -73,9 +73,28 @@ func NewHTTP(base *url.URL, opts Options) (*HTTP, error) {
 		tr.ForceAttemptHTTP2 = true
 	}
 	return &HTTP{
-		base: &b, name: b.Redacted(), client: &http.Client{Transport: tr},
+		base: &b, name: b.Redacted(), client: &http.Client{Transport: tr, CheckRedirect: checkRedirect},
 		ua: opts.UserAgent, proxy: proxy, trust: opts.trustDescription(),
 	}, nil
+}
+
+// maxRedirects bounds the redirects followed for one request.
+const maxRedirects = 10
+
+// checkRedirect follows at most maxRedirects redirects and never one from
+// https to plain http: a man in the middle of the https hop must not move
+// the transfer to where it can read and alter it (signatures would still
+// catch a change, but the bytes and the update source would leak).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	for _, prev := range via {
+		if prev.URL.Scheme == "https" && req.URL.Scheme != "https" {
+			return fmt.Errorf("refused a redirect from https to %s (%s)", req.URL.Scheme, req.URL.Redacted())
+		}
+	}
+	return nil
 }
 
 // String implements Source.

@@ -3,6 +3,8 @@ package source_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -660,5 +663,44 @@ func TestHTTP_CloseReleases(t *testing.T) {
 	case <-released:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the server's request was still open 20 s after Close")
+	}
+}
+
+// TestHTTP_RedirectDowngrade: an https source that redirects to plain http
+// is refused (nothing is asked over http), naming the refused target;
+// https to https is followed.
+func TestHTTP_RedirectDowngrade(t *testing.T) {
+	t.Parallel()
+	var plainHits atomic.Int64
+	plain := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		plainHits.Add(1)
+		io.WriteString(w, "{}")
+	})
+	var target string
+	tlsSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/moved/") {
+			io.WriteString(w, "{}")
+			return
+		}
+		http.Redirect(w, r, target+r.URL.Path, http.StatusFound)
+	}))
+	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tlsSrv.StartTLS()
+	t.Cleanup(tlsSrv.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(tlsSrv.Certificate())
+	opts := source.Options{Timeout: 5 * time.Second, TLSConfig: &tls.Config{RootCAs: pool}}
+
+	target = plain.URL
+	src := parse(t, tlsSrv.URL, opts)
+	_, err := src.Latest(testCtx(t), "kes")
+	checkErr(t, src, err, source.ErrUnavailable)
+	if !strings.Contains(fmt.Sprint(err), "refused a redirect from https to http") || plainHits.Load() != 0 {
+		t.Errorf("https→http redirect: %v, %d requests over http; want it refused, none sent", err, plainHits.Load())
+	}
+
+	target = tlsSrv.URL + "/moved"
+	if s, err := src.Latest(testCtx(t), "kes"); err != nil || string(s.Data) != "{}" {
+		t.Errorf("https→https redirect: %q, %v; want it followed", s.Data, err)
 	}
 }
