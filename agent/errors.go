@@ -33,6 +33,12 @@ var (
 	// only Rollback goes back.
 	ErrLowerSerial = errors.New("serial lower than the installed one")
 
+	// ErrStale means a source offered a latest.json past its expiry (a
+	// freeze attack, or a mirror nobody refreshes): the next source is
+	// tried, and if none is current the newest expired version still
+	// installs, with StatusStale.
+	ErrStale = errors.New("the source is stale")
+
 	// ErrSerialConflict means a source offered a version with the same
 	// serial as the installed one but different content (another
 	// version name or manifest digest): one of the two was not published
@@ -75,6 +81,8 @@ func hint(err error) string {
 		return "signature does not match; the document was altered or is being republished"
 	case errors.Is(err, manifest.ErrMismatch):
 		return "the manifest is not the one latest.json names; the source is inconsistent"
+	case errors.Is(err, ErrStale):
+		return "the source offers an expired version; check that it is still being updated"
 	case errors.Is(err, ErrLowerSerial):
 		return "the source is stale or replaying an old version; use an up-to-date source, or `dpcache rollback` to go back on purpose"
 	case errors.Is(err, io.ErrUnexpectedEOF):

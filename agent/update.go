@@ -34,6 +34,10 @@ const (
 	StatusRolledBack = "rolled-back"
 	// StatusFailed is only reported to a DP, for a run that failed.
 	StatusFailed = "failed"
+	// StatusStale: every source offered an expired latest.json. A version
+	// newer than the installed one was still installed (an air-gapped
+	// site updating from a mirror), but the sources look frozen.
+	StatusStale = "stale"
 )
 
 // Result is what an update or rollback did. Its JSON form is what
@@ -42,8 +46,8 @@ type Result struct {
 	Product string `json:"product"`
 	Version string `json:"version"`
 	Serial  uint64 `json:"serial"`
-	// Status is StatusUpdated or StatusUpToDate (StatusRolledBack for
-	// Rollback).
+	// Status is StatusUpdated, StatusUpToDate or StatusStale
+	// (StatusRolledBack for Rollback).
 	Status string `json:"status"`
 	// Source is String() of the source that served the update: the one
 	// that delivered the last file, or the one whose latest.json was
@@ -120,6 +124,7 @@ type decision struct {
 	man      *manifest.Manifest
 	manS     source.Signed
 	upToDate bool
+	stale    bool // every source offered an expired latest.json
 }
 
 func (u *updater) run(ctx context.Context) (*Result, error) {
@@ -157,31 +162,55 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		if err := u.l.gc(nil); err != nil {
 			u.log.Warn("cleanup failed", "err", err)
 		}
-		return &Result{
+		res := &Result{
 			Product: u.cfg.Product, Version: inst.man.Version, Serial: inst.man.Serial,
 			Status: StatusUpToDate, Source: d.src,
-		}, nil
+		}
+		if d.stale {
+			res.Status = StatusStale
+		}
+		return res, nil
 	}
-	return u.install(ctx, d, inst)
+	res, err := u.install(ctx, d, inst)
+	if err == nil && d.stale {
+		res.Status = StatusStale
+	}
+	return res, err
 }
 
 // resolve asks the sources, through the failover engine, for the newest
-// version: the first latest.json that verifies and is not below the
-// installed serial, then, unless the installed version is current, its
-// manifest.
+// version: the first latest.json that verifies, has not expired and is not
+// below the installed serial, then, unless the installed version is
+// current, its manifest. When no source offers a current latest.json but
+// some offered an expired one, the newest of those is used and the run is
+// stale.
 func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error) {
 	product := u.cfg.Product
 	d := &decision{}
+	var stale *staleOffer // the newest expired latest.json offered
 	chain := newChain(u.cfg.Sources, u.health, u.cfg.StallTimeout, u.log, func(kind string, s source.Signed) (err error) {
 		if kind == source.KindLatest {
 			d.latest, err = u.checkLatest(s, inst)
+			if err == nil && d.latest.Expired(time.Now()) {
+				if stale == nil || d.latest.Serial > stale.latest.Serial {
+					stale = &staleOffer{d.latest, s}
+				}
+				err = fmt.Errorf("%s %s (serial %d) expired at %s: %w", manifest.LatestName, d.latest.Version, d.latest.Serial,
+					d.latest.Expires.UTC().Format(time.RFC3339), ErrStale)
+			}
 			return err
 		}
 		d.man, err = verifyManifest(u.cfg.Trust, product, d.latest.Version, d.latest, s)
 		return err
 	})
 	var err error
-	if d.latestS, err = chain.Latest(ctx, product); err != nil {
+	d.latestS, err = chain.Latest(ctx, product)
+	switch {
+	case err != nil && stale != nil && ctx.Err() == nil:
+		u.log.Warn("no source offers a current version; using the newest expired one", "version", stale.latest.Version,
+			"serial", stale.latest.Serial, "expired", stale.latest.Expires.UTC().Format(time.RFC3339), "source", stale.signed.Source)
+		d.latest, d.latestS, d.stale = stale.latest, stale.signed, true
+	case err != nil:
 		return nil, named(err, fmt.Sprintf("the latest version of %q", product))
 	}
 	d.src = d.latestS.Source
@@ -201,6 +230,12 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 		return nil, named(err, fmt.Sprintf("the manifest of %s %s", product, d.latest.Version))
 	}
 	return d, nil
+}
+
+// staleOffer is an expired latest.json a source offered.
+type staleOffer struct {
+	latest *manifest.Latest
+	signed source.Signed
 }
 
 // checkLatest verifies a latest.json and refuses a version below the

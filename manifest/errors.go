@@ -32,6 +32,9 @@ var (
 	// the requested serial is lower than or equal to the current latest's.
 	ErrLowerSerial = errors.New("serial not higher than the current latest")
 
+	// ErrEmpty means a publish was asked for a folder with no files.
+	ErrEmpty = errors.New("nothing to publish")
+
 	// ErrVersionExists means a publish names a version whose manifest is
 	// already in the repository; published versions are immutable.
 	ErrVersionExists = errors.New("version already published")

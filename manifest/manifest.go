@@ -43,6 +43,15 @@ type Latest struct {
 	Serial         uint64    `json:"serial"`
 	ManifestSHA256 string    `json:"manifest_sha256"`
 	Published      time.Time `json:"published"`
+	// Expires, when set, is when the version stops counting as current: a
+	// source that still offers it afterwards is stale (a freeze attack or
+	// a forgotten mirror). Nil: it never expires.
+	Expires *time.Time `json:"expires,omitempty"`
+}
+
+// Expired reports whether l has an expiry at or before now.
+func (l *Latest) Expired(now time.Time) bool {
+	return l.Expires != nil && !now.Before(*l.Expires)
 }
 
 // File is one file of a version: where it goes (Path, relative to the
@@ -130,6 +139,10 @@ func (l *Latest) Validate() error {
 	}
 	if l.Published.IsZero() {
 		return fmt.Errorf("%s: published time missing: %w", where, ErrInvalid)
+	}
+	if l.Expires != nil && l.Expires.Before(l.Published) {
+		return fmt.Errorf("%s: expires %s before it was published (%s): %w", where,
+			l.Expires.Format(time.RFC3339), l.Published.Format(time.RFC3339), ErrInvalid)
 	}
 	return nil
 }

@@ -33,13 +33,28 @@ type PublishOptions struct {
 	// Now gives the publication time (rounded down to the second, UTC);
 	// nil means time.Now.
 	Now func() time.Time
+	// Expires is how long after publication the version counts as
+	// current (latest.json's "expires"); 0 means it never expires.
+	// `dpcache publish` defaults to DefaultExpiry.
+	Expires time.Duration
+	// AllowEmpty publishes a folder with no files: without it such a
+	// folder is refused (ErrEmpty), since endpoints would install an
+	// empty version and lose their databases.
+	AllowEmpty bool
 }
+
+// DefaultExpiry is how long a published version counts as current unless
+// told otherwise: antivirus databases older than a week are outdated.
+const DefaultExpiry = 168 * time.Hour
 
 // Validate checks that opts names a repository, valid product and version
 // names and a usable key.
 func (o PublishOptions) Validate() error {
 	if o.Repo == "" {
 		return fmt.Errorf("manifest: publish: no repository folder given: %w", ErrInvalid)
+	}
+	if o.Expires < 0 {
+		return fmt.Errorf("manifest: publish: negative expiry %v: %w", o.Expires, ErrInvalid)
 	}
 	if err := ValidName(o.Product); err != nil {
 		return fmt.Errorf("manifest: publish: product: %w", err)
@@ -142,6 +157,9 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
+	if len(files) == 0 && !opts.AllowEmpty {
+		return nil, fmt.Errorf("%s: %s has no files; endpoints would install an empty version (give --allow-empty to publish it anyway): %w", where, srcDir, ErrEmpty)
+	}
 	m := &Manifest{
 		Product:   opts.Product,
 		Version:   opts.Version,
@@ -183,6 +201,10 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 		return nil, err
 	}
 	l := NewLatest(m, mdata)
+	if opts.Expires > 0 {
+		exp := m.Published.Add(opts.Expires)
+		l.Expires = &exp
+	}
 	ldata, err := l.Marshal()
 	if err != nil {
 		return nil, err

@@ -263,7 +263,14 @@ func TestPublish_EmptyAndSymlinkedRoot(t *testing.T) {
 	k, tr := newKey(t)
 	repo := t.TempDir()
 	empty := t.TempDir()
-	if _, err := Publish(PublishOptions{Repo: repo, Product: "p", Version: "0", Key: k}, empty); err != nil {
+	// Refused unless asked for: endpoints would lose their databases.
+	if _, err := Publish(PublishOptions{Repo: repo, Product: "p", Version: "0", Key: k}, empty); !errors.Is(err, ErrEmpty) || !strings.Contains(err.Error(), "--allow-empty") {
+		t.Fatalf("Publish of an empty folder = %v, want ErrEmpty naming --allow-empty", err)
+	}
+	if _, err := os.Stat(filepath.Join(repo, "p")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused publish wrote the product's folder: %v", err)
+	}
+	if _, err := Publish(PublishOptions{Repo: repo, Product: "p", Version: "0", Key: k, AllowEmpty: true}, empty); err != nil {
 		t.Fatal(err)
 	}
 	if m := checkRepo(t, tr, repo, "p"); len(m.Files) != 0 {
@@ -303,4 +310,41 @@ func TestPublish_RepairsTruncatedBlob(t *testing.T) {
 		t.Errorf("BlobsWritten = %d, want 1", r.BlobsWritten)
 	}
 	checkRepo(t, tr, repo, "p")
+}
+
+// TestPublish_Expires: latest.json carries "expires" = published + Expires;
+// without Expires it has none (never expires); an expiry before the
+// publication is refused by ParseLatest.
+func TestPublish_Expires(t *testing.T) {
+	t.Parallel()
+	k, tr := newKey(t)
+	repo := t.TempDir()
+	src := writeTree(t, map[string]string{"f": "content"})
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	r, err := Publish(PublishOptions{Repo: repo, Product: "p", Version: "1", Key: k, Expires: 168 * time.Hour, Now: func() time.Time { return now }}, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(LatestPath("p"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"expires": "2026-12-07T12:00:00Z"`) {
+		t.Errorf("latest.json = %s, want expires 2026-12-07T12:00:00Z", data)
+	}
+	l := r.Latest
+	if l.Expired(now.Add(167*time.Hour)) || !l.Expired(now.Add(168*time.Hour)) {
+		t.Errorf("Expired: want false a hour before, true at the expiry")
+	}
+	checkRepo(t, tr, repo, "p")
+
+	r, err = Publish(PublishOptions{Repo: repo, Product: "p", Version: "2", Key: k}, src)
+	if err != nil || r.Latest.Expires != nil || r.Latest.Expired(now.Add(100*365*24*time.Hour)) {
+		t.Errorf("Publish without Expires: %v, expires %v; want none, never expired", err, r.Latest.Expires)
+	}
+
+	bad := strings.Replace(string(data), `"expires": "2026-12-07T12:00:00Z"`, `"expires": "2026-11-29T12:00:00Z"`, 1)
+	if _, err := ParseLatest([]byte(bad)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("ParseLatest of an expiry before publication = %v, want ErrInvalid", err)
+	}
 }

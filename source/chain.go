@@ -61,8 +61,9 @@ type ChainOptions struct {
 	// source stays in backoff across them. Nil: the Chain keeps its own.
 	Health *Health
 	// Verify, when set, checks each document a source returns (kind is
-	// KindLatest, with version "", or KindManifest) before the Chain
-	// accepts it: signature, product, serial floor. A failure counts as
+	// KindLatest, with version "", or KindManifest; s.Source names the
+	// source) before the Chain accepts it: signature, product, serial
+	// floor, expiry. A failure counts as
 	// that source's failure and the next source is asked; a failure
 	// wrapping ErrRetry first asks the same source once more (a
 	// repository being republished can pair an old document with a new
@@ -311,9 +312,6 @@ func (c *Chain) document(ctx context.Context, kind, product, version, rel string
 		signed, err := c.askDocument(ctx, kind, product, version, rel, s, get)
 		if err == nil {
 			c.health.succeed(p.name)
-			if signed.Source == "" {
-				signed.Source = s.String()
-			}
 			c.log.Info("update source served", "what", rel, "source", signed.Source, "skipped", len(fe.Failures))
 			return signed, nil
 		}
@@ -340,8 +338,14 @@ func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel str
 		if timedOut {
 			return Signed{}, fmt.Errorf("%w (no answer within %v)", err, c.opts.ConnectTimeout)
 		}
-		if err != nil || c.opts.Verify == nil {
+		if err != nil {
 			return signed, err
+		}
+		if signed.Source == "" {
+			signed.Source = s.String()
+		}
+		if c.opts.Verify == nil {
+			return signed, nil
 		}
 		verr := c.opts.Verify(kind, product, version, signed)
 		if verr == nil {

@@ -12,14 +12,16 @@ func newPublish() *cobra.Command {
 	var opts manifest.PublishOptions
 	var keyPath string
 	cmd := &cobra.Command{
-		Use:   "publish --repo DIR --key NAME.key --product P --version V [--serial N] SRC_DIR",
+		Use:   "publish --repo DIR --key NAME.key --product P --version V [--serial N] [--expires DUR] SRC_DIR",
 		Short: "Publish SRC_DIR's files as a new signed version of a product",
 		Long: `publish adds SRC_DIR's files to the repository DIR as version V of product P:
 each file becomes a blob named by its SHA-256 (blobs already in the repository
 are reused, not rewritten), then the signed manifest.json and latest.json are
 written, each atomically, so that a web server never serves half a file.
 Files whose path starts with modules/ are application modules; all others
-are databases. --serial defaults to the previous serial + 1.`,
+are databases. --serial defaults to the previous serial + 1. The version
+expires after --expires (a week): sources still offering it later are stale.
+An empty SRC_DIR is refused unless --allow-empty.`,
 		Args: oneArg("SRC_DIR (the folder whose files to publish)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "repo", "key", "product", "version"); err != nil {
@@ -46,6 +48,8 @@ are databases. --serial defaults to the previous serial + 1.`,
 	f.StringVar(&opts.Product, "product", "", "product name ([A-Za-z0-9._-], 1 to 128 characters)")
 	f.StringVar(&opts.Version, "version", "", "version name ([A-Za-z0-9._-], 1 to 128 characters)")
 	f.Uint64Var(&opts.Serial, "serial", 0, "serial of the new version (default: previous + 1)")
+	f.DurationVar(&opts.Expires, "expires", manifest.DefaultExpiry, "how long the version counts as current: latest.json's expiry, after which sources still offering it are stale (0: never)")
+	f.BoolVar(&opts.AllowEmpty, "allow-empty", false, "publish even if SRC_DIR has no files (endpoints then install an empty version)")
 	return cmd
 }
 

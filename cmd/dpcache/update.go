@@ -68,7 +68,7 @@ all start at once).`,
 				if asJSON {
 					return json.NewEncoder(out).Encode(res)
 				}
-				if res.Status == agent.StatusUpToDate {
+				if res.Status == agent.StatusUpToDate || res.Status == agent.StatusStale && res.FilesChanged == 0 {
 					fmt.Fprintf(out, "%s %s (serial %d) is up to date (checked %s)\n", res.Product, res.Version, res.Serial, res.Source)
 					return nil
 				}
@@ -102,7 +102,14 @@ all start at once).`,
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			return print(res)
+			if err := print(res); err != nil {
+				return err
+			}
+			if res.Status == agent.StatusStale {
+				return &exitError{3, fmt.Errorf("update: every source offers an expired version of %s (%s serial %d is the newest, from %s); check that the sources are still being updated",
+					res.Product, res.Version, res.Serial, res.Source)}
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()
