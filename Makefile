@@ -53,6 +53,18 @@ e2e: ## run the end-to-end tests (real processes, nginx)
 bench: ## run every benchmark once (each prints its ratio to a baseline)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 
+# How long `make fuzz` runs each fuzz target.
+FUZZTIME ?= 30s
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; plain `go test` runs their seed corpora
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
 # buf must come from BIN_DIR or PATH; say how to get it rather than fail obscurely.
 .PHONY: need-buf
 need-buf:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -90,16 +91,35 @@ flags win over the environment, which wins over the file.`,
 	return cmd
 }
 
+// maxConfigSize bounds the YAML file read by --config.
+const maxConfigSize = 1 << 20
+
 // applyConfig fills every flag the command line did not set from the
 // DPCACHE_* environment, else from the YAML file.
 func applyConfig(flags *pflag.FlagSet, file string) error {
-	fileValues := map[string]any{}
+	var data []byte
 	if file != "" {
-		b, err := os.ReadFile(file)
+		f, err := os.Open(file)
 		if err != nil {
 			return fmt.Errorf("config %s: %w", file, err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
+		data, err = io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("config %s: %w", file, err)
+		}
+		if len(data) > maxConfigSize {
+			return fmt.Errorf("config %s: larger than %d bytes; is it the right file?", file, maxConfigSize)
+		}
+	}
+	return applyConfigData(flags, file, data)
+}
+
+// applyConfigData is applyConfig with the file's contents.
+func applyConfigData(flags *pflag.FlagSet, file string, data []byte) error {
+	fileValues := map[string]any{}
+	if len(data) > 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(data))
 		if err := dec.Decode(&fileValues); err != nil && err.Error() != "EOF" {
 			return fmt.Errorf("config %s: not valid YAML: %w", file, err)
 		}
