@@ -311,23 +311,3 @@ func ValidPath(p string) error {
 	}
 	return nil
 }
-
-// ValidDigest reports whether s is a SHA-256 digest as written in the
-// repository: exactly 64 lower-case hex characters. The error wraps
-// ErrInvalid.
-func ValidDigest(s string) error {
-	if len(s) != 2*sha256.Size {
-		if len(s) > 80 {
-			s = s[:80] + "..."
-		}
-		return fmt.Errorf("digest %q: want 64 hex characters: %w", s, ErrInvalid)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' {
-			continue
-		}
-		return fmt.Errorf("digest %q: character %q is not lower-case hex: %w", s, rune(c), ErrInvalid)
-	}
-	return nil
-}
