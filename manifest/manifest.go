@@ -3,7 +3,6 @@ package manifest
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -245,8 +244,7 @@ func NewLatest(m *Manifest, manifestData []byte) *Latest {
 // SHA256Hex returns the lower-case hex SHA-256 of data, the digest format of
 // manifests and blob names.
 func SHA256Hex(data []byte) string {
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return Digest(sha256.Sum256(data)).String()
 }
 
 // ValidName reports whether s can be a product or version name: 1 to
