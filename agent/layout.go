@@ -145,7 +145,7 @@ func (l layout) setLink(link, name string) error {
 		_ = os.Remove(tmp)
 		return &localError{fmt.Errorf("switch %s to %s: %w", l.linkPath(link), name, err)}
 	}
-	if err := syncDir(l.root); err != nil {
+	if err := manifest.SyncDir(l.root); err != nil {
 		return &localError{err}
 	}
 	return nil
@@ -325,22 +325,6 @@ func fileKind(fi fs.FileInfo) string {
 	default:
 		return "special file"
 	}
-}
-
-// syncDir makes a directory's entries (creations, renames) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s for sync: %w", dir, err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // writeFileSync writes data to a new file and syncs it.

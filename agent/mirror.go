@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -174,16 +173,22 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		return nil, err
 	}
 	res.BlobsCopied, res.BytesDownloaded = len(missing), f.downloaded.Load()
-	if err := syncDir(blobDir); err != nil {
+	if err := manifest.SyncDir(blobDir); err != nil {
 		return nil, &localError{err}
 	}
 	// Documents last, signature before document (as Publish does).
 	write := func(rel string, s source.Signed) error {
 		p := filepath.Join(cfg.To, filepath.FromSlash(rel))
-		if err := writeAtomic(p+manifest.SigSuffix, s.Signature); err != nil {
-			return err
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return &localError{err}
 		}
-		return writeAtomic(p, s.Data)
+		if err := manifest.WriteFileAtomic(manifest.SigPath(p), s.Signature); err != nil {
+			return &localError{err}
+		}
+		if err := manifest.WriteFileAtomic(p, s.Data); err != nil {
+			return &localError{err}
+		}
+		return nil
 	}
 	if err := write(manifest.ManifestPath(cfg.Product, m.Version), docs.manS); err != nil {
 		return nil, err
@@ -234,22 +239,3 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *source.Health,
 // layout (a dot-directory no repository path reaches), so that an
 // interrupted mirror resumes without exposing incomplete blobs.
 const mirrorPartDir = ".dpcache-partial"
-
-// writeAtomic writes data to path through a synced temporary file renamed
-// into place, then syncs the directory: readers see the old file or the new
-// one, whole.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return &localError{err}
-	}
-	name := filepath.Join(dir, fmt.Sprintf(".tmp-%s-%d", filepath.Base(path), rand.Uint64()))
-	defer os.Remove(name) // a no-op once renamed
-	if err := writeFileSync(name, data); err != nil {
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		return &localError{err}
-	}
-	return syncDir(dir)
-}

@@ -109,7 +109,7 @@ func (s *stage) sync() error {
 		if !d.IsDir() {
 			return nil
 		}
-		if err := syncDir(p); err != nil {
+		if err := manifest.SyncDir(p); err != nil {
 			return &localError{err}
 		}
 		return nil

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -348,7 +346,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 		return nil, &localError{fmt.Errorf("move staged version into place: %w", err)}
 	}
 	for _, dir := range []string{u.l.versions, u.l.staging} {
-		if err := syncDir(dir); err != nil {
+		if err := manifest.SyncDir(dir); err != nil {
 			return nil, &localError{err}
 		}
 	}
@@ -520,12 +518,10 @@ func groupBlobs(files []manifest.File) ([]*blobJob, error) {
 	return jobs, nil
 }
 
-var emptySHA256 = sha256Hex(nil)
+var emptySHA256 = manifest.SHA256Hex(nil)
 
-func sha256Hex(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
+// sha256Hex is manifest.SHA256Hex, under the name resolveFrom uses.
+var sha256Hex = manifest.SHA256Hex
 
 func isSymlink(p string) bool {
 	fi, err := os.Lstat(p)

@@ -646,6 +646,29 @@ func TestCache_Versions(t *testing.T) {
 	}
 }
 
+// "." and ".." are path elements, never product or version names: the
+// cache refuses them as manifest.ValidName does (it used to accept them).
+func TestCache_PutVersion_DotNames(t *testing.T) {
+	t.Parallel()
+	c := newTestCache(t)
+	for _, v := range []Version{
+		{Product: ".", Version: "1"},
+		{Product: "..", Version: "1"},
+		{Product: "p", Version: "."},
+		{Product: "p", Version: ".."},
+	} {
+		if err := c.PutVersion(v); !errors.Is(err, ErrInvalid) {
+			t.Errorf("PutVersion(%q, %q) = %v, want ErrInvalid", v.Product, v.Version, err)
+		}
+	}
+	if _, err := c.Versions(".."); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Versions(\"..\") = %v, want ErrInvalid", err)
+	}
+	if err := c.PutVersion(Version{Product: "p", Version: "..."}); err != nil {
+		t.Errorf(`PutVersion("p", "...") = %v, want ok`, err)
+	}
+}
+
 func TestCache_Documents(t *testing.T) {
 	t.Parallel()
 	c := newTestCache(t)

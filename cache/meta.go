@@ -2,9 +2,10 @@ package cache
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"time"
+
+	"github.com/dpcache/dpcache/manifest"
 )
 
 // Bucket names. The layout:
@@ -41,20 +42,15 @@ const (
 )
 
 // key is a raw SHA-256 digest.
-type key [digestLen]byte
+type key = manifest.Digest
 
-// parseDigest checks that s is 64 lower-case hex characters.
+// parseDigest parses a digest argument with manifest.ParseDigest (64
+// lower-case hex characters); the error wraps ErrInvalid.
 func parseDigest(s string) (key, error) {
-	var k key
-	if len(s) != 2*digestLen {
-		return k, fmt.Errorf("digest %q: want 64 lower-case hex characters: %w", s, ErrInvalid)
+	k, err := manifest.ParseDigest(s)
+	if err != nil {
+		return k, fmt.Errorf("%w: %w", err, ErrInvalid)
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return k, fmt.Errorf("digest %q: want 64 lower-case hex characters: %w", s, ErrInvalid)
-		}
-	}
-	_, _ = hex.Decode(k[:], []byte(s))
 	return k, nil
 }
 
@@ -67,8 +63,6 @@ func keyOf(b []byte) (key, error) {
 	copy(k[:], b)
 	return k, nil
 }
-
-func (k key) String() string { return hex.EncodeToString(k[:]) }
 
 // chunkKey is the key of chunk idx of blob k.
 func chunkKey(k key, idx uint32) []byte {
@@ -134,16 +128,11 @@ func maxBlobSize(chunkSize int) int64 { return int64(chunkSize) << 32 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }
 
-// validName checks product and version names: [A-Za-z0-9._-], 1 to 128.
+// validName checks a product or version name with manifest.ValidName:
+// [A-Za-z0-9._-], 1 to 128 characters, not "." or "..".
 func validName(what, s string) error {
-	if len(s) == 0 || len(s) > 128 {
-		return fmt.Errorf("%s %q: want 1 to 128 characters: %w", what, s, ErrInvalid)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%s %q: character %q not in [A-Za-z0-9._-]: %w", what, s, c, ErrInvalid)
-		}
+	if err := manifest.ValidName(s); err != nil {
+		return fmt.Errorf("%s %w: %w", what, err, ErrInvalid)
 	}
 	return nil
 }

@@ -2,8 +2,9 @@ package gossip
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"sort"
+
+	"github.com/dpcache/dpcache/manifest"
 )
 
 // Wire format. Every message starts with a type byte and a format byte, then
@@ -140,10 +141,9 @@ func appendVersionsBody(b []byte, p versionsPart, max int) ([]byte, bool) {
 }
 
 func appendDigest(b []byte, d string) []byte {
-	if isLowerSHA256Hex(d) {
+	if dg, err := manifest.ParseDigest(d); err == nil {
 		b = append(b, digestSHA256)
-		raw, _ := hex.DecodeString(d) // checked above
-		return append(b, raw...)
+		return append(b, dg[:]...)
 	}
 	b = append(b, digestString)
 	return appendString(b, d)
@@ -348,7 +348,9 @@ func (d *decoder) fetchingBody() fetchingPart {
 		var s string
 		switch d.byte() {
 		case digestSHA256:
-			s = hex.EncodeToString(d.raw(32))
+			var dg manifest.Digest
+			copy(dg[:], d.raw(len(dg)))
+			s = dg.String()
 		case digestString:
 			s = d.string()
 		default:
@@ -417,17 +419,4 @@ func decodeState(b []byte) (string, []entry, error) {
 		return "", nil, err
 	}
 	return from, entries, nil
-}
-
-func isLowerSHA256Hex(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -8,6 +9,16 @@ import (
 	"os"
 	"path/filepath"
 )
+
+// WriteFileAtomic writes data to path so that readers see the old file or
+// the new one, whole, even after a crash: it writes a temporary file in the
+// same directory (which must exist), syncs it, renames it over path and
+// syncs the directory. The file gets mode 0644. Concurrent writers of one
+// path each leave a whole file; the last rename wins.
+func WriteFileAtomic(path string, data []byte) error {
+	_, err := writeAtomic(path, bytes.NewReader(data), nil, true)
+	return err
+}
 
 // writeAtomic writes the content of r to path so that path never holds a
 // partial file: it writes a temporary file in the same directory, syncs it,
@@ -46,23 +57,27 @@ func writeAtomic(path string, r io.Reader, check func() error, syncParent bool) 
 	if !syncParent {
 		return n, nil
 	}
-	if err := syncDir(dir); err != nil {
-		return n, fmt.Errorf("sync directory %s: %w", dir, err)
+	if err := SyncDir(dir); err != nil {
+		return n, err
 	}
 	return n, nil
 }
 
-// syncDir makes a rename or creation in dir durable.
-func syncDir(dir string) error {
+// SyncDir makes the creations, renames and removals of entries in dir
+// durable (fsync of the directory). The error names dir.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	err = d.Sync()
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // mkdirAll creates dir and its missing parents (mode 0755), syncing each
@@ -83,7 +98,7 @@ func mkdirAll(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
 		return err
 	}
-	return syncDir(parent)
+	return SyncDir(parent)
 }
 
 // copyBuffered copies r to w through a 1 MiB buffer: 32 KiB reads (io.Copy's

@@ -13,6 +13,16 @@
 //
 // LatestPath, ManifestPath, SigPath and BlobPath build these paths.
 //
+// # One vocabulary
+//
+// This package is the one place that says what a valid name and digest
+// are; the other packages call it where a name or digest enters (a request,
+// a gossip message, a cache entry point) instead of checking on their own:
+// ValidName for product and version names, ParseDigest (a Digest) for
+// SHA-256 digests, ValidPath for a manifest's file paths. WriteFileAtomic
+// and SyncDir are the durable file writes every package that writes a
+// repository or an installation uses.
+//
 // # Trust
 //
 // Documents are signed with minisign (ed25519) over their exact bytes, so a

@@ -88,3 +88,31 @@ func ExamplePublish() {
 	// databases bases/daily.avc 10 bytes -> blobs/sha256/0316e18...
 	// modules modules/engine.bin 6 bytes -> blobs/sha256/ed9f6f2...
 }
+
+// A digest that arrives from outside (a request, a message) is parsed
+// once, at the edge; its String form is the repository's blob name.
+func ExampleParseDigest() {
+	d, err := manifest.ParseDigest("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(manifest.BlobPath(d.String()))
+	_, err = manifest.ParseDigest("2CF24DBA")
+	fmt.Println(err)
+	// Output:
+	// blobs/sha256/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
+	// digest "2CF24DBA": want 64 hex characters: invalid document
+}
+
+// A product or version name becomes a path element: "." and ".." are
+// refused with the rest.
+func ExampleValidName() {
+	for _, name := range []string{"kes-db", "12.1.0", "..", "a/b"} {
+		fmt.Println(name, manifest.ValidName(name) == nil)
+	}
+	// Output:
+	// kes-db true
+	// 12.1.0 true
+	// .. false
+	// a/b false
+}

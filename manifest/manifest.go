@@ -3,7 +3,6 @@ package manifest
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -258,8 +257,7 @@ func NewLatest(m *Manifest, manifestData []byte) *Latest {
 // SHA256Hex returns the lower-case hex SHA-256 of data, the digest format of
 // manifests and blob names.
 func SHA256Hex(data []byte) string {
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return Digest(sha256.Sum256(data)).String()
 }
 
 // ValidName reports whether s can be a product or version name: 1 to
@@ -321,26 +319,6 @@ func ValidPath(p string) error {
 	}
 	if len(p) >= 2 && p[1] == ':' {
 		return bad("looks like a drive letter")
-	}
-	return nil
-}
-
-// ValidDigest reports whether s is a SHA-256 digest as written in the
-// repository: exactly 64 lower-case hex characters. The error wraps
-// ErrInvalid.
-func ValidDigest(s string) error {
-	if len(s) != 2*sha256.Size {
-		if len(s) > 80 {
-			s = s[:80] + "..."
-		}
-		return fmt.Errorf("digest %q: want 64 hex characters: %w", s, ErrInvalid)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' {
-			continue
-		}
-		return fmt.Errorf("digest %q: character %q is not lower-case hex: %w", s, rune(c), ErrInvalid)
 	}
 	return nil
 }

@@ -3,7 +3,7 @@ package manifest
 // Repository layout (docs/design.md). Paths are slash-separated and relative to
 // the repository root; join them to a URL or, after filepath.FromSlash, to a
 // folder. The functions do not validate their arguments: check names with
-// ValidName and digests with ValidDigest first when they come from outside.
+// ValidName and digests with ParseDigest first when they come from outside.
 
 const (
 	// LatestName is the file name of a product's pointer document.

@@ -191,8 +191,8 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 	}
 	if res.BlobsWritten > 0 {
 		// Make the blob renames durable before any document names them.
-		if err := syncDir(blobDir); err != nil {
-			return nil, fmt.Errorf("%s: sync %s: %w", where, blobDir, err)
+		if err := SyncDir(blobDir); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 	}
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -114,7 +115,7 @@ func (g *GRPC) Latest(ctx context.Context, product string) (Signed, error) {
 	defer cancel()
 	resp, err := g.client.GetLatest(ctx, &pb.GetLatestRequest{Product: product, Forwarded: g.forwarded})
 	if err != nil {
-		return Signed{}, g.wrap(product+"/latest.json", err)
+		return Signed{}, g.wrap(manifest.LatestPath(product), err)
 	}
 	return Signed{Data: resp.GetLatest().GetData(), Signature: resp.GetLatest().GetSignature(), Source: g.String()}, nil
 }
@@ -125,7 +126,7 @@ func (g *GRPC) Manifest(ctx context.Context, product, version string) (Signed, e
 	defer cancel()
 	resp, err := g.client.GetManifest(ctx, &pb.GetManifestRequest{Product: product, Version: version, Forwarded: g.forwarded})
 	if err != nil {
-		return Signed{}, g.wrap(product+"/"+version+"/manifest.json", err)
+		return Signed{}, g.wrap(manifest.ManifestPath(product, version), err)
 	}
 	return Signed{Data: resp.GetManifest().GetData(), Signature: resp.GetManifest().GetSignature(), Source: g.String()}, nil
 }

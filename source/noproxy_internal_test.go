@@ -3,6 +3,7 @@ package source
 import (
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -43,6 +44,9 @@ func TestNoProxy_Match(t *testing.T) {
 		{"::ffff:0:0/96", "http://[::ffff:10.1.1.1]/", false}, // compared unmapped
 		{"10.1.1.1", "http://[::ffff:10.1.1.1]/", true},
 		{"a.example,,b.example", "http://b.example/", true},
+		{"**", "http://anything.example/", false}, // found by FuzzNoProxy: not "*"
+		{"*.*", "http://a.b/", false},
+		{"bücher.example", "http://xn--bcher-kva.example/", true}, // httpproxy: IDNA
 	}
 	for _, tt := range tests {
 		t.Run(tt.list+" "+tt.url, func(t *testing.T) {
@@ -69,4 +73,63 @@ func TestNoProxy_Invalid(t *testing.T) {
 			t.Errorf("parseNoProxy(%q) = %v, want an error wrapping ErrBadOptions", bad, err)
 		}
 	}
+}
+
+// FuzzNoProxy: no list or host makes parsing or matching panic; errors
+// are one line wrapping ErrBadOptions; every entry handed to httpproxy
+// reads back as itself from the form it is handed in; adding an entry never sends a host
+// that went direct through the proxy, and "*" sends every host direct.
+func FuzzNoProxy(f *testing.F) {
+	for _, s := range []struct{ list, host string }{
+		{"example.com", "updates.example.com"},
+		{".example.com:8080", "example.com:8080"},
+		{"*.Example.COM.", "x.example.com."},
+		{"10.0.0.0/8, 192.168.0.0/16", "192.168.4.4"},
+		{"::1", "[::1]:80"},
+		{"[::1]:8443", "[::1]:8443"},
+		{"::ffff:0:0/96", "[::ffff:10.1.1.1]"},
+		{"127.0.0.0/8", "127.1.2.3"},
+		{"localhost", "localhost:8080"},
+		{"bücher.example", "xn--bcher-kva.example"},
+		{"10.0.0.0/33,a:b:c", "10.1.1.1"},
+		{"", "127.0.0.1"},
+	} {
+		f.Add(s.list, s.host)
+	}
+	f.Fuzz(func(t *testing.T, list, host string) {
+		np, err := parseNoProxy(list)
+		if err != nil {
+			if !errors.Is(err, ErrBadOptions) || strings.ContainsRune(err.Error(), '\n') {
+				t.Fatalf("parseNoProxy(%q) = %q, want one line wrapping ErrBadOptions", list, err)
+			}
+			return
+		}
+		for _, e := range np.entries {
+			if e.matchesNothing() {
+				continue
+			}
+			again, err := parseNoProxyEntry(e.String())
+			if err != nil || again != e {
+				t.Fatalf("entry %+v reads back from %q as %+v, %v", e, e.String(), again, err)
+			}
+		}
+		for _, scheme := range []string{"http", "https"} {
+			u, err := url.Parse(scheme + "://" + host + "/")
+			if err != nil {
+				return
+			}
+			direct := np.match(u)
+			more, err := parseNoProxy(list + ",unrelated.invalid")
+			if err != nil {
+				t.Fatalf("adding an entry to %q: %v", list, err)
+			}
+			if direct && !more.match(u) {
+				t.Fatalf("%s goes direct with %q but through the proxy once an entry is added", u, list)
+			}
+			all, _ := parseNoProxy(list + ",*")
+			if !all.match(u) {
+				t.Fatalf("%s goes through the proxy with %q", u, list+",*")
+			}
+		}
+	})
 }

@@ -33,7 +33,8 @@ type Options struct {
 	// and its subdomains), IP addresses, CIDR blocks ("10.0.0.0/8"), each
 	// optionally with ":port"; "*" bypasses the proxy for every host.
 	// Host names are compared as written in the source URL, never
-	// resolved.
+	// resolved. Matching is golang.org/x/net/http/httpproxy's (Go's
+	// transport's), except that loopback hosts are matched too.
 	NoProxy string
 	// CAFile is a PEM file of CA certificates trusted for https:// and
 	// grpcs:// sources in addition to the system roots (a company CA, a

@@ -2,32 +2,76 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
+
+	"golang.org/x/net/http/httpproxy"
 )
 
-// noProxy is a parsed NoProxy list.
+// noProxy is a parsed NoProxy list (see Options.NoProxy). Hosts are matched
+// by golang.org/x/net/http/httpproxy, the NO_PROXY rules of Go's transport,
+// with what Options documents on top:
+//   - a leading "." or "*." also matches the domain itself, as curl does
+//     (httpproxy matches only the subdomains), and a trailing "." is
+//     ignored on both sides;
+//   - an explicit Proxy takes loopback hosts too, so the list decides for
+//     them (httpproxy never proxies loopback, and so never asks its list);
+//   - a malformed entry is an error, not silently ignored.
 type noProxy struct {
 	all     bool
 	entries []noProxyEntry
+	// direct is httpproxy's ProxyFunc for the list with a stand-in proxy:
+	// it returns a nil URL for a host to reach directly.
+	direct func(*url.URL) (*url.URL, error)
 }
 
-// noProxyEntry matches one NoProxy element: exactly one of prefix, addr and
-// domain is set; port, when not empty, must match too.
+// noProxyEntry is one NoProxy element: a CIDR block (a single address is a
+// /32 or /128 block) or a host or domain, with an optional port.
 type noProxyEntry struct {
 	prefix netip.Prefix
-	addr   netip.Addr
-	domain string // lower case, without leading or trailing dot
+	domain string // lower case, without leading "*." or "." or trailing "."
 	port   string
 }
 
-// parseNoProxy parses a NO_PROXY-style list (see Options.NoProxy).
+// String returns the entry in the form httpproxy reads, where a bare
+// domain matches itself and its subdomains.
+func (e noProxyEntry) String() string {
+	host := e.domain
+	if e.prefix.IsValid() {
+		if !e.prefix.IsSingleIP() {
+			return e.prefix.String()
+		}
+		host = e.prefix.Addr().String()
+	}
+	if e.port == "" {
+		return host
+	}
+	return net.JoinHostPort(host, e.port)
+}
+
+// matchesNothing reports whether e can match no host, and so is not handed
+// to httpproxy, which would read it differently: an IPv4-mapped block
+// (addresses are compared unmapped; net.IPNet would read it as an IPv4
+// block) or a domain with a "*" left in it (httpproxy would read a bare
+// "*" as every host).
+func (e noProxyEntry) matchesNothing() bool {
+	return e.prefix.IsValid() && e.prefix.Addr().Is4In6() || strings.Contains(e.domain, "*")
+}
+
+// noProxyStandIn is the proxy httpproxy is given; only whether it returns
+// it matters.
+const noProxyStandIn = "http://no-proxy.invalid"
+
+// parseNoProxy parses a NO_PROXY-style list (see Options.NoProxy); errors
+// wrap ErrBadOptions.
 func parseNoProxy(s string) (noProxy, error) {
 	var np noProxy
+	var list []string
 	for _, raw := range strings.Split(s, ",") {
 		e := strings.TrimSpace(raw)
 		if e == "" {
@@ -37,45 +81,55 @@ func parseNoProxy(s string) (noProxy, error) {
 			np.all = true
 			continue
 		}
-		bad := func(why string) (noProxy, error) {
-			return noProxy{}, fmt.Errorf("source options: NoProxy entry %q: %s: %w", e, why, ErrBadOptions)
+		ent, err := parseNoProxyEntry(e)
+		if err != nil {
+			return noProxy{}, fmt.Errorf("source options: NoProxy entry %q: %s: %w", e, err, ErrBadOptions)
 		}
-		if strings.Contains(e, "/") {
-			p, err := netip.ParsePrefix(e)
-			if err != nil {
-				return bad("not a CIDR block such as 10.0.0.0/8")
-			}
-			np.entries = append(np.entries, noProxyEntry{prefix: p.Masked()})
-			continue
+		np.entries = append(np.entries, ent)
+		if !ent.matchesNothing() {
+			list = append(list, ent.String())
 		}
-		host, port := e, ""
-		switch {
-		case strings.HasPrefix(e, "["):
-			h, p, err := net.SplitHostPort(e)
-			if err != nil {
-				h, p = strings.TrimSuffix(strings.TrimPrefix(e, "["), "]"), ""
-			}
-			host, port = h, p
-		case strings.Count(e, ":") == 1:
-			host, port, _ = strings.Cut(e, ":")
-		}
-		if port != "" && strings.Trim(port, "0123456789") != "" {
-			return bad("port is not a number")
-		}
-		if a, err := netip.ParseAddr(host); err == nil {
-			np.entries = append(np.entries, noProxyEntry{addr: a.Unmap(), port: port})
-			continue
-		}
-		if strings.Contains(host, ":") {
-			return bad("not an IP address, host or domain")
-		}
-		d := strings.ToLower(strings.Trim(strings.TrimPrefix(host, "*"), "."))
-		if d == "" {
-			return bad("empty domain")
-		}
-		np.entries = append(np.entries, noProxyEntry{domain: d, port: port})
 	}
+	np.direct = (&httpproxy.Config{HTTPProxy: noProxyStandIn, HTTPSProxy: noProxyStandIn, NoProxy: strings.Join(list, ",")}).ProxyFunc()
 	return np, nil
+}
+
+// parseNoProxyEntry checks one element of a NoProxy list, which is neither
+// empty nor "*".
+func parseNoProxyEntry(e string) (noProxyEntry, error) {
+	if strings.Contains(e, "/") {
+		p, err := netip.ParsePrefix(e)
+		if err != nil {
+			return noProxyEntry{}, errors.New("not a CIDR block such as 10.0.0.0/8")
+		}
+		return noProxyEntry{prefix: p.Masked()}, nil
+	}
+	host, port := e, ""
+	switch {
+	case strings.HasPrefix(e, "["):
+		h, p, err := net.SplitHostPort(e)
+		if err != nil {
+			h, p = strings.TrimSuffix(strings.TrimPrefix(e, "["), "]"), ""
+		}
+		host, port = h, p
+	case strings.Count(e, ":") == 1:
+		host, port, _ = strings.Cut(e, ":")
+	}
+	if port != "" && strings.Trim(port, "0123456789") != "" {
+		return noProxyEntry{}, errors.New("port is not a number")
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		a = a.Unmap()
+		return noProxyEntry{prefix: netip.PrefixFrom(a, a.BitLen()), port: port}, nil
+	}
+	if strings.Contains(host, ":") {
+		return noProxyEntry{}, errors.New("not an IP address, host or domain")
+	}
+	d := strings.ToLower(strings.Trim(strings.TrimPrefix(host, "*"), "."))
+	if d == "" {
+		return noProxyEntry{}, errors.New("empty domain")
+	}
+	return noProxyEntry{domain: d, port: port}, nil
 }
 
 // match reports whether u's host is to be reached directly.
@@ -87,36 +141,44 @@ func (np noProxy) match(u *url.URL) bool {
 		return false
 	}
 	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	if a, err := netip.ParseAddr(host); host == "localhost" || err == nil && a.IsLoopback() {
+		return np.matchLoopback(u, host)
+	}
+	v := *u
+	if v.Scheme != "https" {
+		v.Scheme = "http"
+	}
+	v.Host = host
+	if strings.Contains(host, ":") { // IPv6
+		v.Host = "[" + host + "]"
+	}
+	if p := u.Port(); p != "" {
+		v.Host = net.JoinHostPort(host, p)
+	}
+	p, err := np.direct(&v)
+	return err == nil && p == nil
+}
+
+// matchLoopback is match for "localhost" and loopback addresses, which
+// httpproxy always sends direct without asking its list.
+func (np noProxy) matchLoopback(u *url.URL, host string) bool {
 	port := u.Port()
 	if port == "" {
-		switch u.Scheme {
-		case "https":
+		port = "80"
+		if u.Scheme == "https" {
 			port = "443"
-		default:
-			port = "80"
 		}
 	}
 	addr, addrErr := netip.ParseAddr(host)
-	if addrErr == nil {
-		addr = addr.Unmap()
-	}
 	for _, e := range np.entries {
-		if e.port != "" && e.port != port {
-			continue
-		}
 		switch {
+		case e.port != "" && e.port != port:
 		case e.prefix.IsValid():
-			if addrErr == nil && e.prefix.Contains(addr) {
+			if addrErr == nil && e.prefix.Contains(addr.Unmap()) {
 				return true
 			}
-		case e.addr.IsValid():
-			if addrErr == nil && e.addr == addr {
-				return true
-			}
-		default:
-			if host == e.domain || strings.HasSuffix(host, "."+e.domain) {
-				return true
-			}
+		case host == e.domain || strings.HasSuffix(host, "."+e.domain):
+			return true
 		}
 	}
 	return false

@@ -2,8 +2,11 @@ package source
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"time"
+
+	"github.com/dpcache/dpcache/manifest"
 )
 
 // Signed is a repository document and its minisign signature, both verbatim.
@@ -52,4 +55,38 @@ type Status struct {
 	Result   string    // "updated", "up-to-date", "failed" or "rolled-back"
 	Error    string    // the error of a failed run
 	Reported time.Time // when the run ended
+}
+
+// The edges where a product, version or digest enters a Source: each is
+// checked by package manifest, which owns the repository's names, digests
+// and layout, before it becomes a path, a URL or a request. The errors wrap
+// both ErrInvalid and manifest.ErrInvalid.
+
+// latestPath checks product and returns manifest.LatestPath(product).
+func latestPath(product string) (string, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
+	}
+	return manifest.LatestPath(product), nil
+}
+
+// manifestPath checks product and version and returns
+// manifest.ManifestPath(product, version).
+func manifestPath(product, version string) (string, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
+	}
+	if err := manifest.ValidName(version); err != nil {
+		return "", fmt.Errorf("source: version %w: %w", err, ErrInvalid)
+	}
+	return manifest.ManifestPath(product, version), nil
+}
+
+// blobPath checks digest and returns manifest.BlobPath(digest).
+func blobPath(digest string) (string, error) {
+	d, err := manifest.ParseDigest(digest)
+	if err != nil {
+		return "", fmt.Errorf("source: blob %w: %w", err, ErrInvalid)
+	}
+	return manifest.BlobPath(d.String()), nil
 }
