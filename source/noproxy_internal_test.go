@@ -93,6 +93,7 @@ func FuzzNoProxy(f *testing.F) {
 		{"bücher.example", "xn--bcher-kva.example"},
 		{"10.0.0.0/33,a:b:c", "10.1.1.1"},
 		{"", "127.0.0.1"},
+		{"**", "anything.example"}, // a finding: "*" must not reach httpproxy
 	} {
 		f.Add(s.list, s.host)
 	}
