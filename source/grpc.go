@@ -32,6 +32,7 @@ type GRPC struct {
 	scheme    string // "grpc" or "grpcs"
 	conn      *grpc.ClientConn
 	client    pb.DistributionServiceClient
+	admin     pb.AdminServiceClient // over the same connection
 	timeout   time.Duration
 	forwarded bool
 	available bool   // AvailableOnly: ask for the bytes the DP holds now
@@ -66,7 +67,8 @@ func newGRPC(scheme, addr string, opts Options, creds credentials.TransportCrede
 	if err != nil {
 		return nil, fmt.Errorf("source %s://%s: %w: %v", scheme, addr, ErrBadURL, err)
 	}
-	return &GRPC{addr: addr, scheme: scheme, conn: conn, client: pb.NewDistributionServiceClient(conn), timeout: opts.Timeout}, nil
+	return &GRPC{addr: addr, scheme: scheme, conn: conn, client: pb.NewDistributionServiceClient(conn),
+		admin: pb.NewAdminServiceClient(conn), timeout: opts.Timeout}, nil
 }
 
 // Forwarded returns a copy of g whose requests carry the forwarded mark: a

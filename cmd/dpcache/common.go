@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -112,45 +113,32 @@ func (p *progress) finish() {
 // discoverSources asks the first grpc(s):// source for the DPs of site and
 // returns them, nearest first, followed by the sources given (each once).
 func discoverSources(ctx context.Context, srcs []source.Source, site string, sf *sourceFlags) ([]source.Source, error) {
-	var dp *source.GRPC
-	for _, s := range srcs {
-		if g, ok := s.(*source.GRPC); ok {
-			dp = g
-			break
-		}
-	}
-	if dp == nil {
-		return srcs, fmt.Errorf("no grpc:// source to ask")
-	}
-	dps, err := dp.ListSources(ctx, site)
+	opts, err := sf.options()
 	if err != nil {
 		return srcs, err
 	}
-	// ListSources' order (the site's DPs, least busy first, then the other
-	// sites'), then any given source it did not list.
-	given := map[string]source.Source{}
-	for _, s := range srcs {
-		given[s.String()] = s
+	return source.Discover(ctx, srcs, site, opts)
+}
+
+// dialDP connects to the DP at addr (host:port, or a grpc:// or grpcs://
+// URL) for its AdminService.
+func dialDP(addr string, sf *sourceFlags) (*source.GRPC, error) {
+	u := addr
+	if !strings.Contains(addr, "://") {
+		u = "grpc://" + addr
 	}
-	var out []source.Source
-	for _, d := range dps {
-		u := "grpc://" + d.GRPCAddr
-		if s, ok := given[u]; ok {
-			out = append(out, s)
-			delete(given, u)
-			continue
-		}
-		found, err := sf.open([]string{u})
-		if err != nil {
-			closeSources(out)
-			return srcs, err
-		}
-		out = append(out, found...)
+	opts, err := sf.options()
+	if err != nil {
+		return nil, err
 	}
-	for _, s := range srcs {
-		if _, ok := given[s.String()]; ok {
-			out = append(out, s)
-		}
+	s, err := source.Parse(u, opts)
+	if err != nil {
+		return nil, fmt.Errorf("--node %q: %w", addr, err)
 	}
-	return out, nil
+	dp, ok := s.(*source.GRPC)
+	if !ok {
+		s.Close()
+		return nil, fmt.Errorf("--node %q: want host:port or grpc://host:port", addr)
+	}
+	return dp, nil
 }

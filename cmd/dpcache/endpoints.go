@@ -70,16 +70,16 @@ time:
 			if err := requireFlags(cmd, "node"); err != nil {
 				return err
 			}
-			client, closeConn, err := dialAdmin(nodeAddr)
+			dp, err := dialDP(nodeAddr, &sourceFlags{})
 			if err != nil {
 				return fmt.Errorf("endpoints: %w", err)
 			}
-			defer closeConn()
+			defer dp.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			defer cancel()
-			resp, err := client.ListEndpoints(ctx, &pb.ListEndpointsRequest{OutdatedOnly: outdated})
+			resp, err := dp.Endpoints(ctx, outdated, false)
 			if err != nil {
-				return fmt.Errorf("endpoints: DP %s: %w (is `dpcache node` running there with --grpc %s?)", nodeAddr, err, nodeAddr)
+				return fmt.Errorf("endpoints: %w (is `dpcache node` running there with --grpc %s?)", err, nodeAddr)
 			}
 			out := toEndpointsJSON(resp)
 			if asJSON {

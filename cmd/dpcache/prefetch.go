@@ -27,16 +27,16 @@ version whole.`,
 			if err := requireFlags(cmd, "node", "product"); err != nil {
 				return err
 			}
-			client, closeConn, err := dialAdmin(nodeAddr)
+			dp, err := dialDP(nodeAddr, &sourceFlags{})
 			if err != nil {
 				return fmt.Errorf("prefetch: %w", err)
 			}
-			defer closeConn()
-			stream, err := client.Prefetch(cmd.Context(), &pb.PrefetchRequest{Product: product})
+			defer dp.Close()
+			recv, err := dp.Prefetch(cmd.Context(), product)
 			if err != nil {
-				return fmt.Errorf("prefetch: DP %s: %w", nodeAddr, err)
+				return fmt.Errorf("prefetch: %w", err)
 			}
-			return showPrefetch(cmd.OutOrStdout(), stream.Recv, newProgress(true, "prefetch "+product), nodeAddr)
+			return showPrefetch(cmd.OutOrStdout(), recv, newProgress(true, "prefetch "+product), nodeAddr)
 		},
 	}
 	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP (host:port)")
@@ -62,7 +62,7 @@ func showPrefetch(out io.Writer, recv func() (*pb.PrefetchResponse, error), bar 
 		}
 		if err != nil {
 			bar.finish()
-			return fmt.Errorf("prefetch: DP %s: %w", nodeAddr, err)
+			return fmt.Errorf("prefetch: %w", err)
 		}
 		if bar.enabled {
 			bar.update(int64(m.GetBytesDone()), int64(max(m.GetBytesTotal(), 1)))

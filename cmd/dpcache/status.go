@@ -10,20 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
-
-// dialAdmin connects to a DP's AdminService.
-func dialAdmin(addr string) (pb.AdminServiceClient, func(), error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, fmt.Errorf("--node %q: %w", addr, err)
-	}
-	return pb.NewAdminServiceClient(conn), func() { conn.Close() }, nil
-}
 
 // statusJSON is `dpcache status --json` as docs/design.md gives it.
 type statusJSON struct {
@@ -60,16 +47,16 @@ from peers, and served to endpoints and peers.`,
 			if err := requireFlags(cmd, "node"); err != nil {
 				return err
 			}
-			client, closeConn, err := dialAdmin(node)
+			dp, err := dialDP(node, &sourceFlags{})
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
-			defer closeConn()
+			defer dp.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			defer cancel()
-			resp, err := client.GetStatus(ctx, &pb.GetStatusRequest{})
+			resp, err := dp.Status(ctx, false)
 			if err != nil {
-				return fmt.Errorf("status: DP %s: %w (is `dpcache node` running there with --grpc %s?)", node, err, node)
+				return fmt.Errorf("status: %w (is `dpcache node` running there with --grpc %s?)", err, node)
 			}
 			out := statusJSON{Members: []memberJSON{}, Traffic: trafficJSON{
 				UpstreamBytes: resp.GetTraffic().GetUpstreamBytes(), PeerBytes: resp.GetTraffic().GetPeerBytes(), ServedBytes: resp.GetTraffic().GetServedBytes(),
