@@ -711,7 +711,7 @@ func (r *transfer) corrupt(cause error) {
 	r.drop()
 	var blamed []string
 	for name := range r.delivered {
-		r.c.health.fail(name, 0)
+		r.c.health.failNow(name)
 		blamed = append(blamed, name)
 	}
 	sort.Strings(blamed)
@@ -824,11 +824,16 @@ func (h *Health) states(names []string) []health {
 }
 
 // fail records a failure of the named source seen by an attempt that
-// started at generation gen (0: whenever it started); failures of attempts
-// that started before the last recorded change count once (a burst of
-// concurrent requests to a dead source is one failure). It returns the
-// backoff.
-func (h *Health) fail(name string, gen uint64) time.Duration {
+// started at generation gen; failures of attempts that started before the
+// last recorded change count once (a burst of concurrent requests to a
+// dead source is one failure). It returns the backoff.
+func (h *Health) fail(name string, gen uint64) time.Duration { return h.record(name, gen, false) }
+
+// failNow records a failure of the named source whenever the attempt
+// started (corrupt content is its fault however many saw it).
+func (h *Health) failNow(name string) { h.record(name, 0, true) }
+
+func (h *Health) record(name string, gen uint64, always bool) time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := h.m[name]
@@ -839,7 +844,7 @@ func (h *Health) fail(name string, gen uint64) time.Duration {
 		s = &health{}
 		h.m[name] = s
 	}
-	if gen == 0 || gen == s.gen {
+	if always || gen == s.gen {
 		s.failures++
 		s.gen++
 		d := h.backoff.Initial
