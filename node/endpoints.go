@@ -3,14 +3,13 @@ package node
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
@@ -56,16 +55,8 @@ func AgeBucket(lag time.Duration) string {
 	}
 }
 
-// publishedBucket keeps the publication time of each version whose
-// manifest the DP dropped (retention), keyed product/version.
-const publishedBucket = "published"
-
 // versionRec is what the DP knows of one version from its manifest.
-type versionRec struct {
-	Version   string    `json:"version"`
-	Serial    uint64    `json:"serial"`
-	Published time.Time `json:"published"`
-}
+type versionRec = cache.Published
 
 // rememberVersionLocked records m's serial and publication time. Call with
 // n.mu held (register does).
@@ -101,31 +92,29 @@ func (n *Node) persistPublished(product string, serial uint64) {
 	if !ok {
 		return
 	}
-	b, err := json.Marshal(r)
-	if err == nil {
-		err = n.cache.PutRecord(publishedBucket, product+"/"+r.Version, b)
-	}
-	if err != nil {
+	if err := n.cache.PutPublished(product, r); err != nil {
 		n.log.Warn("cannot keep a version's publication time; endpoint ages may show it as a later one", "product", product, "version", r.Version, "err", err)
 	}
 }
 
 // loadPublished loads the publication times kept by persistPublished.
 func (n *Node) loadPublished() error {
-	return n.cache.Records(publishedBucket, func(key string, value []byte) error {
-		product, _, ok := strings.Cut(key, "/")
-		var r versionRec
-		if !ok || json.Unmarshal(value, &r) != nil || manifest.ValidName(product) != nil {
-			n.log.Warn("ignoring an unreadable publication record", "key", key)
-			return nil
+	recs, err := n.cache.PublishedVersions()
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, r := range recs {
+		if manifest.ValidName(r.Product) != nil {
+			n.log.Warn("ignoring an unreadable publication record", "product", r.Product, "version", r.Version)
+			continue
 		}
-		n.mu.Lock()
-		if _, known := n.versionRecs[product][r.Serial]; !known {
-			n.rememberLocked(product, r)
+		if _, known := n.versionRecs[r.Product][r.Serial]; !known {
+			n.rememberLocked(r.Product, r.Published)
 		}
-		n.mu.Unlock()
-		return nil
-	})
+	}
+	return nil
 }
 
 // ageRefs holds, per product, what endpoint ages are measured against.
@@ -186,7 +175,7 @@ func (refs ageRefs) age(product string, serial uint64) string {
 // localEndpoints returns the reports this DP keeps.
 func (n *Node) localEndpoints() ([]*pb.EndpointStatus, error) {
 	var out []*pb.EndpointStatus
-	err := n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	err := n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			n.log.Warn("ignoring an unreadable endpoint report", "key", key, "err", err)

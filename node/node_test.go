@@ -502,7 +502,7 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []*pb.EndpointStatus
-	err = n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	err = n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			return err
@@ -521,7 +521,7 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	var site string
-	if err := n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	if err := n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			return err

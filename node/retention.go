@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/dpcache/dpcache/cache"
@@ -401,39 +400,30 @@ func (n *Node) forgetOldDocuments(products []string) {
 			oldest[p] = vs[0].Serial
 		}
 	}
-	var drop []string
-	err := n.cache.Records(manifestsBucket, func(key string, _ []byte) error {
-		product, version, ok := strings.Cut(key, "/")
-		if !ok {
-			return nil
-		}
-		first, held := oldest[product]
-		if !held {
-			return nil
-		}
-		n.mu.Lock()
-		serial, known := n.serialOfLocked(product, version)
-		_, running := n.jobs[key]
-		n.mu.Unlock()
-		if known && serial < first && !running {
-			drop = append(drop, key)
-		}
-		return nil
-	})
+	refs, err := n.cache.Manifests()
 	if err != nil {
 		n.log.Warn("retention: cannot list cached manifests", "err", err)
 		return
 	}
-	for _, key := range drop {
-		product, version, _ := strings.Cut(key, "/")
-		n.forgetManifest(product, version)
-		for _, path := range []string{manifest.ManifestPath(product, version), latestDocKey(product, version)} {
-			if err := n.cache.DeleteDocument(path); err != nil && !errors.Is(err, cache.ErrNotFound) {
-				n.log.Warn("retention: cannot delete a document", "path", path, "err", err)
-			}
+	var drop []cache.VersionRef
+	for _, r := range refs {
+		first, held := oldest[r.Product]
+		if !held {
+			continue
 		}
-		if err := n.cache.DeleteRecord(manifestsBucket, key); err != nil {
-			n.log.Warn("retention: cannot delete a manifest record", "key", key, "err", err)
+		n.mu.Lock()
+		serial, known := n.serialOfLocked(r.Product, r.Version)
+		_, running := n.jobs[r.Product+"/"+r.Version]
+		n.mu.Unlock()
+		if known && serial < first && !running {
+			drop = append(drop, r)
+		}
+	}
+	for _, r := range drop {
+		product, version := r.Product, r.Version
+		n.forgetManifest(product, version)
+		if err := n.cache.DeleteManifest(product, version, manifest.ManifestPath(product, version), latestDocKey(product, version)); err != nil {
+			n.log.Warn("retention: cannot delete a manifest and its documents", "product", product, "version", version, "err", err)
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -181,14 +180,13 @@ func TestRetention_KeepVersionsUnderQuota(t *testing.T) {
 		}
 	}
 	published := map[string]versionRec{}
-	n.cache.Records(publishedBucket, func(key string, value []byte) error {
-		var r versionRec
-		if err := json.Unmarshal(value, &r); err != nil {
-			t.Errorf("publication record %s: %v", key, err)
-		}
-		published[key] = r
-		return nil
-	})
+	recs, err := n.cache.PublishedVersions()
+	if err != nil {
+		t.Errorf("publication records: %v", err)
+	}
+	for _, r := range recs {
+		published[r.Product+"/"+r.Version] = r.Published
+	}
 	for k := range 4 {
 		r, ok := published["av/"+pubs[k].Manifest.Version]
 		if !ok || r.Serial != pubs[k].Manifest.Serial || !r.Published.Equal(pubs[k].Manifest.Published) {

@@ -119,15 +119,12 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "status: %v", err)
 	}
-	if err := s.n.cache.PutRecord(endpointsBucket, st.GetId()+"/"+st.GetProduct(), b); err != nil {
+	if err := s.n.cache.PutEndpointReport(st.GetId(), st.GetProduct(), b); err != nil {
 		return nil, toStatus(err)
 	}
 	s.n.log.Debug("endpoint reported", "endpoint", st.GetId(), "product", st.GetProduct(), "version", st.GetVersion(), "result", st.GetResult())
 	return &pb.ReportStatusResponse{}, nil
 }
-
-// endpointsBucket holds the last report of each endpoint and product.
-const endpointsBucket = "endpoints"
 
 // toStatus turns an error into a gRPC status at the RPC edge.
 func toStatus(err error) error {

@@ -15,10 +15,6 @@ import (
 	"github.com/dpcache/dpcache/source"
 )
 
-// manifestsBucket records which manifests the cache holds, so that the
-// sizes of their blobs are known again after a restart.
-const manifestsBucket = "manifests"
-
 // latestDocKey is where the cache keeps the latest.json that announced a
 // version (the repository keeps only the newest one at <product>/latest.json).
 func latestDocKey(product, version string) string {
@@ -178,10 +174,7 @@ func (n *Node) manifestDoc(ctx context.Context, product, version string) (source
 		if err != nil {
 			return nil, err
 		}
-		if err := n.cache.PutDocument(path, signed.Data, signed.Signature); err != nil {
-			return nil, fmt.Errorf("caching %s: %w", path, err)
-		}
-		if err := n.cache.PutRecord(manifestsBucket, product+"/"+version, nil); err != nil {
+		if err := n.cache.PutManifest(product, version, path, signed.Data, signed.Signature); err != nil {
 			return nil, fmt.Errorf("caching %s: %w", path, err)
 		}
 		n.register(m)
@@ -208,24 +201,25 @@ func (n *Node) register(m *manifest.Manifest) {
 
 // loadKnown registers the manifests the cache holds.
 func (n *Node) loadKnown() error {
-	return n.cache.Records(manifestsBucket, func(key string, _ []byte) error {
-		product, version, ok := strings.Cut(key, "/")
-		if !ok {
-			return nil
-		}
+	refs, err := n.cache.Manifests()
+	if err != nil {
+		return err
+	}
+	for _, r := range refs {
+		product, version := r.Product, r.Version
 		data, sig, err := n.cache.Document(manifest.ManifestPath(product, version))
 		if err != nil {
 			n.log.Warn("cached manifest unreadable; it will be fetched again", "product", product, "version", version, "err", err)
-			return nil
+			continue
 		}
 		m, err := n.trust.VerifyManifest(data, sig, nil)
 		if err != nil {
 			n.log.Warn("cached manifest no longer verifies; it will be fetched again", "product", product, "version", version, "err", err)
-			return nil
+			continue
 		}
 		n.register(m)
-		return nil
-	})
+	}
+	return nil
 }
 
 // startVersion fetches every blob of ul's version in the background and
