@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -125,18 +124,9 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: freeDisk(n.cfg.DataDir)}
+	free, _ := diskFree(n.cfg.DataDir) // 0 when unknown
+	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: free}
 	return ms, nil
-}
-
-// freeDisk returns the bytes available to unprivileged users on dir's file
-// system, 0 if unknown.
-func freeDisk(dir string) uint64 {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(dir, &fs); err != nil {
-		return 0
-	}
-	return fs.Bavail * uint64(fs.Bsize)
 }
 
 // peerAdmin returns the AdminService client of a peer DP; its connection is

@@ -21,7 +21,7 @@ type productSerial struct {
 }
 
 // newGossip builds the DP's gossip member from its configuration.
-func (n *Node) newGossip() (*gossip.Gossip, error) {
+func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 	host := n.cfg.Advertise
 	if host == "" {
 		host = advertiseHost(n.grpcLis.Addr())
@@ -36,8 +36,8 @@ func (n *Node) newGossip() (*gossip.Gossip, error) {
 	gc.Join = n.cfg.Join
 	gc.SecretKey = n.cfg.GossipKey
 	gc.Logger = n.cfg.Logger
-	if n.cfg.Gossip != nil {
-		n.cfg.Gossip(&gc)
+	if tune != nil {
+		tune(&gc)
 	}
 	g, err := gossip.New(gc)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
@@ -41,9 +40,6 @@ type Config struct {
 	// reach this DP's gRPC and HTTP ports. Default: the host of GRPCAddr
 	// when it names one, else this machine's first private IP address.
 	Advertise string
-	// Gossip, when set, adjusts the gossip configuration before it is used
-	// (tests shorten memberlist's timers with it).
-	Gossip func(*gossip.Config)
 	// Upstream lists the source URLs tried in order on a miss.
 	Upstream []string
 	// Trust holds the vendor public keys documents must be signed with.

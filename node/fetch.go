@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/dpcache/dpcache/cache"
 )
 
@@ -405,7 +403,7 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 	}
 	bySource := n.metrics.upstreamBytes(c.src) // nil for peers or without metrics
 	buf := make([]byte, 256<<10)
-	var limit *rate.Limiter // Config.UpstreamRate: reads wait for their bytes' tokens
+	var limit upstreamLimiter // Config.UpstreamRate: reads wait for their bytes' tokens
 	if c.kind == fromUpstream && n.limiter != nil {
 		limit = n.limiter
 		buf = buf[:min(len(buf), limit.Burst())]
@@ -425,7 +423,7 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 		f.awaitPeers(ctx, w.Offset())
 		nr, rerr := r.Read(buf)
 		if nr > 0 && limit != nil {
-			if err := n.waitUpstream(ctx, limit, nr); err != nil {
+			if err := limit.WaitN(ctx, nr); err != nil {
 				return fmt.Errorf("%s: blob %s: waiting for the upstream rate limit: %w", c.src, f.digest, err)
 			}
 		}
@@ -452,11 +450,11 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 	return nil
 }
 
-// waitUpstream waits until n upstream bytes may be read under the rate
-// limit; tests wrap it to see what is charged.
-func (n *Node) waitUpstream(ctx context.Context, limit *rate.Limiter, bytes int) error {
-	if hook := n.onUpstreamWait.Load(); hook != nil {
-		(*hook)(bytes)
-	}
-	return limit.WaitN(ctx, bytes)
+// upstreamLimiter is the token bucket of Config.UpstreamRate (a
+// *rate.Limiter); tests wrap it to see what is charged.
+type upstreamLimiter interface {
+	// WaitN waits until n bytes may be read.
+	WaitN(ctx context.Context, n int) error
+	// Burst is the most bytes one WaitN may ask for.
+	Burst() int
 }

@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
@@ -78,12 +77,10 @@ type Node struct {
 	evictWaiting map[string]bool                  // blobs retention skipped while they were read
 	versionRecs  map[string]map[uint64]versionRec // product → serial → version and publication time
 
-	limiter *rate.Limiter // Config.UpstreamRate over all upstream reads; nil: unlimited
-	// onUpstreamWait, set by tests, sees every charge to limiter.
-	onUpstreamWait atomic.Pointer[func(bytes int)]
-	retainKick     chan struct{} // asks the retention loop for a pass
-	retainMu       sync.Mutex    // serialises retention passes; protects overQuota
-	overQuota      bool          // the last pass could not get under Config.CacheMax
+	limiter    upstreamLimiter // Config.UpstreamRate over all upstream reads; nil: unlimited
+	retainKick chan struct{}   // asks the retention loop for a pass
+	retainMu   sync.Mutex      // serialises retention passes; protects overQuota
+	overQuota  bool            // the last pass could not get under Config.CacheMax
 
 	traffic struct {
 		upstream atomic.Int64 // bytes read from upstream sources
@@ -101,6 +98,12 @@ type upLatest struct {
 // New opens the DP's cache and binds its listeners; it starts nothing.
 // Close releases what New acquired if Run is never called.
 func New(cfg Config) (*Node, error) {
+	return newNode(cfg, nil)
+}
+
+// newNode is New; tuneGossip, when set, adjusts the gossip configuration
+// before it is used (tests shorten memberlist's timers with it).
+func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -126,10 +129,12 @@ func New(cfg Config) (*Node, error) {
 		evicting:       map[string]chan struct{}{},
 		evictWaiting:   map[string]bool{},
 		versionRecs:    map[string]map[uint64]versionRec{},
-		limiter:        newUpstreamLimiter(cfg.UpstreamRate),
 		retainKick:     make(chan struct{}, 1),
 	}
 	n.endpointAges = n.countEndpointAges
+	if l := newUpstreamLimiter(cfg.UpstreamRate); l != nil {
+		n.limiter = l
+	}
 	for _, p := range cfg.Products {
 		n.products[p] = true
 	}
@@ -169,7 +174,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	if cfg.GossipAddr != "" {
-		if n.gossip, err = n.newGossip(); err != nil {
+		if n.gossip, err = n.newGossip(tuneGossip); err != nil {
 			n.Close()
 			return nil, err
 		}

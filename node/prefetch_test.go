@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -346,12 +347,13 @@ func TestPrefetch_UpstreamRateLimits(t *testing.T) {
 	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	var charged atomic.Int64
-	n := startNode(t, v, ngx.URL, func(c *Config) { c.UpstreamRate = limit })
-	if n.limiter == nil || n.limiter.Limit() != limit {
-		t.Fatalf("limiter %v, want %d B/s", n.limiter, limit)
-	}
-	hook := func(bytes int) { charged.Add(int64(bytes)) }
-	n.onUpstreamWait.Store(&hook)
+	n := startNodeWith(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate = limit }, func(n *Node) {
+		l, ok := n.limiter.(*rate.Limiter)
+		if !ok || l.Limit() != limit {
+			t.Fatalf("limiter %v, want %d B/s", n.limiter, limit)
+		}
+		n.limiter = chargedLimiter{l, &charged}
+	})
 	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
 	if err != nil || !msgs[len(msgs)-1].GetDone() {
 		t.Fatalf("Prefetch: %v, %v", msgs, err)
@@ -363,4 +365,15 @@ func TestPrefetch_UpstreamRateLimits(t *testing.T) {
 	if err != nil || sha(b) != pub.Manifest.Files[0].SHA256 {
 		t.Fatalf("blob after a limited fetch: %v", err)
 	}
+}
+
+// chargedLimiter counts what is charged to an upstream limiter.
+type chargedLimiter struct {
+	*rate.Limiter
+	charged *atomic.Int64
+}
+
+func (l chargedLimiter) WaitN(ctx context.Context, n int) error {
+	l.charged.Add(int64(n))
+	return l.Limiter.WaitN(ctx, n)
 }
