@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -124,7 +125,7 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	free, _ := diskFree(n.cfg.DataDir) // 0 when unknown
+	free, _ := ops.DiskFree(n.cfg.DataDir) // 0 when unknown
 	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: free}
 	return ms, nil
 }

@@ -401,7 +401,7 @@ func (n *Node) copyStream(ctx context.Context, c candidate, f *fetch, w *cache.W
 	if c.kind != fromUpstream {
 		counter = &n.traffic.peer
 	}
-	bySource := n.metrics.upstreamBytes(c.src) // nil for peers or without metrics
+	bySource := n.metrics.UpstreamBytes(c.src) // nil for peers or without metrics
 	buf := make([]byte, 256<<10)
 	var limit upstreamLimiter // Config.UpstreamRate: reads wait for their bytes' tokens
 	if c.kind == fromUpstream && n.limiter != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -223,16 +224,16 @@ func TestMetrics_EvictedHook(t *testing.T) {
 	v.publish(t, "av", "1", 1, smallProduct)
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	n := startNode(t, v, ngx.URL, nil)
-	n.metrics.evicted(3, 12345)
-	n.metrics.evicted(1, 5)
+	n.metrics.Evicted(3, 12345)
+	n.metrics.Evicted(1, 5)
 	got, _ := scrape(t, n)
 	if got["dpcache_cache_evictions_total"] != 4 || got["dpcache_cache_evicted_bytes_total"] != 12350 {
 		t.Fatalf("evictions %v, bytes %v; want 4 and 12350", got["dpcache_cache_evictions_total"], got["dpcache_cache_evicted_bytes_total"])
 	}
-	var off *metrics // metrics disabled: every hook is a no-op
-	off.evicted(1, 1)
-	off.cacheRequest(true)
-	if off.upstreamBytes(n.upstream[0]) != nil {
+	var off *ops.Metrics // metrics disabled: every hook is a no-op
+	off.Evicted(1, 1)
+	off.CacheRequest(true)
+	if off.UpstreamBytes(n.upstream[0]) != nil {
 		t.Fatal("disabled metrics count upstream bytes")
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -50,9 +51,9 @@ type Node struct {
 	docs   singleflight.Group // upstream document fetches, by path
 	gossip *gossip.Gossip     // nil when clustering is off
 
-	metrics *metrics    // nil when Config.DisableMetrics
-	status  *statusPage // the status page's traffic history
-	ready   atomic.Bool // Run serves and the DP is not stopping (/readyz)
+	metrics *ops.Metrics    // nil when Config.DisableMetrics
+	status  *ops.StatusPage // the status page and its traffic history
+	ready   atomic.Bool     // Run serves and the DP is not stopping (/readyz)
 	// endpointAges, set by endpoint reporting, counts the site's endpoints
 	// by age bucket ("current", "24h", "3d", "7d") for /metrics and the
 	// status page; called at scrape and render time, concurrently. nil:
@@ -180,12 +181,17 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		}
 	}
 	n.bg, n.bgCancel = context.WithCancel(context.Background())
-	if n.metrics, err = newMetrics(n); err != nil {
-		n.Close()
-		return nil, err
+	if !cfg.DisableMetrics {
+		if n.metrics, err = ops.NewMetrics(ops.MetricsConfig{
+			Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, CacheMax: cfg.CacheMax,
+			Upstream: n.upstream, Registry: cfg.Registry, Logger: n.log,
+		}, n.cache, opsView{n}); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
-	n.status = newStatusPage(n)
-	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.serverOptions()...)...)
+	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
+	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.ServerOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
@@ -248,7 +254,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.refreshLoop(gctx); return nil })
 	g.Go(func() error { n.prefetchLoop(gctx); return nil })
 	g.Go(func() error { n.retentionLoop(gctx); return nil })
-	g.Go(func() error { n.status.run(gctx); return nil })
+	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.ready.Store(true)
 	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
@@ -350,6 +356,20 @@ func (n *Node) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET "+repoPrefix, n.serveRepo)
-	n.opsRoutes(mux)
-	return n.metrics.instrumentHTTP(mux)
+	mux.Handle("GET /{$}", n.status)
+	mux.Handle("GET /metrics", n.metrics.Handler())
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	return n.metrics.InstrumentHTTP(mux)
+}
+
+// serveReady answers /readyz: 200 once Run serves with the cache open, 503
+// before that and while the DP stops.
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !n.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready")
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/ops"
 )
 
 // Quota and retention: a DP looks after its own disk. A retention pass
@@ -58,7 +59,7 @@ func (n *Node) retentionLoop(ctx context.Context) {
 			if lowSince.IsZero() {
 				lowSince = time.Now()
 			}
-			n.log.Warn("free disk space under the data directory is low; raise it or lower --cache-max", "dir", n.cfg.DataDir, "free_bytes", free, "threshold_bytes", lowDiskThreshold, "low_since", lowSince.Format(time.RFC3339))
+			n.log.Warn("free disk space under the data directory is low; raise it or lower --cache-max", "dir", n.cfg.DataDir, "free_bytes", free, "threshold_bytes", ops.LowDiskThreshold, "low_since", lowSince.Format(time.RFC3339))
 			lastWarn = time.Now()
 		case !low && !lowSince.IsZero():
 			n.log.Info("free disk space under the data directory recovered", "dir", n.cfg.DataDir, "free_bytes", free)
@@ -92,8 +93,8 @@ func (n *Node) kickRetention() {
 // whether they are below lowDiskThreshold (false when unknown). Safe for
 // concurrent use; it asks the kernel each time (one statfs).
 func (n *Node) lowDisk() (free uint64, low bool) {
-	free, ok := diskFree(n.cfg.DataDir)
-	return free, ok && free < lowDiskThreshold
+	free, ok := ops.DiskFree(n.cfg.DataDir)
+	return free, ok && free < ops.LowDiskThreshold
 }
 
 // startReading counts a reader of digest until release is called, so that
@@ -335,7 +336,7 @@ func (n *Node) evictBatch(r *retention, digests []string) {
 		freed += sizes[d]
 	}
 	r.freed += freed
-	n.metrics.evicted(len(deleted), freed)
+	n.metrics.Evicted(len(deleted), freed)
 }
 
 // deleteBlobs deletes blobs from the cache in one transaction and returns

@@ -31,7 +31,7 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 	if err != nil {
 		return err
 	}
-	n.metrics.cacheRequest(f == nil)
+	n.metrics.CacheRequest(f == nil)
 	bufs := n.pool.stream()
 	defer bufs.done()
 	if f == nil {
