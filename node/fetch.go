@@ -269,7 +269,7 @@ func (n *Node) acquire(digest string, forwarded bool) (f *fetch, size int64, err
 
 // ensureBlob returns once digest is whole in the cache.
 func (n *Node) ensureBlob(ctx context.Context, digest string) error {
-	release, err := n.startReading(ctx, digest) // retention leaves it alone meanwhile
+	release, err := n.pins.StartReading(ctx, digest) // retention leaves it alone meanwhile
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	if err := manifest.ValidDigest(digest); err != nil {
 		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
 	}
-	release, err := n.startReading(r.Context(), digest) // retention never deletes a blob being served
+	release, err := n.pins.StartReading(r.Context(), digest) // retention never deletes a blob being served
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/node/internal/ops"
+	"github.com/dpcache/dpcache/node/internal/retain"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -72,16 +73,12 @@ type Node struct {
 	versionChanged map[string]chan struct{}    // closed when a product's held latest changes
 	closed         bool
 
-	// Quota, retention and endpoint ages (retention.go, endpoints.go).
-	reading      map[string]int                   // readers streaming each blob now
-	evicting     map[string]chan struct{}         // blobs being deleted by retention; closed when done
-	evictWaiting map[string]bool                  // blobs retention skipped while they were read
-	versionRecs  map[string]map[uint64]versionRec // product → serial → version and publication time
+	// Endpoint ages (endpoints.go).
+	versionRecs map[string]map[uint64]versionRec // product → serial → version and publication time
 
-	limiter    upstreamLimiter // Config.UpstreamRate over all upstream reads; nil: unlimited
-	retainKick chan struct{}   // asks the retention loop for a pass
-	retainMu   sync.Mutex      // serialises retention passes; protects overQuota
-	overQuota  bool            // the last pass could not get under Config.CacheMax
+	limiter  upstreamLimiter  // Config.UpstreamRate over all upstream reads; nil: unlimited
+	retainer *retain.Retainer // quota and retention passes
+	pins     *retain.Pins     // readers of each blob, which retention spares
 
 	traffic struct {
 		upstream atomic.Int64 // bytes read from upstream sources
@@ -126,11 +123,7 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		jobs:         map[string]*versionJob{},
 
 		versionChanged: map[string]chan struct{}{},
-		reading:        map[string]int{},
-		evicting:       map[string]chan struct{}{},
-		evictWaiting:   map[string]bool{},
 		versionRecs:    map[string]map[uint64]versionRec{},
-		retainKick:     make(chan struct{}, 1),
 	}
 	n.endpointAges = n.countEndpointAges
 	if l := newUpstreamLimiter(cfg.UpstreamRate); l != nil {
@@ -156,6 +149,8 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		n.closeSources()
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	n.retainer = retain.New(retain.Config{KeepVersions: cfg.KeepVersions, CacheMax: cfg.CacheMax, DataDir: cfg.DataDir, Logger: n.log}, n.cache, retainView{n})
+	n.pins = n.retainer.Pins()
 	if err := n.loadKnown(); err != nil {
 		n.Close()
 		return nil, err
@@ -253,7 +248,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { n.refreshLoop(gctx); return nil })
 	g.Go(func() error { n.prefetchLoop(gctx); return nil })
-	g.Go(func() error { n.retentionLoop(gctx); return nil })
+	g.Go(func() error { n.retainer.Run(gctx); return nil })
 	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.ready.Store(true)

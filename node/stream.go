@@ -22,7 +22,7 @@ type blobSender interface {
 // the in-flight fetch as its bytes arrive (stored chunks, then the bytes
 // not stored yet, from memory).
 func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded bool, stream blobSender) error {
-	release, err := n.startReading(ctx, digest) // retention never deletes a blob being streamed
+	release, err := n.pins.StartReading(ctx, digest) // retention never deletes a blob being streamed
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 // stored, or arrived and still in memory) from off, then ends; it never
 // fetches.
 func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bool, stream blobSender) error {
-	release, err := n.startReading(ctx, digest)
+	release, err := n.pins.StartReading(ctx, digest)
 	if err != nil {
 		return err
 	}

@@ -273,7 +273,7 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest,
 	j.setBlobs(n.cache, blobs)
 	if n.cfg.CacheMax > 0 {
 		// Make room for the version before fetching it.
-		if err := n.retain(ctx); err != nil {
+		if err := n.retainer.Pass(ctx); err != nil {
 			n.log.Warn("could not make room in the cache before fetching a version", "product", product, "version", l.Version, "err", err)
 		}
 	}
@@ -308,7 +308,7 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest,
 	}
 	n.publishVersions(product)
 	n.notifyVersion(product)
-	n.kickRetention()
+	n.retainer.Kick()
 	n.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
