@@ -59,7 +59,7 @@ func BenchmarkIngest(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		if err := n.ensureBlob(ctx, digest); err != nil {
+		if err := n.fetcher.EnsureBlob(ctx, digest); err != nil {
 			b.Fatal(err)
 		}
 		return time.Since(start)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/fetch"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -133,14 +134,7 @@ func (n *Node) publishFetching() {
 	if n.gossip == nil {
 		return
 	}
-	n.mu.Lock()
-	ds := make([]string, 0, len(n.fetches))
-	for d := range n.fetches {
-		ds = append(ds, d)
-	}
-	n.mu.Unlock()
-	slices.Sort(ds)
-	n.gossip.SetFetching(ds)
+	n.gossip.SetFetching(n.fetcher.InFlight())
 }
 
 // versionsOf returns the versions (from verified manifests) that name digest.
@@ -160,43 +154,37 @@ func (n *Node) registerVersionsLocked(m *manifest.Manifest) {
 	}
 }
 
-// candidate is one place a blob fetch may read from.
-type candidate struct {
-	src  source.Source
-	kind candidateKind
+// routerView is the DP as package fetch routes through it (fetch.Router).
+type routerView struct{ n *Node }
+
+func (v routerView) Candidates(digest string, forwarded bool) []fetch.Candidate {
+	return v.n.candidates(digest, forwarded)
 }
 
-type candidateKind int
+// sizesView is the DP as package fetch learns blob sizes from it
+// (fetch.Sizes).
+type sizesView struct{ n *Node }
 
-const (
-	fromPeer     candidateKind = iota // a DP of the site that holds the blob whole
-	fromOwner                         // the blob's owner in the site, which fetches it upstream once for all
-	fromPartial                       // a DP of the site fetching it: the bytes it has now
-	fromUpstream                      // the configured upstream sources, in order
-)
+func (v sizesView) BlobSize(digest string) (int64, bool) { return v.n.blobSize(digest) }
 
-func (k candidateKind) String() string {
-	return [...]string{"peer", "owner", "partial", "upstream"}[k]
-}
-
-// candidates lists, in order, where f's blob is read from (docs/design.md: "How a
+// candidates lists, in order, where a blob is read from (docs/design.md: "How a
 // DP resolves a blob"): peers of the site holding it; the owners ranked
 // above this DP; then, when this DP fetches upstream itself, what the site's
 // other fetchers already have; then upstream. A fetch started or taken over
 // for a forwarded request never asks peers or owners: it must not wait on
 // another DP that may be waiting on it.
-func (n *Node) candidates(f *fetch) []candidate {
-	var out []candidate
+func (n *Node) candidates(digest string, forwarded bool) []fetch.Candidate {
+	var out []fetch.Candidate
 	if n.gossip != nil {
 		site, self := n.cfg.Site, n.cfg.Name
 		seen := map[string]bool{self: true}
 		// The version hint lets a peer that has not seen the manifest yet
 		// fetch it rather than answer NotFound.
 		var hint productSerial
-		if vs := n.versionsOf(f.digest); len(vs) > 0 {
+		if vs := n.versionsOf(digest); len(vs) > 0 {
 			hint = vs[len(vs)-1]
 		}
-		add := func(m gossip.Member, kind candidateKind) {
+		add := func(m gossip.Member, kind fetch.Kind) {
 			if seen[m.Name] || m.GRPCAddr == "" {
 				return
 			}
@@ -206,33 +194,33 @@ func (n *Node) candidates(f *fetch) []candidate {
 			}
 			seen[m.Name] = true
 			src := p.Forwarded()
-			if kind == fromPartial {
+			if kind == fetch.FromPartial {
 				src = p.AvailableOnly()
 			}
 			if hint.product != "" {
 				src = src.ForVersion(hint.product, hint.version)
 			}
-			out = append(out, candidate{src, kind})
+			out = append(out, fetch.Candidate{Src: src, Kind: kind})
 		}
-		if !f.isForwarded() {
-			for _, ps := range n.versionsOf(f.digest) {
+		if !forwarded {
+			for _, ps := range n.versionsOf(digest) {
 				for _, m := range n.gossip.Holders(site, ps.product, ps.serial) {
-					add(m, fromPeer)
+					add(m, fetch.FromPeer)
 				}
 			}
-			for _, m := range n.gossip.Owners(site, f.digest) {
+			for _, m := range n.gossip.Owners(site, digest) {
 				if m.Name == self {
 					break
 				}
-				add(m, fromOwner)
+				add(m, fetch.FromOwner)
 			}
 		}
-		for _, m := range n.gossip.Fetchers(site, f.digest) {
-			add(m, fromPartial)
+		for _, m := range n.gossip.Fetchers(site, digest) {
+			add(m, fetch.FromPartial)
 		}
 	}
 	for _, u := range n.upstream {
-		out = append(out, candidate{u, fromUpstream})
+		out = append(out, fetch.Candidate{Src: u, Kind: fetch.FromUpstream})
 	}
 	return out
 }

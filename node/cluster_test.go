@@ -66,7 +66,7 @@ func startClusterWith(t *testing.T, v *vendor, upstream string, mod func(*Config
 		if mod != nil {
 			mod(&cfg)
 		}
-		n, err := newNode(cfg, fastGossip)
+		n, err := newNode(cfg, testHooks{tuneGossip: fastGossip})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -78,7 +78,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return err
 	}
 	defer release()
-	f, size, err := n.acquire(digest, false)
+	whole, size, err := n.fetcher.Acquire(digest, false)
 	if err != nil {
 		return err
 	}
@@ -86,27 +86,27 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	w.Header().Set("ETag", `"`+digest+`"`)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
-	if f == nil {
+	if whole {
 		n.metrics.CacheRequest(true) // in flight: readBlob counts it below
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
 		http.ServeContent(cw, r, "", zeroTime, body)
-		n.traffic.served.Add(cw.n)
+		n.fetcher.AddServed(cw.n)
 		return nil
 	}
 	// In flight: serve from the requested offset as bytes arrive. Only the
 	// single-range forms "bytes=N-" and "bytes=N-M" are honoured here.
-	from, to := int64(0), f.size
+	from, to := int64(0), size
 	status := http.StatusOK
 	if rng := r.Header.Get("Range"); rng != "" {
-		a, b, ok := parseRange(rng, f.size)
+		a, b, ok := parseRange(rng, size)
 		if !ok {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
 			return nil
 		}
 		from, to, status = a, b, http.StatusPartialContent
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, f.size))
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, size))
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(to-from, 10))
 	w.WriteHeader(status)
@@ -114,7 +114,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return nil
 	}
 	sink := &httpSink{w: w, left: to - from}
-	err = n.readBlob(r.Context(), digest, from, false, sink)
+	err = n.fetcher.ReadBlob(r.Context(), digest, from, false, sink)
 	if errors.Is(err, errRangeDone) || err == nil {
 		return nil
 	}

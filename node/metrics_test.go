@@ -29,6 +29,12 @@ import (
 // and before Run (for fields that Run's goroutines read).
 func startNodeWith(t testing.TB, v *vendor, upstream []string, mod func(*Config), prep func(*Node)) *Node {
 	t.Helper()
+	return startNodeHooks(t, v, upstream, mod, prep, testHooks{})
+}
+
+// startNodeHooks is startNodeWith with test hooks.
+func startNodeHooks(t testing.TB, v *vendor, upstream []string, mod func(*Config), prep func(*Node), hooks testHooks) *Node {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = "dp-test"
 	cfg.DataDir = t.TempDir()
@@ -43,7 +49,7 @@ func startNodeWith(t testing.TB, v *vendor, upstream []string, mod func(*Config)
 	if mod != nil {
 		mod(&cfg)
 	}
-	n, err := New(cfg)
+	n, err := newNode(cfg, hooks)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +413,7 @@ func BenchmarkServeMetrics(b *testing.B) {
 		if _, _, err := n.manifestDoc(ctx, "av", "1"); err != nil {
 			b.Fatal(err)
 		}
-		if err := n.ensureBlob(ctx, digest); err != nil {
+		if err := n.fetcher.EnsureBlob(ctx, digest); err != nil {
 			b.Fatal(err)
 		}
 		conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), source.DialOptions()...)

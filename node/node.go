@@ -24,6 +24,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/fetch"
 	"github.com/dpcache/dpcache/node/internal/ops"
 	"github.com/dpcache/dpcache/node/internal/retain"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
@@ -41,7 +42,7 @@ type Node struct {
 	httpLis  net.Listener
 	grpcSrv  *grpc.Server
 	health   *health.Server
-	pool     *chunkPool
+	fetcher  *fetch.Fetcher // blob fetches and streams
 
 	// bg is the lifetime of background work (fetches outlive the request
 	// that started them); cancelled when Run returns.
@@ -62,7 +63,6 @@ type Node struct {
 	endpointAges func() map[string]int
 
 	mu             sync.Mutex                  // protects the fields below
-	fetches        map[string]*fetch           // blob fetches in flight, by digest
 	known          map[string]int64            // blob sizes from verified manifests
 	blobVersions   map[string][]productSerial  // versions naming each blob, from verified manifests
 	peers          map[string]*source.GRPC     // clients of peer DPs, by gRPC address
@@ -76,15 +76,8 @@ type Node struct {
 	// Endpoint ages (endpoints.go).
 	versionRecs map[string]map[uint64]versionRec // product → serial → version and publication time
 
-	limiter  upstreamLimiter  // Config.UpstreamRate over all upstream reads; nil: unlimited
 	retainer *retain.Retainer // quota and retention passes
 	pins     *retain.Pins     // readers of each blob, which retention spares
-
-	traffic struct {
-		upstream atomic.Int64 // bytes read from upstream sources
-		peer     atomic.Int64 // bytes read from peer DPs
-		served   atomic.Int64 // blob bytes sent to callers
-	}
 }
 
 type upLatest struct {
@@ -96,12 +89,21 @@ type upLatest struct {
 // New opens the DP's cache and binds its listeners; it starts nothing.
 // Close releases what New acquired if Run is never called.
 func New(cfg Config) (*Node, error) {
-	return newNode(cfg, nil)
+	return newNode(cfg, testHooks{})
 }
 
-// newNode is New; tuneGossip, when set, adjusts the gossip configuration
-// before it is used (tests shorten memberlist's timers with it).
-func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
+// testHooks adjust a Node for tests; New uses none.
+type testHooks struct {
+	// tuneGossip adjusts the gossip configuration before it is used
+	// (tests shorten memberlist's timers with it).
+	tuneGossip func(*gossip.Config)
+	// wrapLimiter wraps the upstream rate limiter (tests count what is
+	// charged to it).
+	wrapLimiter func(fetch.Limiter) fetch.Limiter
+}
+
+// newNode is New with test hooks.
+func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -112,8 +114,6 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		cfg:          cfg,
 		log:          cfg.Logger.With("component", "node", "node", cfg.Name),
 		trust:        cfg.Trust,
-		pool:         newChunkPool(cfg.ServeChunk, cfg.ServeMemory),
-		fetches:      map[string]*fetch{},
 		known:        map[string]int64{},
 		blobVersions: map[string][]productSerial{},
 		peers:        map[string]*source.GRPC{},
@@ -126,9 +126,6 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		versionRecs:    map[string]map[uint64]versionRec{},
 	}
 	n.endpointAges = n.countEndpointAges
-	if l := newUpstreamLimiter(cfg.UpstreamRate); l != nil {
-		n.limiter = l
-	}
 	for _, p := range cfg.Products {
 		n.products[p] = true
 	}
@@ -170,7 +167,7 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 		}
 	}
 	if cfg.GossipAddr != "" {
-		if n.gossip, err = n.newGossip(tuneGossip); err != nil {
+		if n.gossip, err = n.newGossip(hooks.tuneGossip); err != nil {
 			n.Close()
 			return nil, err
 		}
@@ -185,6 +182,14 @@ func newNode(cfg Config, tuneGossip func(*gossip.Config)) (*Node, error) {
 			return nil, err
 		}
 	}
+	fc := fetch.Config{ServeChunk: cfg.ServeChunk, ServeMemory: cfg.ServeMemory, Logger: n.log}
+	if l := newUpstreamLimiter(cfg.UpstreamRate); l != nil {
+		fc.Limiter = l
+	}
+	if hooks.wrapLimiter != nil {
+		fc.Limiter = hooks.wrapLimiter(fc.Limiter)
+	}
+	n.fetcher = fetch.New(n.bg, fc, n.cache, sizesView{n}, routerView{n}, n.pins, n.metrics, n.publishFetching)
 	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
 	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.ServerOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
@@ -273,6 +278,7 @@ func (n *Node) Run(ctx context.Context) error {
 		cancel()
 	}
 	err := g.Wait()
+	n.fetcher.Stop()
 	n.bgWG.Wait()
 	if err != nil {
 		return err
@@ -292,8 +298,11 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	if n.bgCancel != nil {
 		n.bgCancel()
-		n.bgWG.Wait()
 	}
+	if n.fetcher != nil {
+		n.fetcher.Stop()
+	}
+	n.bgWG.Wait()
 	if n.grpcLis != nil {
 		n.grpcLis.Close()
 	}
@@ -341,7 +350,8 @@ type Traffic struct {
 
 // Traffic returns the DP's byte counters since start.
 func (n *Node) Traffic() Traffic {
-	return Traffic{UpstreamBytes: n.traffic.upstream.Load(), PeerBytes: n.traffic.peer.Load(), ServedBytes: n.traffic.served.Load()}
+	t := n.fetcher.Traffic()
+	return Traffic{UpstreamBytes: t.Upstream, PeerBytes: t.Peer, ServedBytes: t.Served}
 }
 
 func (n *Node) httpHandler() http.Handler {

@@ -474,11 +474,7 @@ func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
 		cancel()
 	}
 	testenv.WaitFor(t, 10*time.Second, "serving budget returned", func() bool {
-		if n.pool.budget.TryAcquire(n.cfg.ServeMemory) {
-			n.pool.budget.Release(n.cfg.ServeMemory)
-			return true
-		}
-		return false
+		return n.fetcher.ServeBudgetIdle()
 	})
 	b, err := readBlob(ctx, c, d, 0)
 	if err != nil || sha(b) != d {

@@ -16,11 +16,7 @@ func (v opsView) Traffic() (upstream, peer, served int64) {
 	return t.UpstreamBytes, t.PeerBytes, t.ServedBytes
 }
 
-func (v opsView) FetchesInFlight() int {
-	v.n.mu.Lock()
-	defer v.n.mu.Unlock()
-	return len(v.n.fetches)
-}
+func (v opsView) FetchesInFlight() int { return len(v.n.fetcher.InFlight()) }
 
 func (v opsView) Members() []gossip.Member {
 	if v.n.gossip == nil {

@@ -284,22 +284,13 @@ func (n *Node) progress(j *versionJob) *pb.PrefetchResponse {
 	}
 	j.mu.Unlock()
 	p := &pb.PrefetchResponse{Product: j.product, Version: j.version, Serial: j.serial, BlobsTotal: uint64(len(blobs))}
-	var inFlight []*fetch
-	n.mu.Lock()
 	for _, f := range blobs {
 		p.BytesTotal += uint64(f.Size)
 		if whole[f.SHA256] {
 			p.BlobsDone++
 			p.BytesDone += uint64(f.Size)
-		} else if fe := n.fetches[f.SHA256]; fe != nil {
-			inFlight = append(inFlight, fe)
-		}
-	}
-	n.mu.Unlock()
-	for _, fe := range inFlight {
-		st := fe.snapshot()
-		if !st.done {
-			p.BytesDone += uint64(min(max(st.written, 0), fe.size))
+		} else if got, ok := n.fetcher.Received(f.SHA256); ok {
+			p.BytesDone += uint64(got)
 		}
 	}
 	return p

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/fetch"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -347,12 +348,15 @@ func TestPrefetch_UpstreamRateLimits(t *testing.T) {
 	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	var charged atomic.Int64
-	n := startNodeWith(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate = limit }, func(n *Node) {
-		l, ok := n.limiter.(*rate.Limiter)
-		if !ok || l.Limit() != limit {
-			t.Fatalf("limiter %v, want %d B/s", n.limiter, limit)
-		}
-		n.limiter = chargedLimiter{l, &charged}
+	n := startNodeHooks(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate = limit }, nil, testHooks{
+		wrapLimiter: func(fl fetch.Limiter) fetch.Limiter {
+			l, ok := fl.(*rate.Limiter)
+			if !ok || l.Limit() != limit {
+				t.Errorf("limiter %v, want %d B/s", fl, limit)
+				return fl
+			}
+			return chargedLimiter{l, &charged}
+		},
 	})
 	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
 	if err != nil || !msgs[len(msgs)-1].GetDone() {

@@ -95,13 +95,17 @@ func (n *Node) forgetOldDocuments(products []string) {
 // the versions naming each blob, and the sizes of blobs no other known
 // version names. The publication time stays (endpoint ages).
 func (n *Node) forgetManifest(product, version string) {
+	fetching := map[string]bool{}
+	for _, d := range n.fetcher.InFlight() { // before n.mu: the fetcher has its own lock
+		fetching[d] = true
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for d, vs := range n.blobVersions {
 		kept := slices.DeleteFunc(vs, func(ps productSerial) bool { return ps.product == product && ps.version == version })
 		if len(kept) == 0 {
 			delete(n.blobVersions, d)
-			if n.fetches[d] == nil {
+			if !fetching[d] {
 				delete(n.known, d)
 			}
 		} else {
@@ -115,11 +119,7 @@ func (n *Node) forgetManifest(product, version string) {
 // is never held while calling into the pins.
 type retainView struct{ n *Node }
 
-func (v retainView) Fetching(digest string) bool {
-	v.n.mu.Lock()
-	defer v.n.mu.Unlock()
-	return v.n.fetches[digest] != nil
-}
+func (v retainView) Fetching(digest string) bool { return v.n.fetcher.Fetching(digest) }
 
 func (v retainView) Protected(digest string, latest map[string]uint64) bool {
 	v.n.mu.Lock()

@@ -52,9 +52,9 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 			}
 		}
 	}
-	read := s.n.readBlob
+	read := s.n.fetcher.ReadBlob
 	if req.GetAvailableOnly() {
-		read = s.n.readAvailable
+		read = s.n.fetcher.ReadAvailable
 	}
 	if err := read(stream.Context(), digest, int64(req.GetOffset()), req.GetForwarded(), stream); err != nil {
 		return toStatus(err)

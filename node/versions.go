@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/nodeerr"
 	"github.com/dpcache/dpcache/source"
 )
 
@@ -120,19 +120,7 @@ func docKey(ctx context.Context, path string) string {
 
 // upstreamError summarises why every upstream source failed. NotFound when
 // every source said so, Unavailable otherwise.
-func upstreamError(what string, errs []string) error {
-	allNotFound := len(errs) > 0
-	for _, e := range errs {
-		if !strings.Contains(e, source.ErrNotFound.Error()) {
-			allNotFound = false
-		}
-	}
-	sentinel := ErrUnavailable
-	if allNotFound {
-		sentinel = ErrNotFound
-	}
-	return fmt.Errorf("%s: %w: %s", what, sentinel, strings.Join(errs, "; "))
-}
+func upstreamError(what string, errs []string) error { return nodeerr.FromSources(what, errs) }
 
 // manifestDoc returns a version's signed manifest from the cache, else from
 // upstream (verified, then cached).
@@ -282,7 +270,7 @@ func (n *Node) completeVersion(ctx context.Context, product string, ul upLatest,
 		g.SetLimit(n.cfg.FetchParallel)
 		for _, f := range group {
 			g.Go(func() error {
-				if err := n.ensureBlob(gctx, f.SHA256); err != nil {
+				if err := n.fetcher.EnsureBlob(gctx, f.SHA256); err != nil {
 					return err
 				}
 				j.blobDone(f.SHA256)
