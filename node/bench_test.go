@@ -55,7 +55,7 @@ func BenchmarkIngest(b *testing.B) {
 	}
 	ingest := func() time.Duration {
 		n := startNode(b, v, ngx.URL, nil)
-		if _, _, err := n.manifestDoc(ctx, "av", "1"); err != nil {
+		if _, _, err := n.catalog.ManifestDoc(ctx, "av", "1"); err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()

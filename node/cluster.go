@@ -8,18 +8,11 @@ import (
 	"strconv"
 
 	"github.com/dpcache/dpcache/gossip"
-	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
 	"github.com/dpcache/dpcache/node/internal/fetch"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
-
-// productSerial names one version of a product.
-type productSerial struct {
-	product string
-	version string
-	serial  uint64
-}
 
 // newGossip builds the DP's gossip member from its configuration.
 func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
@@ -137,35 +130,12 @@ func (n *Node) publishFetching() {
 	n.gossip.SetFetching(n.fetcher.InFlight())
 }
 
-// versionsOf returns the versions (from verified manifests) that name digest.
-func (n *Node) versionsOf(digest string) []productSerial {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.blobVersions[digest])
-}
-
-// registerVersions records which versions name each blob of m.
-func (n *Node) registerVersionsLocked(m *manifest.Manifest) {
-	ps := productSerial{m.Product, m.Version, m.Serial}
-	for _, f := range m.Files {
-		if !slices.Contains(n.blobVersions[f.SHA256], ps) {
-			n.blobVersions[f.SHA256] = append(n.blobVersions[f.SHA256], ps)
-		}
-	}
-}
-
 // routerView is the DP as package fetch routes through it (fetch.Router).
 type routerView struct{ n *Node }
 
 func (v routerView) Candidates(digest string, forwarded bool) []fetch.Candidate {
 	return v.n.candidates(digest, forwarded)
 }
-
-// sizesView is the DP as package fetch learns blob sizes from it
-// (fetch.Sizes).
-type sizesView struct{ n *Node }
-
-func (v sizesView) BlobSize(digest string) (int64, bool) { return v.n.blobSize(digest) }
 
 // candidates lists, in order, where a blob is read from (docs/design.md: "How a
 // DP resolves a blob"): peers of the site holding it; the owners ranked
@@ -180,8 +150,8 @@ func (n *Node) candidates(digest string, forwarded bool) []fetch.Candidate {
 		seen := map[string]bool{self: true}
 		// The version hint lets a peer that has not seen the manifest yet
 		// fetch it rather than answer NotFound.
-		var hint productSerial
-		if vs := n.versionsOf(digest); len(vs) > 0 {
+		var hint catalog.ProductSerial
+		if vs := n.catalog.VersionsOf(digest); len(vs) > 0 {
 			hint = vs[len(vs)-1]
 		}
 		add := func(m gossip.Member, kind fetch.Kind) {
@@ -197,14 +167,14 @@ func (n *Node) candidates(digest string, forwarded bool) []fetch.Candidate {
 			if kind == fetch.FromPartial {
 				src = p.AvailableOnly()
 			}
-			if hint.product != "" {
-				src = src.ForVersion(hint.product, hint.version)
+			if hint.Product != "" {
+				src = src.ForVersion(hint.Product, hint.Version)
 			}
 			out = append(out, fetch.Candidate{Src: src, Kind: kind})
 		}
 		if !forwarded {
-			for _, ps := range n.versionsOf(digest) {
-				for _, m := range n.gossip.Holders(site, ps.product, ps.serial) {
+			for _, ps := range n.catalog.VersionsOf(digest) {
+				for _, m := range n.gossip.Holders(site, ps.Product, ps.Serial) {
 					add(m, fetch.FromPeer)
 				}
 			}
@@ -265,14 +235,6 @@ func (n *Node) self() *pb.DistributionPoint {
 	return dp
 }
 
-// blobSize returns the size of a blob named by a verified manifest.
-func (n *Node) blobSize(digest string) (int64, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	size, ok := n.known[digest]
-	return size, ok
-}
-
 // GossipAddr returns the address other DPs join this one at, or "" when
 // clustering is off.
 func (n *Node) GossipAddr() string {
@@ -298,7 +260,7 @@ func (n *Node) Members() []gossip.Member {
 // holds whole, and completes it from its peers. Documents are verified
 // whoever serves them. A forwarded request uses upstream only.
 func (n *Node) docSources(ctx context.Context) []source.Source {
-	if n.gossip == nil || isForwarded(ctx) {
+	if n.gossip == nil || catalog.IsForwarded(ctx) {
 		return n.upstream
 	}
 	out := slices.Clone(n.upstream)
@@ -311,19 +273,4 @@ func (n *Node) docSources(ctx context.Context) []source.Source {
 		}
 	}
 	return out
-}
-
-type forwardedKey struct{}
-
-// withForwarded marks ctx as serving a request another DP forwarded.
-func withForwarded(ctx context.Context, forwarded bool) context.Context {
-	if !forwarded {
-		return ctx
-	}
-	return context.WithValue(ctx, forwardedKey{}, true)
-}
-
-func isForwarded(ctx context.Context) bool {
-	v, _ := ctx.Value(forwardedKey{}).(bool)
-	return v
 }

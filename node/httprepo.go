@@ -33,12 +33,12 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 		err = n.serveBlobHTTP(w, r, parts[2])
 	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, err = n.latest(r.Context(), parts[0]); err == nil {
+		if signed, err = n.catalog.Latest(r.Context(), parts[0]); err == nil {
 			serveDoc(w, r, signed, parts[1] != manifest.LatestName)
 		}
 	case len(parts) == 3 && (parts[2] == manifest.ManifestName || parts[2] == manifest.ManifestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, _, err = n.manifestDoc(r.Context(), parts[0], parts[1]); err == nil {
+		if signed, _, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
 			serveDoc(w, r, signed, parts[2] != manifest.ManifestName)
 		}
 	default:

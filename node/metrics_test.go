@@ -410,7 +410,7 @@ func BenchmarkServeMetrics(b *testing.B) {
 	off := startNode(b, v, ngx.URL, func(c *Config) { c.DisableMetrics = true })
 	read := map[*Node]func() float64{}
 	for _, n := range []*Node{on, off} {
-		if _, _, err := n.manifestDoc(ctx, "av", "1"); err != nil {
+		if _, _, err := n.catalog.ManifestDoc(ctx, "av", "1"); err != nil {
 			b.Fatal(err)
 		}
 		if err := n.fetcher.EnsureBlob(ctx, digest); err != nil {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
@@ -24,6 +23,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
 	"github.com/dpcache/dpcache/node/internal/fetch"
 	"github.com/dpcache/dpcache/node/internal/ops"
 	"github.com/dpcache/dpcache/node/internal/retain"
@@ -48,10 +48,8 @@ type Node struct {
 	// that started them); cancelled when Run returns.
 	bg       context.Context
 	bgCancel context.CancelFunc
-	bgWG     sync.WaitGroup
 
-	docs   singleflight.Group // upstream document fetches, by path
-	gossip *gossip.Gossip     // nil when clustering is off
+	gossip *gossip.Gossip // nil when clustering is off
 
 	metrics *ops.Metrics    // nil when Config.DisableMetrics
 	status  *ops.StatusPage // the status page and its traffic history
@@ -62,28 +60,14 @@ type Node struct {
 	// no figures, the metric is absent.
 	endpointAges func() map[string]int
 
-	mu             sync.Mutex                  // protects the fields below
-	known          map[string]int64            // blob sizes from verified manifests
-	blobVersions   map[string][]productSerial  // versions naming each blob, from verified manifests
-	peers          map[string]*source.GRPC     // clients of peer DPs, by gRPC address
-	adminConns     map[string]*grpc.ClientConn // AdminService connections to peer DPs, by gRPC address
-	products       map[string]bool             // products this DP keeps current
-	upLatest       map[string]upLatest         // upstream's latest, for cold pass-through
-	jobs           map[string]*versionJob      // version completions in flight, by product/version
-	versionChanged map[string]chan struct{}    // closed when a product's held latest changes
-	closed         bool
-
-	// Endpoint ages (endpoints.go).
-	versionRecs map[string]map[uint64]versionRec // product → serial → version and publication time
-
+	catalog  *catalog.Catalog // products, versions, refresh and the download task
 	retainer *retain.Retainer // quota and retention passes
 	pins     *retain.Pins     // readers of each blob, which retention spares
-}
 
-type upLatest struct {
-	signed source.Signed
-	latest *manifest.Latest
-	at     time.Time
+	mu         sync.Mutex                  // protects the fields below
+	peers      map[string]*source.GRPC     // clients of peer DPs, by gRPC address
+	adminConns map[string]*grpc.ClientConn // AdminService connections to peer DPs, by gRPC address
+	closed     bool
 }
 
 // New opens the DP's cache and binds its listeners; it starts nothing.
@@ -111,24 +95,15 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:          cfg,
-		log:          cfg.Logger.With("component", "node", "node", cfg.Name),
-		trust:        cfg.Trust,
-		known:        map[string]int64{},
-		blobVersions: map[string][]productSerial{},
-		peers:        map[string]*source.GRPC{},
-		adminConns:   map[string]*grpc.ClientConn{},
-		products:     map[string]bool{},
-		upLatest:     map[string]upLatest{},
-		jobs:         map[string]*versionJob{},
-
-		versionChanged: map[string]chan struct{}{},
-		versionRecs:    map[string]map[uint64]versionRec{},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "node", "node", cfg.Name),
+		trust:      cfg.Trust,
+		peers:      map[string]*source.GRPC{},
+		adminConns: map[string]*grpc.ClientConn{},
 	}
 	n.endpointAges = n.countEndpointAges
-	for _, p := range cfg.Products {
-		n.products[p] = true
-	}
+	// bg is the lifetime of background work; Close cancels it.
+	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
 	if err != nil {
 		return nil, fmt.Errorf("node: upstream: %w", err)
@@ -148,13 +123,13 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	}
 	n.retainer = retain.New(retain.Config{KeepVersions: cfg.KeepVersions, CacheMax: cfg.CacheMax, DataDir: cfg.DataDir, Logger: n.log}, n.cache, retainView{n})
 	n.pins = n.retainer.Pins()
-	if err := n.loadKnown(); err != nil {
+	n.catalog = catalog.New(n.bg, catalog.Config{
+		Refresh: cfg.Refresh, Products: cfg.Products, PrefetchInterval: cfg.PrefetchInterval,
+		UpstreamWindow: cfg.UpstreamWindow, FetchParallel: cfg.FetchParallel, CacheMax: cfg.CacheMax, Logger: n.log,
+	}, n.cache, cfg.Trust, catalogView{n}, n.retainer, catalogView{n})
+	if err := n.catalog.Load(); err != nil {
 		n.Close()
 		return nil, err
-	}
-	if err := n.loadPublished(); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("node: %w", err)
 	}
 	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		n.Close()
@@ -172,7 +147,6 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 			return nil, err
 		}
 	}
-	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	if !cfg.DisableMetrics {
 		if n.metrics, err = ops.NewMetrics(ops.MetricsConfig{
 			Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, CacheMax: cfg.CacheMax,
@@ -189,7 +163,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	if hooks.wrapLimiter != nil {
 		fc.Limiter = hooks.wrapLimiter(fc.Limiter)
 	}
-	n.fetcher = fetch.New(n.bg, fc, n.cache, sizesView{n}, routerView{n}, n.pins, n.metrics, n.publishFetching)
+	n.fetcher = fetch.New(n.bg, fc, n.cache, n.catalog, routerView{n}, n.pins, n.metrics, n.publishFetching)
 	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
 	n.grpcSrv = grpc.NewServer(append(ServerOptions(), n.metrics.ServerOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
@@ -251,8 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.publishAllVersions()
 		g.Go(func() error { return n.gossip.Run(gctx) })
 	}
-	g.Go(func() error { n.refreshLoop(gctx); return nil })
-	g.Go(func() error { n.prefetchLoop(gctx); return nil })
+	g.Go(func() error { n.catalog.Run(gctx); return nil })
 	g.Go(func() error { n.retainer.Run(gctx); return nil })
 	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -279,7 +252,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	err := g.Wait()
 	n.fetcher.Stop()
-	n.bgWG.Wait()
+	n.catalog.Stop()
 	if err != nil {
 		return err
 	}
@@ -302,7 +275,9 @@ func (n *Node) Close() error {
 	if n.fetcher != nil {
 		n.fetcher.Stop()
 	}
-	n.bgWG.Wait()
+	if n.catalog != nil {
+		n.catalog.Stop()
+	}
 	if n.grpcLis != nil {
 		n.grpcLis.Close()
 	}

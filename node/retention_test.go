@@ -179,7 +179,7 @@ func TestRetention_KeepVersionsUnderQuota(t *testing.T) {
 			t.Errorf("manifest of v%d: %v (dropped %v)", k+1, err, dropped)
 		}
 	}
-	published := map[string]versionRec{}
+	published := map[string]cache.Published{}
 	recs, err := n.cache.PublishedVersions()
 	if err != nil {
 		t.Errorf("publication records: %v", err)
