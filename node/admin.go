@@ -2,14 +2,11 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/dpcache/dpcache/gossip"
@@ -73,7 +70,7 @@ func (s *adminServer) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (
 func (n *Node) askStatus(ctx context.Context, addr string) (*pb.MemberStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	client, err := n.peerAdmin(addr)
+	client, err := n.peers.admin(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -128,24 +125,4 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	free, _ := ops.DiskFree(n.cfg.DataDir) // 0 when unknown
 	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: free}
 	return ms, nil
-}
-
-// peerAdmin returns the AdminService client of a peer DP; its connection is
-// made on first use, kept, and closed with the node.
-func (n *Node) peerAdmin(addr string) (pb.AdminServiceClient, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, status.Error(codes.Unavailable, "the DP is shutting down")
-	}
-	conn, ok := n.adminConns[addr]
-	if !ok {
-		var err error
-		conn, err = grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, fmt.Errorf("peer %s: %w", addr, err)
-		}
-		n.adminConns[addr] = conn
-	}
-	return pb.NewAdminServiceClient(conn), nil
 }

@@ -74,24 +74,6 @@ func port(a net.Addr) string {
 	return p
 }
 
-// peer returns the gRPC client of a peer DP, created on first use and
-// closed with the node.
-func (n *Node) peer(addr string) *source.GRPC {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if p, ok := n.peers[addr]; ok {
-		return p
-	}
-	opts := n.cfg.SourceOptions
-	opts.Proxy = nil // peers are on the LAN
-	p, err := source.NewGRPC(addr, opts)
-	if err != nil {
-		return nil
-	}
-	n.peers[addr] = p
-	return p
-}
-
 // publishVersions tells the cluster which versions of product this DP
 // holds whole.
 func (n *Node) publishVersions(product string) {
@@ -158,7 +140,7 @@ func (n *Node) candidates(digest string, forwarded bool) []fetch.Candidate {
 			if seen[m.Name] || m.GRPCAddr == "" {
 				return
 			}
-			p := n.peer(m.GRPCAddr)
+			p := n.peers.get(m.GRPCAddr)
 			if p == nil {
 				return
 			}
@@ -268,7 +250,7 @@ func (n *Node) docSources(ctx context.Context) []source.Source {
 		if m.Local || m.GRPCAddr == "" {
 			continue
 		}
-		if p := n.peer(m.GRPCAddr); p != nil {
+		if p := n.peers.get(m.GRPCAddr); p != nil {
 			out = append(out, p.Forwarded())
 		}
 	}

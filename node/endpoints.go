@@ -135,7 +135,7 @@ func (n *Node) listEndpoints(ctx context.Context, outdatedOnly, localOnly bool) 
 func (n *Node) askEndpoints(ctx context.Context, addr string) ([]*pb.EndpointStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	client, err := n.peerAdmin(addr)
+	client, err := n.peers.admin(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -64,10 +64,10 @@ type Node struct {
 	retainer *retain.Retainer // quota and retention passes
 	pins     *retain.Pins     // readers of each blob, which retention spares
 
-	mu         sync.Mutex                  // protects the fields below
-	peers      map[string]*source.GRPC     // clients of peer DPs, by gRPC address
-	adminConns map[string]*grpc.ClientConn // AdminService connections to peer DPs, by gRPC address
-	closed     bool
+	peers *peerPool // one connection per peer DP
+
+	mu     sync.Mutex // protects closed
+	closed bool
 }
 
 // New opens the DP's cache and binds its listeners; it starts nothing.
@@ -95,11 +95,10 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:        cfg,
-		log:        cfg.Logger.With("component", "node", "node", cfg.Name),
-		trust:      cfg.Trust,
-		peers:      map[string]*source.GRPC{},
-		adminConns: map[string]*grpc.ClientConn{},
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "node", "node", cfg.Name),
+		trust: cfg.Trust,
+		peers: newPeerPool(cfg.SourceOptions),
 	}
 	n.endpointAges = n.countEndpointAges
 	// bg is the lifetime of background work; Close cancels it.
@@ -288,14 +287,7 @@ func (n *Node) Close() error {
 	if n.gossip != nil {
 		n.gossip.Close()
 	}
-	n.mu.Lock()
-	for _, p := range n.peers {
-		p.Close()
-	}
-	for _, c := range n.adminConns {
-		c.Close()
-	}
-	n.mu.Unlock()
+	n.peers.close()
 	if n.cache != nil {
 		return n.cache.Close()
 	}
