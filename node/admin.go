@@ -6,9 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
@@ -74,14 +71,7 @@ func (n *Node) askStatus(ctx context.Context, addr string) (*pb.MemberStatus, er
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.GetStatus(ctx, &pb.GetStatusRequest{LocalOnly: true})
-	if err != nil {
-		return nil, err
-	}
-	if len(resp.GetMembers()) != 1 {
-		return nil, status.Error(codes.Internal, "peer answered with no member")
-	}
-	return resp.GetMembers()[0], nil
+	return client.Self(ctx)
 }
 
 func memberStatus(m gossip.Member) *pb.MemberStatus {

@@ -139,17 +139,7 @@ func (n *Node) askEndpoints(ctx context.Context, addr string) ([]*pb.EndpointSta
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.ListEndpoints(ctx, &pb.ListEndpointsRequest{LocalOnly: true})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*pb.EndpointStatus, 0, len(resp.GetEndpoints()))
-	for _, e := range resp.GetEndpoints() {
-		if st := e.GetStatus(); st != nil {
-			out = append(out, st)
-		}
-	}
-	return out, nil
+	return client.OwnReports(ctx)
 }
 
 // ListEndpoints lists what the site's endpoints reported (see

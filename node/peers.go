@@ -7,7 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/node/adminclient"
 	"github.com/dpcache/dpcache/source"
 )
 
@@ -48,7 +48,7 @@ func (p *peerPool) get(addr string) *source.GRPC {
 
 // admin returns the AdminService client of the peer at addr, over the
 // peer's connection.
-func (p *peerPool) admin(addr string) (pb.AdminServiceClient, error) {
+func (p *peerPool) admin(addr string) (*adminclient.Client, error) {
 	p.mu.Lock()
 	closed := p.closed
 	p.mu.Unlock()
@@ -59,7 +59,7 @@ func (p *peerPool) admin(addr string) (pb.AdminServiceClient, error) {
 	if c == nil {
 		return nil, fmt.Errorf("peer %s: %w: cannot make a client", addr, ErrUnavailable)
 	}
-	return pb.NewAdminServiceClient(c.Conn()), nil
+	return adminclient.New(c.Conn()), nil
 }
 
 // close closes every connection; later gets return nil. Safe to call twice.

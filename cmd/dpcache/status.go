@@ -10,19 +10,18 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/dpcache/dpcache/node/adminclient"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
 // dialAdmin connects to a DP's AdminService.
-func dialAdmin(addr string) (pb.AdminServiceClient, func(), error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func dialAdmin(addr string) (*adminclient.Client, func(), error) {
+	c, err := adminclient.Dial(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--node %q: %w", addr, err)
 	}
-	return pb.NewAdminServiceClient(conn), func() { conn.Close() }, nil
+	return c, func() { c.Close() }, nil
 }
 
 // statusJSON is `dpcache status --json` as docs/design.md gives it.
