@@ -329,19 +329,8 @@ func fileKind(fi fs.FileInfo) string {
 
 // writeFileSync writes data to a new file and syncs it.
 func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return &localError{fmt.Errorf("create %s: %w", path, err)}
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return &localError{fmt.Errorf("write %s: %w", path, err)}
+	if err := manifest.WriteNewFile(path, data, 0o644); err != nil {
+		return &localError{err}
 	}
 	return nil
 }

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
@@ -164,12 +162,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		chain: newChain(withVersionHint(cfg.Sources, cfg.Product, m.Version), health, cfg.StallTimeout, log, nil),
 		dir:   blobDir, partDir: partDir, log: log, progress: cfg.Progress, total: total,
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(cfg.Concurrency)
-	for _, j := range missing {
-		g.Go(func() error { return f.fetch(gctx, j) })
-	}
-	if err := g.Wait(); err != nil {
+	if err := eachJob(ctx, missing, cfg.Concurrency, f.fetch); err != nil {
 		return nil, err
 	}
 	res.BlobsCopied, res.BytesDownloaded = len(missing), f.downloaded.Load()

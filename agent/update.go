@@ -396,35 +396,22 @@ func (u *updater) reuse(ctx context.Context, st *stage, jobs []*blobJob, f *fetc
 		mu      sync.Mutex
 		missing []*blobJob
 	)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(u.cfg.Concurrency)
-	for _, j := range jobs {
-		if gctx.Err() != nil {
-			break
+	err := eachJob(ctx, jobs, u.cfg.Concurrency, func(_ context.Context, j *blobJob) error {
+		if j.size == 0 && j.digest == emptySHA256 {
+			return st.createEmpty(j.paths)
 		}
-		g.Go(func() error {
-			if gctx.Err() != nil {
-				return context.Cause(gctx)
+		for _, c := range append([]string{f.blobPath(j.digest)}, cands[j.digest]...) {
+			if verifyFile(c, j.digest, j.size) {
+				return st.place(c, j.paths, j.digest, j.size)
 			}
-			if j.size == 0 && j.digest == emptySHA256 {
-				return st.createEmpty(j.paths)
-			}
-			for _, c := range append([]string{f.blobPath(j.digest)}, cands[j.digest]...) {
-				if verifyFile(c, j.digest, j.size) {
-					return st.place(c, j.paths, j.digest, j.size)
-				}
-			}
-			mu.Lock()
-			missing = append(missing, j)
-			mu.Unlock()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+		}
+		mu.Lock()
+		missing = append(missing, j)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
 		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, context.Cause(ctx)
 	}
 	// Download in manifest order.
 	slices.SortFunc(missing, func(a, b *blobJob) int { return a.index - b.index })
@@ -466,8 +453,19 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 	}
 	f.total = total
 	u.log.Info("downloading", "blobs", len(jobs), "bytes", total)
+	return eachJob(ctx, jobs, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
+		if err := f.fetch(ctx, j); err != nil {
+			return err
+		}
+		return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
+	})
+}
+
+// eachJob runs fn for each job, n at a time, until the first error or the
+// end of ctx, whose cause it returns.
+func eachJob(ctx context.Context, jobs []*blobJob, n int, fn func(context.Context, *blobJob) error) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(u.cfg.Concurrency)
+	g.SetLimit(n)
 	for _, j := range jobs {
 		if gctx.Err() != nil {
 			break
@@ -476,10 +474,7 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 			if gctx.Err() != nil {
 				return context.Cause(gctx)
 			}
-			if err := f.fetch(gctx, j); err != nil {
-				return err
-			}
-			return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
+			return fn(gctx, j)
 		})
 	}
 	if err := g.Wait(); err != nil {

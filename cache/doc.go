@@ -26,7 +26,7 @@
 //	chunks    raw digest + uint32 big-endian chunk index -> chunk bytes
 //	docs      repository path -> document and signature, verbatim
 //	versions  product (bucket) / big-endian serial + version name -> JSON Version
-//	records   name (bucket) / key -> value
+//	records   name (bucket) / key -> value (the DP's own records have typed methods: noderecords.go)
 //	state     "open" -> set while a session is open (to detect a crash)
 //
 // # Concurrency

@@ -15,10 +15,7 @@ func (c *Cache) PutDocument(path string, data, sig []byte) error {
 	if err := validKey("document path", path); err != nil {
 		return err
 	}
-	v := make([]byte, 0, binary.MaxVarintLen64+len(data)+len(sig))
-	v = binary.AppendUvarint(v, uint64(len(data)))
-	v = append(v, data...)
-	v = append(v, sig...)
+	v := encodeDocument(data, sig)
 	err := c.update(false, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDocs).Put([]byte(path), v)
 	})

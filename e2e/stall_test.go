@@ -83,3 +83,38 @@ func TestE2E_UpdateStalledSource(t *testing.T) {
 		t.Errorf("the stalled source was asked %d times, want once: a silent source is not asked again", stall.blobs.Load())
 	}
 }
+
+// TestE2E_NodeStalledUpstream: a DP's first upstream sends headers and
+// 64 KiB of the blob, then nothing. With `--stall-timeout 1s` the DP
+// leaves it and resumes from its second upstream (nginx) at the offset
+// reached, so the endpoint asking the DP gets the version; nginx sends
+// only the rest. The DP then prefers nginx: the silent upstream is in
+// backoff.
+func TestE2E_NodeStalledUpstream(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/av-base.dat": 1 << 20})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	stall := startStallingOrigin(t, repo, 64<<10)
+	good := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	dp := startNode(t, stall.URL+","+good.URL, k.pub, "--stall-timeout", "1s")
+
+	ep := filepath.Join(work, "endpoint")
+	got := update(t, dp.URL(), ep, k.pub, "--stall-timeout", "1m")
+	if got.Status != "updated" {
+		t.Fatalf("update through the DP = %+v, want updated", got)
+	}
+	checkTree(t, current(ep), files)
+	digest := files["databases/av-base.dat"]
+	testenv.WaitFor(t, eventually, "nginx to log the blob", func() bool { return len(blobEntries(t, good, digest)) == 1 })
+	e := blobEntries(t, good, digest)[0]
+	if want := fmt.Sprintf("bytes=%d-", 64<<10); e.Range != want || e.Bytes != 1<<20-64<<10 {
+		t.Errorf("nginx got Range %q and sent %d bytes; want %q and the rest (%d)", e.Range, e.Bytes, want, 1<<20-64<<10)
+	}
+	if n := stall.blobs.Load(); n != 1 {
+		t.Errorf("the silent upstream was asked for the blob %d times, want once", n)
+	}
+}

@@ -67,32 +67,12 @@ func GenerateKeyFiles(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeNewFile(keyPath, secret, 0o600); err != nil {
+	if err := WriteNewFile(keyPath, secret, 0o600); err != nil {
 		return fmt.Errorf("manifest: keygen: %w", err)
 	}
-	if err := writeNewFile(pubPath, pubFile, 0o644); err != nil {
+	if err := WriteNewFile(pubPath, pubFile, 0o644); err != nil {
 		_ = os.Remove(keyPath)
 		return fmt.Errorf("manifest: keygen: %w", err)
-	}
-	return nil
-}
-
-// writeNewFile creates path exclusively, writes data and syncs it.
-func writeNewFile(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(path)
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

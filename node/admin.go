@@ -5,15 +5,10 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-
 	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -73,16 +68,16 @@ func (s *adminServer) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (
 func (n *Node) askStatus(ctx context.Context, addr string) (*pb.MemberStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	client, err := n.peerAdmin(addr)
+	peer, err := n.peers.admin(addr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.GetStatus(ctx, &pb.GetStatusRequest{LocalOnly: true})
+	resp, err := peer.Status(ctx, true)
 	if err != nil {
 		return nil, err
 	}
 	if len(resp.GetMembers()) != 1 {
-		return nil, status.Error(codes.Internal, "peer answered with no member")
+		return nil, fmt.Errorf("peer %s answered its own status with %d members: %w", addr, len(resp.GetMembers()), ErrUnavailable)
 	}
 	return resp.GetMembers()[0], nil
 }
@@ -125,36 +120,7 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: freeDisk(n.cfg.DataDir)}
+	free, _ := ops.DiskFree(n.cfg.DataDir) // 0 when unknown
+	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: free}
 	return ms, nil
-}
-
-// freeDisk returns the bytes available to unprivileged users on dir's file
-// system, 0 if unknown.
-func freeDisk(dir string) uint64 {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(dir, &fs); err != nil {
-		return 0
-	}
-	return fs.Bavail * uint64(fs.Bsize)
-}
-
-// peerAdmin returns the AdminService client of a peer DP; its connection is
-// made on first use, kept, and closed with the node.
-func (n *Node) peerAdmin(addr string) (pb.AdminServiceClient, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, status.Error(codes.Unavailable, "the DP is shutting down")
-	}
-	conn, ok := n.adminConns[addr]
-	if !ok {
-		var err error
-		conn, err = grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, fmt.Errorf("peer %s: %w", addr, err)
-		}
-		n.adminConns[addr] = conn
-	}
-	return pb.NewAdminServiceClient(conn), nil
 }

@@ -55,11 +55,11 @@ func BenchmarkIngest(b *testing.B) {
 	}
 	ingest := func() time.Duration {
 		n := startNode(b, v, ngx.URL, nil)
-		if _, _, err := n.manifestDoc(ctx, "av", "1"); err != nil {
+		if _, _, err := n.catalog.ManifestDoc(ctx, "av", "1"); err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		if err := n.ensureBlob(ctx, digest); err != nil {
+		if err := n.fetcher.EnsureBlob(ctx, digest); err != nil {
 			b.Fatal(err)
 		}
 		return time.Since(start)

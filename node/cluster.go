@@ -8,20 +8,14 @@ import (
 	"strconv"
 
 	"github.com/dpcache/dpcache/gossip"
-	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
+	"github.com/dpcache/dpcache/node/internal/fetch"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
 
-// productSerial names one version of a product.
-type productSerial struct {
-	product string
-	version string
-	serial  uint64
-}
-
 // newGossip builds the DP's gossip member from its configuration.
-func (n *Node) newGossip() (*gossip.Gossip, error) {
+func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 	host := n.cfg.Advertise
 	if host == "" {
 		host = advertiseHost(n.grpcLis.Addr())
@@ -36,8 +30,8 @@ func (n *Node) newGossip() (*gossip.Gossip, error) {
 	gc.Join = n.cfg.Join
 	gc.SecretKey = n.cfg.GossipKey
 	gc.Logger = n.cfg.Logger
-	if n.cfg.Gossip != nil {
-		n.cfg.Gossip(&gc)
+	if tune != nil {
+		tune(&gc)
 	}
 	g, err := gossip.New(gc)
 	if err != nil {
@@ -80,24 +74,6 @@ func port(a net.Addr) string {
 	return p
 }
 
-// peer returns the gRPC client of a peer DP, created on first use and
-// closed with the node.
-func (n *Node) peer(addr string) *source.GRPC {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if p, ok := n.peers[addr]; ok {
-		return p
-	}
-	opts := n.cfg.SourceOptions
-	opts.Proxy = nil // peers are on the LAN
-	p, err := source.NewGRPC(addr, opts)
-	if err != nil {
-		return nil
-	}
-	n.peers[addr] = p
-	return p
-}
-
 // publishVersions tells the cluster which versions of product this DP
 // holds whole.
 func (n *Node) publishVersions(product string) {
@@ -133,106 +109,70 @@ func (n *Node) publishFetching() {
 	if n.gossip == nil {
 		return
 	}
-	n.mu.Lock()
-	ds := make([]string, 0, len(n.fetches))
-	for d := range n.fetches {
-		ds = append(ds, d)
-	}
-	n.mu.Unlock()
-	slices.Sort(ds)
-	n.gossip.SetFetching(ds)
+	n.gossip.SetFetching(n.fetcher.InFlight())
 }
 
-// versionsOf returns the versions (from verified manifests) that name digest.
-func (n *Node) versionsOf(digest string) []productSerial {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.blobVersions[digest])
+// routerView is the DP as package fetch routes through it (fetch.Router).
+type routerView struct{ n *Node }
+
+func (v routerView) Candidates(digest string, forwarded bool) []fetch.Candidate {
+	return v.n.candidates(digest, forwarded)
 }
 
-// registerVersions records which versions name each blob of m.
-func (n *Node) registerVersionsLocked(m *manifest.Manifest) {
-	ps := productSerial{m.Product, m.Version, m.Serial}
-	for _, f := range m.Files {
-		if !slices.Contains(n.blobVersions[f.SHA256], ps) {
-			n.blobVersions[f.SHA256] = append(n.blobVersions[f.SHA256], ps)
-		}
-	}
-}
-
-// candidate is one place a blob fetch may read from.
-type candidate struct {
-	src  source.Source
-	kind candidateKind
-}
-
-type candidateKind int
-
-const (
-	fromPeer     candidateKind = iota // a DP of the site that holds the blob whole
-	fromOwner                         // the blob's owner in the site, which fetches it upstream once for all
-	fromPartial                       // a DP of the site fetching it: the bytes it has now
-	fromUpstream                      // the configured upstream sources, in order
-)
-
-func (k candidateKind) String() string {
-	return [...]string{"peer", "owner", "partial", "upstream"}[k]
-}
-
-// candidates lists, in order, where f's blob is read from (docs/design.md: "How a
+// candidates lists, in order, where a blob is read from (docs/design.md: "How a
 // DP resolves a blob"): peers of the site holding it; the owners ranked
 // above this DP; then, when this DP fetches upstream itself, what the site's
 // other fetchers already have; then upstream. A fetch started or taken over
 // for a forwarded request never asks peers or owners: it must not wait on
 // another DP that may be waiting on it.
-func (n *Node) candidates(f *fetch) []candidate {
-	var out []candidate
+func (n *Node) candidates(digest string, forwarded bool) []fetch.Candidate {
+	var out []fetch.Candidate
 	if n.gossip != nil {
 		site, self := n.cfg.Site, n.cfg.Name
 		seen := map[string]bool{self: true}
 		// The version hint lets a peer that has not seen the manifest yet
 		// fetch it rather than answer NotFound.
-		var hint productSerial
-		if vs := n.versionsOf(f.digest); len(vs) > 0 {
+		var hint catalog.ProductSerial
+		if vs := n.catalog.VersionsOf(digest); len(vs) > 0 {
 			hint = vs[len(vs)-1]
 		}
-		add := func(m gossip.Member, kind candidateKind) {
+		add := func(m gossip.Member, kind fetch.Kind) {
 			if seen[m.Name] || m.GRPCAddr == "" {
 				return
 			}
-			p := n.peer(m.GRPCAddr)
+			p := n.peers.get(m.GRPCAddr)
 			if p == nil {
 				return
 			}
 			seen[m.Name] = true
 			src := p.Forwarded()
-			if kind == fromPartial {
+			if kind == fetch.FromPartial {
 				src = p.AvailableOnly()
 			}
-			if hint.product != "" {
-				src = src.ForVersion(hint.product, hint.version)
+			if hint.Product != "" {
+				src = src.ForVersion(hint.Product, hint.Version)
 			}
-			out = append(out, candidate{src, kind})
+			out = append(out, fetch.Candidate{Src: src, Kind: kind})
 		}
-		if !f.isForwarded() {
-			for _, ps := range n.versionsOf(f.digest) {
-				for _, m := range n.gossip.Holders(site, ps.product, ps.serial) {
-					add(m, fromPeer)
+		if !forwarded {
+			for _, ps := range n.catalog.VersionsOf(digest) {
+				for _, m := range n.gossip.Holders(site, ps.Product, ps.Serial) {
+					add(m, fetch.FromPeer)
 				}
 			}
-			for _, m := range n.gossip.Owners(site, f.digest) {
+			for _, m := range n.gossip.Owners(site, digest) {
 				if m.Name == self {
 					break
 				}
-				add(m, fromOwner)
+				add(m, fetch.FromOwner)
 			}
 		}
-		for _, m := range n.gossip.Fetchers(site, f.digest) {
-			add(m, fromPartial)
+		for _, m := range n.gossip.Fetchers(site, digest) {
+			add(m, fetch.FromPartial)
 		}
 	}
 	for _, u := range n.upstream {
-		out = append(out, candidate{u, fromUpstream})
+		out = append(out, fetch.Candidate{Src: u, Kind: fetch.FromUpstream})
 	}
 	return out
 }
@@ -277,14 +217,6 @@ func (n *Node) self() *pb.DistributionPoint {
 	return dp
 }
 
-// blobSize returns the size of a blob named by a verified manifest.
-func (n *Node) blobSize(digest string) (int64, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	size, ok := n.known[digest]
-	return size, ok
-}
-
 // GossipAddr returns the address other DPs join this one at, or "" when
 // clustering is off.
 func (n *Node) GossipAddr() string {
@@ -310,7 +242,7 @@ func (n *Node) Members() []gossip.Member {
 // holds whole, and completes it from its peers. Documents are verified
 // whoever serves them. A forwarded request uses upstream only.
 func (n *Node) docSources(ctx context.Context) []source.Source {
-	if n.gossip == nil || isForwarded(ctx) {
+	if n.gossip == nil || catalog.IsForwarded(ctx) {
 		return n.upstream
 	}
 	out := slices.Clone(n.upstream)
@@ -318,24 +250,9 @@ func (n *Node) docSources(ctx context.Context) []source.Source {
 		if m.Local || m.GRPCAddr == "" {
 			continue
 		}
-		if p := n.peer(m.GRPCAddr); p != nil {
+		if p := n.peers.get(m.GRPCAddr); p != nil {
 			out = append(out, p.Forwarded())
 		}
 	}
 	return out
-}
-
-type forwardedKey struct{}
-
-// withForwarded marks ctx as serving a request another DP forwarded.
-func withForwarded(ctx context.Context, forwarded bool) context.Context {
-	if !forwarded {
-		return ctx
-	}
-	return context.WithValue(ctx, forwardedKey{}, true)
-}
-
-func isForwarded(ctx context.Context) bool {
-	v, _ := ctx.Value(forwardedKey{}).(bool)
-	return v
 }

@@ -62,12 +62,11 @@ func startClusterWith(t *testing.T, v *vendor, upstream string, mod func(*Config
 		cfg.Join = join
 		cfg.Upstream, cfg.Trust = []string{upstream}, v.trust
 		cfg.Refresh = 200 * time.Millisecond
-		cfg.Gossip = fastGossip
 		cfg.Logger = slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo})).With("dp", cfg.Name)
 		if mod != nil {
 			mod(&cfg)
 		}
-		n, err := New(cfg)
+		n, err := newNode(cfg, testHooks{tuneGossip: fastGossip})
 		if err != nil {
 			t.Fatal(err)
 		}

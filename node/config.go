@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
@@ -41,9 +40,6 @@ type Config struct {
 	// reach this DP's gRPC and HTTP ports. Default: the host of GRPCAddr
 	// when it names one, else this machine's first private IP address.
 	Advertise string
-	// Gossip, when set, adjusts the gossip configuration before it is used
-	// (tests shorten memberlist's timers with it).
-	Gossip func(*gossip.Config)
 	// Upstream lists the source URLs tried in order on a miss.
 	Upstream []string
 	// Trust holds the vendor public keys documents must be signed with.
@@ -70,6 +66,11 @@ type Config struct {
 	// asked for (Refresh) and AdminService.Prefetch are not limited.
 	// Default: the zero Window, always open.
 	UpstreamWindow Window
+	// StallTimeout is how long a transfer (from upstream, a peer or the
+	// blob's owner) may deliver no byte before the DP moves to the next
+	// source, resuming at the offset reached. Default 30 s
+	// (`--stall-timeout`).
+	StallTimeout time.Duration
 	// UpstreamRate bounds the blob bytes per second this DP reads from its
 	// upstream sources, all fetches together (one token bucket; signed
 	// documents, a few KiB, are not counted). Blobs of databases files are
@@ -128,6 +129,7 @@ func DefaultConfig() Config {
 		ServeChunk:    256 << 10,
 		ServeMemory:   64 << 20,
 		FetchParallel: 4,
+		StallTimeout:  source.DefaultChainOptions().StallTimeout,
 
 		PrefetchInterval: time.Hour,
 		KeepVersions:     3,
@@ -174,6 +176,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PrefetchInterval <= 0 {
 		errs = append(errs, fmt.Errorf("prefetch interval %v must be positive", c.PrefetchInterval))
+	}
+	if c.StallTimeout < 0 {
+		errs = append(errs, fmt.Errorf("stall timeout %v is negative", c.StallTimeout))
 	}
 	if c.UpstreamRate < 0 {
 		errs = append(errs, fmt.Errorf("upstream rate %d must not be negative (0 is unlimited)", c.UpstreamRate))

@@ -61,6 +61,32 @@
 // /readyz (503 until Run serves and while it stops). Most figures are read
 // when scraped; the serving path only adds to a few atomics.
 //
+// # Layout
+//
+// This package is the DP's edge: New, Run, Close, Config, the gRPC and HTTP
+// handlers (which alone turn errors into status codes), gossip and the
+// peer connections. Each concern lives in a package of its own under
+// node/internal, with its own lock, consuming small interfaces it declares
+// (the *View adapters here implement them):
+//
+//	internal/fetch    one fetch per blob, its failover loop, streaming to readers, serve buffers
+//	internal/catalog  blob sizes, versions, refresh, upstream latest, download task, watches
+//	internal/retain   quota, keep-versions, reader pins
+//	internal/ops      metrics, status page, free disk space
+//	internal/nodeerr  the sentinel errors node exports
+//
+// Imports point one way: node → internal packages; none imports node.
+// node/adminclient is the AdminService client the command line shares.
+// The DP's bbolt records (manifests, publication times, endpoint reports)
+// are typed methods of package cache.
+//
+// # Concurrency
+//
+// Node.mu protects only the closed flag; the state of each concern is
+// under its package's lock, and peerPool.mu protects the peer connections.
+// Lock order where packages call each other under a lock: retain's pins,
+// then the fetcher's or the catalogue's lock (see package retain).
+//
 // # Caveats
 //
 // Bytes of a blob still being fetched are streamed before the blob is

@@ -3,17 +3,27 @@ package node
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
+
+// Age buckets, in order (see catalog.AgeBucket).
+const (
+	AgeCurrent = catalog.AgeCurrent
+	Age24h     = catalog.Age24h
+	Age3d      = catalog.Age3d
+	Age7d      = catalog.Age7d
+)
+
+// AgeBucket returns the age bucket of an installed version lag behind the
+// newest one (by publication time).
+func AgeBucket(lag time.Duration) string { return catalog.AgeBucket(lag) }
 
 // Endpoint reporting: agents report what they installed (ReportStatus,
 // kept in the "endpoints" record bucket); AdminService.ListEndpoints lists
@@ -33,160 +43,10 @@ import (
 // oldest version it knows after it (so the lag shown is a lower bound); a
 // serial at or above the newest the DP knows is current.
 
-// Age buckets, in order.
-const (
-	AgeCurrent = "current"
-	Age24h     = "24h"
-	Age3d      = "3d"
-	Age7d      = "7d"
-)
-
-// AgeBucket returns the age bucket of an installed version lag behind the
-// newest one (by publication time).
-func AgeBucket(lag time.Duration) string {
-	switch {
-	case lag >= 7*24*time.Hour:
-		return Age7d
-	case lag >= 3*24*time.Hour:
-		return Age3d
-	case lag >= 24*time.Hour:
-		return Age24h
-	default:
-		return AgeCurrent
-	}
-}
-
-// publishedBucket keeps the publication time of each version whose
-// manifest the DP dropped (retention), keyed product/version.
-const publishedBucket = "published"
-
-// versionRec is what the DP knows of one version from its manifest.
-type versionRec struct {
-	Version   string    `json:"version"`
-	Serial    uint64    `json:"serial"`
-	Published time.Time `json:"published"`
-}
-
-// rememberVersionLocked records m's serial and publication time. Call with
-// n.mu held (register does).
-func (n *Node) rememberVersionLocked(m *manifest.Manifest) {
-	n.rememberLocked(m.Product, versionRec{Version: m.Version, Serial: m.Serial, Published: m.Published})
-}
-
-func (n *Node) rememberLocked(product string, r versionRec) {
-	vs := n.versionRecs[product]
-	if vs == nil {
-		vs = map[uint64]versionRec{}
-		n.versionRecs[product] = vs
-	}
-	vs[r.Serial] = r
-}
-
-// serialOfLocked returns the serial of a product's version known by name.
-func (n *Node) serialOfLocked(product, version string) (uint64, bool) {
-	for s, r := range n.versionRecs[product] {
-		if r.Version == version {
-			return s, true
-		}
-	}
-	return 0, false
-}
-
-// persistPublished keeps a version's publication time in the cache before
-// its manifest is dropped.
-func (n *Node) persistPublished(product string, serial uint64) {
-	n.mu.Lock()
-	r, ok := n.versionRecs[product][serial]
-	n.mu.Unlock()
-	if !ok {
-		return
-	}
-	b, err := json.Marshal(r)
-	if err == nil {
-		err = n.cache.PutRecord(publishedBucket, product+"/"+r.Version, b)
-	}
-	if err != nil {
-		n.log.Warn("cannot keep a version's publication time; endpoint ages may show it as a later one", "product", product, "version", r.Version, "err", err)
-	}
-}
-
-// loadPublished loads the publication times kept by persistPublished.
-func (n *Node) loadPublished() error {
-	return n.cache.Records(publishedBucket, func(key string, value []byte) error {
-		product, _, ok := strings.Cut(key, "/")
-		var r versionRec
-		if !ok || json.Unmarshal(value, &r) != nil || manifest.ValidName(product) != nil {
-			n.log.Warn("ignoring an unreadable publication record", "key", key)
-			return nil
-		}
-		n.mu.Lock()
-		if _, known := n.versionRecs[product][r.Serial]; !known {
-			n.rememberLocked(product, r)
-		}
-		n.mu.Unlock()
-		return nil
-	})
-}
-
-// ageRefs holds, per product, what endpoint ages are measured against.
-type ageRefs map[string]*ageRef
-
-// ageRef is what the ages of one product's endpoints are measured against.
-type ageRef struct {
-	newest versionRec   // the newest version known
-	known  []versionRec // every version known, by serial
-}
-
-// ageRefs snapshots, per product, the versions this DP knows: from the
-// manifests it registered (held, being fetched, dropped) and upstream's
-// latest.json.
-func (n *Node) ageRefs() ageRefs {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	out := ageRefs{}
-	add := func(product string, r versionRec) {
-		ref := out[product]
-		if ref == nil {
-			ref = &ageRef{}
-			out[product] = ref
-		}
-		ref.known = append(ref.known, r)
-		if r.Serial >= ref.newest.Serial {
-			ref.newest = r
-		}
-	}
-	for p, vs := range n.versionRecs {
-		for _, r := range vs {
-			add(p, r)
-		}
-	}
-	for p, ul := range n.upLatest {
-		if _, dup := n.versionRecs[p][ul.latest.Serial]; !dup {
-			add(p, versionRec{Version: ul.latest.Version, Serial: ul.latest.Serial, Published: ul.latest.Published})
-		}
-	}
-	for _, ref := range out {
-		slices.SortFunc(ref.known, func(a, b versionRec) int { return cmp.Compare(a.Serial, b.Serial) })
-	}
-	return out
-}
-
-// age returns the bucket of an endpoint that installed serial of product.
-func (refs ageRefs) age(product string, serial uint64) string {
-	ref := refs[product]
-	if ref == nil || serial >= ref.newest.Serial {
-		return AgeCurrent
-	}
-	// The installed version, or else the first known after it.
-	i, _ := slices.BinarySearchFunc(ref.known, serial, func(r versionRec, s uint64) int { return cmp.Compare(r.Serial, s) })
-	installed := ref.known[i] // exists: ref.newest is after serial
-	return AgeBucket(ref.newest.Published.Sub(installed.Published))
-}
-
 // localEndpoints returns the reports this DP keeps.
 func (n *Node) localEndpoints() ([]*pb.EndpointStatus, error) {
 	var out []*pb.EndpointStatus
-	err := n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	err := n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			n.log.Warn("ignoring an unreadable endpoint report", "key", key, "err", err)
@@ -256,10 +116,10 @@ func (n *Node) listEndpoints(ctx context.Context, outdatedOnly, localOnly bool) 
 			newest[k] = st
 		}
 	}
-	refs := n.ageRefs()
+	refs := n.catalog.AgeRefs()
 	out := make([]*pb.EndpointInfo, 0, len(newest))
 	for _, st := range newest {
-		age := refs.age(st.GetProduct(), st.GetSerial())
+		age := refs.Age(st.GetProduct(), st.GetSerial())
 		if outdatedOnly && age == AgeCurrent {
 			continue
 		}
@@ -275,11 +135,11 @@ func (n *Node) listEndpoints(ctx context.Context, outdatedOnly, localOnly bool) 
 func (n *Node) askEndpoints(ctx context.Context, addr string) ([]*pb.EndpointStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
 	defer cancel()
-	client, err := n.peerAdmin(addr)
+	peer, err := n.peers.admin(addr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.ListEndpoints(ctx, &pb.ListEndpointsRequest{LocalOnly: true})
+	resp, err := peer.Endpoints(ctx, false, true)
 	if err != nil {
 		return nil, err
 	}

@@ -1,15 +1,16 @@
 package node
 
-import "errors"
+import "github.com/dpcache/dpcache/node/internal/nodeerr"
 
-// Sentinel errors, turned into gRPC status codes only in the handlers.
+// Sentinel errors, turned into gRPC status codes only in the handlers. The
+// packages under node/internal wrap the same values.
 var (
 	// ErrNotFound: an unknown product, version or blob.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = nodeerr.ErrNotFound
 	// ErrInvalid: a malformed request.
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = nodeerr.ErrInvalid
 	// ErrDataLoss: content that failed verification.
-	ErrDataLoss = errors.New("content failed verification")
+	ErrDataLoss = nodeerr.ErrDataLoss
 	// ErrUnavailable: no source could serve.
-	ErrUnavailable = errors.New("no source could serve")
+	ErrUnavailable = nodeerr.ErrUnavailable
 )

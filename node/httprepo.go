@@ -33,12 +33,12 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 		err = n.serveBlobHTTP(w, r, parts[2])
 	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, err = n.latest(r.Context(), parts[0]); err == nil {
+		if signed, err = n.catalog.Latest(r.Context(), parts[0]); err == nil {
 			serveDoc(w, r, signed, parts[1] != manifest.LatestName)
 		}
 	case len(parts) == 3 && (parts[2] == manifest.ManifestName || parts[2] == manifest.ManifestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, _, err = n.manifestDoc(r.Context(), parts[0], parts[1]); err == nil {
+		if signed, _, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
 			serveDoc(w, r, signed, parts[2] != manifest.ManifestName)
 		}
 	default:
@@ -73,12 +73,12 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	if err := manifest.ValidDigest(digest); err != nil {
 		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
 	}
-	release, err := n.startReading(r.Context(), digest) // retention never deletes a blob being served
+	release, err := n.pins.StartReading(r.Context(), digest) // retention never deletes a blob being served
 	if err != nil {
 		return err
 	}
 	defer release()
-	f, size, err := n.acquire(digest, false)
+	whole, size, err := n.fetcher.Acquire(digest, false)
 	if err != nil {
 		return err
 	}
@@ -86,27 +86,27 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	w.Header().Set("ETag", `"`+digest+`"`)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
-	if f == nil {
-		n.metrics.cacheRequest(true) // in flight: readBlob counts it below
+	if whole {
+		n.metrics.CacheRequest(true) // in flight: readBlob counts it below
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
 		http.ServeContent(cw, r, "", zeroTime, body)
-		n.traffic.served.Add(cw.n)
+		n.fetcher.AddServed(cw.n)
 		return nil
 	}
 	// In flight: serve from the requested offset as bytes arrive. Only the
 	// single-range forms "bytes=N-" and "bytes=N-M" are honoured here.
-	from, to := int64(0), f.size
+	from, to := int64(0), size
 	status := http.StatusOK
 	if rng := r.Header.Get("Range"); rng != "" {
-		a, b, ok := parseRange(rng, f.size)
+		a, b, ok := parseRange(rng, size)
 		if !ok {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
 			return nil
 		}
 		from, to, status = a, b, http.StatusPartialContent
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, f.size))
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, size))
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(to-from, 10))
 	w.WriteHeader(status)
@@ -114,7 +114,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return nil
 	}
 	sink := &httpSink{w: w, left: to - from}
-	err = n.readBlob(r.Context(), digest, from, false, sink)
+	err = n.fetcher.ReadBlob(r.Context(), digest, from, false, sink)
 	if errors.Is(err, errRangeDone) || err == nil {
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -27,6 +28,12 @@ import (
 // startNodeWith is startNode with a hook that adjusts the Node after New
 // and before Run (for fields that Run's goroutines read).
 func startNodeWith(t testing.TB, v *vendor, upstream []string, mod func(*Config), prep func(*Node)) *Node {
+	t.Helper()
+	return startNodeHooks(t, v, upstream, mod, prep, testHooks{})
+}
+
+// startNodeHooks is startNodeWith with test hooks.
+func startNodeHooks(t testing.TB, v *vendor, upstream []string, mod func(*Config), prep func(*Node), hooks testHooks) *Node {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = "dp-test"
@@ -42,7 +49,7 @@ func startNodeWith(t testing.TB, v *vendor, upstream []string, mod func(*Config)
 	if mod != nil {
 		mod(&cfg)
 	}
-	n, err := New(cfg)
+	n, err := newNode(cfg, hooks)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,16 +230,16 @@ func TestMetrics_EvictedHook(t *testing.T) {
 	v.publish(t, "av", "1", 1, smallProduct)
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	n := startNode(t, v, ngx.URL, nil)
-	n.metrics.evicted(3, 12345)
-	n.metrics.evicted(1, 5)
+	n.metrics.Evicted(3, 12345)
+	n.metrics.Evicted(1, 5)
 	got, _ := scrape(t, n)
 	if got["dpcache_cache_evictions_total"] != 4 || got["dpcache_cache_evicted_bytes_total"] != 12350 {
 		t.Fatalf("evictions %v, bytes %v; want 4 and 12350", got["dpcache_cache_evictions_total"], got["dpcache_cache_evicted_bytes_total"])
 	}
-	var off *metrics // metrics disabled: every hook is a no-op
-	off.evicted(1, 1)
-	off.cacheRequest(true)
-	if off.upstreamBytes(n.upstream[0]) != nil {
+	var off *ops.Metrics // metrics disabled: every hook is a no-op
+	off.Evicted(1, 1)
+	off.CacheRequest(true)
+	if off.UpstreamBytes(n.upstream[0]) != nil {
 		t.Fatal("disabled metrics count upstream bytes")
 	}
 }
@@ -403,10 +410,10 @@ func BenchmarkServeMetrics(b *testing.B) {
 	off := startNode(b, v, ngx.URL, func(c *Config) { c.DisableMetrics = true })
 	read := map[*Node]func() float64{}
 	for _, n := range []*Node{on, off} {
-		if _, _, err := n.manifestDoc(ctx, "av", "1"); err != nil {
+		if _, _, err := n.catalog.ManifestDoc(ctx, "av", "1"); err != nil {
 			b.Fatal(err)
 		}
-		if err := n.ensureBlob(ctx, digest); err != nil {
+		if err := n.fetcher.EnsureBlob(ctx, digest); err != nil {
 			b.Fatal(err)
 		}
 		conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), source.DialOptions()...)

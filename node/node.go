@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -24,6 +22,10 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
+	"github.com/dpcache/dpcache/node/internal/fetch"
+	"github.com/dpcache/dpcache/node/internal/ops"
+	"github.com/dpcache/dpcache/node/internal/retain"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -39,67 +41,52 @@ type Node struct {
 	httpLis  net.Listener
 	grpcSrv  *grpc.Server
 	health   *health.Server
-	pool     *chunkPool
+	fetcher  *fetch.Fetcher // blob fetches and streams
 
 	// bg is the lifetime of background work (fetches outlive the request
 	// that started them); cancelled when Run returns.
 	bg       context.Context
 	bgCancel context.CancelFunc
-	bgWG     sync.WaitGroup
 
-	docs   singleflight.Group // upstream document fetches, by path
-	gossip *gossip.Gossip     // nil when clustering is off
+	gossip *gossip.Gossip // nil when clustering is off
 
-	metrics *metrics    // nil when Config.DisableMetrics
-	status  *statusPage // the status page's traffic history
-	ready   atomic.Bool // Run serves and the DP is not stopping (/readyz)
+	metrics *ops.Metrics    // nil when Config.DisableMetrics
+	status  *ops.StatusPage // the status page and its traffic history
+	ready   atomic.Bool     // Run serves and the DP is not stopping (/readyz)
 	// endpointAges, set by endpoint reporting, counts the site's endpoints
 	// by age bucket ("current", "24h", "3d", "7d") for /metrics and the
 	// status page; called at scrape and render time, concurrently. nil:
 	// no figures, the metric is absent.
 	endpointAges func() map[string]int
 
-	mu             sync.Mutex                  // protects the fields below
-	fetches        map[string]*fetch           // blob fetches in flight, by digest
-	known          map[string]int64            // blob sizes from verified manifests
-	blobVersions   map[string][]productSerial  // versions naming each blob, from verified manifests
-	peers          map[string]*source.GRPC     // clients of peer DPs, by gRPC address
-	adminConns     map[string]*grpc.ClientConn // AdminService connections to peer DPs, by gRPC address
-	products       map[string]bool             // products this DP keeps current
-	upLatest       map[string]upLatest         // upstream's latest, for cold pass-through
-	jobs           map[string]*versionJob      // version completions in flight, by product/version
-	versionChanged map[string]chan struct{}    // closed when a product's held latest changes
-	closed         bool
+	catalog  *catalog.Catalog // products, versions, refresh and the download task
+	retainer *retain.Retainer // quota and retention passes
+	pins     *retain.Pins     // readers of each blob, which retention spares
 
-	// Quota, retention and endpoint ages (retention.go, endpoints.go).
-	reading      map[string]int                   // readers streaming each blob now
-	evicting     map[string]chan struct{}         // blobs being deleted by retention; closed when done
-	evictWaiting map[string]bool                  // blobs retention skipped while they were read
-	versionRecs  map[string]map[uint64]versionRec // product → serial → version and publication time
+	peers *peerPool // one connection per peer DP
 
-	limiter *rate.Limiter // Config.UpstreamRate over all upstream reads; nil: unlimited
-	// onUpstreamWait, set by tests, sees every charge to limiter.
-	onUpstreamWait atomic.Pointer[func(bytes int)]
-	retainKick     chan struct{} // asks the retention loop for a pass
-	retainMu       sync.Mutex    // serialises retention passes; protects overQuota
-	overQuota      bool          // the last pass could not get under Config.CacheMax
-
-	traffic struct {
-		upstream atomic.Int64 // bytes read from upstream sources
-		peer     atomic.Int64 // bytes read from peer DPs
-		served   atomic.Int64 // blob bytes sent to callers
-	}
-}
-
-type upLatest struct {
-	signed source.Signed
-	latest *manifest.Latest
-	at     time.Time
+	mu     sync.Mutex // protects closed
+	closed bool
 }
 
 // New opens the DP's cache and binds its listeners; it starts nothing.
 // Close releases what New acquired if Run is never called.
 func New(cfg Config) (*Node, error) {
+	return newNode(cfg, testHooks{})
+}
+
+// testHooks adjust a Node for tests; New uses none.
+type testHooks struct {
+	// tuneGossip adjusts the gossip configuration before it is used
+	// (tests shorten memberlist's timers with it).
+	tuneGossip func(*gossip.Config)
+	// wrapLimiter wraps the upstream rate limiter (tests count what is
+	// charged to it).
+	wrapLimiter func(fetch.Limiter) fetch.Limiter
+}
+
+// newNode is New with test hooks.
+func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -107,31 +94,14 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:          cfg,
-		log:          cfg.Logger.With("component", "node", "node", cfg.Name),
-		trust:        cfg.Trust,
-		pool:         newChunkPool(cfg.ServeChunk, cfg.ServeMemory),
-		fetches:      map[string]*fetch{},
-		known:        map[string]int64{},
-		blobVersions: map[string][]productSerial{},
-		peers:        map[string]*source.GRPC{},
-		adminConns:   map[string]*grpc.ClientConn{},
-		products:     map[string]bool{},
-		upLatest:     map[string]upLatest{},
-		jobs:         map[string]*versionJob{},
-
-		versionChanged: map[string]chan struct{}{},
-		reading:        map[string]int{},
-		evicting:       map[string]chan struct{}{},
-		evictWaiting:   map[string]bool{},
-		versionRecs:    map[string]map[uint64]versionRec{},
-		limiter:        newUpstreamLimiter(cfg.UpstreamRate),
-		retainKick:     make(chan struct{}, 1),
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "node", "node", cfg.Name),
+		trust: cfg.Trust,
+		peers: newPeerPool(cfg.SourceOptions),
 	}
 	n.endpointAges = n.countEndpointAges
-	for _, p := range cfg.Products {
-		n.products[p] = true
-	}
+	// bg is the lifetime of background work; Close cancels it.
+	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
 	if err != nil {
 		return nil, fmt.Errorf("node: upstream: %w", err)
@@ -149,13 +119,20 @@ func New(cfg Config) (*Node, error) {
 		n.closeSources()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	if err := n.loadKnown(); err != nil {
+	n.retainer = retain.New(retain.Config{KeepVersions: cfg.KeepVersions, CacheMax: cfg.CacheMax, DataDir: cfg.DataDir, Logger: n.log}, n.cache, retainView{n})
+	n.pins = n.retainer.Pins()
+	// One memory of failed sources for documents and blobs: a source that
+	// failed for one is tried last for the other too, until its backoff
+	// ends.
+	sources := source.NewHealth(source.Backoff{})
+	n.catalog = catalog.New(n.bg, catalog.Config{
+		Refresh: cfg.Refresh, Products: cfg.Products, PrefetchInterval: cfg.PrefetchInterval,
+		UpstreamWindow: cfg.UpstreamWindow, FetchParallel: cfg.FetchParallel, CacheMax: cfg.CacheMax,
+		StallTimeout: cfg.StallTimeout, Health: sources, Logger: n.log,
+	}, n.cache, cfg.Trust, catalogView{n}, n.retainer, catalogView{n})
+	if err := n.catalog.Load(); err != nil {
 		n.Close()
 		return nil, err
-	}
-	if err := n.loadPublished(); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("node: %w", err)
 	}
 	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		n.Close()
@@ -168,18 +145,30 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	if cfg.GossipAddr != "" {
-		if n.gossip, err = n.newGossip(); err != nil {
+		if n.gossip, err = n.newGossip(hooks.tuneGossip); err != nil {
 			n.Close()
 			return nil, err
 		}
 	}
-	n.bg, n.bgCancel = context.WithCancel(context.Background())
-	if n.metrics, err = newMetrics(n); err != nil {
-		n.Close()
-		return nil, err
+	if !cfg.DisableMetrics {
+		if n.metrics, err = ops.NewMetrics(ops.MetricsConfig{
+			Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, CacheMax: cfg.CacheMax,
+			Upstream: n.upstream, Registry: cfg.Registry, Logger: n.log,
+		}, n.cache, opsView{n}); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
-	n.status = newStatusPage(n)
-	n.grpcSrv = grpc.NewServer(append(pb.ServerOptions(), n.metrics.serverOptions()...)...)
+	fc := fetch.Config{ServeChunk: cfg.ServeChunk, ServeMemory: cfg.ServeMemory, StallTimeout: cfg.StallTimeout, Health: sources, Logger: n.log}
+	if l := newUpstreamLimiter(cfg.UpstreamRate); l != nil {
+		fc.Limiter = l
+	}
+	if hooks.wrapLimiter != nil {
+		fc.Limiter = hooks.wrapLimiter(fc.Limiter)
+	}
+	n.fetcher = fetch.New(n.bg, fc, n.cache, n.catalog, routerView{n}, n.pins, n.metrics, n.publishFetching)
+	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
+	n.grpcSrv = grpc.NewServer(append(pb.ServerOptions(), n.metrics.ServerOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
@@ -224,10 +213,9 @@ func (n *Node) Run(ctx context.Context) error {
 		n.publishAllVersions()
 		g.Go(func() error { return n.gossip.Run(gctx) })
 	}
-	g.Go(func() error { n.refreshLoop(gctx); return nil })
-	g.Go(func() error { n.prefetchLoop(gctx); return nil })
-	g.Go(func() error { n.retentionLoop(gctx); return nil })
-	g.Go(func() error { n.status.run(gctx); return nil })
+	g.Go(func() error { n.catalog.Run(gctx); return nil })
+	g.Go(func() error { n.retainer.Run(gctx); return nil })
+	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.ready.Store(true)
 	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
@@ -251,7 +239,8 @@ func (n *Node) Run(ctx context.Context) error {
 		cancel()
 	}
 	err := g.Wait()
-	n.bgWG.Wait()
+	n.fetcher.Stop()
+	n.catalog.Stop()
 	if err != nil {
 		return err
 	}
@@ -270,7 +259,12 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	if n.bgCancel != nil {
 		n.bgCancel()
-		n.bgWG.Wait()
+	}
+	if n.fetcher != nil {
+		n.fetcher.Stop()
+	}
+	if n.catalog != nil {
+		n.catalog.Stop()
 	}
 	if n.grpcLis != nil {
 		n.grpcLis.Close()
@@ -282,14 +276,7 @@ func (n *Node) Close() error {
 	if n.gossip != nil {
 		n.gossip.Close()
 	}
-	n.mu.Lock()
-	for _, p := range n.peers {
-		p.Close()
-	}
-	for _, c := range n.adminConns {
-		c.Close()
-	}
-	n.mu.Unlock()
+	n.peers.close()
 	if n.cache != nil {
 		return n.cache.Close()
 	}
@@ -319,7 +306,8 @@ type Traffic struct {
 
 // Traffic returns the DP's byte counters since start.
 func (n *Node) Traffic() Traffic {
-	return Traffic{UpstreamBytes: n.traffic.upstream.Load(), PeerBytes: n.traffic.peer.Load(), ServedBytes: n.traffic.served.Load()}
+	t := n.fetcher.Traffic()
+	return Traffic{UpstreamBytes: t.Upstream, PeerBytes: t.Peer, ServedBytes: t.Served}
 }
 
 func (n *Node) httpHandler() http.Handler {
@@ -329,6 +317,20 @@ func (n *Node) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET "+repoPrefix, n.serveRepo)
-	n.opsRoutes(mux)
-	return n.metrics.instrumentHTTP(mux)
+	mux.Handle("GET /{$}", n.status)
+	mux.Handle("GET /metrics", n.metrics.Handler())
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	return n.metrics.InstrumentHTTP(mux)
+}
+
+// serveReady answers /readyz: 200 once Run serves with the cache open, 503
+// before that and while the DP stops.
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !n.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready")
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }

@@ -474,11 +474,7 @@ func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
 		cancel()
 	}
 	testenv.WaitFor(t, 10*time.Second, "serving budget returned", func() bool {
-		if n.pool.budget.TryAcquire(n.cfg.ServeMemory) {
-			n.pool.budget.Release(n.cfg.ServeMemory)
-			return true
-		}
-		return false
+		return n.fetcher.ServeBudgetIdle()
 	})
 	b, err := readBlob(ctx, c, d, 0)
 	if err != nil || sha(b) != d {
@@ -502,7 +498,7 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []*pb.EndpointStatus
-	err = n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	err = n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			return err
@@ -521,7 +517,7 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	var site string
-	if err := n.cache.Records(endpointsBucket, func(key string, value []byte) error {
+	if err := n.cache.EndpointReports(func(key string, value []byte) error {
 		st := &pb.EndpointStatus{}
 		if err := proto.Unmarshal(value, st); err != nil {
 			return err

@@ -10,77 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/fetch"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
 
-func TestParseWindow(t *testing.T) {
+func TestUpstreamLimiter(t *testing.T) {
 	t.Parallel()
-	at := func(h, m int) time.Time { return time.Date(2025, 3, 14, h, m, 0, 0, time.Local) }
-	tests := []struct {
-		in      string
-		wantErr bool
-		in_     []time.Time // inside
-		out     []time.Time // outside
-	}{
-		{in: "22:00-06:00", in_: []time.Time{at(22, 0), at(23, 59), at(0, 0), at(5, 59)}, out: []time.Time{at(6, 0), at(12, 0), at(21, 59)}},
-		{in: "09:00-17:30", in_: []time.Time{at(9, 0), at(17, 29)}, out: []time.Time{at(8, 59), at(17, 30), at(0, 0)}},
-		{in: "00:00-24:00", wantErr: true}, // same instant
-		{in: "23:00-24:00", in_: []time.Time{at(23, 30)}, out: []time.Time{at(0, 0), at(22, 59)}},
-		{in: "", in_: []time.Time{at(3, 0), at(15, 0)}},
-		{in: "10:00-10:00", wantErr: true},
-		{in: "25:00-01:00", wantErr: true},
-		{in: "10:60-11:00", wantErr: true},
-		{in: "10-12", wantErr: true},
-		{in: "22:00", wantErr: true},
-		{in: "ab:cd-01:00", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			t.Parallel()
-			w, err := ParseWindow(tt.in)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("ParseWindow(%q): %v, want error %v", tt.in, err, tt.wantErr)
-			}
-			if err != nil {
-				if !strings.Contains(err.Error(), tt.in) {
-					t.Errorf("error %q does not name the input", err)
-				}
-				return
-			}
-			if got := w.String(); got != tt.in && tt.in != "23:00-24:00" {
-				t.Errorf("String() = %q, want %q", got, tt.in)
-			}
-			for _, ti := range tt.in_ {
-				if !w.Contains(ti) || w.untilOpen(ti) != 0 {
-					t.Errorf("%s should contain %s", tt.in, ti.Format("15:04"))
-				}
-			}
-			for _, to := range tt.out {
-				if w.Contains(to) {
-					t.Errorf("%s should not contain %s", tt.in, to.Format("15:04"))
-				}
-				if u := w.untilOpen(to); u <= 0 || u > 24*time.Hour || !w.Contains(to.Add(u)) {
-					t.Errorf("%s: untilOpen(%s) = %v, which is not the opening", tt.in, to.Format("15:04"), u)
-				}
-			}
-		})
-	}
-}
-
-func TestJitteredAndLimiter(t *testing.T) {
-	t.Parallel()
-	for range 100 {
-		if d := jittered(time.Hour); d < time.Hour || d > time.Hour+6*time.Minute {
-			t.Fatalf("jittered(1h) = %v, want within [1h, 1h06m]", d)
-		}
-	}
 	if newUpstreamLimiter(0) != nil {
 		t.Fatal("rate 0 must be unlimited")
 	}
@@ -92,26 +35,6 @@ func TestJitteredAndLimiter(t *testing.T) {
 		if got := newUpstreamLimiter(tt.rate).Burst(); got != tt.burst {
 			t.Errorf("rate %d: burst %d, want %d", tt.rate, got, tt.burst)
 		}
-	}
-}
-
-func TestFetchOrder_DatabasesFirst(t *testing.T) {
-	t.Parallel()
-	d := func(c byte) string { return strings.Repeat(string(c), 64) }
-	m := &manifest.Manifest{Files: []manifest.File{
-		{Path: "modules/a", SHA256: d('a'), Component: manifest.ComponentModules},
-		{Path: "db/b", SHA256: d('b'), Component: manifest.ComponentDatabases},
-		{Path: "modules/c", SHA256: d('c'), Component: manifest.ComponentModules},
-		{Path: "db/c-again", SHA256: d('c'), Component: manifest.ComponentDatabases}, // same bytes in both
-		{Path: "db/e", SHA256: d('e'), Component: manifest.ComponentDatabases},
-	}}
-	dbs, mods := fetchOrder(m)
-	var got []string
-	for _, f := range append(dbs, mods...) {
-		got = append(got, f.SHA256[:1])
-	}
-	if strings.Join(got, "") != "bcea" {
-		t.Fatalf("fetch order %v, want b c e (databases) then a (modules)", got)
 	}
 }
 
@@ -313,7 +236,8 @@ func TestPrefetch_OutsideWindowWaits(t *testing.T) {
 	v := newVendor(t)
 	pub := v.publish(t, "av", "1", 1, smallProduct)
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
-	now := sinceMidnight(time.Now())
+	h, m, s := time.Now().Clock()
+	now := time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(s)*time.Second
 	closed := Window{From: (now + 2*time.Hour) % (24 * time.Hour), To: (now + 3*time.Hour) % (24 * time.Hour)}
 	logger, seen := newLogCapture(t)
 	n := startNode(t, v, ngx.URL, func(c *Config) {
@@ -346,12 +270,16 @@ func TestPrefetch_UpstreamRateLimits(t *testing.T) {
 	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	var charged atomic.Int64
-	n := startNode(t, v, ngx.URL, func(c *Config) { c.UpstreamRate = limit })
-	if n.limiter == nil || n.limiter.Limit() != limit {
-		t.Fatalf("limiter %v, want %d B/s", n.limiter, limit)
-	}
-	hook := func(bytes int) { charged.Add(int64(bytes)) }
-	n.onUpstreamWait.Store(&hook)
+	n := startNodeHooks(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate = limit }, nil, testHooks{
+		wrapLimiter: func(fl fetch.Limiter) fetch.Limiter {
+			l, ok := fl.(*rate.Limiter)
+			if !ok || l.Limit() != limit {
+				t.Errorf("limiter %v, want %d B/s", fl, limit)
+				return fl
+			}
+			return chargedLimiter{l, &charged}
+		},
+	})
 	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
 	if err != nil || !msgs[len(msgs)-1].GetDone() {
 		t.Fatalf("Prefetch: %v, %v", msgs, err)
@@ -363,4 +291,15 @@ func TestPrefetch_UpstreamRateLimits(t *testing.T) {
 	if err != nil || sha(b) != pub.Manifest.Files[0].SHA256 {
 		t.Fatalf("blob after a limited fetch: %v", err)
 	}
+}
+
+// chargedLimiter counts what is charged to an upstream limiter.
+type chargedLimiter struct {
+	*rate.Limiter
+	charged *atomic.Int64
+}
+
+func (l chargedLimiter) WaitN(ctx context.Context, n int) error {
+	l.charged.Add(int64(n))
+	return l.Limiter.WaitN(ctx, n)
 }

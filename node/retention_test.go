@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -180,15 +179,14 @@ func TestRetention_KeepVersionsUnderQuota(t *testing.T) {
 			t.Errorf("manifest of v%d: %v (dropped %v)", k+1, err, dropped)
 		}
 	}
-	published := map[string]versionRec{}
-	n.cache.Records(publishedBucket, func(key string, value []byte) error {
-		var r versionRec
-		if err := json.Unmarshal(value, &r); err != nil {
-			t.Errorf("publication record %s: %v", key, err)
-		}
-		published[key] = r
-		return nil
-	})
+	published := map[string]cache.Published{}
+	recs, err := n.cache.PublishedVersions()
+	if err != nil {
+		t.Errorf("publication records: %v", err)
+	}
+	for _, r := range recs {
+		published[r.Product+"/"+r.Version] = r.Published
+	}
 	for k := range 4 {
 		r, ok := published["av/"+pubs[k].Manifest.Version]
 		if !ok || r.Serial != pubs[k].Manifest.Serial || !r.Published.Equal(pubs[k].Manifest.Published) {
@@ -230,7 +228,7 @@ func TestRetention_NeverEvictsLatest(t *testing.T) {
 	if err != nil || sha(b) != pub.Manifest.Files[0].SHA256 {
 		t.Fatalf("reading the latest: %v", err)
 	}
-	if _, low := n.lowDisk(); low {
+	if _, low := n.retainer.LowDisk(); low {
 		t.Logf("note: this machine has little free disk")
 	}
 }
@@ -274,9 +272,7 @@ func TestRetention_ReaderNotDisturbed(t *testing.T) {
 
 	v.publishFiles(t, "av", "2", map[string][]byte{"databases/big.dat": fill("big2", 1<<20)}, time.Time{})
 	testenv.WaitFor(t, 30*time.Second, "v1 dropped while its blob is read", func() bool {
-		n.mu.Lock()
-		waiting := n.evictWaiting[digest]
-		n.mu.Unlock()
+		waiting := n.retainer.Pins().Waiting(digest)
 		return slices.Equal(heldSerials(t, n, "av"), []uint64{2}) && waiting
 	})
 	if _, err := n.cache.Stat(digest); err != nil {
@@ -366,7 +362,7 @@ func BenchmarkEviction(b *testing.B) {
 		}
 		n.cfg.KeepVersions = 1
 		start = time.Now()
-		if err := n.retain(context.Background()); err != nil {
+		if err := n.retainer.Pass(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		evict := time.Since(start)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/catalog"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -24,7 +25,7 @@ type distributionServer struct {
 }
 
 func (s *distributionServer) GetLatest(ctx context.Context, req *pb.GetLatestRequest) (*pb.GetLatestResponse, error) {
-	signed, err := s.n.latest(withForwarded(ctx, req.GetForwarded()), req.GetProduct())
+	signed, err := s.n.catalog.Latest(catalog.WithForwarded(ctx, req.GetForwarded()), req.GetProduct())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -32,7 +33,7 @@ func (s *distributionServer) GetLatest(ctx context.Context, req *pb.GetLatestReq
 }
 
 func (s *distributionServer) GetManifest(ctx context.Context, req *pb.GetManifestRequest) (*pb.GetManifestResponse, error) {
-	signed, _, err := s.n.manifestDoc(withForwarded(ctx, req.GetForwarded()), req.GetProduct(), req.GetVersion())
+	signed, _, err := s.n.catalog.ManifestDoc(catalog.WithForwarded(ctx, req.GetForwarded()), req.GetProduct(), req.GetVersion())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -45,16 +46,16 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 		return status.Errorf(codes.InvalidArgument, "sha256 %q: %v", digest, err)
 	}
 	if p, v := req.GetProduct(), req.GetVersion(); p != "" && v != "" {
-		if _, known := s.n.blobSize(digest); !known {
+		if _, known := s.n.catalog.BlobSize(digest); !known {
 			// A peer names the version: learn its blobs (verified) first.
-			if _, _, err := s.n.manifestDoc(withForwarded(stream.Context(), req.GetForwarded()), p, v); err != nil {
+			if _, _, err := s.n.catalog.ManifestDoc(catalog.WithForwarded(stream.Context(), req.GetForwarded()), p, v); err != nil {
 				s.n.log.Debug("version hint of a blob request unusable", "product", p, "version", v, "err", err)
 			}
 		}
 	}
-	read := s.n.readBlob
+	read := s.n.fetcher.ReadBlob
 	if req.GetAvailableOnly() {
-		read = s.n.readAvailable
+		read = s.n.fetcher.ReadAvailable
 	}
 	if err := read(stream.Context(), digest, int64(req.GetOffset()), req.GetForwarded(), stream); err != nil {
 		return toStatus(err)
@@ -71,14 +72,14 @@ func (s *distributionServer) WatchLatest(req *pb.WatchLatestRequest, stream grpc
 	if err := manifest.ValidName(product); err != nil {
 		return status.Errorf(codes.InvalidArgument, "product %q: %v", product, err)
 	}
-	s.n.addProduct(product)
+	s.n.catalog.AddProduct(product)
 	ctx := stream.Context()
 	var sent uint64
 	for {
-		changed := s.n.versionWatch(product)
+		changed := s.n.catalog.VersionWatch(product)
 		v, err := s.n.cache.LatestVersion(product)
 		if err == nil && v.Serial > sent {
-			data, sig, err := s.n.cache.Document(latestDocKey(product, v.Version))
+			data, sig, err := s.n.cache.Document(catalog.LatestDocKey(product, v.Version))
 			if err != nil {
 				return toStatus(err)
 			}
@@ -119,15 +120,12 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "status: %v", err)
 	}
-	if err := s.n.cache.PutRecord(endpointsBucket, st.GetId()+"/"+st.GetProduct(), b); err != nil {
+	if err := s.n.cache.PutEndpointReport(st.GetId(), st.GetProduct(), b); err != nil {
 		return nil, toStatus(err)
 	}
 	s.n.log.Debug("endpoint reported", "endpoint", st.GetId(), "product", st.GetProduct(), "version", st.GetVersion(), "result", st.GetResult())
 	return &pb.ReportStatusResponse{}, nil
 }
-
-// endpointsBucket holds the last report of each endpoint and product.
-const endpointsBucket = "endpoints"
 
 // toStatus turns an error into a gRPC status at the RPC edge.
 func toStatus(err error) error {

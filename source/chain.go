@@ -446,7 +446,7 @@ func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink)
 	}
 	r.sink = sink
 	defer r.Close()
-	if off == size {
+	if off == size && size > 0 {
 		// Every byte is there (an interrupted run): check them.
 		err := r.verifySink()
 		if err == nil {

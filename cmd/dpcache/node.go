@@ -53,6 +53,7 @@ flags win over the environment, which wins over the file.`,
 					return fmt.Errorf("node: %w", err)
 				}
 			}
+			cfg.StallTimeout = sf.stall
 			if cfg.SourceOptions, err = sf.options(); err != nil {
 				return fmt.Errorf("node: %w", err)
 			}

@@ -1,13 +1,13 @@
-package node
+package ops
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,28 +16,26 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/source"
 )
 
-// lowDiskThreshold is the free space under the data directory below which a
-// DP warns (dpcache_disk_low, the status page's banner), as Kaspersky's
-// distribution points do.
-const lowDiskThreshold = 2 << 30
-
 // Endpoint age buckets (docs/design.md: endpoints --json "age"), in display order.
 var endpointAgeBuckets = []string{"current", "24h", "3d", "7d"}
 
-// metrics is a DP's Prometheus instrumentation. Most figures are read from
+// Metrics is a DP's Prometheus instrumentation. Most figures are read from
 // the DP's state when /metrics is scraped (byte counters, cache statistics,
 // fetches, gossip members, disk); only what has no state to read is counted
 // as it happens, on pre-resolved atomics: cache hits and misses, upstream
 // bytes by source, evictions, and gRPC and HTTP requests.
 //
 // Every method is safe for concurrent use and does nothing on a nil
-// *metrics (Config.DisableMetrics), so callers never check.
-type metrics struct {
-	n       *Node
+// *Metrics (metrics disabled), so callers never check.
+type Metrics struct {
+	cfg     MetricsConfig
+	state   State
+	store   Stats
 	reg     *prometheus.Registry
 	started time.Time
 
@@ -68,21 +66,57 @@ type upstreamCounter struct {
 	first bool // the first source with this name: the one exported
 }
 
-// newMetrics registers the DP's metrics on cfg.Registry (a new registry,
-// with the Go runtime and process collectors, when nil). It returns nil when
-// metrics are disabled.
-func newMetrics(n *Node) (*metrics, error) {
-	if n.cfg.DisableMetrics {
-		return nil, nil
-	}
-	reg := n.cfg.Registry
+// MetricsConfig is what the metrics say about the DP itself.
+type MetricsConfig struct {
+	Name, Site string
+	DataDir    string // whose file system's free space is shown
+	CacheMax   int64  // the quota shown (0: unlimited)
+	// Upstream are the DP's upstream sources, in order: their bytes are
+	// counted by source.
+	Upstream []source.Source
+	// Registry receives the metrics. nil: a registry of the DP's own, with
+	// the Go runtime and process collectors.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// Stats is the part of the cache the metrics read at scrape time
+// (*cache.Cache implements it).
+type Stats interface {
+	Stats() (cache.Stats, error)
+	Products() ([]string, error)
+	LatestVersion(product string) (cache.Version, error)
+}
+
+// State is the DP's state the metrics read at scrape time. Its methods are
+// called concurrently, from the scraping goroutine.
+type State interface {
+	// Traffic returns the byte counters: read from upstream, read from
+	// peers, served.
+	Traffic() (upstream, peer, served int64)
+	// FetchesInFlight is the number of blob fetches in progress.
+	FetchesInFlight() int
+	// Members returns the cluster's members in every state, or nil when
+	// clustering is off.
+	Members() []gossip.Member
+	// EndpointAges counts the site's endpoints by age bucket; nil when
+	// endpoint reporting gives no figures.
+	EndpointAges() map[string]int
+}
+
+// NewMetrics registers the DP's metrics on cfg.Registry.
+func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
+	reg := cfg.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	m := &metrics{n: n, reg: reg, started: time.Now()}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m := &Metrics{cfg: cfg, state: state, store: store, reg: reg, started: time.Now()}
 	byName := map[string]*atomic.Int64{}
-	for _, s := range n.upstream {
+	for _, s := range cfg.Upstream {
 		name := s.String()
 		c, seen := byName[name]
 		if !seen {
@@ -114,7 +148,7 @@ func newMetrics(n *Node) (*metrics, error) {
 	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
 	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
 	m.diskFree = d("dpcache_disk_free_bytes", "Free bytes on the file system of the data directory.")
-	m.diskLow = d("dpcache_disk_low", fmt.Sprintf("1 when the data directory's file system has less than %d bytes free, else 0.", lowDiskThreshold))
+	m.diskLow = d("dpcache_disk_low", fmt.Sprintf("1 when the data directory's file system has less than %d bytes free, else 0.", LowDiskThreshold))
 
 	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "dpcache_grpc_requests_total", Help: "gRPC requests handled, by service, method and status code.",
@@ -136,9 +170,9 @@ func newMetrics(n *Node) (*metrics, error) {
 	return m, nil
 }
 
-// cacheRequest counts a blob request: hit when the blob was whole in the
+// CacheRequest counts a blob request: hit when the blob was whole in the
 // cache.
-func (m *metrics) cacheRequest(hit bool) {
+func (m *Metrics) CacheRequest(hit bool) {
 	if m == nil {
 		return
 	}
@@ -149,10 +183,10 @@ func (m *metrics) cacheRequest(hit bool) {
 	}
 }
 
-// upstreamBytes returns the counter of blob bytes read from src, or nil
+// UpstreamBytes returns the counter of blob bytes read from src, or nil
 // when src is not an upstream source (a peer) or metrics are off. Called
 // once per transfer; the caller adds to the counter as bytes arrive.
-func (m *metrics) upstreamBytes(src source.Source) *atomic.Int64 {
+func (m *Metrics) UpstreamBytes(src source.Source) *atomic.Int64 {
 	if m == nil {
 		return nil
 	}
@@ -164,9 +198,9 @@ func (m *metrics) upstreamBytes(src source.Source) *atomic.Int64 {
 	return nil
 }
 
-// evicted counts blobs removed from the cache by quota or retention, and
+// Evicted counts blobs removed from the cache by quota or retention, and
 // their bytes. The retention code calls it after each eviction it commits.
-func (m *metrics) evicted(blobs int, bytes int64) {
+func (m *Metrics) Evicted(blobs int, bytes int64) {
 	if m == nil {
 		return
 	}
@@ -174,24 +208,24 @@ func (m *metrics) evicted(blobs int, bytes int64) {
 	m.evictBytes.Add(bytes)
 }
 
-// handler serves the registry in the Prometheus text format.
-func (m *metrics) handler() http.Handler {
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
 	if m == nil {
 		return http.NotFoundHandler()
 	}
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slogPrinter{m.n},
+		ErrorLog:      slogPrinter{m.cfg.Logger},
 		ErrorHandling: promhttp.ContinueOnError,
 		Registry:      m.reg, // promhttp_metric_handler_errors_total
 	})
 }
 
-type slogPrinter struct{ n *Node }
+type slogPrinter struct{ log *slog.Logger }
 
-func (p slogPrinter) Println(v ...any) { p.n.log.Warn("serving /metrics", "err", fmt.Sprint(v...)) }
+func (p slogPrinter) Println(v ...any) { p.log.Warn("serving /metrics", "err", fmt.Sprint(v...)) }
 
 // Describe implements prometheus.Collector.
-func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		m.info, m.upAt, m.served, m.peer, m.upstreamDesc, m.requests,
 		m.blobs, m.bytes, m.pendingBlobs, m.pendingBytes, m.versions,
@@ -205,16 +239,15 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector: it reads the DP's state. A
 // figure that cannot be read (the cache is closing) is left out, never
 // reported as zero.
-func (m *metrics) Collect(ch chan<- prometheus.Metric) {
-	n := m.n
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, t, v, labels...)
 	}
-	emit(m.info, prometheus.GaugeValue, 1, n.cfg.Name, n.cfg.Site)
+	emit(m.info, prometheus.GaugeValue, 1, m.cfg.Name, m.cfg.Site)
 	emit(m.upAt, prometheus.GaugeValue, float64(m.started.UnixNano())/1e9)
-	t := n.Traffic()
-	emit(m.served, prometheus.CounterValue, float64(t.ServedBytes))
-	emit(m.peer, prometheus.CounterValue, float64(t.PeerBytes))
+	_, peer, served := m.state.Traffic()
+	emit(m.served, prometheus.CounterValue, float64(served))
+	emit(m.peer, prometheus.CounterValue, float64(peer))
 	for _, u := range m.upstream {
 		if u.first {
 			emit(m.upstreamDesc, prometheus.CounterValue, float64(u.bytes.Load()), u.name)
@@ -225,7 +258,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	emit(m.evictions, prometheus.CounterValue, float64(m.evictBlobs.Load()))
 	emit(m.evictedBytes, prometheus.CounterValue, float64(m.evictBytes.Load()))
 
-	if st, err := n.cache.Stats(); err == nil {
+	if st, err := m.store.Stats(); err == nil {
 		emit(m.blobs, prometheus.GaugeValue, float64(st.Blobs))
 		emit(m.bytes, prometheus.GaugeValue, float64(st.Bytes))
 		emit(m.pendingBlobs, prometheus.GaugeValue, float64(st.Pending))
@@ -233,23 +266,20 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		emit(m.versions, prometheus.GaugeValue, float64(st.Versions))
 		emit(m.fileBytes, prometheus.GaugeValue, float64(st.FileSize))
 	}
-	emit(m.maxBytes, prometheus.GaugeValue, float64(n.cfg.CacheMax))
-	if products, err := n.cache.Products(); err == nil {
+	emit(m.maxBytes, prometheus.GaugeValue, float64(m.cfg.CacheMax))
+	if products, err := m.store.Products(); err == nil {
 		for _, p := range products {
-			if v, err := n.cache.LatestVersion(p); err == nil {
+			if v, err := m.store.LatestVersion(p); err == nil {
 				emit(m.latestSerial, prometheus.GaugeValue, float64(v.Serial), p)
 			}
 		}
 	}
 
-	n.mu.Lock()
-	inFlight := len(n.fetches)
-	n.mu.Unlock()
-	emit(m.fetches, prometheus.GaugeValue, float64(inFlight))
+	emit(m.fetches, prometheus.GaugeValue, float64(m.state.FetchesInFlight()))
 
 	states := map[gossip.State]int{gossip.StateAlive: 0, gossip.StateSuspect: 0, gossip.StateDead: 0, gossip.StateLeft: 0}
-	if n.gossip != nil {
-		for _, mb := range n.gossip.Members() {
+	if members := m.state.Members(); members != nil {
+		for _, mb := range members {
 			states[mb.State]++
 		}
 	} else {
@@ -259,29 +289,20 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		emit(m.members, prometheus.GaugeValue, float64(c), string(s))
 	}
 
-	if ages := n.endpointAgeCounts(); ages != nil {
+	if ages := m.state.EndpointAges(); ages != nil {
 		for _, a := range endpointAgeBuckets {
 			emit(m.endpoints, prometheus.GaugeValue, float64(ages[a]), a)
 		}
 	}
 
-	if free, ok := diskFree(n.cfg.DataDir); ok {
+	if free, ok := DiskFree(m.cfg.DataDir); ok {
 		emit(m.diskFree, prometheus.GaugeValue, float64(free))
 		low := 0.0
-		if free < lowDiskThreshold {
+		if free < LowDiskThreshold {
 			low = 1
 		}
 		emit(m.diskLow, prometheus.GaugeValue, low)
 	}
-}
-
-// endpointAgeCounts returns the site's endpoints by age bucket from
-// Node.endpointAges, or nil when endpoint reporting provides none.
-func (n *Node) endpointAgeCounts() map[string]int {
-	if n.endpointAges == nil {
-		return nil
-	}
-	return n.endpointAges()
 }
 
 // splitMethod splits "/dpcache.v1.DistributionService/ReadBlob".
@@ -293,8 +314,8 @@ func splitMethod(full string) (string, string) {
 	return svc, method
 }
 
-// serverOptions returns the gRPC interceptors that count requests.
-func (m *metrics) serverOptions() []grpc.ServerOption {
+// ServerOptions returns the gRPC interceptors that count requests.
+func (m *Metrics) ServerOptions() []grpc.ServerOption {
 	if m == nil {
 		return nil
 	}
@@ -319,9 +340,9 @@ func (m *metrics) serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
 }
 
-// instrumentHTTP counts the requests h handles by route (the ServeMux
+// InstrumentHTTP counts the requests h handles by route (the ServeMux
 // pattern matched) and status code.
-func (m *metrics) instrumentHTTP(h http.Handler) http.Handler {
+func (m *Metrics) InstrumentHTTP(h http.Handler) http.Handler {
 	if m == nil {
 		return h
 	}
@@ -379,25 +400,3 @@ func (w *statusWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// serveReady answers /readyz: 200 once Run serves with the cache open, 503
-// before that and while the DP stops.
-func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if !n.ready.Load() {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "not ready")
-		return
-	}
-	fmt.Fprintln(w, "ready")
-}
-
-// diskFree returns the bytes available to unprivileged users on dir's file
-// system; false when it cannot be read.
-func diskFree(dir string) (uint64, bool) {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(dir, &fs); err != nil {
-		return 0, false
-	}
-	return fs.Bavail * uint64(fs.Bsize), true
-}

@@ -1,4 +1,4 @@
-package node
+package ops
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"fmt"
 	"html/template"
+	"log/slog"
 	"math"
 	"net/http"
 	"slices"
@@ -20,8 +21,9 @@ import (
 
 // The status page: one server-rendered HTML document (no script, no
 // external asset) that refreshes itself. Its figures come from the same
-// place as AdminService.GetStatus and ListEndpoints (the admin fan-out);
-// the traffic chart comes from a history sampled in memory.
+// place as AdminService.GetStatus and ListEndpoints (the admin fan-out,
+// through Cluster); the traffic chart comes from a history sampled in
+// memory.
 
 //go:embed statuspage.html
 var statusPageHTML string
@@ -45,13 +47,35 @@ const (
 	outdatedShown = 25
 )
 
-// statusPage keeps the cluster's traffic history for the chart: cumulative
-// bytes from the internet and delivered to endpoints, sampled every
-// statusSampleInterval from the members' counters. A member's counters
-// restart at zero with its process; the history counts increases only (as
-// Prometheus's increase() does), so its curves never go down.
-type statusPage struct {
-	n *Node
+// PageConfig is what the status page says about the DP itself.
+type PageConfig struct {
+	Name, Site string
+	DataDir    string // whose file system's free space is shown
+	Logger     *slog.Logger
+}
+
+// Cluster is where the status page's figures come from: the DP's admin
+// service. Its methods are called concurrently, from HTTP handlers and the
+// sampling loop.
+type Cluster interface {
+	// Status is AdminService.GetStatus for the whole cluster.
+	Status(ctx context.Context) (*pb.GetStatusResponse, error)
+	// OutdatedEndpoints is AdminService.ListEndpoints, outdated only.
+	OutdatedEndpoints(ctx context.Context) ([]*pb.EndpointInfo, error)
+	// EndpointAges counts the site's endpoints by age bucket; nil when
+	// endpoint reporting gives no figures.
+	EndpointAges() map[string]int
+}
+
+// StatusPage serves the status page and keeps the cluster's traffic
+// history for its chart: cumulative bytes from the internet and delivered
+// to endpoints, sampled every statusSampleInterval from the members'
+// counters. A member's counters restart at zero with its process; the
+// history counts increases only (as Prometheus's increase() does), so its
+// curves never go down. Safe for concurrent use.
+type StatusPage struct {
+	cfg     PageConfig
+	cluster Cluster
 
 	mu      sync.Mutex             // protects the fields below
 	last    map[string]*pb.Traffic // each member's counters when last seen
@@ -82,16 +106,20 @@ type trafficSample struct {
 	totals trafficTotals
 }
 
-func newStatusPage(n *Node) *statusPage {
-	return &statusPage{n: n, last: map[string]*pb.Traffic{}, samples: make([]trafficSample, 0, int(statusHistory/statusSampleInterval))}
+// NewStatusPage returns the status page of a DP; it starts nothing.
+func NewStatusPage(cfg PageConfig, cluster Cluster) *StatusPage {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &StatusPage{cfg: cfg, cluster: cluster, last: map[string]*pb.Traffic{}, samples: make([]trafficSample, 0, int(statusHistory/statusSampleInterval))}
 }
 
-// run samples the cluster's traffic until ctx ends.
-func (s *statusPage) run(ctx context.Context) {
+// Run samples the cluster's traffic until ctx ends.
+func (s *StatusPage) Run(ctx context.Context) {
 	t := time.NewTicker(statusSampleInterval)
 	defer t.Stop()
 	for {
-		s.sample(ctx)
+		s.Sample(ctx)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -100,14 +128,14 @@ func (s *statusPage) run(ctx context.Context) {
 	}
 }
 
-// sample asks the cluster for its counters and records a point.
-func (s *statusPage) sample(ctx context.Context) {
+// Sample asks the cluster for its counters and records a point.
+func (s *StatusPage) Sample(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, statusSampleInterval)
 	defer cancel()
-	resp, err := (&adminServer{n: s.n}).GetStatus(ctx, &pb.GetStatusRequest{})
+	resp, err := s.cluster.Status(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.n.log.Debug("status page: no traffic sample", "err", err)
+			s.cfg.Logger.Debug("status page: no traffic sample", "err", err)
 		}
 		return
 	}
@@ -125,7 +153,7 @@ func (s *statusPage) sample(ctx context.Context) {
 
 // observe adds the increase of each member's counters since last seen.
 // Members that did not answer are skipped; their increase counts later.
-func (s *statusPage) observe(resp *pb.GetStatusResponse) {
+func (s *StatusPage) observe(resp *pb.GetStatusResponse) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	inc := func(now, before uint64) uint64 {
@@ -151,7 +179,7 @@ func (s *statusPage) observe(resp *pb.GetStatusResponse) {
 }
 
 // history returns the samples in time order and the current totals.
-func (s *statusPage) history() ([]trafficSample, trafficTotals) {
+func (s *StatusPage) history() ([]trafficSample, trafficTotals) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]trafficSample, 0, len(s.samples))
@@ -160,39 +188,32 @@ func (s *statusPage) history() ([]trafficSample, trafficTotals) {
 	return out, s.cum
 }
 
-// opsRoutes adds the operations endpoints to the DP's HTTP mux.
-func (n *Node) opsRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /{$}", n.serveStatusPage)
-	mux.Handle("GET /metrics", n.metrics.handler())
-	mux.HandleFunc("GET /readyz", n.serveReady)
-}
-
 // statusPageTimeout bounds gathering a page's figures from the cluster.
 const statusPageTimeout = 5 * time.Second
 
-func (n *Node) serveStatusPage(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP serves the page.
+func (s *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), statusPageTimeout)
 	defer cancel()
-	admin := &adminServer{n: n}
 	now := time.Now()
-	in := pageInput{name: n.cfg.Name, site: n.cfg.Site, now: now, ages: n.endpointAgeCounts()}
+	in := pageInput{name: s.cfg.Name, site: s.cfg.Site, now: now, ages: s.cluster.EndpointAges()}
 	var err error
-	if in.status, err = admin.GetStatus(ctx, &pb.GetStatusRequest{}); err != nil {
+	if in.status, err = s.cluster.Status(ctx); err != nil {
 		in.errs = append(in.errs, fmt.Sprintf("cluster status: %v", err))
 	} else {
-		n.status.observe(in.status)
+		s.observe(in.status)
 	}
-	if free, ok := diskFree(n.cfg.DataDir); ok {
+	if free, ok := DiskFree(s.cfg.DataDir); ok {
 		in.localFree, in.localFreeKnown = free, true
 	}
-	if eps, err := admin.ListEndpoints(ctx, &pb.ListEndpointsRequest{OutdatedOnly: true}); err == nil {
-		in.outdated, in.outdatedKnown = eps.GetEndpoints(), true
+	if eps, err := s.cluster.OutdatedEndpoints(ctx); err == nil {
+		in.outdated, in.outdatedKnown = eps, true
 	}
-	in.samples, in.totals = n.status.history()
+	in.samples, in.totals = s.history()
 	page := buildPage(in)
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, page); err != nil {
-		n.log.Error("status page", "err", err)
+		s.cfg.Logger.Error("status page", "err", err)
 		http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -349,7 +370,7 @@ func buildPage(in pageInput) pageData {
 			if local {
 				p.Local = cv
 			}
-			if !local && cv.Free < lowDiskThreshold {
+			if !local && cv.Free < LowDiskThreshold {
 				p.LowDisk = append(p.LowDisk, lowDisk{m.GetName(), cv.Free})
 			}
 		}
@@ -366,7 +387,7 @@ func buildPage(in pageInput) pageData {
 		}
 		sv.Members = append(sv.Members, mv)
 	}
-	if in.localFreeKnown && in.localFree < lowDiskThreshold {
+	if in.localFreeKnown && in.localFree < LowDiskThreshold {
 		p.LowDisk = append([]lowDisk{{in.name, in.localFree}}, p.LowDisk...)
 	}
 	for _, sv := range sites {

@@ -1,4 +1,4 @@
-package node
+package fetch
 
 import (
 	"context"
@@ -9,43 +9,45 @@ import (
 	"google.golang.org/grpc/mem"
 
 	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/node/internal/nodeerr"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
-// blobSender is the part of a ReadBlob stream the senders use; the HTTP
+// BlobSender is the part of a ReadBlob stream the senders use; the HTTP
 // /repo/ handler implements it too.
-type blobSender interface {
+type BlobSender interface {
 	SendMsg(m any) error
 }
 
-// readBlob streams digest from off: from the cache when whole, else from
+// ReadBlob streams digest from off: from the cache when whole, else from
 // the in-flight fetch as its bytes arrive (stored chunks, then the bytes
-// not stored yet, from memory).
-func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded bool, stream blobSender) error {
-	release, err := n.startReading(ctx, digest) // retention never deletes a blob being streamed
+// not stored yet, from memory). A forwarded request (from a peer DP) never
+// waits on peers or owners, and keeps the fetch close to the peer.
+func (fr *Fetcher) ReadBlob(ctx context.Context, digest string, off int64, forwarded bool, stream BlobSender) error {
+	release, err := fr.pins.StartReading(ctx, digest) // retention never deletes a blob being streamed
 	if err != nil {
 		return err
 	}
 	defer release()
-	f, size, err := n.acquire(digest, forwarded)
+	f, size, err := fr.acquire(digest, forwarded)
 	if err != nil {
 		return err
 	}
-	n.metrics.cacheRequest(f == nil)
-	bufs := n.pool.stream()
+	fr.metrics.CacheRequest(f == nil)
+	bufs := fr.pool.stream()
 	defer bufs.done()
 	if f == nil {
 		if off > size {
-			return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, size, ErrInvalid)
+			return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, size, nodeerr.ErrInvalid)
 		}
 		if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(size)}); err != nil {
 			return err
 		}
-		_, err = n.sendRange(ctx, digest, off, size, stream, bufs, false)
+		_, err = fr.sendRange(ctx, digest, off, size, stream, bufs, false)
 		return err
 	}
 	if off > f.size {
-		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, ErrInvalid)
+		return fmt.Errorf("blob %s: offset %d past its size %d: %w", digest, off, f.size, nodeerr.ErrInvalid)
 	}
 	// Answer at once with the size: the caller learns the blob exists while
 	// the first bytes are still on their way.
@@ -56,32 +58,32 @@ func (n *Node) readBlob(ctx context.Context, digest string, off int64, forwarded
 		// A peer DP waiting on this fetch: keep the fetch close to it.
 		id := f.addPeer(off)
 		defer f.removePeer(id)
-		return n.streamFetch(ctx, f, off, stream, bufs, false, func(pos int64) { f.movePeer(id, pos) })
+		return fr.streamFetch(ctx, f, off, stream, bufs, false, func(pos int64) { f.movePeer(id, pos) })
 	}
-	return n.streamFetch(ctx, f, off, stream, bufs, false, nil)
+	return fr.streamFetch(ctx, f, off, stream, bufs, false, nil)
 }
 
-// readAvailable streams the bytes of digest this DP holds now (whole,
+// ReadAvailable streams the bytes of digest this DP holds now (whole,
 // stored, or arrived and still in memory) from off, then ends; it never
 // fetches.
-func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bool, stream blobSender) error {
-	release, err := n.startReading(ctx, digest)
+func (fr *Fetcher) ReadAvailable(ctx context.Context, digest string, off int64, _ bool, stream BlobSender) error {
+	release, err := fr.pins.StartReading(ctx, digest)
 	if err != nil {
 		return err
 	}
 	defer release()
-	bufs := n.pool.stream()
+	bufs := fr.pool.stream()
 	defer bufs.done()
-	n.mu.Lock()
-	f := n.fetches[digest]
-	n.mu.Unlock()
+	fr.mu.Lock()
+	f := fr.fetches[digest]
+	fr.mu.Unlock()
 	if f != nil {
 		if err := stream.SendMsg(&pb.BlobChunk{Size: uint64(f.size)}); err != nil {
 			return err
 		}
-		return n.streamFetch(ctx, f, off, stream, bufs, true, nil)
+		return fr.streamFetch(ctx, f, off, stream, bufs, true, nil)
 	}
-	info, err := n.cache.Blob(digest)
+	info, err := fr.store.Blob(digest)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", digest, err)
 	}
@@ -91,21 +93,21 @@ func (n *Node) readAvailable(ctx context.Context, digest string, off int64, _ bo
 	if off >= info.Stored {
 		return nil
 	}
-	_, err = n.sendRange(ctx, digest, off, info.Stored, stream, bufs, !info.Whole)
+	_, err = fr.sendRange(ctx, digest, off, info.Stored, stream, bufs, !info.Whole)
 	return err
 }
 
 // streamFetch sends f's bytes from pos as they arrive. With availableOnly
 // it sends what is there now and returns instead of waiting. progress, when
 // set, learns each new position.
-func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers, availableOnly bool, progress func(int64)) error {
+func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream BlobSender, bufs *streamBuffers, availableOnly bool, progress func(int64)) error {
 	start := pos
 	startGen := f.snapshot().gen
 	for {
 		st := f.snapshot()
 		if st.gen != startGen {
 			if pos > start {
-				return fmt.Errorf("blob %s: %w: the source sent corrupt bytes, which were discarded; retry", f.digest, ErrDataLoss)
+				return fmt.Errorf("blob %s: %w: the source sent corrupt bytes, which were discarded; retry", f.digest, nodeerr.ErrDataLoss)
 			}
 			startGen = st.gen
 		}
@@ -114,10 +116,10 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 			return st.err
 		case st.done && st.err == nil:
 			// Whole now: the rest comes from the cache.
-			_, err := n.sendRange(ctx, f.digest, pos, f.size, stream, bufs, false)
+			_, err := fr.sendRange(ctx, f.digest, pos, f.size, stream, bufs, false)
 			return err
 		case pos < st.flushed:
-			sent, err := n.sendRange(ctx, f.digest, pos, st.flushed, stream, bufs, true)
+			sent, err := fr.sendRange(ctx, f.digest, pos, st.flushed, stream, bufs, true)
 			pos += sent
 			if progress != nil && sent > 0 {
 				progress(pos)
@@ -129,7 +131,7 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 			// meanwhile; look again.
 			continue
 		case pos < st.written:
-			sent, err := n.sendTail(ctx, f, pos, stream, bufs)
+			sent, err := fr.sendTail(ctx, f, pos, stream, bufs)
 			pos += sent
 			if progress != nil && sent > 0 {
 				progress(pos)
@@ -159,8 +161,8 @@ func (n *Node) streamFetch(ctx context.Context, f *fetch, pos int64, stream blob
 
 // sendTail sends one chunk of f's bytes that are not stored yet, from
 // memory; 0 when pos is no longer in memory (stored meanwhile).
-func (n *Node) sendTail(ctx context.Context, f *fetch, pos int64, stream blobSender, bufs *streamBuffers) (int64, error) {
-	buf, err := bufs.get(ctx, n.cfg.ServeChunk)
+func (fr *Fetcher) sendTail(ctx context.Context, f *fetch, pos int64, stream BlobSender, bufs *streamBuffers) (int64, error) {
+	buf, err := bufs.get(ctx, fr.cfg.ServeChunk)
 	if err != nil {
 		return 0, err
 	}
@@ -173,15 +175,15 @@ func (n *Node) sendTail(ctx context.Context, f *fetch, pos int64, stream blobSen
 	if err := stream.SendMsg(&pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}); err != nil {
 		return 0, err
 	}
-	n.traffic.served.Add(int64(nr))
+	fr.traffic.served.Add(int64(nr))
 	return int64(nr), nil
 }
 
 // sendRange sends bytes [from, to) of digest, read from the whole blob or,
 // with pending, from the stored chunks of an ingest in progress. It returns
 // the bytes sent.
-func (n *Node) sendRange(ctx context.Context, digest string, from, to int64, stream blobSender, bufs *streamBuffers, pending bool) (int64, error) {
-	chunk := int64(n.cfg.ServeChunk)
+func (fr *Fetcher) sendRange(ctx context.Context, digest string, from, to int64, stream BlobSender, bufs *streamBuffers, pending bool) (int64, error) {
+	chunk := int64(fr.cfg.ServeChunk)
 	pos := from
 	for pos < to {
 		if err := ctx.Err(); err != nil {
@@ -194,14 +196,14 @@ func (n *Node) sendRange(ctx context.Context, digest string, from, to int64, str
 		}
 		var nr int
 		if pending {
-			nr, err = n.cache.ReadPendingAt(digest, *buf, pos)
+			nr, err = fr.store.ReadPendingAt(digest, *buf, pos)
 		} else {
-			nr, err = n.cache.ReadAt(digest, *buf, pos)
+			nr, err = fr.store.ReadAt(digest, *buf, pos)
 		}
 		if nr == int(l) {
 			err = nil
 		} else if err == nil || err == io.EOF {
-			err = fmt.Errorf("blob %s: short read at %d: %w", digest, pos, ErrDataLoss)
+			err = fmt.Errorf("blob %s: short read at %d: %w", digest, pos, nodeerr.ErrDataLoss)
 		}
 		if err != nil {
 			bufs.Put(buf)
@@ -210,7 +212,7 @@ func (n *Node) sendRange(ctx context.Context, digest string, from, to int64, str
 		if err := stream.SendMsg(&pb.BlobChunk{Data: mem.NewBuffer(buf, bufs)}); err != nil {
 			return pos - from, err
 		}
-		n.traffic.served.Add(l)
+		fr.traffic.served.Add(l)
 		pos += l
 	}
 	return pos - from, nil

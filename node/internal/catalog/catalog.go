@@ -1,0 +1,286 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
+)
+
+// Config is what the catalogue keeps current, and how.
+type Config struct {
+	// Refresh is how often upstream is asked for a newer latest of the
+	// products endpoints asked for.
+	Refresh time.Duration
+	// Products are kept current before any endpoint asks (the download
+	// task), every PrefetchInterval, inside UpstreamWindow.
+	Products         []string
+	PrefetchInterval time.Duration
+	UpstreamWindow   Window
+	// FetchParallel bounds the blobs of one version fetched at once.
+	FetchParallel int
+	// CacheMax, when set, makes room in the cache before a version is
+	// fetched.
+	CacheMax int64
+	// StallTimeout and Health tune the failover engine that fetches
+	// documents (source.ChainOptions): Health, shared with the blob
+	// fetches, keeps a failing source in backoff. Nil: the catalogue's
+	// own.
+	StallTimeout time.Duration
+	Health       *source.Health
+	// Logger receives the catalogue's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the part of the cache the catalogue reads and writes
+// (*cache.Cache implements it).
+type Store interface {
+	LatestVersion(product string) (cache.Version, error)
+	Versions(product string) ([]cache.Version, error)
+	PutVersion(v cache.Version) error
+	Document(path string) (data, sig []byte, err error)
+	PutDocument(path string, data, sig []byte) error
+	PutManifest(product, version, path string, data, sig []byte) error
+	Manifests() ([]cache.VersionRef, error)
+	DeleteManifest(product, version string, paths ...string) error
+	PutPublished(product string, p cache.Published) error
+	PublishedVersions() ([]cache.PublishedRecord, error)
+	Stat(digest string) (int64, error)
+	Blob(digest string) (cache.BlobInfo, error)
+}
+
+// Blobs fetches the blobs of a version (the DP's fetcher).
+type Blobs interface {
+	// EnsureBlob returns once digest is whole in the cache.
+	EnsureBlob(ctx context.Context, digest string) error
+	// Received returns the bytes of digest received so far while it is
+	// being fetched.
+	Received(digest string) (int64, bool)
+	// InFlight returns the digests being fetched.
+	InFlight() []string
+}
+
+// Retention makes room in the cache (the DP's retainer).
+type Retention interface {
+	// Pass runs a retention pass now.
+	Pass(ctx context.Context) error
+	// Kick asks for a pass soon; it never blocks.
+	Kick()
+}
+
+// DP is what the catalogue asks of the rest of the distribution point.
+type DP interface {
+	// DocSources lists where signed documents come from, in order: the
+	// upstream sources, then (unless ctx is forwarded) the site's DPs.
+	DocSources(ctx context.Context) []source.Source
+	// PublishVersions tells the cluster which versions of product the
+	// cache holds whole.
+	PublishVersions(product string)
+	// WaitJoined returns once the DP sees another member of its cluster,
+	// or after max, or at once when it has no cluster to join.
+	WaitJoined(ctx context.Context, max time.Duration)
+}
+
+// Catalog is what a DP knows of products and versions, and the work that
+// keeps them current. Create it with New, call Load, then Run.
+type Catalog struct {
+	cfg       Config
+	log       *slog.Logger
+	store     Store
+	trust     *manifest.Trust
+	blobs     Blobs
+	retention Retention
+	dp        DP
+
+	ctx  context.Context    // the lifetime of version completions and document fetches
+	wg   sync.WaitGroup     // version completions in flight
+	docs singleflight.Group // upstream document fetches, by path
+
+	mu             sync.Mutex                       // protects the fields below
+	known          map[string]int64                 // blob sizes from verified manifests
+	blobVersions   map[string][]productSerial       // versions naming each blob, from verified manifests
+	products       map[string]bool                  // products this DP keeps current
+	upLatest       map[string]upLatest              // upstream's latest, for cold pass-through
+	jobs           map[string]*Job                  // version completions in flight, by product/version
+	versionChanged map[string]chan struct{}         // closed when a product's held latest changes
+	versionRecs    map[string]map[uint64]versionRec // product → serial → version and publication time
+	closed         bool
+}
+
+type upLatest struct {
+	signed source.Signed
+	latest *manifest.Latest
+	at     time.Time
+}
+
+// New returns a Catalog whose background work lives until ctx ends or
+// Stop; it starts nothing.
+func New(ctx context.Context, cfg Config, store Store, trust *manifest.Trust, blobs Blobs, retention Retention, dp DP) *Catalog {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Catalog{
+		cfg: cfg, log: cfg.Logger, store: store, trust: trust, blobs: blobs, retention: retention, dp: dp, ctx: ctx,
+		known:          map[string]int64{},
+		blobVersions:   map[string][]productSerial{},
+		products:       map[string]bool{},
+		upLatest:       map[string]upLatest{},
+		jobs:           map[string]*Job{},
+		versionChanged: map[string]chan struct{}{},
+		versionRecs:    map[string]map[uint64]versionRec{},
+	}
+	for _, p := range cfg.Products {
+		c.products[p] = true
+	}
+	return c
+}
+
+// Load learns the manifests and publication times the cache holds.
+func (c *Catalog) Load() error {
+	if err := c.loadKnown(); err != nil {
+		return err
+	}
+	if err := c.loadPublished(); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	return nil
+}
+
+// Run runs the refresh loop and the download task until ctx ends.
+func (c *Catalog) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { c.refreshLoop(ctx) })
+	wg.Go(func() { c.prefetchLoop(ctx) })
+	wg.Wait()
+}
+
+// Stop refuses new version completions and waits for those in flight
+// (cancel the context given to New first). Safe to call twice.
+func (c *Catalog) Stop() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.wg.Wait()
+}
+
+// productSerial names one version of a product.
+type productSerial struct {
+	product string
+	version string
+	serial  uint64
+}
+
+// versionsOf returns the versions (from verified manifests) that name digest.
+func (c *Catalog) versionsOf(digest string) []productSerial {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.blobVersions[digest])
+}
+
+// registerVersions records which versions name each blob of m.
+func (c *Catalog) registerVersionsLocked(m *manifest.Manifest) {
+	ps := productSerial{m.Product, m.Version, m.Serial}
+	for _, f := range m.Files {
+		if !slices.Contains(c.blobVersions[f.SHA256], ps) {
+			c.blobVersions[f.SHA256] = append(c.blobVersions[f.SHA256], ps)
+		}
+	}
+}
+
+// blobSize returns the size of a blob named by a verified manifest.
+func (c *Catalog) BlobSize(digest string) (int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	size, ok := c.known[digest]
+	return size, ok
+}
+
+type forwardedKey struct{}
+
+// withForwarded marks ctx as serving a request another DP forwarded.
+func WithForwarded(ctx context.Context, forwarded bool) context.Context {
+	if !forwarded {
+		return ctx
+	}
+	return context.WithValue(ctx, forwardedKey{}, true)
+}
+
+func IsForwarded(ctx context.Context) bool {
+	v, _ := ctx.Value(forwardedKey{}).(bool)
+	return v
+}
+
+// latestDocKey is where the cache keeps the latest.json that announced a
+// version (the repository keeps only the newest one at <product>/latest.json).
+func LatestDocKey(product, version string) string {
+	return product + "/" + version + "/latest.json"
+}
+
+func (c *Catalog) AddProduct(p string) {
+	c.mu.Lock()
+	c.products[p] = true
+	c.mu.Unlock()
+}
+
+// register records the sizes of m's blobs: the DP fetches only blobs that a
+// verified manifest names.
+func (c *Catalog) register(m *manifest.Manifest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range m.Files {
+		c.known[f.SHA256] = f.Size
+	}
+	c.registerVersionsLocked(m)
+	c.rememberVersionLocked(m)
+}
+
+// loadKnown registers the manifests the cache holds.
+func (c *Catalog) loadKnown() error {
+	refs, err := c.store.Manifests()
+	if err != nil {
+		return err
+	}
+	for _, r := range refs {
+		product, version := r.Product, r.Version
+		data, sig, err := c.store.Document(manifest.ManifestPath(product, version))
+		if err != nil {
+			c.log.Warn("cached manifest unreadable; it will be fetched again", "product", product, "version", version, "err", err)
+			continue
+		}
+		m, err := c.trust.VerifyManifest(data, sig, nil)
+		if err != nil {
+			c.log.Warn("cached manifest no longer verifies; it will be fetched again", "product", product, "version", version, "err", err)
+			continue
+		}
+		c.register(m)
+	}
+	return nil
+}
+
+// loadPublished loads the publication times kept by persistPublished.
+func (c *Catalog) loadPublished() error {
+	recs, err := c.store.PublishedVersions()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		if manifest.ValidName(r.Product) != nil {
+			c.log.Warn("ignoring an unreadable publication record", "product", r.Product, "version", r.Version)
+			continue
+		}
+		if _, known := c.versionRecs[r.Product][r.Serial]; !known {
+			c.rememberLocked(r.Product, r.Published)
+		}
+	}
+	return nil
+}

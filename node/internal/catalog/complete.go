@@ -1,0 +1,160 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/nodeerr"
+)
+
+// startVersion fetches every blob of ul's version in the background and
+// then records the version as held whole (which makes it this DP's latest).
+// It returns the completion in flight (started now or earlier), or nil
+// when the DP is closing.
+func (c *Catalog) startVersion(product string, ul upLatest) *Job {
+	key := product + "/" + ul.latest.Version
+	c.mu.Lock()
+	if j, running := c.jobs[key]; running || c.closed {
+		c.mu.Unlock()
+		return j
+	}
+	j := newJob(product, ul.latest)
+	c.jobs[key] = j
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		err := c.completeVersion(c.ctx, product, ul, j)
+		c.mu.Lock()
+		delete(c.jobs, key)
+		c.mu.Unlock()
+		j.finish(err)
+		if err != nil && c.ctx.Err() == nil {
+			c.log.Error("could not complete version; will retry at the next refresh", "product", product, "version", ul.latest.Version, "err", err)
+		}
+	}()
+	return j
+}
+
+// completeVersion fetches the blobs of ul's version that the cache lacks,
+// those of databases files first, reporting progress to j, then records
+// the version whole and announces it.
+func (c *Catalog) completeVersion(ctx context.Context, product string, ul upLatest, j *Job) error {
+	l := ul.latest
+	if held, err := c.store.LatestVersion(product); err == nil && held.Serial >= l.Serial {
+		return nil
+	}
+	signed, _, err := c.ManifestDoc(ctx, product, l.Version)
+	if err != nil {
+		return err
+	}
+	m, err := c.trust.VerifyManifest(signed.Data, signed.Signature, l)
+	if err != nil {
+		return fmt.Errorf("manifest of %s %s: %w: %v", product, l.Version, nodeerr.ErrDataLoss, err)
+	}
+	start := time.Now()
+	databases, modules := fetchOrder(m)
+	blobs := slices.Concat(databases, modules)
+	j.setBlobs(c.store, blobs)
+	if c.cfg.CacheMax > 0 {
+		// Make room for the version before fetching it.
+		if err := c.retention.Pass(ctx); err != nil {
+			c.log.Warn("could not make room in the cache before fetching a version", "product", product, "version", l.Version, "err", err)
+		}
+	}
+	for _, group := range [][]manifest.File{databases, modules} {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(c.cfg.FetchParallel)
+		for _, f := range group {
+			g.Go(func() error {
+				if err := c.blobs.EnsureBlob(gctx, f.SHA256); err != nil {
+					return err
+				}
+				j.blobDone(f.SHA256)
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+	}
+	digests := make([]string, len(blobs))
+	for i, f := range blobs {
+		digests[i] = f.SHA256
+	}
+	if err := c.store.PutDocument(LatestDocKey(product, l.Version), ul.signed.Data, ul.signed.Signature); err != nil {
+		return err
+	}
+	if err := c.store.PutVersion(cache.Version{
+		Product: product, Version: l.Version, Serial: l.Serial,
+		Blobs: digests, Size: m.Size(), Added: time.Now(),
+	}); err != nil {
+		return err
+	}
+	c.dp.PublishVersions(product)
+	c.notifyVersion(product)
+	c.retention.Kick()
+	c.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// refreshLoop asks upstream for a newer latest of every product endpoints
+// asked this DP for, at start and then every Refresh. The products of
+// Config.Products follow the download task instead (prefetchLoop).
+func (c *Catalog) refreshLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.Refresh)
+	defer t.Stop()
+	for {
+		c.refreshAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Catalog) refreshAll(ctx context.Context) {
+	c.mu.Lock()
+	products := make([]string, 0, len(c.products))
+	for p := range c.products {
+		if !slices.Contains(c.cfg.Products, p) {
+			products = append(products, p)
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range products {
+		if ctx.Err() != nil {
+			return
+		}
+		c.refresh(ctx, p)
+	}
+}
+
+// refresh starts fetching upstream's latest of product when it is newer
+// than what the DP holds. A lower serial is refused: that is a rollback
+// attack or a misconfigured upstream.
+func (c *Catalog) refresh(ctx context.Context, product string) {
+	ul, err := c.upstreamLatest(ctx, product, 0)
+	if err != nil {
+		c.log.Warn("refresh: upstream latest unavailable; serving what is held", "product", product, "err", err)
+		return
+	}
+	held, err := c.store.LatestVersion(product)
+	if err == nil {
+		switch {
+		case ul.latest.Serial < held.Serial:
+			c.log.Warn("refresh: upstream offers a lower serial than held; ignoring it", "product", product, "upstream_serial", ul.latest.Serial, "held_serial", held.Serial)
+			return
+		case ul.latest.Serial == held.Serial:
+			return
+		}
+	}
+	c.startVersion(product, ul)
+}

@@ -1,0 +1,164 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dpcache/dpcache/cache"
+	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/node/internal/nodeerr"
+	"github.com/dpcache/dpcache/source"
+)
+
+// latest returns the signed latest.json a caller should see for product:
+// the newest version held whole, or, for a cold DP that holds no version at
+// all, upstream's (verified) while the version is pulled in the background.
+func (c *Catalog) Latest(ctx context.Context, product string) (source.Signed, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return source.Signed{}, fmt.Errorf("product %q: %w: %v", product, nodeerr.ErrInvalid, err)
+	}
+	c.AddProduct(product)
+	v, err := c.store.LatestVersion(product)
+	switch {
+	case err == nil:
+		data, sig, err := c.store.Document(LatestDocKey(product, v.Version))
+		if err == nil {
+			return source.Signed{Data: data, Signature: sig}, nil
+		}
+		return source.Signed{}, fmt.Errorf("product %s: version %s is held but its latest.json is not: %w", product, v.Version, err)
+	case !errors.Is(err, cache.ErrNotFound):
+		return source.Signed{}, fmt.Errorf("product %s: %w", product, err)
+	}
+	ul, err := c.upstreamLatest(ctx, product, c.cfg.Refresh)
+	if err != nil {
+		return source.Signed{}, err
+	}
+	c.startVersion(product, ul)
+	return ul.signed, nil
+}
+
+// upstreamLatest asks the upstream sources, in order, for product's
+// latest.json and returns the first that verifies. A result younger than
+// maxAge is reused, and concurrent callers share one request.
+func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge time.Duration) (upLatest, error) {
+	c.mu.Lock()
+	ul, ok := c.upLatest[product]
+	c.mu.Unlock()
+	if ok && time.Since(ul.at) < maxAge {
+		return ul, nil
+	}
+	path := manifest.LatestPath(product)
+	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
+		var l *manifest.Latest
+		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
+			l, err = c.trust.VerifyLatest(s.Data, s.Signature)
+			if errors.Is(err, manifest.ErrBadSignature) {
+				return source.Retry(err) // publish replaces the signature first: ask once more
+			}
+			if err == nil && l.Product != product {
+				err = fmt.Errorf("latest.json names product %q", l.Product)
+			}
+			return err
+		}).Latest(c.ctx, product)
+		if err != nil {
+			return upLatest{}, documentError(err)
+		}
+		ul := upLatest{signed: signed, latest: l, at: time.Now()}
+		c.mu.Lock()
+		c.upLatest[product] = ul
+		c.mu.Unlock()
+		return ul, nil
+	})
+	if err != nil {
+		return upLatest{}, err
+	}
+	return v.(upLatest), nil
+}
+
+// documents returns the failover engine over the DP's document sources
+// (upstream, then the site's peers: see DP.DocSources), verifying each
+// document with verify; a failing source stays in backoff for the blob
+// fetches too (the shared Health). Documents are verified whoever serves
+// them. The requests use the catalogue's lifetime, not ctx: concurrent
+// callers share them.
+func (c *Catalog) documents(ctx context.Context, verify func(source.Signed) error) *source.Chain {
+	return source.NewChain(c.dp.DocSources(ctx), source.ChainOptions{
+		StallTimeout: c.cfg.StallTimeout, Health: c.cfg.Health, Logger: c.log,
+		Verify: func(_, _, _ string, s source.Signed) error { return verify(s) },
+	})
+}
+
+// documentError turns a failover's error into the DP's: NotFound when
+// every source said so, Unavailable otherwise.
+func documentError(err error) error {
+	if errors.Is(err, source.ErrNotFound) {
+		return fmt.Errorf("%w: %v", nodeerr.ErrNotFound, err)
+	}
+	return fmt.Errorf("%w: %v", nodeerr.ErrUnavailable, err)
+}
+
+// docKey is the singleflight key of a document fetch: forwarded requests,
+// which use upstream only, never share a fetch that may ask peers.
+func docKey(ctx context.Context, path string) string {
+	if IsForwarded(ctx) {
+		return "forwarded/" + path
+	}
+	return path
+}
+
+// manifestDoc returns a version's signed manifest from the cache, else from
+// upstream (verified, then cached).
+func (c *Catalog) ManifestDoc(ctx context.Context, product, version string) (source.Signed, *manifest.Manifest, error) {
+	if err := manifest.ValidName(product); err != nil {
+		return source.Signed{}, nil, fmt.Errorf("product %q: %w: %v", product, nodeerr.ErrInvalid, err)
+	}
+	if err := manifest.ValidName(version); err != nil {
+		return source.Signed{}, nil, fmt.Errorf("version %q: %w: %v", version, nodeerr.ErrInvalid, err)
+	}
+	path := manifest.ManifestPath(product, version)
+	// A product endpoints ask about is kept current, even by a DP they never
+	// asked for its latest.
+	c.AddProduct(product)
+	if data, sig, err := c.store.Document(path); err == nil {
+		m, err := c.trust.VerifyManifest(data, sig, nil)
+		if err != nil {
+			return source.Signed{}, nil, fmt.Errorf("cached %s: %w: %v", path, nodeerr.ErrDataLoss, err)
+		}
+		c.register(m)
+		return source.Signed{Data: data, Signature: sig}, m, nil
+	} else if !errors.Is(err, cache.ErrNotFound) {
+		return source.Signed{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	type result struct {
+		signed source.Signed
+		m      *manifest.Manifest
+	}
+	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
+		var m *manifest.Manifest
+		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
+			m, err = c.trust.VerifyManifest(s.Data, s.Signature, nil)
+			if errors.Is(err, manifest.ErrBadSignature) {
+				return source.Retry(err)
+			}
+			if err == nil && (m.Product != product || m.Version != version) {
+				err = fmt.Errorf("manifest names %s %s", m.Product, m.Version)
+			}
+			return err
+		}).Manifest(c.ctx, product, version)
+		if err != nil {
+			return nil, documentError(err)
+		}
+		if err := c.store.PutManifest(product, version, path, signed.Data, signed.Signature); err != nil {
+			return nil, fmt.Errorf("caching %s: %w", path, err)
+		}
+		c.register(m)
+		return result{signed, m}, nil
+	})
+	if err != nil {
+		return source.Signed{}, nil, err
+	}
+	r := v.(result)
+	return r.signed, r.m, nil
+}

@@ -1,0 +1,211 @@
+package fetch
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// fetch is one blob being ingested. Every request for the blob while it is
+// in flight reads the chunks already stored, then waits for more: the
+// site's link carries the blob once, and bytes reach callers as they arrive.
+type fetch struct {
+	digest string
+	size   int64
+
+	mu        sync.Mutex // protects the fields below
+	gen       int        // bumped when stored bytes are discarded (digest mismatch)
+	flushed   int64      // bytes readable with cache.ReadPendingAt
+	written   int64      // bytes received; [flushed, written) are in tail
+	tail      []byte     // bytes [tailStart, written), kept until stored
+	tailStart int64
+	done      bool          // the fetch ended; err says how
+	err       error         // nil: the blob is whole in the cache
+	changed   chan struct{} // closed and replaced on every change
+	forwarded bool          // serving a forwarded request: never ask peers or owners
+	promoted  chan struct{} // closed when forwarded becomes true after the start
+
+	// DPs of the site streaming this fetch (it is their owner): the fetch
+	// keeps at most maxPeerLead ahead of them, so that if this DP dies
+	// mid-fetch they hold nearly every byte it took from upstream.
+	peers     map[int]*peerPos
+	peerSeq   int
+	peerMoved chan struct{} // closed and replaced when a peer advances or leaves
+}
+
+// peerPos is how far a peer DP has streamed a fetch.
+type peerPos struct {
+	pos   int64
+	moved time.Time
+}
+
+// Backpressure from peer DPs: how far the owner may read ahead of the
+// slowest of them, and how long a peer may make no progress before it is
+// no longer waited for (a stalled peer must not stall the site's fetch).
+const (
+	maxPeerLead  = 4 << 20
+	peerStallCap = 2 * time.Second
+)
+
+// addPeer registers a peer DP streaming from pos; removePeer undoes it.
+func (f *fetch) addPeer(pos int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.peers == nil {
+		f.peers, f.peerMoved = map[int]*peerPos{}, make(chan struct{})
+	}
+	f.peerSeq++
+	f.peers[f.peerSeq] = &peerPos{pos, time.Now()}
+	return f.peerSeq
+}
+
+func (f *fetch) movePeer(id int, pos int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p := f.peers[id]; p != nil {
+		p.pos, p.moved = pos, time.Now()
+		close(f.peerMoved)
+		f.peerMoved = make(chan struct{})
+	}
+}
+
+func (f *fetch) removePeer(id int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.peers[id]; ok {
+		delete(f.peers, id)
+		close(f.peerMoved)
+		f.peerMoved = make(chan struct{})
+	}
+}
+
+// awaitPeers waits until every peer DP that is making progress is within
+// maxPeerLead of off.
+func (f *fetch) awaitPeers(ctx context.Context, off int64) {
+	for {
+		f.mu.Lock()
+		var behind bool
+		now := time.Now()
+		for _, p := range f.peers {
+			if off-p.pos > maxPeerLead && now.Sub(p.moved) < peerStallCap {
+				behind = true
+				break
+			}
+		}
+		moved := f.peerMoved
+		f.mu.Unlock()
+		if !behind {
+			return
+		}
+		t := time.NewTimer(peerStallCap)
+		select {
+		case <-moved:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// fetchState is a snapshot of a fetch.
+type fetchState struct {
+	gen              int
+	flushed, written int64
+	done             bool
+	err              error
+	changed          <-chan struct{} // closed at the next change
+}
+
+func (f *fetch) snapshot() fetchState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fetchState{f.gen, f.flushed, f.written, f.done, f.err, f.changed}
+}
+
+// maxTail bounds the bytes a fetch keeps in memory for its readers while
+// they are not stored yet; past it, readers wait for the store.
+const maxTail = 32 << 20
+
+// received records bytes written to the cache but maybe not stored yet, so
+// that readers get them at once, and drops what is now stored.
+func (f *fetch) received(b []byte, written, flushed int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if written-int64(len(b)) != f.tailStart+int64(len(f.tail)) || len(f.tail)+len(b) > maxTail {
+		// Not contiguous (a restart) or too much: start a new tail.
+		f.tail, f.tailStart = f.tail[:0], written-int64(len(b))
+	}
+	f.tail = append(f.tail, b...)
+	f.written = written
+	if flushed > f.tailStart {
+		drop := min(flushed-f.tailStart, int64(len(f.tail)))
+		f.tail = f.tail[:copy(f.tail, f.tail[drop:])]
+		f.tailStart += drop
+	}
+	if flushed > f.flushed {
+		f.flushed = flushed
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// readTail copies bytes from pos that are held in memory into p.
+func (f *fetch) readTail(p []byte, pos int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if pos < f.tailStart || pos >= f.tailStart+int64(len(f.tail)) {
+		return 0
+	}
+	return copy(p, f.tail[pos-f.tailStart:])
+}
+
+func (f *fetch) isForwarded() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwarded
+}
+
+// promote marks the fetch as serving a forwarded request: if it is waiting
+// on a peer or owner, it stops and fetches upstream itself (two DPs that
+// briefly disagree about the owner must not wait on each other).
+func (f *fetch) promote() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.forwarded {
+		f.forwarded = true
+		close(f.promoted)
+	}
+}
+
+// restart records that the stored bytes were discarded: readers that sent
+// any of them must fail rather than continue with good bytes after bad.
+func (f *fetch) restart() {
+	f.mu.Lock()
+	f.gen++
+	f.flushed, f.written = 0, 0
+	f.tail, f.tailStart = nil, 0
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *fetch) progress(flushed int64) {
+	f.mu.Lock()
+	if flushed > f.flushed {
+		f.flushed = flushed
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
+	f.mu.Unlock()
+}
+
+func (f *fetch) finish(err error) {
+	f.mu.Lock()
+	f.done, f.err = true, err
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}

@@ -1,0 +1,44 @@
+package node
+
+import (
+	"context"
+
+	"github.com/dpcache/dpcache/gossip"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+)
+
+// opsView is the DP as package ops reads it (ops.State for the metrics,
+// ops.Cluster for the status page).
+type opsView struct{ n *Node }
+
+func (v opsView) Traffic() (upstream, peer, served int64) {
+	t := v.n.Traffic()
+	return t.UpstreamBytes, t.PeerBytes, t.ServedBytes
+}
+
+func (v opsView) FetchesInFlight() int { return len(v.n.fetcher.InFlight()) }
+
+func (v opsView) Members() []gossip.Member {
+	if v.n.gossip == nil {
+		return nil
+	}
+	return v.n.gossip.Members()
+}
+
+// EndpointAges returns the site's endpoints by age bucket from
+// Node.endpointAges, or nil when endpoint reporting provides none.
+func (v opsView) EndpointAges() map[string]int {
+	if v.n.endpointAges == nil {
+		return nil
+	}
+	return v.n.endpointAges()
+}
+
+func (v opsView) Status(ctx context.Context) (*pb.GetStatusResponse, error) {
+	return (&adminServer{n: v.n}).GetStatus(ctx, &pb.GetStatusRequest{})
+}
+
+func (v opsView) OutdatedEndpoints(ctx context.Context) ([]*pb.EndpointInfo, error) {
+	resp, err := (&adminServer{n: v.n}).ListEndpoints(ctx, &pb.ListEndpointsRequest{OutdatedOnly: true})
+	return resp.GetEndpoints(), err
+}
