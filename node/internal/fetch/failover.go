@@ -120,9 +120,9 @@ type ingest struct {
 	kinds     map[source.Source]Kind // the candidates' kinds
 	kind      atomic.Int64           // the Kind delivering now (-1: none yet)
 	cancel    context.CancelCauseFunc
-	counter   *atomic.Int64          // where its bytes are counted
-	bySource  *atomic.Int64          // its per-upstream counter (nil: none)
-	limit     Limiter                // the upstream rate limit, for upstream sources
+	counter   *atomic.Int64 // where its bytes are counted
+	bySource  *atomic.Int64 // its per-upstream counter (nil: none)
+	limit     Limiter       // the upstream rate limit, for upstream sources
 	lastStore time.Time
 	committed bool // Verify ran Commit
 }
