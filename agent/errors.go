@@ -6,6 +6,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Sentinel errors. Functions of this package wrap them with %w and add what
@@ -59,8 +60,8 @@ var (
 	ErrUnsafePath = errors.New("unsafe file path")
 
 	// ErrSourcesFailed means every source failed; the
-	// *source.FailoverError that wraps it lists each source and why.
-	ErrSourcesFailed = source.ErrAllFailed
+	// *failover.Error that wraps it lists each source and why.
+	ErrSourcesFailed = failover.ErrAllFailed
 
 	// ErrBusy means another update or rollback of the same product in the
 	// same directory is running (its lock file is held).

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // copyBufSize is the read buffer of a download.
@@ -45,7 +46,7 @@ func (j *blobJob) String() string {
 // fetcher downloads blobs into .dpcache/blobs/ through the failover
 // engine. It is safe for concurrent use.
 type fetcher struct {
-	chain   *source.Chain
+	chain   *failover.Chain
 	dir     string // .dpcache/blobs
 	partDir string // where partial downloads are kept; "" means dir
 	log     *slog.Logger
@@ -115,7 +116,7 @@ func (f *fetcher) fetch(ctx context.Context, job *blobJob) error {
 	}
 	served, err := f.chain.Fetch(ctx, job.digest, job.size, &partSink{f: f, p: p, digest: job.digest})
 	if err != nil {
-		var fe *source.FailoverError
+		var fe *failover.Error
 		if errors.As(err, &fe) {
 			return named(err, job.String())
 		}

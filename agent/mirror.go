@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // MirrorConfig says what Mirror copies, from where, to which folder.
@@ -116,7 +117,7 @@ type mirrorDocs struct {
 }
 
 func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorResult, error) {
-	health := source.NewHealth(source.Backoff{})
+	health := failover.NewHealth(failover.Backoff{})
 	docs, err := mirrorResolve(ctx, cfg, health, log)
 	if err != nil {
 		return nil, err
@@ -199,11 +200,11 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 // mirrorResolve fetches and verifies the documents through the failover
 // engine: the latest.json (not needed for an explicit older version) and
 // the manifest.
-func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *source.Health, log *slog.Logger) (*mirrorDocs, error) {
+func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Health, log *slog.Logger) (*mirrorDocs, error) {
 	d := &mirrorDocs{}
 	version := cfg.Version
 	chain := newChain(cfg.Sources, health, cfg.StallTimeout, log, func(kind string, s source.Signed) (err error) {
-		if kind == source.KindLatest {
+		if kind == failover.KindLatest {
 			d.latest, err = verifyLatest(cfg.Trust, cfg.Product, s)
 			return err
 		}

@@ -8,18 +8,19 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // newChain returns the failover engine over srcs for one run: documents
 // and blobs of a run share health, so a source that failed for latest.json
 // is tried last for the blobs too. check verifies each document (see
-// source.ChainOptions.Verify).
-func newChain(srcs []source.Source, health *source.Health, stall time.Duration, log *slog.Logger, check func(kind string, s source.Signed) error) *source.Chain {
-	opts := source.ChainOptions{StallTimeout: stall, Health: health, Hint: hint, Logger: log}
+// failover.Options.Verify).
+func newChain(srcs []source.Source, health *failover.Health, stall time.Duration, log *slog.Logger, check func(kind string, s source.Signed) error) *failover.Chain {
+	opts := failover.Options{StallTimeout: stall, Health: health, Hint: hint, Logger: log}
 	if check != nil {
 		opts.Verify = func(kind, _, _ string, s source.Signed) error { return check(kind, s) }
 	}
-	return source.NewChain(srcs, opts)
+	return failover.New(srcs, opts)
 }
 
 // verifyLatest checks a latest.json's signature and product. A bad
@@ -29,7 +30,7 @@ func newChain(srcs []source.Source, health *source.Health, stall time.Duration, 
 func verifyLatest(trust *manifest.Trust, product string, s source.Signed) (*manifest.Latest, error) {
 	l, err := trust.VerifyLatest(s.Data, s.Signature)
 	if errors.Is(err, manifest.ErrBadSignature) {
-		return nil, source.Retry(err)
+		return nil, failover.Retry(err)
 	}
 	if err != nil {
 		return nil, err
@@ -45,7 +46,7 @@ func verifyLatest(trust *manifest.Trust, product string, s source.Signed) (*mani
 func verifyManifest(trust *manifest.Trust, product, version string, latest *manifest.Latest, s source.Signed) (*manifest.Manifest, error) {
 	m, err := trust.VerifyManifest(s.Data, s.Signature, latest)
 	if errors.Is(err, manifest.ErrBadSignature) {
-		return nil, source.Retry(err)
+		return nil, failover.Retry(err)
 	}
 	if err != nil {
 		return nil, err
@@ -59,7 +60,7 @@ func verifyManifest(trust *manifest.Trust, product, version string, latest *mani
 // named sets what a failover error is about, in the user's words (a file
 // rather than its blob path).
 func named(err error, what string) error {
-	var fe *source.FailoverError
+	var fe *failover.Error
 	if errors.As(err, &fe) {
 		fe.What = what
 	}

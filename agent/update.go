@@ -19,6 +19,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Result statuses.
@@ -76,7 +77,7 @@ type Result struct {
 // A run that fails, or a crash at any moment, leaves `current` on the old
 // version, whole; partial downloads are kept and the next run resumes
 // them. An error names the source, the file and what went wrong; when
-// every source failed it is a *source.FailoverError listing each.
+// every source failed it is a *failover.Error listing each.
 //
 // Update holds a lock on the product's directory for the whole run
 // (ErrBusy if another run holds it). It does not close cfg.Sources.
@@ -85,7 +86,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components(),
-		health: source.NewHealth(source.Backoff{})}
+		health: failover.NewHealth(failover.Backoff{})}
 	res, err := u.run(ctx)
 	if err != nil {
 		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
@@ -111,7 +112,7 @@ type updater struct {
 	log        *slog.Logger
 	l          layout
 	components []string
-	health     *source.Health // the run's memory of failed sources
+	health     *failover.Health // the run's memory of failed sources
 }
 
 // decision is what the sources offer: a verified latest.json and manifest.
@@ -187,7 +188,7 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 	d := &decision{}
 	var stale *staleOffer // the newest expired latest.json offered
 	chain := newChain(u.cfg.Sources, u.health, u.cfg.StallTimeout, u.log, func(kind string, s source.Signed) (err error) {
-		if kind == source.KindLatest {
+		if kind == failover.KindLatest {
 			d.latest, err = u.checkLatest(s, inst)
 			if err == nil && d.latest.Expired(time.Now()) {
 				if stale == nil || d.latest.Serial > stale.latest.Serial {

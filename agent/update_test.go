@@ -14,6 +14,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 var v1Files = map[string]string{
@@ -321,9 +322,9 @@ func TestUpdate_EverySourceCorrupt(t *testing.T) {
 	bad2 := serveRepo(t, r.dir, func(int, *http.Request) fault { return fault{corrupt: true} })
 	cfg.Sources = []source.Source{bad1.src, bad2.src}
 	_, err := Update(testCtx(t), cfg)
-	var fe *source.FailoverError
+	var fe *failover.Error
 	if !errors.As(err, &fe) || !errors.Is(err, ErrDigestMismatch) {
-		t.Fatalf("err = %v, want a *source.FailoverError with ErrDigestMismatch", err)
+		t.Fatalf("err = %v, want a *failover.Error with ErrDigestMismatch", err)
 	}
 	msg := err.Error()
 	for _, want := range []string{bad1.src.String(), bad2.src.String(), `"db/a.bin"`, sha("version two of A"), "source content is corrupt"} {
@@ -420,11 +421,11 @@ func TestUpdate_ResumeTruncatedStream(t *testing.T) {
 	if sent > int64(len(big))+slack || res.BytesDownloaded > int64(len(big))+slack {
 		t.Errorf("servers sent %d bytes, agent got %d, for a %d-byte file", sent, res.BytesDownloaded, len(big))
 	}
-	if got := cutter.ranges(); len(got) != 1+source.MaxResumes || got[0] != "" || !strings.HasPrefix(got[1], "bytes=") {
-		t.Errorf("cutting source got Range headers %q, want a first full request then %d resumes", got, source.MaxResumes)
+	if got := cutter.ranges(); len(got) != 1+failover.MaxResumes || got[0] != "" || !strings.HasPrefix(got[1], "bytes=") {
+		t.Errorf("cutting source got Range headers %q, want a first full request then %d resumes", got, failover.MaxResumes)
 	}
-	if got := good.ranges(); len(got) != 1 || got[0] != fmt.Sprintf("bytes=%d-", (1+source.MaxResumes)*cut) {
-		t.Errorf("second source got Range headers %q, want one resume at %d", got, (1+source.MaxResumes)*cut)
+	if got := good.ranges(); len(got) != 1 || got[0] != fmt.Sprintf("bytes=%d-", (1+failover.MaxResumes)*cut) {
+		t.Errorf("second source got Range headers %q, want one resume at %d", got, (1+failover.MaxResumes)*cut)
 	}
 	if res.Source != good.src.String() {
 		t.Errorf("source = %q, want %q", res.Source, good.src.String())

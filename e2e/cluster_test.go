@@ -405,7 +405,7 @@ func TestE2E_Cluster_OriginUnreachable(t *testing.T) {
 	// The origin goes away altogether.
 	origin.Stop(t)
 	refreshFailures := func(dp *clusterDP) int {
-		return strings.Count(dp.proc.Stderr(), "source failed, trying the next")
+		return strings.Count(dp.proc.Stderr(), "update source skipped")
 	}
 	before := map[string]int{}
 	for _, dp := range dps {

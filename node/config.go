@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Config is a distribution point's configuration. Build one with
@@ -129,7 +130,7 @@ func DefaultConfig() Config {
 		ServeChunk:    256 << 10,
 		ServeMemory:   64 << 20,
 		FetchParallel: 4,
-		StallTimeout:  source.DefaultChainOptions().StallTimeout,
+		StallTimeout:  failover.DefaultOptions().StallTimeout,
 
 		PrefetchInterval: time.Hour,
 		KeepVersions:     3,

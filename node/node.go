@@ -28,6 +28,7 @@ import (
 	"github.com/dpcache/dpcache/node/internal/retain"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Node is a distribution point. Create it with New, then call Run.
@@ -124,7 +125,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	// One memory of failed sources for documents and blobs: a source that
 	// failed for one is tried last for the other too, until its backoff
 	// ends.
-	sources := source.NewHealth(source.Backoff{})
+	sources := failover.NewHealth(failover.Backoff{})
 	n.catalog = catalog.New(n.bg, catalog.Config{
 		Refresh: cfg.Refresh, Products: cfg.Products, PrefetchInterval: cfg.PrefetchInterval,
 		UpstreamWindow: cfg.UpstreamWindow, FetchParallel: cfg.FetchParallel, CacheMax: cfg.CacheMax,

@@ -17,6 +17,7 @@ import (
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // logRecorder is a slog.Handler that keeps every record, with its
@@ -187,7 +188,7 @@ func newScripted(t *testing.T, r *repo) (*scripted, string) {
 }
 
 // chainOf parses urls into a Chain with opts, closed at cleanup.
-func chainOf(t *testing.T, opts source.ChainOptions, srcOpts source.Options, urls ...string) *source.Chain {
+func chainOf(t *testing.T, opts failover.Options, srcOpts source.Options, urls ...string) *failover.Chain {
 	t.Helper()
 	var srcs []source.Source
 	for _, u := range urls {
@@ -197,7 +198,7 @@ func chainOf(t *testing.T, opts source.ChainOptions, srcOpts source.Options, url
 		}
 		srcs = append(srcs, s)
 	}
-	c := source.NewChain(srcs, opts)
+	c := failover.New(srcs, opts)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -211,7 +212,7 @@ func verifier(trust *manifest.Trust) func(kind, product, version string, s sourc
 
 // readChainBlob reads a blob from the chain from 0 and returns the bytes,
 // the error, and the source the reader named at the end.
-func readChainBlob(t *testing.T, c *source.Chain, digest string) ([]byte, string, error) {
+func readChainBlob(t *testing.T, c *failover.Chain, digest string) ([]byte, string, error) {
 	t.Helper()
 	rc, err := c.Blob(testCtx(t), digest, 0)
 	if err != nil {
@@ -254,7 +255,7 @@ func TestChain_DeadFirstSource(t *testing.T) {
 	r := newRepo(t)
 	logger, logs := newLogRecorder(t)
 	dead := "http://" + closedAddr(t) + "/"
-	c := chainOf(t, source.ChainOptions{Verify: verifier(r.trust), Logger: logger}, source.Options{}, dead, r.root)
+	c := chainOf(t, failover.Options{Verify: verifier(r.trust), Logger: logger}, source.Options{}, dead, r.root)
 	good := c.Sources()[1].String()
 	ctx := testCtx(t)
 	l, err := c.Latest(ctx, r.product)
@@ -285,7 +286,7 @@ func TestChain_HangingFirstSource(t *testing.T) {
 	logger, logs := newLogRecorder(t)
 	hang := "http://" + silentListener(t) + "/"
 	// The source's own timeout is long: the chain's must fire first.
-	c := chainOf(t, source.ChainOptions{ConnectTimeout: 300 * time.Millisecond, Verify: verifier(r.trust), Logger: logger},
+	c := chainOf(t, failover.Options{ConnectTimeout: 300 * time.Millisecond, Verify: verifier(r.trust), Logger: logger},
 		source.Options{Timeout: time.Minute}, hang, r.root)
 	good := c.Sources()[1].String()
 	l, err := c.Latest(testCtx(t), r.product)
@@ -300,7 +301,7 @@ func TestChain_HangingFirstSource(t *testing.T) {
 	// A blob: the hanging source is in backoff now, so it comes last;
 	// ask it alone through a fresh chain.
 	logger2, logs2 := newLogRecorder(t)
-	c2 := chainOf(t, source.ChainOptions{ConnectTimeout: 300 * time.Millisecond, Logger: logger2},
+	c2 := chainOf(t, failover.Options{ConnectTimeout: 300 * time.Millisecond, Logger: logger2},
 		source.Options{Timeout: time.Minute}, hang, r.root)
 	d, content := r.big()
 	got, from, err := readChainBlob(t, c2, d)
@@ -322,7 +323,7 @@ func TestChain_StalledTransfer(t *testing.T) {
 	s.set(func(s *scripted) { s.stallAfter = 200_000 })
 	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{})
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{StallTimeout: 300 * time.Millisecond, Logger: logger}, source.Options{}, stallURL, ngx.URL)
+	c := chainOf(t, failover.Options{StallTimeout: 300 * time.Millisecond, Logger: logger}, source.Options{}, stallURL, ngx.URL)
 	d, content := r.big()
 	got, from, err := readChainBlob(t, c, d)
 	checkBytes(t, "blob", got, content, err)
@@ -348,7 +349,7 @@ func TestChain_CorruptBlobFirst(t *testing.T) {
 	s, badURL := newScripted(t, r)
 	s.set(func(s *scripted) { s.corruptBelow = 10 })
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, badURL, r.root)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, badURL, r.root)
 	good := c.Sources()[1].String()
 	d, content := r.big()
 	_, from, err := readChainBlob(t, c, d)
@@ -375,7 +376,7 @@ func TestChain_BadSignatureFirst(t *testing.T) {
 	r := newRepo(t)
 	impostor := newRepo(t) // same product and version, another key
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Verify: verifier(r.trust), Logger: logger}, source.Options{}, impostor.root, r.root)
+	c := chainOf(t, failover.Options{Verify: verifier(r.trust), Logger: logger}, source.Options{}, impostor.root, r.root)
 	bad, good := c.Sources()[0].String(), c.Sources()[1].String()
 	l, err := c.Latest(testCtx(t), r.product)
 	if err != nil {
@@ -394,7 +395,7 @@ func TestChain_BadSignatureFirst(t *testing.T) {
 	}
 
 	// With only bad sources, the error says why for each.
-	only := chainOf(t, source.ChainOptions{Verify: verifier(r.trust), Logger: logger}, source.Options{}, impostor.root)
+	only := chainOf(t, failover.Options{Verify: verifier(r.trust), Logger: logger}, source.Options{}, impostor.root)
 	_, err = only.Latest(testCtx(t), r.product)
 	if !errors.Is(err, source.ErrUnavailable) || !strings.Contains(fmt.Sprint(err), "refused") {
 		t.Errorf("chain of one bad source: %v, want ErrUnavailable saying it was refused", err)
@@ -410,7 +411,7 @@ func TestChain_Backoff(t *testing.T) {
 	first, firstURL := newScripted(t, r)
 	second, secondURL := newScripted(t, r)
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Backoff: source.Backoff{Initial: 2 * time.Second, Max: 4 * time.Second}, Logger: logger},
+	c := chainOf(t, failover.Options{Backoff: failover.Backoff{Initial: 2 * time.Second, Max: 4 * time.Second}, Logger: logger},
 		source.Options{}, firstURL, secondURL)
 	latest := func() string {
 		t.Helper()
@@ -460,7 +461,7 @@ func TestChain_NotFoundKeepsOrder(t *testing.T) {
 	t.Parallel()
 	r := newRepo(t)
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, t.TempDir(), r.root)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, t.TempDir(), r.root)
 	empty := c.Sources()[0].String()
 	for range 2 {
 		if _, err := c.Latest(testCtx(t), r.product); err != nil {
@@ -492,7 +493,7 @@ func TestChain_ResumeSameSource(t *testing.T) {
 	s.set(func(s *scripted) { s.cutAfter, s.cutTimes = 300_000, 1 })
 	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{})
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, cutURL, ngx.URL)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, cutURL, ngx.URL)
 	d, content := r.big()
 	got, from, err := readChainBlob(t, c, d)
 	checkBytes(t, "blob", got, content, err)
@@ -526,7 +527,7 @@ func TestChain_ResumeNextSource(t *testing.T) {
 	s.set(func(s *scripted) { s.cutAfter, s.cutTimes = cut, -1 })
 	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{})
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, cutURL, ngx.URL)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, cutURL, ngx.URL)
 	d, content := r.big()
 	got, from, err := readChainBlob(t, c, d)
 	checkBytes(t, "blob", got, content, err)
@@ -553,7 +554,7 @@ func TestChain_ResumeFromFTPToHTTP(t *testing.T) {
 	v := startFTP(t, r, testenv.VsftpdOptions{MaxRate: 512 << 10})
 	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{})
 	logger, _ := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{ConnectTimeout: 5 * time.Second, Logger: logger}, source.Options{}, v.URL, ngx.URL)
+	c := chainOf(t, failover.Options{ConnectTimeout: 5 * time.Second, Logger: logger}, source.Options{}, v.URL, ngx.URL)
 	d, content := r.big()
 	rc, err := c.Blob(testCtx(t), d, 0)
 	if err != nil {
@@ -592,7 +593,7 @@ func TestChain_CorruptResumedTransfer(t *testing.T) {
 	s.set(func(s *scripted) { s.corruptBelow, s.cutAfter, s.cutTimes, s.downAfter = half, half, -1, 1 })
 	ngx := testenv.StartNginx(t, r.root, testenv.NginxOptions{})
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, badURL, ngx.URL)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, badURL, ngx.URL)
 
 	_, _, err := readChainBlob(t, c, d)
 	if !errors.Is(err, source.ErrDataLoss) {
@@ -629,7 +630,7 @@ func TestChain_ContextEnds(t *testing.T) {
 	r := newRepo(t)
 	hang := "http://" + silentListener(t) + "/"
 	logger, logs := newLogRecorder(t)
-	c := chainOf(t, source.ChainOptions{Logger: logger}, source.Options{}, hang, r.root)
+	c := chainOf(t, failover.Options{Logger: logger}, source.Options{}, hang, r.root)
 	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
 	defer cancel()
 	_, err := c.Latest(ctx, r.product)
@@ -645,17 +646,17 @@ func TestChain_ContextEnds(t *testing.T) {
 // and String list the sources in order.
 func TestChain_Options(t *testing.T) {
 	t.Parallel()
-	if err := (source.ChainOptions{ConnectTimeout: -1}).Validate(); !errors.Is(err, source.ErrBadOptions) {
+	if err := (failover.Options{ConnectTimeout: -1}).Validate(); !errors.Is(err, source.ErrBadOptions) {
 		t.Errorf("negative timeout: %v", err)
 	}
-	if err := (source.ChainOptions{Backoff: source.Backoff{Initial: time.Minute, Max: time.Second}}).Validate(); !errors.Is(err, source.ErrBadOptions) {
+	if err := (failover.Options{Backoff: failover.Backoff{Initial: time.Minute, Max: time.Second}}).Validate(); !errors.Is(err, source.ErrBadOptions) {
 		t.Errorf("Max below Initial: %v", err)
 	}
-	if err := source.DefaultChainOptions().Validate(); err != nil {
+	if err := failover.DefaultOptions().Validate(); err != nil {
 		t.Errorf("defaults: %v", err)
 	}
 	a, b := source.NewFile("/srv/a"), source.NewFile("/srv/b")
-	c := source.NewChain([]source.Source{a, b}, source.ChainOptions{ConnectTimeout: -1})
+	c := failover.New([]source.Source{a, b}, failover.Options{ConnectTimeout: -1})
 	defer c.Close()
 	if got := c.Sources(); len(got) != 2 || got[0] != a || got[1] != b {
 		t.Errorf("Sources() = %v", got)
@@ -663,7 +664,7 @@ func TestChain_Options(t *testing.T) {
 	if c.String() != "[file:///srv/a, file:///srv/b]" {
 		t.Errorf("String() = %q", c.String())
 	}
-	empty := source.NewChain(nil, source.ChainOptions{})
+	empty := failover.New(nil, failover.Options{})
 	if _, err := empty.Latest(testCtx(t), "kes"); !errors.Is(err, source.ErrUnavailable) {
 		t.Errorf("empty chain: %v, want ErrUnavailable", err)
 	}

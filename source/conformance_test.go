@@ -21,6 +21,7 @@ import (
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // TestConformance runs one suite against every Source implementation, each
@@ -87,7 +88,7 @@ func TestConformance(t *testing.T) {
 					}
 					members = append(members, s)
 				}
-				chain := source.NewChain(members, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+				chain := failover.New(members, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 				t.Cleanup(func() { chain.Close() })
 				src = chain
 			}
@@ -463,7 +464,7 @@ func checkErr(t *testing.T, src source.Source, err, want error) {
 		return
 	}
 	names := []string{src.String()}
-	if c, ok := src.(*source.Chain); ok {
+	if c, ok := src.(*failover.Chain); ok {
 		names = names[:0]
 		for _, m := range c.Sources() {
 			names = append(names, m.String())

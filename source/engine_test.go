@@ -12,6 +12,7 @@ import (
 
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // memSink is a Sink in memory that verifies the blob's SHA-256 as a cache
@@ -86,13 +87,13 @@ func TestChain_EngineConformance(t *testing.T) {
 			t.Parallel()
 			// chain returns a Chain over a fresh scripted source and k,
 			// with misbehave applied to the scripted one.
-			chain := func(t *testing.T, misbehave func(s *scripted)) (*source.Chain, *scripted, string, string) {
+			chain := func(t *testing.T, misbehave func(s *scripted)) (*failover.Chain, *scripted, string, string) {
 				s, badURL := newScripted(t, r)
 				s.set(misbehave)
 				bad := parse(t, badURL, source.Options{})
 				good := parse(t, k.url, k.opts)
 				logger := testLogger(t, slog.LevelWarn+4)
-				c := source.NewChain([]source.Source{bad, good}, source.ChainOptions{StallTimeout: 300 * time.Millisecond, Logger: logger})
+				c := failover.New([]source.Source{bad, good}, failover.Options{StallTimeout: 300 * time.Millisecond, Logger: logger})
 				return c, s, bad.String(), good.String()
 			}
 
@@ -158,10 +159,10 @@ func TestChain_FetchErrors(t *testing.T) {
 		s2, u2 := newScripted(t, r)
 		s1.set(func(s *scripted) { s.corruptBelow = 10 })
 		s2.set(func(s *scripted) { s.corruptBelow = size })
-		c := source.NewChain([]source.Source{parse(t, u1, source.Options{}), parse(t, u2, source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, u1, source.Options{}), parse(t, u2, source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		sink := &memSink{digest: d}
 		_, err := c.Fetch(testCtx(t), d, size, sink)
-		var fe *source.FailoverError
+		var fe *failover.Error
 		if !errors.As(err, &fe) || len(fe.Failures) != 2 || !errors.Is(err, source.ErrDataLoss) || errors.Is(err, source.ErrNotFound) {
 			t.Fatalf("two corrupt sources: %v, want a *FailoverError of 2 wrapping ErrDataLoss", err)
 		}
@@ -172,7 +173,7 @@ func TestChain_FetchErrors(t *testing.T) {
 
 	t.Run("AllNotFound", func(t *testing.T) {
 		t.Parallel()
-		c := source.NewChain([]source.Source{parse(t, t.TempDir(), source.Options{}), parse(t, t.TempDir(), source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, t.TempDir(), source.Options{}), parse(t, t.TempDir(), source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		_, err := c.Fetch(testCtx(t), d, size, &memSink{digest: d})
 		if !errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrUnavailable) {
 			t.Errorf("two empty folders: %v, want ErrNotFound only", err)
@@ -183,7 +184,7 @@ func TestChain_FetchErrors(t *testing.T) {
 		t.Parallel()
 		s, u := newScripted(t, r)
 		s.set(func(s *scripted) { s.down = true })
-		c := source.NewChain([]source.Source{parse(t, t.TempDir(), source.Options{}), parse(t, u, source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, t.TempDir(), source.Options{}), parse(t, u, source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		_, err := c.Fetch(testCtx(t), d, size, &memSink{digest: d})
 		if errors.Is(err, source.ErrNotFound) || !errors.Is(err, source.ErrUnavailable) {
 			t.Errorf("one empty folder, one down: %v, want ErrUnavailable and not ErrNotFound", err)
@@ -192,7 +193,7 @@ func TestChain_FetchErrors(t *testing.T) {
 
 	t.Run("TooLong", func(t *testing.T) {
 		t.Parallel()
-		c := source.NewChain([]source.Source{parse(t, r.root, source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, r.root, source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		sink := &memSink{digest: d}
 		_, err := c.Fetch(testCtx(t), d, size-1, sink) // the manifest says one byte less
 		if !errors.Is(err, source.ErrDataLoss) || sink.Offset() != 0 {
@@ -203,9 +204,9 @@ func TestChain_FetchErrors(t *testing.T) {
 	t.Run("SinkFails", func(t *testing.T) {
 		t.Parallel()
 		s, u := newScripted(t, r)
-		c := source.NewChain([]source.Source{parse(t, u, source.Options{}), parse(t, r.root, source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, u, source.Options{}), parse(t, r.root, source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		_, err := c.Fetch(testCtx(t), d, size, &memSink{digest: d, failAt: 100_000})
-		var fe *source.FailoverError
+		var fe *failover.Error
 		if !errors.Is(err, errDiskFull) || errors.As(err, &fe) {
 			t.Errorf("a full disk: %v, want the sink's error as it is", err)
 		}
@@ -221,7 +222,7 @@ func TestChain_FetchErrors(t *testing.T) {
 		t.Parallel()
 		// A sink that already holds every byte (an interrupted run) is
 		// verified, not fetched again.
-		c := source.NewChain([]source.Source{parse(t, t.TempDir(), source.Options{})}, source.ChainOptions{Logger: testLogger(t, slog.LevelWarn+4)})
+		c := failover.New([]source.Source{parse(t, t.TempDir(), source.Options{})}, failover.Options{Logger: testLogger(t, slog.LevelWarn+4)})
 		sink := &memSink{digest: d}
 		sink.buf.Write(content)
 		if served, err := c.Fetch(testCtx(t), d, size, sink); err != nil || served != nil {
@@ -231,6 +232,6 @@ func TestChain_FetchErrors(t *testing.T) {
 }
 
 // healthy reports whether a Fetch now starts with the named source.
-func healthy(c *source.Chain, name string) bool {
+func healthy(c *failover.Chain, name string) bool {
 	return c.Sources()[0].String() == name && c.Order()[0] == name
 }

@@ -31,9 +31,6 @@ var (
 // without backoff. It comes with io.ErrUnexpectedEOF.
 var ErrPartial = errors.New("the source holds only part of the blob")
 
-// ErrAllFailed is wrapped by every *FailoverError: no source could serve.
-var ErrAllFailed = errors.New("every source failed")
-
 // ErrInvalid means a request was malformed (a bad digest, product or
 // version name).
 var ErrInvalid = errors.New("invalid request")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // publishExample publishes one file as product "kes" version "1.0" into a
@@ -69,10 +70,10 @@ func ExampleParse() {
 	// Output: kes 1.0 1
 }
 
-// A Chain of sources in the administrator's order: the first one is down,
+// A failover.Chain of sources in the administrator's order: the first one is down,
 // the second serves; documents are verified before the chain accepts
 // them, and the result names the source that served.
-func ExampleNewChain() {
+func Example_failover() {
 	repo, trust, digest := publishExample()
 	defer os.RemoveAll(filepath.Dir(repo))
 
@@ -80,7 +81,7 @@ func ExampleNewChain() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	chain := source.NewChain(srcs, source.ChainOptions{
+	chain := failover.New(srcs, failover.Options{
 		ConnectTimeout: 5 * time.Second,
 		Verify: func(kind, product, version string, s source.Signed) error {
 			return trust.Verify(s.Data, s.Signature)

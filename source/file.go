@@ -32,7 +32,7 @@ func (f *File) Close() error { return nil }
 
 // Latest implements Source.
 func (f *File) Latest(ctx context.Context, product string) (Signed, error) {
-	rel, err := latestPath(product)
+	rel, err := LatestPath(product)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -41,7 +41,7 @@ func (f *File) Latest(ctx context.Context, product string) (Signed, error) {
 
 // Manifest implements Source.
 func (f *File) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	rel, err := manifestPath(product, version)
+	rel, err := ManifestPath(product, version)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -86,7 +86,7 @@ func (f *File) wrap(rel string, err error) error {
 
 // Blob implements Source.
 func (f *File) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
-	rel, err := blobPath(digest)
+	rel, err := BlobPath(digest)
 	if err != nil {
 		return nil, err
 	}

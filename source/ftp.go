@@ -108,7 +108,7 @@ func (f *FTP) Close() error {
 
 // Latest implements Source.
 func (f *FTP) Latest(ctx context.Context, product string) (Signed, error) {
-	rel, err := latestPath(product)
+	rel, err := LatestPath(product)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -117,7 +117,7 @@ func (f *FTP) Latest(ctx context.Context, product string) (Signed, error) {
 
 // Manifest implements Source.
 func (f *FTP) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	rel, err := manifestPath(product, version)
+	rel, err := ManifestPath(product, version)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -206,7 +206,7 @@ func reusable(err error) bool {
 // offset past the end is an error and a transfer that stops early is
 // io.ErrUnexpectedEOF, then retrieves it from offset (REST, RETR).
 func (f *FTP) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
-	rel, err := blobPath(digest)
+	rel, err := BlobPath(digest)
 	if err != nil {
 		return nil, err
 	}

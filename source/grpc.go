@@ -136,7 +136,7 @@ func (g *GRPC) Manifest(ctx context.Context, product, version string) (Signed, e
 // Blob implements Source. The first message is awaited within the source's
 // timeout; after that the stream runs as long as bytes keep coming.
 func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
-	rel, err := blobPath(digest)
+	rel, err := BlobPath(digest)
 	if err != nil {
 		return nil, err
 	}

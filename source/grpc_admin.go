@@ -38,7 +38,7 @@ func (g *GRPC) Endpoints(ctx context.Context, outdatedOnly, localOnly bool) (*pb
 // returns the progress stream's receive function: messages until io.EOF
 // once the DP ends the stream, or an error naming the DP.
 func (g *GRPC) Prefetch(ctx context.Context, product string) (recv func() (*pb.PrefetchResponse, error), err error) {
-	if _, err := latestPath(product); err != nil {
+	if _, err := LatestPath(product); err != nil {
 		return nil, err
 	}
 	stream, err := g.admin.Prefetch(ctx, &pb.PrefetchRequest{Product: product})

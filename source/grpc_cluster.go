@@ -35,7 +35,7 @@ func (g *GRPC) ListSources(ctx context.Context, site string) ([]DP, error) {
 // stream breaks; the channel is then closed, and wait returns why (nil when
 // ctx ended). The caller verifies each document.
 func (g *GRPC) WatchLatest(ctx context.Context, product string) (updates <-chan Signed, wait func() error, err error) {
-	if _, err := latestPath(product); err != nil {
+	if _, err := LatestPath(product); err != nil {
 		return nil, nil, err
 	}
 	stream, serr := g.client.WatchLatest(ctx, &pb.WatchLatestRequest{Product: product})

@@ -108,7 +108,7 @@ func (h *HTTP) Close() error {
 
 // Latest implements Source.
 func (h *HTTP) Latest(ctx context.Context, product string) (Signed, error) {
-	rel, err := latestPath(product)
+	rel, err := LatestPath(product)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -117,7 +117,7 @@ func (h *HTTP) Latest(ctx context.Context, product string) (Signed, error) {
 
 // Manifest implements Source.
 func (h *HTTP) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	rel, err := manifestPath(product, version)
+	rel, err := ManifestPath(product, version)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -258,7 +258,7 @@ func (h *HTTP) transportError(rel string, proxy *url.URL, err error) error {
 // Blob implements Source. A server that ignores Range (HTTP 200 to a
 // request with an offset) is handled by skipping the first offset bytes.
 func (h *HTTP) Blob(ctx context.Context, digest string, offset int64) (io.ReadCloser, error) {
-	rel, err := blobPath(digest)
+	rel, err := BlobPath(digest)
 	if err != nil {
 		return nil, err
 	}

@@ -62,17 +62,17 @@ type Status struct {
 // and layout, before it becomes a path, a URL or a request. The errors wrap
 // both ErrInvalid and manifest.ErrInvalid.
 
-// latestPath checks product and returns manifest.LatestPath(product).
-func latestPath(product string) (string, error) {
+// LatestPath checks product and returns manifest.LatestPath(product).
+func LatestPath(product string) (string, error) {
 	if err := manifest.ValidName(product); err != nil {
 		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
 	}
 	return manifest.LatestPath(product), nil
 }
 
-// manifestPath checks product and version and returns
+// ManifestPath checks product and version and returns
 // manifest.ManifestPath(product, version).
-func manifestPath(product, version string) (string, error) {
+func ManifestPath(product, version string) (string, error) {
 	if err := manifest.ValidName(product); err != nil {
 		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
 	}
@@ -82,8 +82,8 @@ func manifestPath(product, version string) (string, error) {
 	return manifest.ManifestPath(product, version), nil
 }
 
-// blobPath checks digest and returns manifest.BlobPath(digest).
-func blobPath(digest string) (string, error) {
+// BlobPath checks digest and returns manifest.BlobPath(digest).
+func BlobPath(digest string) (string, error) {
 	d, err := manifest.ParseDigest(digest)
 	if err != nil {
 		return "", fmt.Errorf("source: blob %w: %w", err, ErrInvalid)

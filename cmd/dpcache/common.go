@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // sourceFlags are the flags that say how sources are reached.
@@ -26,7 +27,7 @@ func (sf *sourceFlags) register(f *pflag.FlagSet, what string) {
 	f.StringVar(&sf.proxy, "proxy", "", "HTTP proxy for http(s) "+what+" (http://[user:pass@]host:port); without it the standard proxy environment variables apply; FTP never goes through it")
 	f.StringVar(&sf.noProxy, "no-proxy", "", "hosts, domains and CIDRs reached without --proxy (comma-separated, as NO_PROXY)")
 	f.StringVar(&sf.ca, "ca", "", "PEM file of extra CA certificates for https:// and grpcs:// "+what)
-	f.DurationVar(&sf.stall, "stall-timeout", source.DefaultChainOptions().StallTimeout, "a transfer that delivers no byte for this long moves to the next source, resuming at its offset")
+	f.DurationVar(&sf.stall, "stall-timeout", failover.DefaultOptions().StallTimeout, "a transfer that delivers no byte for this long moves to the next source, resuming at its offset")
 }
 
 // options turns the flags into source.Options.

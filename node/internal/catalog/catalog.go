@@ -13,6 +13,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Config is what the catalogue keeps current, and how.
@@ -31,11 +32,11 @@ type Config struct {
 	// fetched.
 	CacheMax int64
 	// StallTimeout and Health tune the failover engine that fetches
-	// documents (source.ChainOptions): Health, shared with the blob
+	// documents (failover.Options): Health, shared with the blob
 	// fetches, keeps a failing source in backoff. Nil: the catalogue's
 	// own.
 	StallTimeout time.Duration
-	Health       *source.Health
+	Health       *failover.Health
 	// Logger receives the catalogue's logs. Default slog.Default().
 	Logger *slog.Logger
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/node/internal/nodeerr"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // latest returns the signed latest.json a caller should see for product:
@@ -55,7 +56,7 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
 			l, err = c.trust.VerifyLatest(s.Data, s.Signature)
 			if errors.Is(err, manifest.ErrBadSignature) {
-				return source.Retry(err) // publish replaces the signature first: ask once more
+				return failover.Retry(err) // publish replaces the signature first: ask once more
 			}
 			if err == nil && l.Product != product {
 				err = fmt.Errorf("latest.json names product %q", l.Product)
@@ -83,8 +84,8 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 // fetches too (the shared Health). Documents are verified whoever serves
 // them. The requests use the catalogue's lifetime, not ctx: concurrent
 // callers share them.
-func (c *Catalog) documents(ctx context.Context, verify func(source.Signed) error) *source.Chain {
-	return source.NewChain(c.dp.DocSources(ctx), source.ChainOptions{
+func (c *Catalog) documents(ctx context.Context, verify func(source.Signed) error) *failover.Chain {
+	return failover.New(c.dp.DocSources(ctx), failover.Options{
 		StallTimeout: c.cfg.StallTimeout, Health: c.cfg.Health, Logger: c.log,
 		Verify: func(_, _, _ string, s source.Signed) error { return verify(s) },
 	})
@@ -140,7 +141,7 @@ func (c *Catalog) ManifestDoc(ctx context.Context, product, version string) (sou
 		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
 			m, err = c.trust.VerifyManifest(s.Data, s.Signature, nil)
 			if errors.Is(err, manifest.ErrBadSignature) {
-				return source.Retry(err)
+				return failover.Retry(err)
 			}
 			if err == nil && (m.Product != product || m.Version != version) {
 				err = fmt.Errorf("manifest names %s %s", m.Product, m.Version)

@@ -10,9 +10,10 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/node/internal/nodeerr"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
-// A blob fetch goes through the failover engine (source.Chain.Fetch) over
+// A blob fetch goes through the failover engine (failover.Chain.Fetch) over
 // the blob's candidates; this file is what a DP adds: the cache writer as
 // the engine's Sink (counting, rate-limiting and streaming the bytes to
 // readers as they arrive), and a fetch's promotion when a forwarded
@@ -54,7 +55,7 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 			srcs[i] = c.Src
 			in.kinds[c.Src] = c.Kind
 		}
-		chain := source.NewChain(srcs, source.ChainOptions{StallTimeout: fr.cfg.StallTimeout, Health: fr.health, Logger: fr.log})
+		chain := failover.New(srcs, failover.Options{StallTimeout: fr.cfg.StallTimeout, Health: fr.health, Logger: fr.log})
 		actx, cancel := context.WithCancelCause(ctx)
 		in.ctx, in.cancel = actx, cancel
 		done := make(chan struct{})
@@ -94,7 +95,7 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 		switch {
 		case ctx.Err() != nil:
 			return fmt.Errorf("blob %s: %w: %v", f.digest, nodeerr.ErrUnavailable, ctx.Err())
-		case errors.Is(err, source.ErrAllFailed):
+		case errors.Is(err, failover.ErrAllFailed):
 			sentinel := nodeerr.ErrUnavailable
 			if errors.Is(err, source.ErrNotFound) {
 				sentinel = nodeerr.ErrNotFound
@@ -127,7 +128,7 @@ type ingest struct {
 	committed bool // Verify ran Commit
 }
 
-// From implements source.SourceSink.
+// From implements failover.SourceSink.
 func (in *ingest) From(src source.Source) {
 	k := in.kinds[src]
 	in.kind.Store(int64(k))

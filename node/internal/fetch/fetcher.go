@@ -13,6 +13,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/node/internal/nodeerr"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Config tunes a Fetcher.
@@ -26,13 +27,13 @@ type Config struct {
 	// from peers).
 	Limiter Limiter
 	// StallTimeout is how long a transfer may deliver no byte before the
-	// fetch moves to the next candidate (source.ChainOptions). 0: the
+	// fetch moves to the next candidate (failover.Options). 0: the
 	// default, 30 s.
 	StallTimeout time.Duration
 	// Health remembers failed sources (peers and upstreams) across
 	// fetches, and across the DP's document requests when shared. Nil: the
 	// Fetcher keeps its own.
-	Health *source.Health
+	Health *failover.Health
 	// Logger receives the fetches' logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -112,7 +113,7 @@ type Traffic struct {
 type Fetcher struct {
 	cfg     Config
 	log     *slog.Logger
-	health  *source.Health // failed sources, shared with the DP's documents
+	health  *failover.Health // failed sources, shared with the DP's documents
 	store   Store
 	sizes   Sizes
 	router  Router
@@ -147,7 +148,7 @@ func New(ctx context.Context, cfg Config, store Store, sizes Sizes, router Route
 		changed = func() {}
 	}
 	if cfg.Health == nil {
-		cfg.Health = source.NewHealth(source.Backoff{})
+		cfg.Health = failover.NewHealth(failover.Backoff{})
 	}
 	return &Fetcher{
 		cfg: cfg, log: cfg.Logger, health: cfg.Health, store: store, sizes: sizes, router: router, pins: pins, metrics: metrics,

@@ -1,4 +1,4 @@
-package source
+package failover
 
 import (
 	"context"
@@ -13,9 +13,11 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dpcache/dpcache/source"
 )
 
-// Document kinds passed to ChainOptions.Verify.
+// Document kinds passed to Options.Verify.
 const (
 	KindLatest   = "latest"
 	KindManifest = "manifest"
@@ -39,9 +41,9 @@ type Backoff struct {
 	Max time.Duration
 }
 
-// ChainOptions tune a Chain. Zero fields take the defaults of
+// Options tune a Chain. Zero fields take the defaults of
 // DefaultChainOptions.
-type ChainOptions struct {
+type Options struct {
 	// ConnectTimeout bounds each source's answer: a whole document
 	// request, and for a blob the request until the source answers.
 	// Default 10 s, as Kaspersky Endpoint Security waits for one update
@@ -68,16 +70,19 @@ type ChainOptions struct {
 	// wrapping ErrRetry first asks the same source once more (a
 	// repository being republished can pair an old document with a new
 	// signature for an instant). It may be called concurrently.
-	Verify func(kind, product, version string, s Signed) error
+	Verify func(kind, product, version string, s source.Signed) error
 	// Hint, when set, adds advice for the user to a failure in a
-	// *FailoverError's message ("check the network"), or "" for none.
+	// *Error's message ("check the network"), or "" for none.
 	Hint func(error) string
 	// Logger receives which source served and why others were skipped.
 	// Default slog.Default().
 	Logger *slog.Logger
 }
 
-// ErrRetry, wrapped by an error of ChainOptions.Verify, asks the Chain to
+// ErrAllFailed is wrapped by every *Error: no source could serve.
+var ErrAllFailed = errors.New("every source failed")
+
+// ErrRetry, wrapped by an error of Options.Verify, asks the Chain to
 // ask the same source once more before the next one (see Retry).
 var ErrRetry = errors.New("worth one more try")
 
@@ -90,9 +95,9 @@ type retryError struct{ err error }
 func (e retryError) Error() string   { return e.err.Error() }
 func (e retryError) Unwrap() []error { return []error{e.err, ErrRetry} }
 
-// DefaultChainOptions returns the defaults documented on ChainOptions.
-func DefaultChainOptions() ChainOptions {
-	return ChainOptions{
+// DefaultChainOptions returns the defaults documented on Options.
+func DefaultOptions() Options {
+	return Options{
 		ConnectTimeout: 10 * time.Second,
 		StallTimeout:   30 * time.Second,
 		Backoff:        Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute},
@@ -100,22 +105,22 @@ func DefaultChainOptions() ChainOptions {
 }
 
 // Validate reports negative durations or a Max below Initial.
-func (o ChainOptions) Validate() error {
+func (o Options) Validate() error {
 	switch {
 	case o.ConnectTimeout < 0:
-		return fmt.Errorf("chain options: ConnectTimeout %v is negative: %w", o.ConnectTimeout, ErrBadOptions)
+		return fmt.Errorf("chain options: ConnectTimeout %v is negative: %w", o.ConnectTimeout, source.ErrBadOptions)
 	case o.StallTimeout < 0:
-		return fmt.Errorf("chain options: StallTimeout %v is negative: %w", o.StallTimeout, ErrBadOptions)
+		return fmt.Errorf("chain options: StallTimeout %v is negative: %w", o.StallTimeout, source.ErrBadOptions)
 	case o.Backoff.Initial < 0 || o.Backoff.Max < 0:
-		return fmt.Errorf("chain options: negative backoff %+v: %w", o.Backoff, ErrBadOptions)
+		return fmt.Errorf("chain options: negative backoff %+v: %w", o.Backoff, source.ErrBadOptions)
 	case o.Backoff.Initial > 0 && o.Backoff.Max > 0 && o.Backoff.Max < o.Backoff.Initial:
-		return fmt.Errorf("chain options: Backoff.Max %v is below Backoff.Initial %v: %w", o.Backoff.Max, o.Backoff.Initial, ErrBadOptions)
+		return fmt.Errorf("chain options: Backoff.Max %v is below Backoff.Initial %v: %w", o.Backoff.Max, o.Backoff.Initial, source.ErrBadOptions)
 	}
 	return nil
 }
 
-func (o ChainOptions) withDefaults() ChainOptions {
-	d := DefaultChainOptions()
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = d.ConnectTimeout
 	}
@@ -130,7 +135,7 @@ func (o ChainOptions) withDefaults() ChainOptions {
 }
 
 func (b Backoff) withDefaults() Backoff {
-	d := DefaultChainOptions().Backoff
+	d := DefaultOptions().Backoff
 	if b.Initial <= 0 {
 		b.Initial = d.Initial
 	}
@@ -143,18 +148,18 @@ func (b Backoff) withDefaults() Backoff {
 	return b
 }
 
-// Chain is the one failover engine: a Source that tries its sources in
+// Chain is the one failover engine: a source.Source that tries its sources in
 // order, as an update task tries the update sources an administrator
 // listed. The first that answers with a verified document, or with the
 // blob, serves; every skipped source is logged (Warn) with the reason, and
-// the one that served is logged (Info) and named in Signed.Source. When no
-// source serves, the error is a *FailoverError listing each.
+// the one that served is logged (Info) and named in source.Signed.Source. When no
+// source serves, the error is a *Error listing each.
 //
 // A source that failed (unreachable, timed out, silent mid-transfer, an
 // HTTP 5xx, a bad signature, a corrupt blob) is put into backoff
-// (ChainOptions.Backoff): until it ends, it is tried only after the
+// (Options.Backoff): until it ends, it is tried only after the
 // others, never forgotten. "Not found", a source holding only part of a
-// blob (ErrPartial), and the caller's own bad request are not failures of
+// blob (source.ErrPartial), and the caller's own bad request are not failures of
 // the source: the next is asked, and the order stays.
 //
 // Blobs are read with Blob (a reader, for relaying) or Fetch (into a
@@ -166,8 +171,8 @@ func (b Backoff) withDefaults() Backoff {
 // sources change (a DP's peers) builds one per request over a shared
 // Health.
 type Chain struct {
-	srcs   []Source
-	opts   ChainOptions
+	srcs   []source.Source
+	opts   Options
 	log    *slog.Logger
 	health *Health
 }
@@ -175,9 +180,9 @@ type Chain struct {
 // NewChain returns a Chain over srcs, tried in this order. Invalid opts
 // (see Validate) are replaced by the defaults. Close closes the sources;
 // a Chain built over sources the caller keeps needs no Close.
-func NewChain(srcs []Source, opts ChainOptions) *Chain {
+func New(srcs []source.Source, opts Options) *Chain {
 	if opts.Validate() != nil {
-		opts = ChainOptions{Verify: opts.Verify, Hint: opts.Hint, Health: opts.Health, Logger: opts.Logger}
+		opts = Options{Verify: opts.Verify, Hint: opts.Hint, Health: opts.Health, Logger: opts.Logger}
 	}
 	opts = opts.withDefaults()
 	h := opts.Health
@@ -185,7 +190,7 @@ func NewChain(srcs []Source, opts ChainOptions) *Chain {
 		h = NewHealth(opts.Backoff)
 	}
 	return &Chain{
-		srcs:   append([]Source(nil), srcs...),
+		srcs:   append([]source.Source(nil), srcs...),
 		opts:   opts,
 		log:    opts.Logger.With("component", "source"),
 		health: h,
@@ -193,9 +198,9 @@ func NewChain(srcs []Source, opts ChainOptions) *Chain {
 }
 
 // Sources returns the chain's sources, in their configured order.
-func (c *Chain) Sources() []Source { return append([]Source(nil), c.srcs...) }
+func (c *Chain) Sources() []source.Source { return append([]source.Source(nil), c.srcs...) }
 
-// String implements Source: the sources' names, in order.
+// String implements source.Source: the sources' names, in order.
 func (c *Chain) String() string {
 	names := make([]string, len(c.srcs))
 	for i, s := range c.srcs {
@@ -204,7 +209,7 @@ func (c *Chain) String() string {
 	return "[" + strings.Join(names, ", ") + "]"
 }
 
-// Close implements Source: it closes every source.
+// Close implements source.Source: it closes every source.
 func (c *Chain) Close() error {
 	var errs []error
 	for _, s := range c.srcs {
@@ -255,7 +260,7 @@ func (c *Chain) order() []pick {
 // every source would refuse alike.
 func blames(err error) bool {
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalid), errors.Is(err, ErrPartial), errors.Is(err, errPastEnd):
+	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrInvalid), errors.Is(err, source.ErrPartial), errors.Is(err, errPastEnd):
 		return false
 	}
 	return true
@@ -266,7 +271,7 @@ func (c *Chain) skipped(p pick, what string, err error, next string) {
 	attrs := []any{"what", what, "source", p.name, "error", err.Error(), "next", next}
 	level := slog.LevelWarn
 	switch {
-	case errors.Is(err, ErrPartial):
+	case errors.Is(err, source.ErrPartial):
 		level = slog.LevelDebug
 	case blames(err):
 		attrs = append(attrs, "backoff", c.health.fail(p.name, p.gen))
@@ -282,31 +287,31 @@ func (c *Chain) nextName(order []pick, n int) string {
 	return "none"
 }
 
-// Latest implements Source: the first verified latest.json.
-func (c *Chain) Latest(ctx context.Context, product string) (Signed, error) {
-	rel, err := latestPath(product)
+// Latest implements source.Source: the first verified latest.json.
+func (c *Chain) Latest(ctx context.Context, product string) (source.Signed, error) {
+	rel, err := source.LatestPath(product)
 	if err != nil {
-		return Signed{}, err
+		return source.Signed{}, err
 	}
-	return c.document(ctx, KindLatest, product, "", rel, func(ctx context.Context, s Source) (Signed, error) {
+	return c.document(ctx, KindLatest, product, "", rel, func(ctx context.Context, s source.Source) (source.Signed, error) {
 		return s.Latest(ctx, product)
 	})
 }
 
-// Manifest implements Source: the first verified manifest.json.
-func (c *Chain) Manifest(ctx context.Context, product, version string) (Signed, error) {
-	rel, err := manifestPath(product, version)
+// Manifest implements source.Source: the first verified manifest.json.
+func (c *Chain) Manifest(ctx context.Context, product, version string) (source.Signed, error) {
+	rel, err := source.ManifestPath(product, version)
 	if err != nil {
-		return Signed{}, err
+		return source.Signed{}, err
 	}
-	return c.document(ctx, KindManifest, product, version, rel, func(ctx context.Context, s Source) (Signed, error) {
+	return c.document(ctx, KindManifest, product, version, rel, func(ctx context.Context, s source.Source) (source.Signed, error) {
 		return s.Manifest(ctx, product, version)
 	})
 }
 
-func (c *Chain) document(ctx context.Context, kind, product, version, rel string, get func(context.Context, Source) (Signed, error)) (Signed, error) {
+func (c *Chain) document(ctx context.Context, kind, product, version, rel string, get func(context.Context, source.Source) (source.Signed, error)) (source.Signed, error) {
 	order := c.order()
-	fe := &FailoverError{What: rel, hint: c.opts.Hint}
+	fe := &Error{What: rel, hint: c.opts.Hint}
 	for n, p := range order {
 		s := c.srcs[p.i]
 		signed, err := c.askDocument(ctx, kind, product, version, rel, s, get)
@@ -316,27 +321,27 @@ func (c *Chain) document(ctx context.Context, kind, product, version, rel string
 			return signed, nil
 		}
 		if ctx.Err() != nil {
-			return Signed{}, fmt.Errorf("%s: %w while asking %s: %w", rel, ErrUnavailable, s, context.Cause(ctx))
+			return source.Signed{}, fmt.Errorf("%s: %w while asking %s: %w", rel, source.ErrUnavailable, s, context.Cause(ctx))
 		}
-		if errors.Is(err, ErrInvalid) {
-			return Signed{}, err
+		if errors.Is(err, source.ErrInvalid) {
+			return source.Signed{}, err
 		}
 		c.skipped(p, rel, err, c.nextName(order, n))
 		fe.add(s.String(), err)
 	}
-	return Signed{}, fe
+	return source.Signed{}, fe
 }
 
 // askDocument asks one source for a document within ConnectTimeout and
 // verifies it, asking once more when verification says ErrRetry.
-func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel string, s Source, get func(context.Context, Source) (Signed, error)) (Signed, error) {
+func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel string, s source.Source, get func(context.Context, source.Source) (source.Signed, error)) (source.Signed, error) {
 	for attempt := 0; ; attempt++ {
 		sctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 		signed, err := get(sctx, s)
 		timedOut := err != nil && sctx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if timedOut {
-			return Signed{}, fmt.Errorf("%w (no answer within %v)", err, c.opts.ConnectTimeout)
+			return source.Signed{}, fmt.Errorf("%w (no answer within %v)", err, c.opts.ConnectTimeout)
 		}
 		if err != nil {
 			return signed, err
@@ -354,7 +359,7 @@ func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel str
 		if attempt == 0 && errors.Is(verr, ErrRetry) {
 			continue
 		}
-		return Signed{}, fmt.Errorf("%s: %s: refused: %w", s, rel, verr)
+		return source.Signed{}, fmt.Errorf("%s: %s: refused: %w", s, rel, verr)
 	}
 }
 
@@ -365,14 +370,14 @@ var errStalled = errors.New("stalled")
 // refuse it alike.
 var errPastEnd = errors.New("offset past the end")
 
-// Blob implements Source. The reader resumes a transfer that breaks (a
+// Blob implements source.Source. The reader resumes a transfer that breaks (a
 // connection cut, a source going silent for StallTimeout) at the current
 // offset, from the same source while it makes progress, then from the next
 // sources in order, so the bytes already read are never fetched again.
 //
 // From offset 0 the reader hashes what it delivers and, at the end,
 // checks the SHA-256 against digest: on a mismatch the read returns an
-// error wrapping ErrDataLoss (never io.EOF) and every source that
+// error wrapping source.ErrDataLoss (never io.EOF) and every source that
 // delivered part of it goes into backoff, so the caller discards what it
 // has and asks again from 0, and the chain then starts with another
 // source. From an offset above 0 the chain cannot hash the bytes it never
@@ -404,7 +409,7 @@ type Sink interface {
 	// full disk): Fetch stops at once and returns it, blaming no source.
 	Write(p []byte) (int, error)
 	// Verify checks the whole blob once the size's bytes are written. An
-	// error wrapping ErrDataLoss means the bytes are corrupt: Fetch blames
+	// error wrapping source.ErrDataLoss means the bytes are corrupt: Fetch blames
 	// the sources that delivered them, calls Reset and fetches the blob
 	// again from the next source. Any other error stops Fetch.
 	Verify() error
@@ -417,7 +422,7 @@ type Sink interface {
 // first Write of each source's transfer.
 type SourceSink interface {
 	Sink
-	From(Source)
+	From(source.Source)
 }
 
 // Fetch stores the blob named by digest, size bytes long, into sink,
@@ -427,11 +432,11 @@ type SourceSink interface {
 // whose bytes fail sink.Verify is blamed, and the blob is then fetched
 // again from byte 0 from the next source. It returns the source that
 // completed the blob. When no source could, the error is a
-// *FailoverError; an error of the sink itself or of ctx is returned as it
+// *Error; an error of the sink itself or of ctx is returned as it
 // is (wrapped).
-func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink) (Source, error) {
+func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink) (source.Source, error) {
 	if size < 0 {
-		return nil, fmt.Errorf("source: blob %s: negative size %d: %w", digest, size, ErrInvalid)
+		return nil, fmt.Errorf("source: blob %s: negative size %d: %w", digest, size, source.ErrInvalid)
 	}
 	off := sink.Offset()
 	if off > size {
@@ -452,7 +457,7 @@ func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink)
 		if err == nil {
 			return nil, nil
 		}
-		if !errors.Is(err, ErrDataLoss) {
+		if !errors.Is(err, source.ErrDataLoss) {
 			return nil, err
 		}
 		r.c.log.Warn("discarding a partial download that does not verify", "what", r.rel, "error", err.Error())
@@ -513,24 +518,24 @@ type transfer struct {
 	timer     *time.Timer
 	told      bool            // the sink was told the current source
 	delivered map[string]bool // sources (names) that delivered bytes
-	last      Source          // the source that completed the blob
-	fe        *FailoverError  // why sources were left
+	last      source.Source   // the source that completed the blob
+	fe        *Error          // why sources were left
 	err       error           // sticky: io.EOF, or the final error
 }
 
 func (c *Chain) newTransfer(ctx context.Context, digest string, offset, size int64) (*transfer, error) {
-	rel, err := blobPath(digest)
+	rel, err := source.BlobPath(digest)
 	if err != nil {
 		return nil, err
 	}
 	if offset < 0 {
-		return nil, fmt.Errorf("source: blob %s: negative offset %d: %w", digest, offset, ErrInvalid)
+		return nil, fmt.Errorf("source: blob %s: negative offset %d: %w", digest, offset, source.ErrInvalid)
 	}
 	return &transfer{c: c, ctx: ctx, digest: digest, rel: rel, size: size, start: offset, off: offset,
-		order: c.order(), delivered: map[string]bool{}, fe: &FailoverError{What: rel, hint: c.opts.Hint}}, nil
+		order: c.order(), delivered: map[string]bool{}, fe: &Error{What: rel, hint: c.opts.Hint}}, nil
 }
 
-// Source names the source the reader reads from (or read last).
+// source.Source names the source the reader reads from (or read last).
 func (r *transfer) Source() string {
 	if r.pos < len(r.order) {
 		return r.order[r.pos].name
@@ -538,7 +543,7 @@ func (r *transfer) Source() string {
 	return ""
 }
 
-func (r *transfer) src() Source { return r.c.srcs[r.order[r.pos].i] }
+func (r *transfer) src() source.Source { return r.c.srcs[r.order[r.pos].i] }
 
 // open opens the current source at r.off, moving down the order until one
 // answers within ConnectTimeout.
@@ -560,15 +565,15 @@ func (r *transfer) open() error {
 		stalled := context.Cause(actx) == errStalled
 		cancel(nil)
 		if r.ctx.Err() != nil {
-			return fmt.Errorf("%s: %w while asking %s: %w", r.rel, ErrUnavailable, s, context.Cause(r.ctx))
+			return fmt.Errorf("%s: %w while asking %s: %w", r.rel, source.ErrUnavailable, s, context.Cause(r.ctx))
 		}
-		if errors.Is(err, ErrInvalid) {
+		if errors.Is(err, source.ErrInvalid) {
 			return err
 		}
 		if stalled {
-			err = fmt.Errorf("%s: %s: %w: no answer within %v", s, r.rel, ErrUnavailable, d)
+			err = fmt.Errorf("%s: %s: %w: no answer within %v", s, r.rel, source.ErrUnavailable, d)
 		}
-		if r.off > 0 && r.size < 0 && errors.Is(err, ErrDataLoss) && strings.Contains(err.Error(), "past the end") {
+		if r.off > 0 && r.size < 0 && errors.Is(err, source.ErrDataLoss) && strings.Contains(err.Error(), "past the end") {
 			err = fmt.Errorf("%w: %w", errPastEnd, err)
 		}
 		r.leave(err)
@@ -603,7 +608,7 @@ func (r *transfer) Read(p []byte) (int, error) {
 		if r.ctx.Err() != nil {
 			// Sources that read local files do not watch ctx.
 			r.drop()
-			r.err = fmt.Errorf("%s: %w at byte %d: %w", r.rel, ErrUnavailable, r.off, context.Cause(r.ctx))
+			r.err = fmt.Errorf("%s: %w at byte %d: %w", r.rel, source.ErrUnavailable, r.off, context.Cause(r.ctx))
 			return 0, r.err
 		}
 		if r.atEOF {
@@ -638,7 +643,7 @@ func (r *transfer) Read(p []byte) (int, error) {
 		n, err := r.cur.Read(p)
 		r.timer.Stop()
 		if r.size >= 0 && r.off+int64(n) > r.size {
-			r.corrupt(fmt.Errorf("%w: more than the blob's %d bytes", ErrDataLoss, r.size))
+			r.corrupt(fmt.Errorf("%w: more than the blob's %d bytes", source.ErrDataLoss, r.size))
 			continue
 		}
 		if n > 0 {
@@ -681,19 +686,19 @@ func (r *transfer) broke(err error) {
 	progressed := r.sinceOpen > 0
 	r.drop()
 	if r.ctx.Err() != nil {
-		r.err = fmt.Errorf("%s: %w at byte %d from %s: %w", r.rel, ErrUnavailable, r.off, s, context.Cause(r.ctx))
+		r.err = fmt.Errorf("%s: %w at byte %d from %s: %w", r.rel, source.ErrUnavailable, r.off, s, context.Cause(r.ctx))
 		return
 	}
-	if errors.Is(err, ErrInvalid) {
+	if errors.Is(err, source.ErrInvalid) {
 		r.err = err
 		return
 	}
 	r.total++
 	if stalled {
-		r.leave(fmt.Errorf("%s: %s: %w: no data for %v", s, r.rel, ErrUnavailable, r.c.opts.StallTimeout))
+		r.leave(fmt.Errorf("%s: %s: %w: no data for %v", s, r.rel, source.ErrUnavailable, r.c.opts.StallTimeout))
 		return
 	}
-	if progressed && !errors.Is(err, ErrPartial) && r.resumes < MaxResumes {
+	if progressed && !errors.Is(err, source.ErrPartial) && r.resumes < MaxResumes {
 		r.resumes++
 		r.c.log.Warn("update source transfer broke, resuming from the same source",
 			"what", r.rel, "source", s.String(), "offset", r.off, "error", err.Error())
@@ -703,7 +708,7 @@ func (r *transfer) broke(err error) {
 }
 
 // corrupt handles bytes that cannot be the blob (cause, wrapping
-// ErrDataLoss, says why): the
+// source.ErrDataLoss, says why): the
 // sources that delivered them are blamed and named in the error, and the
 // transfer starts over from byte 0 at the next source (Fetch), or ends
 // with the error (Blob).
@@ -742,13 +747,13 @@ func (r *transfer) finish() error {
 	r.drop()
 	if r.hash != nil {
 		if sum := hex.EncodeToString(r.hash.Sum(nil)); sum != r.digest {
-			r.corrupt(fmt.Errorf("%w: the %d bytes received have SHA-256 %s", ErrDataLoss, r.off, sum))
+			r.corrupt(fmt.Errorf("%w: the %d bytes received have SHA-256 %s", source.ErrDataLoss, r.off, sum))
 			return r.err
 		}
 	}
 	if r.sink != nil {
 		if err := r.verifySink(); err != nil {
-			if !errors.Is(err, ErrDataLoss) {
+			if !errors.Is(err, source.ErrDataLoss) {
 				r.err = &sinkError{err}
 				return r.err
 			}
@@ -782,9 +787,9 @@ func (r *transfer) Close() error {
 	return nil
 }
 
-// Health remembers which sources failed, by name (Source.String()), and
+// Health remembers which sources failed, by name (source.Source.String()), and
 // until when each is in backoff. A Chain has its own unless
-// ChainOptions.Health gives one to share. Safe for concurrent use; it
+// Options.Health gives one to share. Safe for concurrent use; it
 // forgets sources that have recovered, so it stays small.
 type Health struct {
 	backoff Backoff
@@ -900,12 +905,12 @@ type Failure struct {
 	Err    error
 }
 
-// FailoverError reports that no source served: each source tried, in
-// order, and why it failed. errors.Is(err, ErrNotFound) holds only when
-// every source said not found; otherwise ErrUnavailable holds, and so does
-// any sentinel that a source's error wraps (ErrDataLoss, a signature
+// Error reports that no source served: each source tried, in
+// order, and why it failed. errors.Is(err, source.ErrNotFound) holds only when
+// every source said not found; otherwise source.ErrUnavailable holds, and so does
+// any sentinel that a source's error wraps (source.ErrDataLoss, a signature
 // error, a lower serial…).
-type FailoverError struct {
+type Error struct {
 	// What was asked: a repository path ("av/latest.json",
 	// "blobs/sha256/…"), or what the caller set.
 	What     string
@@ -913,17 +918,17 @@ type FailoverError struct {
 	hint     func(error) string
 }
 
-func (e *FailoverError) add(src string, err error) {
+func (e *Error) add(src string, err error) {
 	e.Failures = append(e.Failures, Failure{Source: src, Err: err})
 }
 
 // done returns e as the error of a failover that ended.
-func (e *FailoverError) done() error { return e }
+func (e *Error) done() error { return e }
 
 // notFound reports whether every source said not found.
-func (e *FailoverError) notFound() bool {
+func (e *Error) notFound() bool {
 	for _, f := range e.Failures {
-		if !errors.Is(f.Err, ErrNotFound) {
+		if !errors.Is(f.Err, source.ErrNotFound) {
 			return false
 		}
 	}
@@ -931,14 +936,14 @@ func (e *FailoverError) notFound() bool {
 }
 
 // Error lists every source and why it failed, on one line.
-func (e *FailoverError) Error() string {
+func (e *Error) Error() string {
 	if len(e.Failures) == 0 {
 		return fmt.Sprintf("%s: no update source configured", e.What)
 	}
 	var b strings.Builder
-	sentinel := ErrUnavailable
+	sentinel := source.ErrUnavailable
 	if e.notFound() {
-		sentinel = ErrNotFound
+		sentinel = source.ErrNotFound
 	}
 	if len(e.Failures) == 1 {
 		fmt.Fprintf(&b, "%s: %v: ", e.What, sentinel)
@@ -973,18 +978,29 @@ func describe(src string, err error, hint func(error) string) string {
 	return msg
 }
 
-// Unwrap returns ErrAllFailed, and ErrNotFound when every source said not
-// found, else ErrUnavailable and every failure that is not a mere "not
+// Unwrap returns ErrAllFailed, and source.ErrNotFound when every source said not
+// found, else source.ErrUnavailable and every failure that is not a mere "not
 // found".
-func (e *FailoverError) Unwrap() []error {
+func (e *Error) Unwrap() []error {
 	if e.notFound() {
-		return []error{ErrAllFailed, ErrNotFound}
+		return []error{ErrAllFailed, source.ErrNotFound}
 	}
-	out := []error{ErrAllFailed, ErrUnavailable}
+	out := []error{ErrAllFailed, source.ErrUnavailable}
 	for _, f := range e.Failures {
-		if !errors.Is(f.Err, ErrNotFound) {
+		if !errors.Is(f.Err, source.ErrNotFound) {
 			out = append(out, f.Err)
 		}
+	}
+	return out
+}
+
+// Order names the sources in the order the chain would try them now:
+// those not in backoff as configured, then those in backoff, soonest
+// retry first.
+func (c *Chain) Order() []string {
+	var out []string
+	for _, p := range c.order() {
+		out = append(out, p.name)
 	}
 	return out
 }

@@ -1,0 +1,83 @@
+package failover
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dpcache/dpcache/source"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestError_Is: a failover's error says "not found" only when every source
+// said so; otherwise it is unavailable and carries each source's cause.
+func TestError_Is(t *testing.T) {
+	t.Parallel()
+	notFound := fmt.Errorf("a: %w", source.ErrNotFound)
+	corrupt := fmt.Errorf("b: %w", source.ErrDataLoss)
+	for _, tc := range []struct {
+		name              string
+		failures          []Failure
+		notFound, unavail bool
+		dataLoss          bool
+	}{
+		{"AllNotFound", []Failure{{"a", notFound}, {"b", notFound}}, true, false, false},
+		{"OneNotFoundOneCorrupt", []Failure{{"a", notFound}, {"b", corrupt}}, false, true, true},
+		{"None", nil, false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			err := &Error{What: "x", Failures: tc.failures}
+			if errors.Is(err, source.ErrNotFound) != tc.notFound || errors.Is(err, source.ErrUnavailable) != tc.unavail ||
+				errors.Is(err, source.ErrDataLoss) != tc.dataLoss || !errors.Is(err, ErrAllFailed) {
+				t.Errorf("%v: Is(NotFound)=%v Is(Unavailable)=%v Is(DataLoss)=%v", err, errors.Is(err, source.ErrNotFound),
+					errors.Is(err, source.ErrUnavailable), errors.Is(err, source.ErrDataLoss))
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+// TestHealth_Backoff: a failure puts a source in backoff, doubling up to
+// the maximum; a burst of failures seen by attempts of one generation
+// counts once; a success clears it.
+func TestHealth_Backoff(t *testing.T) {
+	t.Parallel()
+	h := NewHealth(Backoff{Initial: time.Minute, Max: 3 * time.Minute})
+	gen := h.states([]string{"s"})[0].gen
+	first := h.fail("s", gen)
+	again := h.fail("s", gen) // the same burst
+	if first < 59*time.Second || again > first {
+		t.Errorf("backoff %v then %v for one burst, want about 1m once", first, again)
+	}
+	gen = h.states([]string{"s"})[0].gen
+	if d := h.fail("s", gen); d < 119*time.Second {
+		t.Errorf("second failure: backoff %v, want about 2m", d)
+	}
+	h.failNow("s")
+	h.failNow("s")
+	if d := time.Until(h.Backoff("s")); d > 3*time.Minute {
+		t.Errorf("backoff %v past the maximum", d)
+	}
+	h.succeed("s")
+	if !h.Backoff("s").IsZero() {
+		t.Error("a success left the source in backoff")
+	}
+}
+
+// TestRetry: Retry keeps the message and adds ErrRetry.
+func TestRetry(t *testing.T) {
+	t.Parallel()
+	base := errors.New("bad signature")
+	err := Retry(base)
+	if err.Error() != "bad signature" || !errors.Is(err, ErrRetry) || !errors.Is(err, base) {
+		t.Errorf("Retry(%v) = %v", base, err)
+	}
+}
