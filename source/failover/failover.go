@@ -317,7 +317,11 @@ func (c *Chain) document(ctx context.Context, kind, product, version, rel string
 		signed, err := c.askDocument(ctx, kind, product, version, rel, s, get)
 		if err == nil {
 			c.health.succeed(p.name)
-			c.log.Info("update source served", "what", rel, "source", signed.Source, "skipped", len(fe.Failures))
+			level := slog.LevelDebug // a DP refreshes every minute: only a fallback is news
+			if len(fe.Failures) > 0 {
+				level = slog.LevelInfo
+			}
+			c.log.Log(ctx, level, "update source served", "what", rel, "source", signed.Source, "skipped", len(fe.Failures))
 			return signed, nil
 		}
 		if ctx.Err() != nil {
