@@ -27,10 +27,11 @@ const repoPrefix = "/repo/"
 func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	rel := strings.TrimPrefix(r.URL.Path, repoPrefix)
 	parts := strings.Split(rel, "/")
+	digest, isBlob := strings.CutPrefix(rel, manifest.BlobDir+"/")
 	var err error
 	switch {
-	case len(parts) == 3 && parts[0] == "blobs" && parts[1] == "sha256":
-		err = n.serveBlobHTTP(w, r, parts[2])
+	case isBlob && !strings.Contains(digest, "/"):
+		err = n.serveBlobHTTP(w, r, digest)
 	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
 		var signed source.Signed
 		if signed, err = n.catalog.Latest(r.Context(), parts[0]); err == nil {

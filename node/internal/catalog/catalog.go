@@ -222,7 +222,7 @@ func IsForwarded(ctx context.Context) bool {
 // latestDocKey is where the cache keeps the latest.json that announced a
 // version (the repository keeps only the newest one at <product>/latest.json).
 func LatestDocKey(product, version string) string {
-	return product + "/" + version + "/latest.json"
+	return product + "/" + version + "/" + manifest.LatestName
 }
 
 func (c *Catalog) AddProduct(p string) {
