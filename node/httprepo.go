@@ -145,7 +145,10 @@ func parseRange(h string, size int64) (int64, int64, bool) {
 		if err != nil || last < from {
 			return 0, 0, false
 		}
-		to = min(last+1, size)
+		to = size
+		if last < size-1 { // last+1 cannot overflow
+			to = last + 1
+		}
 	}
 	return from, to, true
 }

@@ -169,7 +169,8 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	}
 	n.fetcher = fetch.New(n.bg, fc, n.cache, n.catalog, routerView{n}, n.pins, n.metrics, n.publishFetching)
 	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
-	n.grpcSrv = grpc.NewServer(append(pb.ServerOptions(), n.metrics.ServerOptions()...)...)
+	opts := append(pb.ServerOptions(), recoverOptions(n.log)...)
+	n.grpcSrv = grpc.NewServer(append(opts, n.metrics.ServerOptions()...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
@@ -321,7 +322,7 @@ func (n *Node) httpHandler() http.Handler {
 	mux.Handle("GET /{$}", n.status)
 	mux.Handle("GET /metrics", n.metrics.Handler())
 	mux.HandleFunc("GET /readyz", n.serveReady)
-	return n.metrics.InstrumentHTTP(mux)
+	return recoverHTTP(n.log, n.metrics.InstrumentHTTP(mux))
 }
 
 // serveReady answers /readyz: 200 once Run serves with the cache open, 503

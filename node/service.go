@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"google.golang.org/grpc"
@@ -52,6 +53,9 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 				s.n.log.Debug("version hint of a blob request unusable", "product", p, "version", v, "err", err)
 			}
 		}
+	}
+	if req.GetOffset() > math.MaxInt64 {
+		return status.Errorf(codes.InvalidArgument, "offset %d: past any blob's end", req.GetOffset())
 	}
 	read := s.n.fetcher.ReadBlob
 	if req.GetAvailableOnly() {

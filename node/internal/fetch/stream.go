@@ -24,6 +24,9 @@ type BlobSender interface {
 // not stored yet, from memory). A forwarded request (from a peer DP) never
 // waits on peers or owners, and keeps the fetch close to the peer.
 func (fr *Fetcher) ReadBlob(ctx context.Context, digest string, off int64, forwarded bool, stream BlobSender) error {
+	if off < 0 {
+		return fmt.Errorf("blob %s: negative offset %d: %w", digest, off, nodeerr.ErrInvalid)
+	}
 	release, err := fr.pins.StartReading(ctx, digest) // retention never deletes a blob being streamed
 	if err != nil {
 		return err
@@ -67,6 +70,9 @@ func (fr *Fetcher) ReadBlob(ctx context.Context, digest string, off int64, forwa
 // stored, or arrived and still in memory) from off, then ends; it never
 // fetches.
 func (fr *Fetcher) ReadAvailable(ctx context.Context, digest string, off int64, _ bool, stream BlobSender) error {
+	if off < 0 {
+		return fmt.Errorf("blob %s: negative offset %d: %w", digest, off, nodeerr.ErrInvalid)
+	}
 	release, err := fr.pins.StartReading(ctx, digest)
 	if err != nil {
 		return err

@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+)
+
+// TestE2E_HostileRequests: requests that used to kill or crash a DP are
+// refused and the DP goes on serving: a ReadBlob offset of 2^63 on a cached
+// blob (the process exited: "slice bounds out of range"), and an HTTP
+// Range ending at 2^63-1 on a blob still being fetched (the handler
+// panicked), which is a valid range to the end.
+func TestE2E_HostileRequests(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/small.dat": 64 << 10, "databases/big.dat": 8 << 20})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	// Slow enough that the big blob is still being fetched when asked.
+	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{LimitRate: "1m"})
+	dp := startNode(t, origin.URL, k.pub)
+
+	conn, err := grpc.NewClient("passthrough:///"+dp.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := pb.NewDistributionServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if _, err := client.GetManifest(ctx, &pb.GetManifestRequest{Product: product, Version: "1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	small := files["databases/small.dat"]
+	readAll := func(offset uint64) error {
+		stream, err := client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: small, Offset: offset})
+		if err != nil {
+			return err
+		}
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	if err := readAll(0); err != nil { // now cached
+		t.Fatal(err)
+	}
+	for _, off := range []uint64{1 << 63, math.MaxUint64} {
+		if err := readAll(off); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("ReadBlob at offset %d = %v, want InvalidArgument", off, err)
+		}
+	}
+
+	big := files["databases/big.dat"]
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+dp.HTTP+"/repo/blobs/sha256/"+big, nil)
+	req.Header.Set("Range", fmt.Sprintf("bytes=0-%d", int64(math.MaxInt64)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusPartialContent || len(body) != 8<<20 || hexSHA256(body) != big {
+		t.Errorf("Range to 2^63-1 of a blob being fetched: %s, %d bytes, %v; want 206 and the whole blob", resp.Status, len(body), err)
+	}
+
+	if !healthz(dp.HTTP) || !grpcServing(t, dp.GRPC) || dp.proc.Exited() {
+		t.Fatalf("the DP did not survive: %s", dp.proc.Stderr())
+	}
+	if strings.Contains(dp.proc.Stderr(), "panic") {
+		t.Errorf("the DP logged a panic:\n%s", dp.proc.Stderr())
+	}
+}
+
+func hexSHA256(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
