@@ -43,6 +43,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 func (d *delegate) NotifyMsg(buf []byte) {
 	m, err := decodeMessage(buf)
 	if err != nil {
+		d.g.dropped.Add(1)
 		d.g.log.Debug("dropped a malformed gossip message", "len", len(buf), "err", err)
 		return
 	}
@@ -73,6 +74,7 @@ func (d *delegate) LocalState(join bool) []byte {
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	from, entries, err := decodeState(buf)
 	if err != nil {
+		d.g.dropped.Add(1)
 		d.g.log.Debug("dropped malformed push/pull state", "len", len(buf), "err", err)
 		return
 	}
@@ -139,6 +141,11 @@ func (g *Gossip) countLiveLocked() {
 // epidemically. A message about this node with a higher clock than ours
 // (state from before a restart) makes us re-announce ours above it.
 func (g *Gossip) applyMessage(m message, raw []byte) {
+	if c := m.clock(); futureClock(c) {
+		g.dropped.Add(1)
+		g.log.Warn("dropped a gossip message with a clock from the future (forged or corrupt)", "about", m.Name, "clock", c)
+		return
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if m.Name == g.cfg.Name {
@@ -182,6 +189,11 @@ func (g *Gossip) mergeState(from string, entries []entry) {
 	defer g.mu.Unlock()
 	changed := false
 	for _, e := range entries {
+		if futureClock(e.maxClock()) {
+			g.dropped.Add(1)
+			g.log.Warn("dropped a member's state with a clock from the future (forged or corrupt)", "about", e.Name, "from", from, "clock", e.maxClock())
+			continue
+		}
 		if e.Name == g.cfg.Name {
 			g.witnessLocked(e.maxClock())
 			continue
@@ -215,6 +227,19 @@ func (g *Gossip) mergeState(from string, entries []entry) {
 	if changed {
 		g.notifyLocked()
 	}
+}
+
+// maxClockLead is how far past the wall clock (in nanoseconds) a clock
+// may be. A node's clock starts at the wall clock when it starts and grows
+// by one per change, so a day's lead allows any clock skew between DPs and
+// any number of changes, while a forged clock near 2^64, which would make
+// ours wrap past zero, is refused.
+const maxClockLead = uint64(24 * time.Hour)
+
+// futureClock reports whether c is past the wall clock by more than
+// maxClockLead: no DP can have sent it.
+func futureClock(c uint64) bool {
+	return c > uint64(time.Now().UnixNano())+maxClockLead
 }
 
 // witnessLocked handles a clock seen in a message about this node. Above our

@@ -27,6 +27,7 @@ type Gossip struct {
 	maxMsg    int                              // largest broadcast, bytes
 	numLive   atomic.Int32                     // alive members incl. self, for queue.NumNodes (read under the queue's lock)
 	stopDials context.CancelFunc               // ends our NetTransport's outgoing dials
+	dropped   atomic.Uint64                    // messages and states dropped: malformed, or a clock from the future
 
 	// mu guards the fields below. It is held only for in-memory work, and
 	// while holding it we never call into memberlist (memberlist calls our
@@ -501,3 +502,7 @@ func (g *Gossip) collect(keep func(*member, *known) bool) []Member {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
+
+// Dropped counts the gossip messages and push/pull states dropped since
+// the start: malformed, or carrying a clock from the future.
+func (g *Gossip) Dropped() uint64 { return g.dropped.Load() }

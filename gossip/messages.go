@@ -75,6 +75,17 @@ type message struct {
 	Clock    uint64       // msgLeave
 }
 
+// clock returns the message's clock, whatever its type.
+func (m message) clock() uint64 {
+	switch m.Type {
+	case msgVersions:
+		return m.Versions.Clock
+	case msgFetching:
+		return m.Fetching.Clock
+	}
+	return m.Clock
+}
+
 // ---- encoding ----
 
 func appendString(b []byte, s string) []byte {

@@ -19,7 +19,9 @@ func (v catalogView) Received(digest string) (int64, bool) { return v.n.fetcher.
 
 func (v catalogView) InFlight() []string { return v.n.fetcher.InFlight() }
 
-func (v catalogView) DocSources(ctx context.Context) []source.Source { return v.n.docSources(ctx) }
+func (v catalogView) DocSources(ctx context.Context) (upstream, peers []source.Source) {
+	return v.n.docSources(ctx)
+}
 
 func (v catalogView) PublishVersions(product string) { v.n.publishVersions(product) }
 

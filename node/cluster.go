@@ -241,18 +241,17 @@ func (n *Node) Members() []gossip.Member {
 // the internet link down, a DP still learns the newest version its site
 // holds whole, and completes it from its peers. Documents are verified
 // whoever serves them. A forwarded request uses upstream only.
-func (n *Node) docSources(ctx context.Context) []source.Source {
+func (n *Node) docSources(ctx context.Context) (upstream, peers []source.Source) {
 	if n.gossip == nil || catalog.IsForwarded(ctx) {
-		return n.upstream
+		return n.upstream, nil
 	}
-	out := slices.Clone(n.upstream)
 	for _, m := range n.gossip.Live(n.cfg.Site) {
 		if m.Local || m.GRPCAddr == "" {
 			continue
 		}
 		if p := n.peers.get(m.GRPCAddr); p != nil {
-			out = append(out, p.Forwarded())
+			peers = append(peers, p.Forwarded())
 		}
 	}
-	return out
+	return n.upstream, peers
 }

@@ -18,6 +18,13 @@ func (v opsView) Traffic() (upstream, peer, served int64) {
 
 func (v opsView) FetchesInFlight() int { return len(v.n.fetcher.InFlight()) }
 
+func (v opsView) GossipDropped() uint64 {
+	if v.n.gossip == nil {
+		return 0
+	}
+	return v.n.gossip.Dropped()
+}
+
 func (v opsView) Members() []gossip.Member {
 	if v.n.gossip == nil {
 		return nil

@@ -71,6 +71,12 @@ type Options struct {
 	// repository being republished can pair an old document with a new
 	// signature for an instant). It may be called concurrently.
 	Verify func(kind, product, version string, s source.Signed) error
+	// Tier, when set, groups the sources: a source in backoff is tried
+	// after the others of its tier, never after a later tier (a DP asks
+	// every peer before the internet link, and upstream for the newest
+	// latest.json before its peers, whatever their backoff). Tiers are
+	// tried in increasing order; nil: one tier.
+	Tier func(source.Source) int
 	// Hint, when set, adds advice for the user to a failure in a
 	// *Error's message ("check the network"), or "" for none.
 	Hint func(error) string
@@ -182,7 +188,7 @@ type Chain struct {
 // a Chain built over sources the caller keeps needs no Close.
 func New(srcs []source.Source, opts Options) *Chain {
 	if opts.Validate() != nil {
-		opts = Options{Verify: opts.Verify, Hint: opts.Hint, Health: opts.Health, Logger: opts.Logger}
+		opts = Options{Verify: opts.Verify, Hint: opts.Hint, Health: opts.Health, Tier: opts.Tier, Logger: opts.Logger}
 	}
 	opts = opts.withDefaults()
 	h := opts.Health
@@ -238,20 +244,29 @@ func (c *Chain) order() []pick {
 	}
 	states := c.health.states(names)
 	now := time.Now()
-	var ready, waiting []pick
+	picks := make([]pick, len(c.srcs))
+	tier := make([]int, len(c.srcs))
 	for i, st := range states {
-		p := pick{i: i, name: names[i], gen: st.gen}
-		if now.Before(st.until) {
-			p.waiting = true
-			waiting = append(waiting, p)
-		} else {
-			ready = append(ready, p)
+		picks[i] = pick{i: i, name: names[i], gen: st.gen, waiting: now.Before(st.until)}
+		if c.opts.Tier != nil {
+			tier[i] = c.opts.Tier(c.srcs[i])
 		}
 	}
-	sort.SliceStable(waiting, func(a, b int) bool {
-		return states[waiting[a].i].until.Before(states[waiting[b].i].until)
+	// By tier; in a tier, the ready ones as configured, then those in
+	// backoff, soonest retry first.
+	sort.SliceStable(picks, func(a, b int) bool {
+		pa, pb := picks[a], picks[b]
+		switch {
+		case tier[pa.i] != tier[pb.i]:
+			return tier[pa.i] < tier[pb.i]
+		case pa.waiting != pb.waiting:
+			return !pa.waiting
+		case pa.waiting:
+			return states[pa.i].until.Before(states[pb.i].until)
+		}
+		return false
 	})
-	return append(ready, waiting...)
+	return picks
 }
 
 // blames reports whether err is the source's fault, to be remembered by

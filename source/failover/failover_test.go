@@ -81,3 +81,24 @@ func TestRetry(t *testing.T) {
 		t.Errorf("Retry(%v) = %v", base, err)
 	}
 }
+
+// TestChain_TierOrder: backoff moves a source after the others of its tier
+// only: a peer in backoff is still asked before the internet link.
+func TestChain_TierOrder(t *testing.T) {
+	t.Parallel()
+	peer1, peer2, up1, up2 := source.NewFile("/peer1"), source.NewFile("/peer2"), source.NewFile("/up1"), source.NewFile("/up2")
+	tier := map[source.Source]int{peer1: 0, peer2: 0, up1: 1, up2: 1}
+	h := NewHealth(Backoff{Initial: time.Minute})
+	c := New([]source.Source{peer1, peer2, up1, up2}, Options{Health: h, Tier: func(s source.Source) int { return tier[s] }})
+	h.failNow(peer1.String())
+	h.failNow(up1.String())
+	want := []string{peer2.String(), peer1.String(), up2.String(), up1.String()}
+	if got := c.Order(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+	flat := New([]source.Source{peer1, peer2, up1, up2}, Options{Health: h})
+	want = []string{peer2.String(), up2.String(), peer1.String(), up1.String()}
+	if got := flat.Order(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("without tiers: order %v, want %v", got, want)
+	}
+}

@@ -81,7 +81,7 @@ type Retention interface {
 type DP interface {
 	// DocSources lists where signed documents come from, in order: the
 	// upstream sources, then (unless ctx is forwarded) the site's DPs.
-	DocSources(ctx context.Context) []source.Source
+	DocSources(ctx context.Context) (upstream, peers []source.Source)
 	// PublishVersions tells the cluster which versions of product the
 	// cache holds whole.
 	PublishVersions(product string)

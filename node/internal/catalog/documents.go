@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dpcache/dpcache/cache"
@@ -85,9 +86,22 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 // them. The requests use the catalogue's lifetime, not ctx: concurrent
 // callers share them.
 func (c *Catalog) documents(ctx context.Context, verify func(source.Signed) error) *failover.Chain {
-	return failover.New(c.dp.DocSources(ctx), failover.Options{
+	upstream, peers := c.dp.DocSources(ctx)
+	peer := make(map[source.Source]bool, len(peers))
+	for _, p := range peers {
+		peer[p] = true
+	}
+	return failover.New(append(slices.Clone(upstream), peers...), failover.Options{
 		StallTimeout: c.cfg.StallTimeout, Health: c.cfg.Health, Logger: c.log,
 		Verify: func(_, _, _ string, s source.Signed) error { return verify(s) },
+		// Upstream first, in backoff or not: a peer knows at most what
+		// the site holds, never a newer version.
+		Tier: func(s source.Source) int {
+			if peer[s] {
+				return 1
+			}
+			return 0
+		},
 	})
 }
 

@@ -55,7 +55,11 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 			srcs[i] = c.Src
 			in.kinds[c.Src] = c.Kind
 		}
-		chain := failover.New(srcs, failover.Options{StallTimeout: fr.cfg.StallTimeout, Health: fr.health, Logger: fr.log})
+		kinds := in.kinds
+		chain := failover.New(srcs, failover.Options{StallTimeout: fr.cfg.StallTimeout, Health: fr.health, Logger: fr.log,
+			// A peer or owner in backoff is still asked before the
+			// internet link: backoff reorders within a kind only.
+			Tier: func(s source.Source) int { return int(kinds[s]) }})
 		actx, cancel := context.WithCancelCause(ctx)
 		in.ctx, in.cancel = actx, cancel
 		done := make(chan struct{})
