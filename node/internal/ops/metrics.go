@@ -49,10 +49,10 @@ type Metrics struct {
 	httpRequests *prometheus.CounterVec // handler, code
 	httpInFlight prometheus.Gauge
 
-	info, served, peer, upstreamDesc, requests           *prometheus.Desc
-	blobs, bytes, pendingBlobs, pendingBytes, versions   *prometheus.Desc
-	fileBytes, latestSerial, evictions, evictedBytes     *prometheus.Desc
-	maxBytes                                             *prometheus.Desc
+	info, served, peer, upstreamDesc, requests                          *prometheus.Desc
+	blobs, bytes, pendingBlobs, pendingBytes, versions                  *prometheus.Desc
+	fileBytes, latestSerial, evictions, evictedBytes                    *prometheus.Desc
+	maxBytes                                                            *prometheus.Desc
 	fetches, members, gossipDropped, endpoints, diskFree, diskLow, upAt *prometheus.Desc
 }
 
