@@ -50,4 +50,8 @@ var (
 	// write: an undecodable record, a missing chunk of a whole blob, or a file
 	// that fails bbolt's consistency check after an unclean shutdown.
 	ErrCorrupt = errors.New("cache corrupt")
+
+	// ErrFull means a bounded set of records (endpoint reports) holds as
+	// many as it may: a new key is refused, existing ones still update.
+	ErrFull = errors.New("record limit reached")
 )

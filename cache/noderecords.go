@@ -138,12 +138,31 @@ func (c *Cache) PublishedVersions() ([]PublishedRecord, error) {
 }
 
 // PutEndpointReport keeps an endpoint's last report for product (opaque
-// bytes: the node encodes them), replacing the previous one.
-func (c *Cache) PutEndpointReport(endpoint, product string, report []byte) error {
+// bytes: the node encodes them), replacing the previous one. With limit >
+// 0, at most limit endpoint/product pairs are kept: a new pair past it is
+// refused with ErrFull, and the pairs kept still update.
+func (c *Cache) PutEndpointReport(endpoint, product string, report []byte, limit int) error {
 	if endpoint == "" || product == "" {
 		return fmt.Errorf("endpoint report %q/%q: %w", endpoint, product, ErrInvalid)
 	}
-	return c.PutRecord(recEndpoints, endpoint+"/"+product, report)
+	key := endpoint + "/" + product
+	if err := validKey("record key", key); err != nil {
+		return err
+	}
+	err := c.update(false, func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketRecords).CreateBucketIfNotExists([]byte(recEndpoints))
+		if err != nil {
+			return err
+		}
+		if limit > 0 && b.Get([]byte(key)) == nil && b.Stats().KeyN >= limit {
+			return fmt.Errorf("%d endpoint reports kept already: %w", limit, ErrFull)
+		}
+		return b.Put([]byte(key), report)
+	})
+	if err != nil {
+		return fmt.Errorf("endpoint report %s: %w", key, err)
+	}
+	return nil
 }
 
 // EndpointReports calls fn with each report PutEndpointReport kept, keyed

@@ -60,11 +60,11 @@ func TestCache_PublishedVersions(t *testing.T) {
 func TestCache_EndpointReports(t *testing.T) {
 	t.Parallel()
 	c := newTestCache(t)
-	if err := c.PutEndpointReport("", "av", nil); !errors.Is(err, ErrInvalid) {
+	if err := c.PutEndpointReport("", "av", nil, 0); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("empty endpoint: %v", err)
 	}
 	for _, r := range []string{"old", "new"} {
-		if err := c.PutEndpointReport("ep1", "av", []byte(r)); err != nil {
+		if err := c.PutEndpointReport("ep1", "av", []byte(r), 2); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -74,5 +74,15 @@ func TestCache_EndpointReports(t *testing.T) {
 	}
 	if len(got) != 1 || got["ep1/av"] != "new" {
 		t.Fatalf("EndpointReports = %q", got)
+	}
+	// At the limit: a new pair is refused, a kept one still updates.
+	if err := c.PutEndpointReport("ep2", "av", []byte("x"), 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutEndpointReport("ep3", "av", []byte("x"), 2); !errors.Is(err, ErrFull) {
+		t.Errorf("a third pair past a limit of 2: %v, want ErrFull", err)
+	}
+	if err := c.PutEndpointReport("ep1", "av", []byte("newer"), 2); err != nil {
+		t.Errorf("updating a kept pair at the limit: %v", err)
 	}
 }

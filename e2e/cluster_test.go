@@ -136,8 +136,11 @@ func TestE2E_Cluster_OnePerSite(t *testing.T) {
 // over and resumes where the site's bytes end, every endpoint still
 // installs the verified version, and the origin sends at most 1.05 times
 // the version.
+//
+// Not parallel: the figure counts what the killed owner had taken from the
+// origin but not passed on (its lead and its sockets' buffers), which
+// grows when other tests' processes take the CPU the DPs need to keep up.
 func TestE2E_Cluster_OwnerKilledMidFetch(t *testing.T) {
-	t.Parallel()
 	const agentsPerDP = 2
 	work := t.TempDir()
 	k := vendorKeys(t, work, "vendor")

@@ -203,7 +203,11 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	var httpSrv *http.Server
 	if n.httpLis != nil {
-		httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		// No WriteTimeout: a blob download may take hours on a slow link;
+		// a client that stops reading is cut by the serving side's stall
+		// timeout instead.
+		httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 		g.Go(func() error {
 			if err := httpSrv.Serve(n.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("node: HTTP server: %w", err)

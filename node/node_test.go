@@ -532,4 +532,29 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 	if site != n.cfg.Site {
 		t.Fatalf("report without a site recorded in site %q, want the DP's %q", site, n.cfg.Site)
 	}
+
+	// A report from the future is recorded at the DP's time (it would win
+	// every merge for good); an id with a '/' is refused.
+	if err := src.ReportStatus(ctx, source.Status{ID: "ep-3", Product: "av", Version: "1", Serial: 1, Result: "updated", Reported: time.Now().AddDate(100, 0, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	var reported time.Time
+	if err := n.cache.EndpointReports(func(key string, value []byte) error {
+		st := &pb.EndpointStatus{}
+		if err := proto.Unmarshal(value, st); err != nil {
+			return err
+		}
+		if st.GetId() == "ep-3" {
+			reported = st.GetReported().AsTime()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reported.After(time.Now()) {
+		t.Errorf("a report from the future was kept at %v", reported)
+	}
+	if err := src.ReportStatus(ctx, source.Status{ID: "a/b", Product: "av", Result: "updated"}); !errors.Is(err, source.ErrInvalid) {
+		t.Errorf("report with id a/b: %v, want InvalidArgument", err)
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strings"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -113,8 +115,13 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if len(st.GetId()) > 256 || len(st.GetHostname()) > 256 || len(st.GetError()) > 4096 {
 		return nil, status.Error(codes.InvalidArgument, "status: id, hostname or error too long")
 	}
+	if strings.ContainsFunc(st.GetId(), func(r rune) bool { return r == '/' || unicode.IsControl(r) }) {
+		return nil, status.Errorf(codes.InvalidArgument, "status: id %q has a '/' or a control character", st.GetId())
+	}
 	st = proto.Clone(st).(*pb.EndpointStatus)
-	if st.Reported == nil {
+	// The endpoint's clock decides nothing: a report from the future
+	// would win every merge of the site's records for good.
+	if r := st.GetReported(); r == nil || r.AsTime().After(time.Now().Add(maxReportSkew)) {
 		st.Reported = timestampNow()
 	}
 	if st.Site == "" {
@@ -124,7 +131,10 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "status: %v", err)
 	}
-	if err := s.n.cache.PutEndpointReport(st.GetId(), st.GetProduct(), b); err != nil {
+	if err := s.n.cache.PutEndpointReport(st.GetId(), st.GetProduct(), b, maxEndpointReports); err != nil {
+		if errors.Is(err, cache.ErrFull) {
+			return nil, status.Errorf(codes.ResourceExhausted, "status: this DP keeps %d endpoint reports and has no room for %s; older installations' reports stay", maxEndpointReports, st.GetId())
+		}
 		return nil, toStatus(err)
 	}
 	s.n.log.Debug("endpoint reported", "endpoint", st.GetId(), "product", st.GetProduct(), "version", st.GetVersion(), "result", st.GetResult())
@@ -158,5 +168,13 @@ func toStatus(err error) error {
 	}
 	return status.Error(code, err.Error())
 }
+
+// maxEndpointReports bounds the endpoint/product reports a DP keeps: ten
+// times the endpoints a DP is sized for.
+const maxEndpointReports = 100_000
+
+// maxReportSkew is how far in the future a report's time may be before the
+// DP's own clock replaces it.
+const maxReportSkew = 5 * time.Minute
 
 func timestampNow() *timestamppb.Timestamp { return timestamppb.New(time.Now()) }

@@ -1,9 +1,12 @@
 package dpcachev1
 
 import (
+	"time"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/keepalive"
 )
 
 // Transport sizes for blob streams, shared by DP servers and every client.
@@ -24,6 +27,9 @@ const (
 	MaxMessage = 80 << 20
 	// MaxRequest bounds one message a server receives (requests, reports).
 	MaxRequest = 1 << 20
+	// MaxStreams bounds the concurrent calls on one client connection: an
+	// agent uses a handful, a peer DP a few dozen.
+	MaxStreams = 256
 )
 
 // ServerOptions are the gRPC server options of a DP: the zero-copy blob
@@ -38,6 +44,11 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.WriteBufferSize(BufferSize),
 		grpc.MaxRecvMsgSize(MaxRequest),
 		grpc.MaxSendMsgSize(MaxMessage),
+		grpc.MaxConcurrentStreams(MaxStreams),
+		// Dead clients are found and their streams ended; clients may
+		// ping at most every 10 s, with or without calls.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
 }
 
