@@ -98,3 +98,57 @@ func hexSHA256(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// TestE2E_HTTPRepoCorruptInFlight: a blob whose bytes are corrupt at the
+// origin, fetched through a DP's /repo/ by five clients while the DP is
+// still fetching it. No client may get a complete response: the DP holds
+// back the last byte until the digest is verified and cuts the connection
+// when it fails (3 of 5 clients got a normal 200 with the wrong body), and
+// nothing marks the unverified response as cacheable for good.
+func TestE2E_HTTPRepoCorruptInFlight(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/big.dat": 4 << 20})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	digest := files["databases/big.dat"]
+	flipByte(t, filepath.Join(repo, "blobs", "sha256", digest), 3<<20)
+	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{LimitRate: "2m"})
+	dp := startNode(t, origin.URL, k.pub)
+
+	// The DP learns the blob from the version's manifest.
+	if r, err := http.Get("http://" + dp.HTTP + "/repo/" + product + "/1.0/manifest.json"); err != nil || r.StatusCode != http.StatusOK {
+		t.Fatalf("manifest through /repo/: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
+	type result struct {
+		status, cacheControl string
+		n                    int
+		err                  error
+	}
+	results := make(chan result, 5)
+	for range 5 {
+		go func() {
+			resp, err := http.Get("http://" + dp.HTTP + "/repo/blobs/sha256/" + digest)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results <- result{resp.Status, resp.Header.Get("Cache-Control"), len(b), err}
+		}()
+	}
+	for range 5 {
+		r := <-results
+		if r.err == nil {
+			t.Errorf("a client got a complete response (%s, %d bytes) of a blob that fails verification", r.status, r.n)
+		}
+		if strings.Contains(r.cacheControl, "immutable") {
+			t.Errorf("an unverified response says Cache-Control %q", r.cacheControl)
+		}
+	}
+}

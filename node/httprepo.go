@@ -1,7 +1,6 @@
 package node
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -85,9 +84,10 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	}
 	// A blob's name is its digest: its content never changes.
 	w.Header().Set("ETag", `"`+digest+`"`)
-	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if whole {
+		// Verified: caches may keep it for good.
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 		n.metrics.CacheRequest(true) // in flight: readBlob counts it below
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
@@ -109,6 +109,8 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		from, to, status = a, b, http.StatusPartialContent
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b-1, size))
 	}
+	// Not verified yet: nothing may keep this response.
+	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.FormatInt(to-from, 10))
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead || from == to {
@@ -116,11 +118,19 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	}
 	sink := &httpSink{w: w, left: to - from}
 	err = n.fetcher.ReadBlob(r.Context(), digest, from, false, sink)
-	if errors.Is(err, errRangeDone) || err == nil {
-		return nil
+	if err == nil && sink.left == 0 {
+		// The blob is whole and verified: the held-back last byte ends
+		// the response.
+		_, err = w.Write(sink.held)
+		if err == nil {
+			return nil
+		}
+	}
+	if err == nil {
+		err = fmt.Errorf("the stream ended %d bytes short", sink.left)
 	}
 	// Headers are gone: abort the connection so the client sees a
-	// truncated body, never a silently short one.
+	// truncated body, never a silently short or unverified one.
 	n.log.Warn("HTTP blob stream failed", "blob", digest, "err", err)
 	panic(http.ErrAbortHandler)
 }
@@ -153,14 +163,17 @@ func parseRange(h string, size int64) (int64, int64, bool) {
 	return from, to, true
 }
 
-var errRangeDone = errors.New("range done")
-
 // httpSink adapts readBlob's chunk stream to an HTTP body.
 type httpSink struct {
 	w    http.ResponseWriter
-	left int64
+	left int64  // bytes of the range still to write
+	held []byte // the range's last byte, written only once the blob is verified
 }
 
+// SendMsg writes a chunk of the range as it arrives, except the range's
+// last byte, which waits for the fetch to verify the blob (a client must
+// never see a complete response of unverified bytes); the bytes past the
+// range are read on, unused, until the fetch ends.
 func (s *httpSink) SendMsg(m any) error {
 	c := m.(*pb.BlobChunk)
 	if c.Data == nil {
@@ -171,13 +184,17 @@ func (s *httpSink) SendMsg(m any) error {
 	if int64(len(b)) > s.left {
 		b = b[:s.left]
 	}
+	if len(b) == 0 {
+		return nil
+	}
+	if int64(len(b)) == s.left {
+		s.held = append(s.held[:0], b[len(b)-1])
+		b = b[:len(b)-1]
+	}
 	if _, err := s.w.Write(b); err != nil {
 		return err
 	}
-	s.left -= int64(len(b))
-	if s.left == 0 {
-		return errRangeDone
-	}
+	s.left -= int64(len(b) + len(s.held))
 	return nil
 }
 
