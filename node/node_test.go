@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -556,5 +557,32 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 	}
 	if err := src.ReportStatus(ctx, source.Status{ID: "a/b", Product: "av", Result: "updated"}); !errors.Is(err, source.ErrInvalid) {
 		t.Errorf("report with id a/b: %v, want InvalidArgument", err)
+	}
+}
+
+// TestNode_RefreshListBounded: a product name that every upstream answers
+// NotFound for is not kept current (a typo was polled every minute, for
+// ever); a real one is; at most 1,000 names are kept.
+func TestNode_RefreshListBounded(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	if _, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "avbase"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("latest of a typo: %v, want NotFound", err)
+	}
+	if _, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "av"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.catalog.KeptProducts(); !slices.Equal(got, []string{"av"}) {
+		t.Errorf("products kept current: %v, want [av]", got)
+	}
+	for i := range 1100 {
+		n.catalog.AddProduct(fmt.Sprintf("flood-%d", i))
+	}
+	if got := len(n.catalog.KeptProducts()); got != 1000 {
+		t.Errorf("%d products kept after a flood of names, want 1000", got)
 	}
 }

@@ -108,7 +108,7 @@ type Catalog struct {
 	mu             sync.Mutex                       // protects the fields below
 	known          map[string]int64                 // blob sizes from verified manifests
 	blobVersions   map[string][]productSerial       // versions naming each blob, from verified manifests
-	products       map[string]bool                  // products this DP keeps current
+	products       map[string]time.Time             // products this DP keeps current: when an endpoint last asked
 	upLatest       map[string]upLatest              // upstream's latest, for cold pass-through
 	jobs           map[string]*Job                  // version completions in flight, by product/version
 	versionChanged map[string]chan struct{}         // closed when a product's held latest changes
@@ -132,14 +132,14 @@ func New(ctx context.Context, cfg Config, store Store, trust *manifest.Trust, bl
 		cfg: cfg, log: cfg.Logger, store: store, trust: trust, blobs: blobs, retention: retention, dp: dp, ctx: ctx,
 		known:          map[string]int64{},
 		blobVersions:   map[string][]productSerial{},
-		products:       map[string]bool{},
+		products:       map[string]time.Time{},
 		upLatest:       map[string]upLatest{},
 		jobs:           map[string]*Job{},
 		versionChanged: map[string]chan struct{}{},
 		versionRecs:    map[string]map[uint64]versionRec{},
 	}
 	for _, p := range cfg.Products {
-		c.products[p] = true
+		c.products[p] = time.Now()
 	}
 	return c
 }
@@ -225,10 +225,54 @@ func LatestDocKey(product, version string) string {
 	return product + "/" + version + "/" + manifest.LatestName
 }
 
+// Bounds of the products a DP keeps current for its endpoints (those of
+// Config.Products are always kept).
+const (
+	// maxProducts bounds how many: a name past it is served but not
+	// refreshed (a DP's products are a vendor's few; a flood of names is
+	// not).
+	maxProducts = 1000
+	// productTTL is how long a product no endpoint asks for is refreshed.
+	productTTL = 7 * 24 * time.Hour
+)
+
+// AddProduct keeps p current: an endpoint asked for it. Past maxProducts
+// a new name is not kept. A name that every upstream answers NotFound for
+// is dropped at the next refresh (dropProduct), so a typo is not polled
+// for ever.
 func (c *Catalog) AddProduct(p string) {
 	c.mu.Lock()
-	c.products[p] = true
+	defer c.mu.Unlock()
+	if _, kept := c.products[p]; !kept && len(c.products) >= maxProducts {
+		return
+	}
+	c.products[p] = time.Now()
+}
+
+// KeptProducts returns the products the DP keeps current, sorted.
+func (c *Catalog) KeptProducts() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.products))
+	for p := range c.products {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// dropProduct stops refreshing p, unless Config.Products names it.
+func (c *Catalog) dropProduct(p, why string) {
+	if slices.Contains(c.cfg.Products, p) {
+		return
+	}
+	c.mu.Lock()
+	_, kept := c.products[p]
+	delete(c.products, p)
 	c.mu.Unlock()
+	if kept {
+		c.log.Info("no longer keeping a product current", "product", p, "why", why)
+	}
 }
 
 // register records the sizes of m's blobs: the DP fetches only blobs that a

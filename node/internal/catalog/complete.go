@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -123,12 +124,20 @@ func (c *Catalog) refreshLoop(ctx context.Context) {
 func (c *Catalog) refreshAll(ctx context.Context) {
 	c.mu.Lock()
 	products := make([]string, 0, len(c.products))
-	for p := range c.products {
-		if !slices.Contains(c.cfg.Products, p) {
+	var stale []string
+	for p, asked := range c.products {
+		switch {
+		case slices.Contains(c.cfg.Products, p):
+		case time.Since(asked) > productTTL:
+			stale = append(stale, p)
+		default:
 			products = append(products, p)
 		}
 	}
 	c.mu.Unlock()
+	for _, p := range stale {
+		c.dropProduct(p, "no endpoint asked for it in 7 days")
+	}
 	for _, p := range products {
 		if ctx.Err() != nil {
 			return
@@ -142,6 +151,10 @@ func (c *Catalog) refreshAll(ctx context.Context) {
 // attack or a misconfigured upstream.
 func (c *Catalog) refresh(ctx context.Context, product string) {
 	ul, err := c.upstreamLatest(ctx, product, 0)
+	if errors.Is(err, nodeerr.ErrNotFound) {
+		c.dropProduct(product, "every upstream answers not found")
+		return
+	}
 	if err != nil {
 		c.log.Warn("refresh: upstream latest unavailable; serving what is held", "product", product, "err", err)
 		return

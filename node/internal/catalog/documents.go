@@ -34,6 +34,9 @@ func (c *Catalog) Latest(ctx context.Context, product string) (source.Signed, er
 		return source.Signed{}, fmt.Errorf("product %s: %w", product, err)
 	}
 	ul, err := c.upstreamLatest(ctx, product, c.cfg.Refresh)
+	if errors.Is(err, nodeerr.ErrNotFound) {
+		c.dropProduct(product, "every upstream answers not found")
+	}
 	if err != nil {
 		return source.Signed{}, err
 	}
