@@ -65,6 +65,12 @@ func (r *repo) sameKeyRepo(t testing.TB) *repo {
 // (0: next).
 func (r *repo) publish(t testing.TB, version string, serial uint64, files map[string]string) *manifest.PublishResult {
 	t.Helper()
+	return r.publishWith(t, manifest.PublishOptions{Version: version, Serial: serial}, files)
+}
+
+// publishWith publishes files with opts (Repo, Product and Key are r's).
+func (r *repo) publishWith(t testing.TB, opts manifest.PublishOptions, files map[string]string) *manifest.PublishResult {
+	t.Helper()
 	src := t.TempDir()
 	for p, c := range files {
 		full := filepath.Join(src, filepath.FromSlash(p))
@@ -75,9 +81,8 @@ func (r *repo) publish(t testing.TB, version string, serial uint64, files map[st
 			t.Fatal(err)
 		}
 	}
-	res, err := manifest.Publish(manifest.PublishOptions{
-		Repo: r.dir, Product: product, Version: version, Serial: serial, Key: r.key,
-	}, src)
+	opts.Repo, opts.Product, opts.Key = r.dir, product, r.key
+	res, err := manifest.Publish(opts, src)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,23 +13,8 @@ import (
 // expired a day ago (published two days ago, valid for a day).
 func (r *repo) publishExpired(t testing.TB, version string, files map[string]string) {
 	t.Helper()
-	src := t.TempDir()
-	for p, c := range files {
-		full := filepath.Join(src, filepath.FromSlash(p))
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	past := time.Now().Add(-48 * time.Hour)
-	if _, err := manifest.Publish(manifest.PublishOptions{
-		Repo: r.dir, Product: product, Version: version, Key: r.key,
-		Expires: 24 * time.Hour, Now: func() time.Time { return past },
-	}, src); err != nil {
-		t.Fatal(err)
-	}
+	r.publishWith(t, manifest.PublishOptions{Version: version, Expires: 24 * time.Hour, Now: func() time.Time { return past }}, files)
 }
 
 // TestUpdate_StaleSourceSkipped: a source whose latest.json has expired is

@@ -58,14 +58,7 @@ func startStallingOrigin(t *testing.T, repo string, after int64) *stallingOrigin
 // offset reached: the update completes, and nginx sends only the rest.
 func TestE2E_UpdateStalledSource(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	files := writeFiles(t, src, map[string]int{"databases/av-base.dat": 1 << 20})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
-	stall := startStallingOrigin(t, repo, 64<<10)
-	good := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	work, k, files, stall, good := stallSetup(t)
 
 	ep := filepath.Join(work, "endpoint")
 	got := update(t, stall.URL+","+good.URL, ep, k.pub, "--stall-timeout", "1s")
@@ -73,12 +66,7 @@ func TestE2E_UpdateStalledSource(t *testing.T) {
 		t.Fatalf("update = %+v, want updated, finished by %s", got, good.URL)
 	}
 	checkTree(t, current(ep), files)
-	digest := files["databases/av-base.dat"]
-	testenv.WaitFor(t, eventually, "nginx to log the blob", func() bool { return len(blobEntries(t, good, digest)) == 1 })
-	e := blobEntries(t, good, digest)[0]
-	if want := fmt.Sprintf("bytes=%d-", 64<<10); e.Range != want || e.Bytes != 1<<20-64<<10 {
-		t.Errorf("nginx got Range %q and sent %d bytes; want %q and the rest (%d)", e.Range, e.Bytes, want, 1<<20-64<<10)
-	}
+	checkResumedAtStall(t, good, files["databases/av-base.dat"])
 	if stall.blobs.Load() != 1 {
 		t.Errorf("the stalled source was asked %d times, want once: a silent source is not asked again", stall.blobs.Load())
 	}
@@ -92,14 +80,7 @@ func TestE2E_UpdateStalledSource(t *testing.T) {
 // backoff.
 func TestE2E_NodeStalledUpstream(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	files := writeFiles(t, src, map[string]int{"databases/av-base.dat": 1 << 20})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
-	stall := startStallingOrigin(t, repo, 64<<10)
-	good := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	work, k, files, stall, good := stallSetup(t)
 	dp := startNode(t, stall.URL+","+good.URL, k.pub, "--stall-timeout", "1s")
 
 	ep := filepath.Join(work, "endpoint")
@@ -108,13 +89,32 @@ func TestE2E_NodeStalledUpstream(t *testing.T) {
 		t.Fatalf("update through the DP = %+v, want updated", got)
 	}
 	checkTree(t, current(ep), files)
-	digest := files["databases/av-base.dat"]
+	checkResumedAtStall(t, good, files["databases/av-base.dat"])
+	if n := stall.blobs.Load(); n != 1 {
+		t.Errorf("the silent upstream was asked for the blob %d times, want once", n)
+	}
+}
+
+// stallSetup publishes a 1 MiB database and serves it from a stalling
+// origin (64 KiB, then silence) and from nginx.
+func stallSetup(t *testing.T) (work string, k keyPair, files tree, stall *stallingOrigin, good *testenv.Nginx) {
+	t.Helper()
+	work = t.TempDir()
+	k = vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files = writeFiles(t, src, map[string]int{"databases/av-base.dat": 1 << 20})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	return work, k, files, startStallingOrigin(t, repo, 64<<10), testenv.StartNginx(t, repo, testenv.NginxOptions{})
+}
+
+// checkResumedAtStall checks that nginx sent the blob once, from where the
+// stalling origin went silent to the end.
+func checkResumedAtStall(t *testing.T, good *testenv.Nginx, digest string) {
+	t.Helper()
 	testenv.WaitFor(t, eventually, "nginx to log the blob", func() bool { return len(blobEntries(t, good, digest)) == 1 })
 	e := blobEntries(t, good, digest)[0]
 	if want := fmt.Sprintf("bytes=%d-", 64<<10); e.Range != want || e.Bytes != 1<<20-64<<10 {
 		t.Errorf("nginx got Range %q and sent %d bytes; want %q and the rest (%d)", e.Range, e.Bytes, want, 1<<20-64<<10)
-	}
-	if n := stall.blobs.Load(); n != 1 {
-		t.Errorf("the silent upstream was asked for the blob %d times, want once", n)
 	}
 }

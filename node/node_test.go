@@ -498,39 +498,15 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 	if err := src.ReportStatus(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	var got []*pb.EndpointStatus
-	err = n.cache.EndpointReports(func(key string, value []byte) error {
-		st := &pb.EndpointStatus{}
-		if err := proto.Unmarshal(value, st); err != nil {
-			return err
-		}
-		got = append(got, st)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 1 || got[0].GetId() != "ep-1" || got[0].GetVersion() != "1" || got[0].GetSite() != "paris" || got[0].GetReported().AsTime().Unix() != 1700000000 {
+	got := storedReports(t, n)
+	if len(got) != 1 || got["ep-1"].GetVersion() != "1" || got["ep-1"].GetSite() != "paris" || got["ep-1"].GetReported().AsTime().Unix() != 1700000000 {
 		t.Fatalf("stored reports %v, want the one sent", got)
 	}
 	// An endpoint that does not say its site is recorded in the DP's.
 	if err := src.ReportStatus(ctx, source.Status{ID: "ep-2", Product: "av", Version: "1", Serial: 1, Result: "updated", Reported: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	var site string
-	if err := n.cache.EndpointReports(func(key string, value []byte) error {
-		st := &pb.EndpointStatus{}
-		if err := proto.Unmarshal(value, st); err != nil {
-			return err
-		}
-		if st.GetId() == "ep-2" {
-			site = st.GetSite()
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if site != n.cfg.Site {
+	if site := storedReports(t, n)["ep-2"].GetSite(); site != n.cfg.Site {
 		t.Fatalf("report without a site recorded in site %q, want the DP's %q", site, n.cfg.Site)
 	}
 
@@ -539,25 +515,30 @@ func TestNode_ReportStatusIsKept(t *testing.T) {
 	if err := src.ReportStatus(ctx, source.Status{ID: "ep-3", Product: "av", Version: "1", Serial: 1, Result: "updated", Reported: time.Now().AddDate(100, 0, 0)}); err != nil {
 		t.Fatal(err)
 	}
-	var reported time.Time
-	if err := n.cache.EndpointReports(func(key string, value []byte) error {
-		st := &pb.EndpointStatus{}
-		if err := proto.Unmarshal(value, st); err != nil {
-			return err
-		}
-		if st.GetId() == "ep-3" {
-			reported = st.GetReported().AsTime()
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if reported.After(time.Now()) {
+	if reported := storedReports(t, n)["ep-3"].GetReported().AsTime(); reported.After(time.Now()) {
 		t.Errorf("a report from the future was kept at %v", reported)
 	}
 	if err := src.ReportStatus(ctx, source.Status{ID: "a/b", Product: "av", Result: "updated"}); !errors.Is(err, source.ErrInvalid) {
 		t.Errorf("report with id a/b: %v, want InvalidArgument", err)
 	}
+}
+
+// storedReports returns the endpoint reports n keeps, by endpoint id.
+func storedReports(t *testing.T, n *Node) map[string]*pb.EndpointStatus {
+	t.Helper()
+	out := map[string]*pb.EndpointStatus{}
+	err := n.cache.EndpointReports(func(key string, value []byte) error {
+		st := &pb.EndpointStatus{}
+		if err := proto.Unmarshal(value, st); err != nil {
+			return err
+		}
+		out[st.GetId()] = st
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestNode_RefreshListBounded: a product name that every upstream answers
