@@ -10,9 +10,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -565,5 +567,58 @@ func TestNode_RefreshListBounded(t *testing.T) {
 	}
 	if got := len(n.catalog.KeptProducts()); got != 1000 {
 		t.Errorf("%d products kept after a flood of names, want 1000", got)
+	}
+}
+
+// TestNode_StaleUpstream: a DP whose only upstream offers an expired
+// latest.json (a frozen source) still passes the newest version through,
+// but shows itself stale in /metrics and on the status page; with a
+// current upstream after it, the current one is used and nothing is stale.
+func TestNode_StaleUpstream(t *testing.T) {
+	v := newVendor(t)
+	frozen := filepath.Join(t.TempDir(), "frozen")
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "base.dat"), []byte("antivirus bases"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-48 * time.Hour)
+	if _, err := manifest.Publish(manifest.PublishOptions{Repo: frozen, Product: "av", Version: "1", Key: v.key,
+		Expires: 24 * time.Hour, Now: func() time.Time { return past }}, src); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manifest.Publish(manifest.PublishOptions{Repo: v.repo, Product: "av", Version: "1", Key: v.key, Expires: 24 * time.Hour}, src); err != nil {
+		t.Fatal(err)
+	}
+
+	n := startNode(t, v, frozen, nil)
+	resp, err := dial(t, n).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"})
+	if err != nil {
+		t.Fatalf("latest through a DP whose upstream is stale: %v", err)
+	}
+	l, err := v.trust.VerifyLatest(resp.GetLatest().GetData(), resp.GetLatest().GetSignature())
+	if err != nil || !l.Expired(time.Now()) {
+		t.Fatalf("latest = %+v, %v; want the expired one passed through", l, err)
+	}
+	if _, stale := n.catalog.Stale()["av"]; !stale {
+		t.Error("the DP does not show av stale")
+	}
+	for path, want := range map[string]string{"/metrics": `dpcache_upstream_stale{product="av"} 1`, "/": `id="stale"`} {
+		r, err := http.Get("http://" + n.HTTPAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s lacks %q", path, want)
+		}
+	}
+
+	both := startNode(t, v, frozen, func(c *Config) { c.Upstream = []string{frozen, v.repo} })
+	if _, err := dial(t, both).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := both.catalog.Stale(); len(st) != 0 {
+		t.Errorf("with a current upstream after the frozen one, stale = %v", st)
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"time"
 
 	"github.com/dpcache/dpcache/gossip"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
@@ -17,6 +18,8 @@ func (v opsView) Traffic() (upstream, peer, served int64) {
 }
 
 func (v opsView) FetchesInFlight() int { return len(v.n.fetcher.InFlight()) }
+
+func (v opsView) Stale() map[string]time.Time { return v.n.catalog.Stale() }
 
 func (v opsView) GossipDropped() uint64 {
 	if v.n.gossip == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -109,6 +110,7 @@ type Catalog struct {
 	known          map[string]int64                 // blob sizes from verified manifests
 	blobVersions   map[string][]productSerial       // versions naming each blob, from verified manifests
 	products       map[string]time.Time             // products this DP keeps current: when an endpoint last asked
+	stale          map[string]time.Time             // products whose upstreams all offer an expired latest.json: its expiry
 	upLatest       map[string]upLatest              // upstream's latest, for cold pass-through
 	jobs           map[string]*Job                  // version completions in flight, by product/version
 	versionChanged map[string]chan struct{}         // closed when a product's held latest changes
@@ -133,6 +135,7 @@ func New(ctx context.Context, cfg Config, store Store, trust *manifest.Trust, bl
 		known:          map[string]int64{},
 		blobVersions:   map[string][]productSerial{},
 		products:       map[string]time.Time{},
+		stale:          map[string]time.Time{},
 		upLatest:       map[string]upLatest{},
 		jobs:           map[string]*Job{},
 		versionChanged: map[string]chan struct{}{},
@@ -247,6 +250,15 @@ func (c *Catalog) AddProduct(p string) {
 		return
 	}
 	c.products[p] = time.Now()
+}
+
+// Stale returns the products whose upstreams all offered an expired
+// latest.json at the last check (a frozen source, a forgotten mirror),
+// with that latest.json's expiry.
+func (c *Catalog) Stale() map[string]time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.stale)
 }
 
 // KeptProducts returns the products the DP keeps current, sorted.

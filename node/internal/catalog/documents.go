@@ -57,6 +57,7 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 	path := manifest.LatestPath(product)
 	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
 		var l *manifest.Latest
+		var stale *upLatest // the newest expired latest.json offered
 		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
 			l, err = c.trust.VerifyLatest(s.Data, s.Signature)
 			if errors.Is(err, manifest.ErrBadSignature) {
@@ -65,14 +66,34 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 			if err == nil && l.Product != product {
 				err = fmt.Errorf("latest.json names product %q", l.Product)
 			}
+			if err == nil && l.Expired(time.Now()) {
+				if stale == nil || l.Serial > stale.latest.Serial {
+					stale = &upLatest{signed: s, latest: l}
+				}
+				err = fmt.Errorf("%s %s (serial %d) expired at %s: the source is stale", manifest.LatestName, l.Version, l.Serial, l.Expires.UTC().Format(time.RFC3339))
+			}
 			return err
 		}).Latest(c.ctx, product)
-		if err != nil {
+		var ul upLatest
+		switch {
+		case err != nil && stale != nil && c.ctx.Err() == nil:
+			// A frozen or forgotten source: take the newest version it
+			// offers (an air-gapped site updates from a mirror) and say so.
+			c.log.Warn("every upstream offers an expired latest.json; using the newest, and showing the DP stale", "product", product,
+				"version", stale.latest.Version, "serial", stale.latest.Serial, "expired", stale.latest.Expires.UTC().Format(time.RFC3339))
+			ul = upLatest{signed: stale.signed, latest: stale.latest, at: time.Now()}
+		case err != nil:
 			return upLatest{}, documentError(err)
+		default:
+			ul = upLatest{signed: signed, latest: l, at: time.Now()}
 		}
-		ul := upLatest{signed: signed, latest: l, at: time.Now()}
 		c.mu.Lock()
 		c.upLatest[product] = ul
+		if ul.latest.Expired(time.Now()) {
+			c.stale[product] = *ul.latest.Expires
+		} else {
+			delete(c.stale, product)
+		}
 		c.mu.Unlock()
 		return ul, nil
 	})

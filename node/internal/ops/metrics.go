@@ -49,11 +49,11 @@ type Metrics struct {
 	httpRequests *prometheus.CounterVec // handler, code
 	httpInFlight prometheus.Gauge
 
-	info, served, peer, upstreamDesc, requests                          *prometheus.Desc
-	blobs, bytes, pendingBlobs, pendingBytes, versions                  *prometheus.Desc
-	fileBytes, latestSerial, evictions, evictedBytes                    *prometheus.Desc
-	maxBytes                                                            *prometheus.Desc
-	fetches, members, gossipDropped, endpoints, diskFree, diskLow, upAt *prometheus.Desc
+	info, served, peer, upstreamDesc, requests                                 *prometheus.Desc
+	blobs, bytes, pendingBlobs, pendingBytes, versions                         *prometheus.Desc
+	fileBytes, latestSerial, evictions, evictedBytes                           *prometheus.Desc
+	maxBytes                                                                   *prometheus.Desc
+	fetches, members, gossipDropped, stale, endpoints, diskFree, diskLow, upAt *prometheus.Desc
 }
 
 // upstreamCounter counts the blob bytes read from one upstream source.
@@ -99,6 +99,9 @@ type State interface {
 	// Members returns the cluster's members in every state, or nil when
 	// clustering is off.
 	Members() []gossip.Member
+	// Stale returns the products whose upstreams all offer an expired
+	// latest.json.
+	Stale() map[string]time.Time
 	// GossipDropped counts the gossip messages dropped as malformed or
 	// forged (0 when clustering is off).
 	GossipDropped() uint64
@@ -148,6 +151,7 @@ func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
 	m.evictions = d("dpcache_cache_evictions_total", "Blobs evicted from the cache (quota and retention).")
 	m.evictedBytes = d("dpcache_cache_evicted_bytes_total", "Bytes of the blobs evicted from the cache.")
 	m.fetches = d("dpcache_fetches_in_flight", "Blob fetches in progress (from peers or upstream).")
+	m.stale = d("dpcache_upstream_stale", "1 for a product whose upstreams all offer an expired latest.json (a frozen source or a forgotten mirror); the DP serves the newest of them.", "product")
 	m.gossipDropped = d("dpcache_gossip_dropped_messages_total", "Gossip messages and push/pull states dropped: malformed, or with a clock from the future (forged).")
 	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
 	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
@@ -234,7 +238,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.info, m.upAt, m.served, m.peer, m.upstreamDesc, m.requests,
 		m.blobs, m.bytes, m.pendingBlobs, m.pendingBytes, m.versions,
 		m.fileBytes, m.maxBytes, m.latestSerial, m.evictions, m.evictedBytes,
-		m.fetches, m.members, m.gossipDropped, m.endpoints, m.diskFree, m.diskLow,
+		m.fetches, m.members, m.gossipDropped, m.stale, m.endpoints, m.diskFree, m.diskLow,
 	} {
 		ch <- d
 	}
@@ -293,6 +297,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		emit(m.members, prometheus.GaugeValue, float64(c), string(s))
 	}
 	emit(m.gossipDropped, prometheus.CounterValue, float64(m.state.GossipDropped()))
+	for product := range m.state.Stale() {
+		emit(m.stale, prometheus.GaugeValue, 1, product)
+	}
 
 	if ages := m.state.EndpointAges(); ages != nil {
 		for _, a := range endpointAgeBuckets {

@@ -65,6 +65,9 @@ type Cluster interface {
 	// EndpointAges counts the site's endpoints by age bucket; nil when
 	// endpoint reporting gives no figures.
 	EndpointAges() map[string]int
+	// Stale returns the products whose upstreams all offer an expired
+	// latest.json, with its expiry.
+	Stale() map[string]time.Time
 }
 
 // StatusPage serves the status page and keeps the cluster's traffic
@@ -196,7 +199,7 @@ func (s *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), statusPageTimeout)
 	defer cancel()
 	now := time.Now()
-	in := pageInput{name: s.cfg.Name, site: s.cfg.Site, now: now, ages: s.cluster.EndpointAges()}
+	in := pageInput{name: s.cfg.Name, site: s.cfg.Site, now: now, ages: s.cluster.EndpointAges(), stale: s.cluster.Stale()}
 	var err error
 	if in.status, err = s.cluster.Status(ctx); err != nil {
 		in.errs = append(in.errs, fmt.Sprintf("cluster status: %v", err))
@@ -226,6 +229,7 @@ func (s *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type pageInput struct {
 	name, site     string
 	now            time.Time
+	stale          map[string]time.Time  // product → expiry of the latest.json every upstream offers
 	status         *pb.GetStatusResponse // nil when it could not be had
 	localFree      uint64
 	localFreeKnown bool
@@ -244,6 +248,7 @@ type pageData struct {
 	Refresh    int
 	Errors     []string
 	LowDisk    []lowDisk
+	Stale      []staleView
 
 	Members, Alive, SiteCount int
 	Delivered, Internet       uint64
@@ -255,6 +260,12 @@ type pageData struct {
 	Sites     []siteView
 	Chart     chartView
 	Endpoints endpointsView
+}
+
+// staleView is a product whose upstreams all offer an expired version.
+type staleView struct {
+	Product string
+	Expired time.Time
 }
 
 type lowDisk struct {
@@ -390,6 +401,10 @@ func buildPage(in pageInput) pageData {
 	if in.localFreeKnown && in.localFree < LowDiskThreshold {
 		p.LowDisk = append([]lowDisk{{in.name, in.localFree}}, p.LowDisk...)
 	}
+	for product, exp := range in.stale {
+		p.Stale = append(p.Stale, staleView{product, exp})
+	}
+	slices.SortFunc(p.Stale, func(a, b staleView) int { return cmp.Compare(a.Product, b.Product) })
 	for _, sv := range sites {
 		slices.SortFunc(sv.Members, func(a, b memberView) int { return cmp.Compare(a.Name, b.Name) })
 		p.Sites = append(p.Sites, *sv)
