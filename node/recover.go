@@ -61,7 +61,7 @@ func recoverHTTP(log *slog.Logger, h http.Handler) http.Handler {
 			if p == nil {
 				return
 			}
-			if p == http.ErrAbortHandler { //nolint:errorlint // the sentinel itself is panicked with
+			if p == http.ErrAbortHandler {
 				panic(p) // net/http's own way to cut a response: let it
 			}
 			panicked(log, r.Method+" "+r.URL.Path, p)
@@ -84,6 +84,14 @@ func (w *wroteHeader) WriteHeader(code int) { w.wrote = true; w.ResponseWriter.W
 func (w *wroteHeader) Write(b []byte) (int, error) {
 	w.wrote = true
 	return w.ResponseWriter.Write(b)
+}
+
+// Flush lets streamed responses reach the client as they are written.
+func (w *wroteHeader) Flush() {
+	w.wrote = true
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // Unwrap lets http.ResponseController reach the connection (flush,
