@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,4 +70,31 @@ func TestE2E_PublishEmptyFolder(t *testing.T) {
 		t.Errorf("a refused publish wrote latest.json: %v", err)
 	}
 	mustRun(t, append(args, "--allow-empty")...)
+}
+
+// TestE2E_UpdateJSONFailure: `update --json` that fails prints the one
+// object docs/design.md gives, {"product", "status": "failed", "error"},
+// exits 1, and still says it on one stderr line.
+func TestE2E_UpdateJSONFailure(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	empty := filepath.Join(work, "empty-share")
+	if err := os.MkdirAll(empty, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := dpcache(t, updateArgs(empty, filepath.Join(work, "endpoint"), k.pub)...)
+	if r.code != 1 {
+		t.Fatalf("update from a folder without the product: want exit 1, got %s", r)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &fields); err != nil {
+		t.Fatalf("stdout is not one JSON object: %v\n%s", err, r)
+	}
+	if len(fields) != 3 || fields["product"] != product || fields["status"] != "failed" || !strings.Contains(fmt.Sprint(fields["error"]), "not found") {
+		t.Errorf("update --json on failure = %v, want product, status failed and the error", fields)
+	}
+	if line := errorLine(t, r); !strings.Contains(line, "not found") {
+		t.Errorf("stderr line %q", line)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -37,9 +38,19 @@ With --discover, the first grpc:// source is asked for the DPs of --site
 version, after a random delay within --jitter (so a site's endpoints do not
 all start at once).`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
 				return err
+			}
+			if asJSON && !watch {
+				// Scripts read one object on failure too (stderr keeps the
+				// line for people).
+				defer func() {
+					var ee *exitError
+					if err != nil && !errors.As(err, &ee) {
+						json.NewEncoder(cmd.OutOrStdout()).Encode(failedJSON{Product: cfg.Product, Status: agent.StatusFailed, Error: oneLine(err)})
+					}
+				}()
 			}
 			t, err := manifest.LoadTrust(trust...)
 			if err != nil {
@@ -152,4 +163,12 @@ lower serial: on an administrator's command.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "install root given to dpcache update")
 	cmd.Flags().StringVar(&product, "product", "", "product to roll back")
 	return cmd
+}
+
+// failedJSON is `update --json` for a run that failed: {"product",
+// "status": "failed", "error"}.
+type failedJSON struct {
+	Product string `json:"product"`
+	Status  string `json:"status"`
+	Error   string `json:"error"`
 }
