@@ -38,7 +38,7 @@ var (
 	// freeze attack, or a mirror nobody refreshes): the next source is
 	// tried, and if none is current the newest expired version still
 	// installs, with StatusStale.
-	ErrStale = errors.New("the source is stale")
+	ErrStale = manifest.ErrExpired
 
 	// ErrSerialConflict means a source offered a version with the same
 	// serial as the installed one but different content (another

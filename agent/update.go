@@ -186,16 +186,12 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error) {
 	product := u.cfg.Product
 	d := &decision{}
-	var stale *staleOffer // the newest expired latest.json offered
 	chain := newChain(u.cfg.Sources, u.health, u.cfg.StallTimeout, u.log, func(kind string, s source.Signed) (err error) {
 		if kind == failover.KindLatest {
-			d.latest, err = u.checkLatest(s, inst)
-			if err == nil && d.latest.Expired(time.Now()) {
-				if stale == nil || d.latest.Serial > stale.latest.Serial {
-					stale = &staleOffer{d.latest, s}
+			if d.latest, err = u.checkLatest(s, inst); err == nil {
+				if stale := d.latest.Fresh(time.Now()); stale != nil {
+					return failover.Stale(stale, d.latest.Serial)
 				}
-				err = fmt.Errorf("%s %s (serial %d) expired at %s: %w", manifest.LatestName, d.latest.Version, d.latest.Serial,
-					d.latest.Expires.UTC().Format(time.RFC3339), ErrStale)
 			}
 			return err
 		}
@@ -203,14 +199,16 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 		return err
 	})
 	var err error
-	d.latestS, err = chain.Latest(ctx, product)
-	switch {
-	case err != nil && stale != nil && ctx.Err() == nil:
-		u.log.Warn("no source offers a current version; using the newest expired one", "version", stale.latest.Version,
-			"serial", stale.latest.Serial, "expired", stale.latest.Expires.UTC().Format(time.RFC3339), "source", stale.signed.Source)
-		d.latest, d.latestS, d.stale = stale.latest, stale.signed, true
-	case err != nil:
+	if d.latestS, err = chain.Latest(ctx, product); err != nil {
 		return nil, named(err, fmt.Sprintf("the latest version of %q", product))
+	}
+	if d.latestS.Stale {
+		// No source is current: the newest expired version, which the
+		// hook saw verify (d.latest holds the last one it saw).
+		if d.latest, err = u.checkLatest(d.latestS, inst); err != nil {
+			return nil, err
+		}
+		d.stale = true
 	}
 	d.src = d.latestS.Source
 	if l := d.latest; inst != nil && l.Serial == inst.man.Serial {
@@ -229,12 +227,6 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 		return nil, named(err, fmt.Sprintf("the manifest of %s %s", product, d.latest.Version))
 	}
 	return d, nil
-}
-
-// staleOffer is an expired latest.json a source offered.
-type staleOffer struct {
-	latest *manifest.Latest
-	signed source.Signed
 }
 
 // checkLatest verifies a latest.json and refuses a version below the

@@ -32,6 +32,10 @@ var (
 	// the requested serial is lower than or equal to the current latest's.
 	ErrLowerSerial = errors.New("serial not higher than the current latest")
 
+	// ErrExpired means a latest.json is past its "expires": the source
+	// offering it is stale (frozen, or a mirror nobody refreshes).
+	ErrExpired = errors.New("the source is stale")
+
 	// ErrEmpty means a publish was asked for a folder with no files.
 	ErrEmpty = errors.New("nothing to publish")
 

@@ -53,6 +53,15 @@ func (l *Latest) Expired(now time.Time) bool {
 	return l.Expires != nil && !now.Before(*l.Expires)
 }
 
+// Fresh returns nil, or, once l has expired, an error saying when,
+// wrapping ErrExpired.
+func (l *Latest) Fresh(now time.Time) error {
+	if !l.Expired(now) {
+		return nil
+	}
+	return fmt.Errorf("%s %s (serial %d) expired at %s: %w", LatestName, l.Version, l.Serial, l.Expires.UTC().Format(time.RFC3339), ErrExpired)
+}
+
 // File is one file of a version: where it goes (Path, relative to the
 // install directory), its content (Size bytes, named by SHA256 in the blob
 // store) and the component it belongs to.

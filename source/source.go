@@ -17,6 +17,9 @@ type Signed struct {
 	// without credentials), for results and logs: with a Chain, the member
 	// that served it.
 	Source string
+	// Stale: no source offered a current document, and this is the
+	// newest of the stale ones (see failover.Stale).
+	Stale bool
 }
 
 // Source is one place updates come from. Implementations are safe for

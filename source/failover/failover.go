@@ -327,9 +327,14 @@ func (c *Chain) Manifest(ctx context.Context, product, version string) (source.S
 func (c *Chain) document(ctx context.Context, kind, product, version, rel string, get func(context.Context, source.Source) (source.Signed, error)) (source.Signed, error) {
 	order := c.order()
 	fe := &Error{What: rel, hint: c.opts.Hint}
+	var stale *staleOffer // the best document Verify called stale
 	for n, p := range order {
 		s := c.srcs[p.i]
 		signed, err := c.askDocument(ctx, kind, product, version, rel, s, get)
+		var se *staleError
+		if err != nil && errors.As(err, &se) && (stale == nil || se.rank > stale.rank) {
+			stale = &staleOffer{signed: signed, rank: se.rank}
+		}
 		if err == nil {
 			c.health.succeed(p.name)
 			level := slog.LevelDebug // a DP refreshes every minute: only a fallback is news
@@ -348,8 +353,35 @@ func (c *Chain) document(ctx context.Context, kind, product, version, rel string
 		c.skipped(p, rel, err, c.nextName(order, n))
 		fe.add(s.String(), err)
 	}
+	if stale != nil {
+		c.log.Warn("no source offers a current document; using the newest stale one", "what", rel, "source", stale.signed.Source, "skipped", len(fe.Failures))
+		stale.signed.Stale = true
+		return stale.signed, nil
+	}
 	return source.Signed{}, fe
 }
+
+// staleOffer is a document Verify called stale, with its rank.
+type staleOffer struct {
+	signed source.Signed
+	rank   uint64
+}
+
+// Stale marks an error of Options.Verify as a stale document (an expired
+// latest.json: a frozen source or a forgotten mirror). The next source is
+// tried; when none offers a document that verifies, the stale one of the
+// highest rank (its serial) is returned after all, with Signed.Stale set,
+// rather than an error: an air-gapped site updates from its mirror, and
+// the caller says it is stale. The error's message is err's.
+func Stale(err error, rank uint64) error { return &staleError{err: err, rank: rank} }
+
+type staleError struct {
+	err  error
+	rank uint64
+}
+
+func (e *staleError) Error() string { return e.err.Error() }
+func (e *staleError) Unwrap() error { return e.err }
 
 // askDocument asks one source for a document within ConnectTimeout and
 // verifies it, asking once more when verification says ErrRetry.
@@ -378,7 +410,9 @@ func (c *Chain) askDocument(ctx context.Context, kind, product, version, rel str
 		if attempt == 0 && errors.Is(verr, ErrRetry) {
 			continue
 		}
-		return source.Signed{}, fmt.Errorf("%s: %s: refused: %w", s, rel, verr)
+		// The document itself is returned too: a stale one may still be
+		// used when no source offers better (see Stale).
+		return signed, fmt.Errorf("%s: %s: refused: %w", s, rel, verr)
 	}
 }
 

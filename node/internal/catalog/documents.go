@@ -57,39 +57,28 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 	path := manifest.LatestPath(product)
 	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
 		var l *manifest.Latest
-		var stale *upLatest // the newest expired latest.json offered
 		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
-			l, err = c.trust.VerifyLatest(s.Data, s.Signature)
-			if errors.Is(err, manifest.ErrBadSignature) {
-				return failover.Retry(err) // publish replaces the signature first: ask once more
-			}
-			if err == nil && l.Product != product {
-				err = fmt.Errorf("latest.json names product %q", l.Product)
-			}
-			if err == nil && l.Expired(time.Now()) {
-				if stale == nil || l.Serial > stale.latest.Serial {
-					stale = &upLatest{signed: s, latest: l}
+			if l, err = c.verifyLatest(product, s); err == nil {
+				if stale := l.Fresh(time.Now()); stale != nil {
+					return failover.Stale(stale, l.Serial)
 				}
-				err = fmt.Errorf("%s %s (serial %d) expired at %s: the source is stale", manifest.LatestName, l.Version, l.Serial, l.Expires.UTC().Format(time.RFC3339))
 			}
 			return err
 		}).Latest(c.ctx, product)
-		var ul upLatest
-		switch {
-		case err != nil && stale != nil && c.ctx.Err() == nil:
-			// A frozen or forgotten source: take the newest version it
-			// offers (an air-gapped site updates from a mirror) and say so.
-			c.log.Warn("every upstream offers an expired latest.json; using the newest, and showing the DP stale", "product", product,
-				"version", stale.latest.Version, "serial", stale.latest.Serial, "expired", stale.latest.Expires.UTC().Format(time.RFC3339))
-			ul = upLatest{signed: stale.signed, latest: stale.latest, at: time.Now()}
-		case err != nil:
+		if err != nil {
 			return upLatest{}, documentError(err)
-		default:
-			ul = upLatest{signed: signed, latest: l, at: time.Now()}
 		}
+		if signed.Stale {
+			// Every upstream is stale: the newest expired version (the
+			// engine logged it), which the DP shows stale.
+			if l, err = c.verifyLatest(product, signed); err != nil {
+				return upLatest{}, documentError(err)
+			}
+		}
+		ul := upLatest{signed: signed, latest: l, at: time.Now()}
 		c.mu.Lock()
 		c.upLatest[product] = ul
-		if ul.latest.Expired(time.Now()) {
+		if signed.Stale {
 			c.stale[product] = *ul.latest.Expires
 		} else {
 			delete(c.stale, product)
@@ -101,6 +90,19 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 		return upLatest{}, err
 	}
 	return v.(upLatest), nil
+}
+
+// verifyLatest checks a latest.json's signature and product; a bad
+// signature is worth one more request (publish replaces it first).
+func (c *Catalog) verifyLatest(product string, s source.Signed) (*manifest.Latest, error) {
+	l, err := c.trust.VerifyLatest(s.Data, s.Signature)
+	if errors.Is(err, manifest.ErrBadSignature) {
+		return nil, failover.Retry(err)
+	}
+	if err == nil && l.Product != product {
+		return nil, fmt.Errorf("latest.json names product %q", l.Product)
+	}
+	return l, err
 }
 
 // documents returns the failover engine over the DP's document sources
