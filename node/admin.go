@@ -3,9 +3,12 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/node/internal/ops"
@@ -47,6 +50,7 @@ func (s *adminServer) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (
 			defer wg.Done()
 			if peer, err := s.n.askStatus(ctx, m.GRPCAddr); err == nil {
 				out[i].Traffic, out[i].Cache = peer.GetTraffic(), peer.GetCache()
+				out[i].StaleProducts, out[i].UpstreamFailingSince = peer.GetStaleProducts(), peer.GetUpstreamFailingSince()
 			} else {
 				s.n.log.Debug("peer did not report its status", "peer", m.Name, "err", err)
 			}
@@ -122,5 +126,9 @@ func (n *Node) localStatus() (*pb.MemberStatus, error) {
 	}
 	free, _ := ops.DiskFree(n.cfg.DataDir) // 0 when unknown
 	ms.Cache = &pb.CacheUsage{Bytes: uint64(st.Bytes + st.PendingBytes), MaxBytes: uint64(n.cfg.CacheMax), Blobs: uint64(st.Blobs), FreeDiskBytes: free}
+	ms.StaleProducts = slices.Sorted(maps.Keys(n.catalog.Stale()))
+	if since, failing := n.upstreamFailing(); failing {
+		ms.UpstreamFailingSince = timestamppb.New(since)
+	}
 	return ms, nil
 }

@@ -3,18 +3,24 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
 
@@ -256,4 +262,43 @@ func TestCluster_OriginDownPeerHasNewerVersion(t *testing.T) {
 		hv, err := nodes[1].cache.LatestVersion("av")
 		return err == nil && hv.Serial == 2
 	})
+}
+
+// TestCluster_StalePeerShown: a DP whose upstreams are all stale, or all
+// failing, shows on the status page of every DP of the cluster, not only on
+// its own (an operator watches one page).
+func TestCluster_StalePeerShown(t *testing.T) {
+	v := newVendor(t)
+	frozen := publishFrozen(t, v)
+	down := "http://" + testenv.FreeAddr(t, "127.0.0.1") + "/"
+	nodes := startClusterWith(t, v, v.repo, func(c *Config) {
+		switch c.Name {
+		case "dp-2":
+			c.Upstream = []string{frozen}
+		case "dp-3":
+			c.Upstream = []string{down}
+		}
+	}, "a", "a", "b")
+	ctx := testCtx(t)
+	if _, err := dial(t, nodes[1].Node).GetLatest(ctx, &pb.GetLatestRequest{Product: "av", Forwarded: true}); err != nil {
+		t.Fatalf("latest through the stale DP: %v", err)
+	}
+	if _, err := dial(t, nodes[2].Node).GetLatest(ctx, &pb.GetLatestRequest{Product: "av", Forwarded: true}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("latest through the DP whose upstream is down: %v, want Unavailable", err)
+	}
+	r, err := http.Get("http://" + nodes[0].HTTPAddr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	page := string(b)
+	for _, want := range []string{`id="stale-peers"`, "dp-2 serves an expired av", `id="upstream-down"`, "dp-3 since"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("dp-1's status page lacks %q", want)
+		}
+	}
+	if strings.Contains(page, `id="stale"`) {
+		t.Error("dp-1's status page shows dp-1 itself stale")
+	}
 }

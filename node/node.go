@@ -66,6 +66,10 @@ type Node struct {
 
 	peers *peerPool // one connection per peer DP
 
+	// sources remembers how each source fared (backoff, errors, last
+	// success), for documents and blobs alike, and for operators.
+	sources *failover.Health
+
 	mu     sync.Mutex // protects closed
 	closed bool
 }
@@ -126,6 +130,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	// failed for one is tried last for the other too, until its backoff
 	// ends.
 	sources := failover.NewHealth(failover.Backoff{})
+	n.sources = sources
 	n.catalog = catalog.New(n.bg, catalog.Config{
 		Refresh: cfg.Refresh, Products: cfg.Products, PrefetchInterval: cfg.PrefetchInterval,
 		UpstreamWindow: cfg.UpstreamWindow, FetchParallel: cfg.FetchParallel, CacheMax: cfg.CacheMax,
@@ -329,14 +334,55 @@ func (n *Node) httpHandler() http.Handler {
 	return recoverHTTP(n.log, n.metrics.InstrumentHTTP(mux))
 }
 
-// serveReady answers /readyz: 200 once Run serves with the cache open, 503
-// before that and while the DP stops.
+// serveReady answers /readyz: 200 once Run serves with the cache open; 503
+// before that, while the DP stops, and while it can serve nothing at all
+// (it holds no version whole and every upstream is failing: an endpoint
+// sent to it would only wait).
 func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !n.ready.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "not ready")
+		fmt.Fprintln(w, "not ready: starting or stopping")
+		return
+	}
+	if since, failing := n.upstreamFailing(); failing && !n.holdsAny() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: no version held and every upstream failing since %s\n", since.UTC().Format(time.RFC3339))
 		return
 	}
 	fmt.Fprintln(w, "ready")
+}
+
+// upstreamFailing reports whether every upstream source's last attempt
+// failed, and since when the last of them has been failing (so the time
+// the DP lost its last upstream). A DP with no upstream is never failing.
+func (n *Node) upstreamFailing() (time.Time, bool) {
+	if len(n.upstream) == 0 {
+		return time.Time{}, false
+	}
+	var since time.Time
+	for _, s := range n.upstream {
+		st := n.sources.Status(s.String())
+		if st.FailingSince.IsZero() {
+			return time.Time{}, false
+		}
+		if st.FailingSince.After(since) {
+			since = st.FailingSince
+		}
+	}
+	return since, true
+}
+
+// holdsAny reports whether the DP holds any version of any product whole.
+func (n *Node) holdsAny() bool {
+	products, err := n.cache.Products()
+	if err != nil {
+		return false
+	}
+	for _, p := range products {
+		if _, err := n.cache.LatestVersion(p); err == nil {
+			return true
+		}
+	}
+	return false
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -570,12 +571,11 @@ func TestNode_RefreshListBounded(t *testing.T) {
 	}
 }
 
-// TestNode_StaleUpstream: a DP whose only upstream offers an expired
-// latest.json (a frozen source) still passes the newest version through,
-// but shows itself stale in /metrics and on the status page; with a
-// current upstream after it, the current one is used and nothing is stale.
-func TestNode_StaleUpstream(t *testing.T) {
-	v := newVendor(t)
+// publishFrozen publishes av 1 into v's repository, current, and the same
+// version into another repository as a frozen mirror would offer it
+// (expired a day ago); it returns the frozen repository.
+func publishFrozen(t *testing.T, v *vendor) string {
+	t.Helper()
 	frozen := filepath.Join(t.TempDir(), "frozen")
 	src := t.TempDir()
 	if err := os.WriteFile(filepath.Join(src, "base.dat"), []byte("antivirus bases"), 0o644); err != nil {
@@ -589,7 +589,16 @@ func TestNode_StaleUpstream(t *testing.T) {
 	if _, err := manifest.Publish(manifest.PublishOptions{Repo: v.repo, Product: "av", Version: "1", Key: v.key, Expires: 24 * time.Hour}, src); err != nil {
 		t.Fatal(err)
 	}
+	return frozen
+}
 
+// TestNode_StaleUpstream: a DP whose only upstream offers an expired
+// latest.json (a frozen source) still passes the newest version through,
+// but shows itself stale in /metrics and on the status page; with a
+// current upstream after it, the current one is used and nothing is stale.
+func TestNode_StaleUpstream(t *testing.T) {
+	v := newVendor(t)
+	frozen := publishFrozen(t, v)
 	n := startNode(t, v, frozen, nil)
 	resp, err := dial(t, n).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"})
 	if err != nil {
@@ -620,5 +629,76 @@ func TestNode_StaleUpstream(t *testing.T) {
 	}
 	if st := both.catalog.Stale(); len(st) != 0 {
 		t.Errorf("with a current upstream after the frozen one, stale = %v", st)
+	}
+}
+
+// TestNode_UpstreamDown: a DP that holds nothing and whose every upstream
+// refuses connections is not ready, says so on its status page and counts
+// the failures in /metrics (it answered /readyz 200 and showed nothing);
+// once the upstream answers, it is ready again and the metrics date the
+// success.
+func TestNode_UpstreamDown(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	addr := testenv.FreeAddr(t, "127.0.0.1") // nothing listens there yet
+	upstream := "http://" + addr + "/"
+	n := startNode(t, v, upstream, nil)
+	get := func(path string) (int, string) {
+		t.Helper()
+		r, err := http.Get("http://" + n.HTTPAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+	if _, err := dial(t, n).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("latest with the upstream down: %v, want Unavailable", err)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "every upstream failing") {
+		t.Errorf("/readyz with nothing held and the upstream down: %d %q, want 503 naming the upstream", code, body)
+	}
+	_, metrics := get("/metrics")
+	for _, want := range []string{
+		fmt.Sprintf("dpcache_upstream_failing{source=%q} 1", upstream),
+		fmt.Sprintf("dpcache_upstream_errors_total{source=%q} ", upstream),
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(metrics, "dpcache_upstream_errors_total{source=\""+upstream+"\"} 0") {
+		t.Error("/metrics counts no upstream error")
+	}
+	if _, page := get("/"); !strings.Contains(page, `id="upstream-down"`) {
+		t.Error(`the status page shows no "upstream unreachable" banner`)
+	}
+
+	// The origin comes up at the upstream's address.
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := &http.Server{Handler: http.FileServer(http.Dir(v.repo)), ReadHeaderTimeout: 10 * time.Second}
+	go origin.Serve(lis)
+	t.Cleanup(func() { origin.Close() })
+	if _, err := dial(t, n).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"}); err != nil {
+		t.Fatalf("latest once the upstream is back: %v", err)
+	}
+	if code, body := get("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz with the upstream back: %d %q, want 200", code, body)
+	}
+	_, metrics = get("/metrics")
+	for _, want := range []string{
+		fmt.Sprintf("dpcache_upstream_failing{source=%q} 0", upstream),
+		fmt.Sprintf("dpcache_upstream_last_success_timestamp_seconds{source=%q} ", upstream),
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q once the upstream is back", want)
+		}
+	}
+	if _, page := get("/"); strings.Contains(page, `id="upstream-down"`) {
+		t.Error(`the "upstream unreachable" banner stays once the upstream is back`)
 	}
 }

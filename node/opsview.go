@@ -6,6 +6,7 @@ import (
 
 	"github.com/dpcache/dpcache/gossip"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // opsView is the DP as package ops reads it (ops.State for the metrics,
@@ -20,6 +21,8 @@ func (v opsView) Traffic() (upstream, peer, served int64) {
 func (v opsView) FetchesInFlight() int { return len(v.n.fetcher.InFlight()) }
 
 func (v opsView) Stale() map[string]time.Time { return v.n.catalog.Stale() }
+
+func (v opsView) SourceStatus(name string) failover.SourceStatus { return v.n.sources.Status(name) }
 
 func (v opsView) GossipDropped() uint64 {
 	if v.n.gossip == nil {

@@ -843,7 +843,8 @@ func (r *transfer) Close() error {
 // Health remembers which sources failed, by name (source.Source.String()), and
 // until when each is in backoff. A Chain has its own unless
 // Options.Health gives one to share. Safe for concurrent use; it
-// forgets sources that have recovered, so it stays small.
+// remembers at most maxHealth sources, forgetting first those not in
+// backoff, so it stays small. Status tells operators how each source fares.
 type Health struct {
 	backoff Backoff
 
@@ -856,6 +857,36 @@ type health struct {
 	failures int       // consecutive failures
 	until    time.Time // tried only after the others until then
 	gen      uint64    // changes with every recorded failure or success
+	errors   uint64    // every failure blamed on the source, for operators
+	failing  time.Time // the first of the consecutive failures; zero after a success
+	ok       time.Time // the last success
+}
+
+// SourceStatus is what a Health knows of one source, for operators: the
+// metrics and status page of a DP.
+type SourceStatus struct {
+	// Errors counts every failure blamed on the source (refused
+	// connections, timeouts, stalls, corrupt or unverifiable content;
+	// not "not found").
+	Errors uint64
+	// FailingSince is the first of the source's consecutive failures; zero
+	// when its last attempt succeeded, or it never failed.
+	FailingSince time.Time
+	// LastOK is when the source last served a document or a whole blob;
+	// zero if never.
+	LastOK time.Time
+}
+
+// Status returns what h knows of the named source (the zero SourceStatus for
+// one it never saw).
+func (h *Health) Status(name string) SourceStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.m[name]
+	if s == nil {
+		return SourceStatus{}
+	}
+	return SourceStatus{Errors: s.errors, FailingSince: s.failing, LastOK: s.ok}
 }
 
 // maxHealth bounds how many failing sources a Health remembers.
@@ -902,6 +933,10 @@ func (h *Health) record(name string, gen uint64, always bool) time.Duration {
 		s = &health{}
 		h.m[name] = s
 	}
+	s.errors++
+	if s.failing.IsZero() {
+		s.failing = time.Now()
+	}
 	if always || gen == s.gen {
 		s.failures++
 		s.gen++
@@ -918,10 +953,16 @@ func (h *Health) record(name string, gen uint64, always bool) time.Duration {
 func (h *Health) succeed(name string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if s := h.m[name]; s != nil {
-		s.failures, s.until = 0, time.Time{}
-		s.gen++
+	s := h.m[name]
+	if s == nil {
+		if len(h.m) >= maxHealth {
+			h.forgetLocked()
+		}
+		s = &health{}
+		h.m[name] = s
 	}
+	s.failures, s.until, s.failing, s.ok = 0, time.Time{}, time.Time{}, time.Now()
+	s.gen++
 }
 
 // Backoff returns until when the named source is in backoff (the zero

@@ -72,6 +72,37 @@ func TestHealth_Backoff(t *testing.T) {
 	}
 }
 
+// TestHealth_Status: every blamed failure counts, even within one burst;
+// FailingSince is the first of a run of failures and a success clears it
+// and dates LastOK.
+func TestHealth_Status(t *testing.T) {
+	t.Parallel()
+	h := NewHealth(Backoff{Initial: time.Minute})
+	if st := h.Status("s"); st != (SourceStatus{}) {
+		t.Errorf("unknown source: %+v, want the zero status", st)
+	}
+	gen := h.states([]string{"s"})[0].gen
+	h.fail("s", gen)
+	h.fail("s", gen) // one burst for the backoff, two errors for operators
+	st := h.Status("s")
+	if st.Errors != 2 || st.FailingSince.IsZero() || !st.LastOK.IsZero() {
+		t.Errorf("after two failures: %+v", st)
+	}
+	first := st.FailingSince
+	h.failNow("s")
+	if st := h.Status("s"); st.Errors != 3 || !st.FailingSince.Equal(first) {
+		t.Errorf("a third failure moved FailingSince or missed the count: %+v (first %v)", st, first)
+	}
+	h.succeed("s")
+	if st := h.Status("s"); st.Errors != 3 || !st.FailingSince.IsZero() || st.LastOK.IsZero() {
+		t.Errorf("after a success: %+v", st)
+	}
+	h.succeed("never-failed")
+	if st := h.Status("never-failed"); st.LastOK.IsZero() || st.Errors != 0 {
+		t.Errorf("a source that only succeeded: %+v", st)
+	}
+}
+
 // TestRetry: Retry keeps the message and adds ErrRetry.
 func TestRetry(t *testing.T) {
 	t.Parallel()

@@ -19,6 +19,7 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/source"
+	"github.com/dpcache/dpcache/source/failover"
 )
 
 // Endpoint age buckets (docs/design.md: endpoints --json "age"), in display order.
@@ -54,6 +55,7 @@ type Metrics struct {
 	fileBytes, latestSerial, evictions, evictedBytes                           *prometheus.Desc
 	maxBytes                                                                   *prometheus.Desc
 	fetches, members, gossipDropped, stale, endpoints, diskFree, diskLow, upAt *prometheus.Desc
+	upErrors, upFailing, upLastOK                                              *prometheus.Desc
 }
 
 // upstreamCounter counts the blob bytes read from one upstream source.
@@ -102,6 +104,9 @@ type State interface {
 	// Stale returns the products whose upstreams all offer an expired
 	// latest.json.
 	Stale() map[string]time.Time
+	// SourceStatus says how the named source fared (the failover
+	// engine's memory of it).
+	SourceStatus(name string) failover.SourceStatus
 	// GossipDropped counts the gossip messages dropped as malformed or
 	// forged (0 when clustering is off).
 	GossipDropped() uint64
@@ -152,6 +157,9 @@ func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
 	m.evictedBytes = d("dpcache_cache_evicted_bytes_total", "Bytes of the blobs evicted from the cache.")
 	m.fetches = d("dpcache_fetches_in_flight", "Blob fetches in progress (from peers or upstream).")
 	m.stale = d("dpcache_upstream_stale", "1 for a product whose upstreams all offer an expired latest.json (a frozen source or a forgotten mirror); the DP serves the newest of them.", "product")
+	m.upErrors = d("dpcache_upstream_errors_total", "Failed requests to each upstream source: refused or timed-out connections, stalls, corrupt or unverifiable content (not \"not found\").", "source")
+	m.upFailing = d("dpcache_upstream_failing", "1 while the last request to the upstream source failed, else 0.", "source")
+	m.upLastOK = d("dpcache_upstream_last_success_timestamp_seconds", "When the upstream source last served a verified document or blob, in seconds since the Unix epoch; absent until it has.", "source")
 	m.gossipDropped = d("dpcache_gossip_dropped_messages_total", "Gossip messages and push/pull states dropped: malformed, or with a clock from the future (forged).")
 	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
 	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
@@ -239,6 +247,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.blobs, m.bytes, m.pendingBlobs, m.pendingBytes, m.versions,
 		m.fileBytes, m.maxBytes, m.latestSerial, m.evictions, m.evictedBytes,
 		m.fetches, m.members, m.gossipDropped, m.stale, m.endpoints, m.diskFree, m.diskLow,
+		m.upErrors, m.upFailing, m.upLastOK,
 	} {
 		ch <- d
 	}
@@ -257,8 +266,19 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	emit(m.served, prometheus.CounterValue, float64(served))
 	emit(m.peer, prometheus.CounterValue, float64(peer))
 	for _, u := range m.upstream {
-		if u.first {
-			emit(m.upstreamDesc, prometheus.CounterValue, float64(u.bytes.Load()), u.name)
+		if !u.first {
+			continue
+		}
+		emit(m.upstreamDesc, prometheus.CounterValue, float64(u.bytes.Load()), u.name)
+		st := m.state.SourceStatus(u.name)
+		emit(m.upErrors, prometheus.CounterValue, float64(st.Errors), u.name)
+		failing := 0.0
+		if !st.FailingSince.IsZero() {
+			failing = 1
+		}
+		emit(m.upFailing, prometheus.GaugeValue, failing, u.name)
+		if !st.LastOK.IsZero() {
+			emit(m.upLastOK, prometheus.GaugeValue, float64(st.LastOK.UnixNano())/1e9, u.name)
 		}
 	}
 	emit(m.requests, prometheus.CounterValue, float64(m.hits.Load()), "hit")

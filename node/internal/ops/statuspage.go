@@ -249,6 +249,11 @@ type pageData struct {
 	Errors     []string
 	LowDisk    []lowDisk
 	Stale      []staleView
+	// StalePeers are the other members of the cluster that show
+	// themselves stale; UpstreamDown the members (this DP included) whose
+	// every upstream is failing.
+	StalePeers   []memberIssue
+	UpstreamDown []memberIssue
 
 	Members, Alive, SiteCount int
 	Delivered, Internet       uint64
@@ -266,6 +271,13 @@ type pageData struct {
 type staleView struct {
 	Product string
 	Expired time.Time
+}
+
+// memberIssue is a member in trouble, for a banner.
+type memberIssue struct {
+	Name     string
+	Products []string  // StalePeers: the stale products
+	Since    time.Time // UpstreamDown: since when
 }
 
 type lowDisk struct {
@@ -290,6 +302,8 @@ type siteView struct {
 type memberView struct {
 	Name, State, GRPC, HTTP string
 	Local, Answered         bool
+	Stale                   []string  // products the member serves stale
+	UpstreamDown            time.Time // set while every upstream of the member fails
 	Products                []productView
 	Cache                   *cacheView
 	Served, Upstream, Peer  uint64
@@ -358,6 +372,14 @@ func buildPage(in pageInput) pageData {
 		if t := m.GetTraffic(); t != nil {
 			mv.Served, mv.Upstream, mv.Peer = t.GetServedBytes(), t.GetUpstreamBytes(), t.GetPeerBytes()
 		}
+		mv.Stale = m.GetStaleProducts()
+		if len(mv.Stale) > 0 && !local {
+			p.StalePeers = append(p.StalePeers, memberIssue{Name: mv.Name, Products: mv.Stale})
+		}
+		if ts := m.GetUpstreamFailingSince(); ts != nil {
+			mv.UpstreamDown = ts.AsTime()
+			p.UpstreamDown = append(p.UpstreamDown, memberIssue{Name: mv.Name, Since: mv.UpstreamDown})
+		}
 		for _, pv := range m.GetVersions() {
 			prod := productView{Product: pv.GetProduct()}
 			serials := slices.Sorted(slices.Values(pv.GetSerials()))
@@ -405,6 +427,9 @@ func buildPage(in pageInput) pageData {
 		p.Stale = append(p.Stale, staleView{product, exp})
 	}
 	slices.SortFunc(p.Stale, func(a, b staleView) int { return cmp.Compare(a.Product, b.Product) })
+	byName := func(a, b memberIssue) int { return cmp.Compare(a.Name, b.Name) }
+	slices.SortFunc(p.StalePeers, byName)
+	slices.SortFunc(p.UpstreamDown, byName)
 	for _, sv := range sites {
 		slices.SortFunc(sv.Members, func(a, b memberView) int { return cmp.Compare(a.Name, b.Name) })
 		p.Sites = append(p.Sites, *sv)

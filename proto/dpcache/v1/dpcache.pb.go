@@ -1114,10 +1114,18 @@ type MemberStatus struct {
 	State    string             `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
 	Versions []*ProductVersions `protobuf:"bytes,6,rep,name=versions,proto3" json:"versions,omitempty"`
 	// Unset when the member could not be asked.
-	Traffic       *Traffic    `protobuf:"bytes,7,opt,name=traffic,proto3" json:"traffic,omitempty"`
-	Cache         *CacheUsage `protobuf:"bytes,8,opt,name=cache,proto3" json:"cache,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Traffic *Traffic    `protobuf:"bytes,7,opt,name=traffic,proto3" json:"traffic,omitempty"`
+	Cache   *CacheUsage `protobuf:"bytes,8,opt,name=cache,proto3" json:"cache,omitempty"`
+	// Products whose upstreams all offer an expired latest.json: the member
+	// serves the newest of them and shows itself stale. Empty when the
+	// member could not be asked.
+	StaleProducts []string `protobuf:"bytes,9,rep,name=stale_products,json=staleProducts,proto3" json:"stale_products,omitempty"`
+	// Set while every upstream of the member is failing: since when (the
+	// time it lost its last upstream). Unset when the member could not be
+	// asked.
+	UpstreamFailingSince *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=upstream_failing_since,json=upstreamFailingSince,proto3" json:"upstream_failing_since,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *MemberStatus) Reset() {
@@ -1202,6 +1210,20 @@ func (x *MemberStatus) GetTraffic() *Traffic {
 func (x *MemberStatus) GetCache() *CacheUsage {
 	if x != nil {
 		return x.Cache
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetStaleProducts() []string {
+	if x != nil {
+		return x.StaleProducts
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetUpstreamFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpstreamFailingSince
 	}
 	return nil
 }
@@ -1629,7 +1651,7 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x1b\n" +
 	"\tmax_bytes\x18\x02 \x01(\x04R\bmaxBytes\x12\x14\n" +
 	"\x05blobs\x18\x03 \x01(\x04R\x05blobs\x12&\n" +
-	"\x0ffree_disk_bytes\x18\x04 \x01(\x04R\rfreeDiskBytes\"\xa8\x02\n" +
+	"\x0ffree_disk_bytes\x18\x04 \x01(\x04R\rfreeDiskBytes\"\xa1\x03\n" +
 	"\fMemberStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
@@ -1638,7 +1660,10 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\x05state\x18\x05 \x01(\tR\x05state\x127\n" +
 	"\bversions\x18\x06 \x03(\v2\x1b.dpcache.v1.ProductVersionsR\bversions\x12-\n" +
 	"\atraffic\x18\a \x01(\v2\x13.dpcache.v1.TrafficR\atraffic\x12,\n" +
-	"\x05cache\x18\b \x01(\v2\x16.dpcache.v1.CacheUsageR\x05cache\"v\n" +
+	"\x05cache\x18\b \x01(\v2\x16.dpcache.v1.CacheUsageR\x05cache\x12%\n" +
+	"\x0estale_products\x18\t \x03(\tR\rstaleProducts\x12P\n" +
+	"\x16upstream_failing_since\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x14upstreamFailingSince\"v\n" +
 	"\x11GetStatusResponse\x122\n" +
 	"\amembers\x18\x01 \x03(\v2\x18.dpcache.v1.MemberStatusR\amembers\x12-\n" +
 	"\atraffic\x18\x02 \x01(\v2\x13.dpcache.v1.TrafficR\atraffic\"+\n" +
@@ -1730,33 +1755,34 @@ var file_dpcache_v1_dpcache_proto_depIdxs = []int32{
 	16, // 6: dpcache.v1.MemberStatus.versions:type_name -> dpcache.v1.ProductVersions
 	17, // 7: dpcache.v1.MemberStatus.traffic:type_name -> dpcache.v1.Traffic
 	18, // 8: dpcache.v1.MemberStatus.cache:type_name -> dpcache.v1.CacheUsage
-	19, // 9: dpcache.v1.GetStatusResponse.members:type_name -> dpcache.v1.MemberStatus
-	17, // 10: dpcache.v1.GetStatusResponse.traffic:type_name -> dpcache.v1.Traffic
-	7,  // 11: dpcache.v1.EndpointInfo.status:type_name -> dpcache.v1.EndpointStatus
-	24, // 12: dpcache.v1.ListEndpointsResponse.endpoints:type_name -> dpcache.v1.EndpointInfo
-	1,  // 13: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
-	3,  // 14: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
-	5,  // 15: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
-	8,  // 16: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
-	10, // 17: dpcache.v1.DistributionService.ListSources:input_type -> dpcache.v1.ListSourcesRequest
-	13, // 18: dpcache.v1.DistributionService.WatchLatest:input_type -> dpcache.v1.WatchLatestRequest
-	15, // 19: dpcache.v1.AdminService.GetStatus:input_type -> dpcache.v1.GetStatusRequest
-	21, // 20: dpcache.v1.AdminService.Prefetch:input_type -> dpcache.v1.PrefetchRequest
-	23, // 21: dpcache.v1.AdminService.ListEndpoints:input_type -> dpcache.v1.ListEndpointsRequest
-	2,  // 22: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
-	4,  // 23: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
-	6,  // 24: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
-	9,  // 25: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
-	12, // 26: dpcache.v1.DistributionService.ListSources:output_type -> dpcache.v1.ListSourcesResponse
-	14, // 27: dpcache.v1.DistributionService.WatchLatest:output_type -> dpcache.v1.WatchLatestResponse
-	20, // 28: dpcache.v1.AdminService.GetStatus:output_type -> dpcache.v1.GetStatusResponse
-	22, // 29: dpcache.v1.AdminService.Prefetch:output_type -> dpcache.v1.PrefetchResponse
-	25, // 30: dpcache.v1.AdminService.ListEndpoints:output_type -> dpcache.v1.ListEndpointsResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	26, // 9: dpcache.v1.MemberStatus.upstream_failing_since:type_name -> google.protobuf.Timestamp
+	19, // 10: dpcache.v1.GetStatusResponse.members:type_name -> dpcache.v1.MemberStatus
+	17, // 11: dpcache.v1.GetStatusResponse.traffic:type_name -> dpcache.v1.Traffic
+	7,  // 12: dpcache.v1.EndpointInfo.status:type_name -> dpcache.v1.EndpointStatus
+	24, // 13: dpcache.v1.ListEndpointsResponse.endpoints:type_name -> dpcache.v1.EndpointInfo
+	1,  // 14: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
+	3,  // 15: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
+	5,  // 16: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
+	8,  // 17: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
+	10, // 18: dpcache.v1.DistributionService.ListSources:input_type -> dpcache.v1.ListSourcesRequest
+	13, // 19: dpcache.v1.DistributionService.WatchLatest:input_type -> dpcache.v1.WatchLatestRequest
+	15, // 20: dpcache.v1.AdminService.GetStatus:input_type -> dpcache.v1.GetStatusRequest
+	21, // 21: dpcache.v1.AdminService.Prefetch:input_type -> dpcache.v1.PrefetchRequest
+	23, // 22: dpcache.v1.AdminService.ListEndpoints:input_type -> dpcache.v1.ListEndpointsRequest
+	2,  // 23: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
+	4,  // 24: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
+	6,  // 25: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
+	9,  // 26: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
+	12, // 27: dpcache.v1.DistributionService.ListSources:output_type -> dpcache.v1.ListSourcesResponse
+	14, // 28: dpcache.v1.DistributionService.WatchLatest:output_type -> dpcache.v1.WatchLatestResponse
+	20, // 29: dpcache.v1.AdminService.GetStatus:output_type -> dpcache.v1.GetStatusResponse
+	22, // 30: dpcache.v1.AdminService.Prefetch:output_type -> dpcache.v1.PrefetchResponse
+	25, // 31: dpcache.v1.AdminService.ListEndpoints:output_type -> dpcache.v1.ListEndpointsResponse
+	23, // [23:32] is the sub-list for method output_type
+	14, // [14:23] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_dpcache_v1_dpcache_proto_init() }
