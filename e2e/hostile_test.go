@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -150,5 +152,85 @@ func TestE2E_HTTPRepoCorruptInFlight(t *testing.T) {
 		if strings.Contains(r.cacheControl, "immutable") {
 			t.Errorf("an unverified response says Cache-Control %q", r.cacheControl)
 		}
+	}
+}
+
+// TestE2E_LyingPeer (hardening finding 5): a DP of the site announces a
+// version whole but serves wrong bytes for it (here its cache file was
+// corrupted behind its back; a malicious member does the same). A DP that
+// fetches from it sees the digest mismatch, drops those bytes and fetches
+// the blob from upstream, so the endpoint gets the right files; before,
+// every ReadBlob of the blob failed with DataLoss and the DP never went
+// back to upstream.
+func TestE2E_LyingPeer(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/base.dat": 3 << 20, "modules/engine.bin": 256 << 10})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	liar := startCluster(t, origin.URL, k.pub, []dpSpec{{"dp-2", "a"}})[0]
+	mustRun(t, "prefetch", "--node", liar.GRPC, "--product", product)
+
+	// The liar's stored bytes turn to zeros; it still holds the version
+	// whole in its records and announces it.
+	if err := liar.proc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	zeroChunks(t, filepath.Join(liar.Data, "cache.db"))
+	liar.restart(t)
+	before := origin.BytesServed(t, "/blobs/")
+
+	// dp-1 joins the site: the only holder it knows of is the liar.
+	dp1 := startClusterDP(t, "dp-1", "a", origin.URL, k.pub, []string{liar.Gossip})
+	dps := []*clusterDP{dp1, liar}
+	waitMembers(t, dps, dps)
+	dir := filepath.Join(work, "endpoint")
+	if r := update(t, dps[0].URL(), dir, k.pub); r.Status != "updated" {
+		t.Fatalf("update through dp-1 while dp-2 lies: %+v", r)
+	}
+	checkTree(t, current(dir), files)
+	if got, want := origin.BytesServed(t, "/blobs/")-before, int64(3<<20+256<<10); got < want {
+		t.Errorf("the origin served %d blob bytes after the liar's bytes were refused, want at least %d (the DP went back upstream)", got, want)
+	}
+	mustContain(t, dp1.proc.Stderr(), "delivered a corrupt blob", liar.GRPC)
+}
+
+// zeroChunks overwrites every stored blob chunk of a stopped DP's cache
+// file with zeros of the same length.
+func zeroChunks(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := 0
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("chunks"))
+		if b == nil {
+			return fmt.Errorf("%s has no chunks bucket", path)
+		}
+		zeroed := map[string][]byte{}
+		if err := b.ForEach(func(k, v []byte) error {
+			zeroed[string(k)] = make([]byte, len(v))
+			return nil
+		}); err != nil {
+			return err
+		}
+		for k, v := range zeroed {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatalf("%s holds no chunk to corrupt", path)
 	}
 }

@@ -571,6 +571,7 @@ type transfer struct {
 	timer     *time.Timer
 	told      bool            // the sink was told the current source
 	delivered map[string]bool // sources (names) that delivered bytes
+	retracted map[string]bool // sources that took back what they sent (see broke)
 	last      source.Source   // the source that completed the blob
 	fe        *Error          // why sources were left
 	err       error           // sticky: io.EOF, or the final error
@@ -749,6 +750,29 @@ func (r *transfer) broke(err error) {
 	r.total++
 	if stalled {
 		r.leave(fmt.Errorf("%s: %s: %w: no data for %v", s, r.rel, source.ErrUnavailable, r.c.opts.StallTimeout))
+		return
+	}
+	if errors.Is(err, source.ErrDataLoss) && r.sink != nil && r.off > 0 {
+		// The source itself says the bytes it sent were corrupt: a DP
+		// relaying a bad peer's bytes, which discards them and fetches
+		// the blob again. Start over from byte 0 at the same source, once;
+		// a second time, the source is blamed like any corrupt one.
+		if r.retracted[s.String()] {
+			r.corrupt(err)
+			return
+		}
+		if r.retracted == nil {
+			r.retracted = map[string]bool{}
+		}
+		r.retracted[s.String()] = true
+		r.c.log.Warn("update source took back the bytes it sent; reading the blob again from the start",
+			"what", r.rel, "source", s.String(), "offset", r.off, "error", err.Error())
+		if rerr := r.sink.Reset(); rerr != nil {
+			r.err = &sinkError{rerr}
+			return
+		}
+		r.off, r.start, r.delivered = 0, 0, map[string]bool{}
+		r.resumes = 0
 		return
 	}
 	if progressed && !errors.Is(err, source.ErrPartial) && r.resumes < MaxResumes {

@@ -1,8 +1,13 @@
 package failover
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -131,5 +136,84 @@ func TestChain_TierOrder(t *testing.T) {
 	want = []string{peer2.String(), up2.String(), peer1.String(), up1.String()}
 	if got := flat.Order(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("without tiers: order %v, want %v", got, want)
+	}
+}
+
+// retracting is a source that, at its first request, sends all but the
+// last byte of a blob wrong and then takes them back with an error wrapping
+// source.ErrDataLoss (what a DP does when the peer it relayed turns out to
+// have lied); from then on it serves the blob right.
+type retracting struct {
+	content  []byte
+	every    bool // take the bytes back at every request
+	requests int
+}
+
+func (s *retracting) Latest(context.Context, string) (source.Signed, error) {
+	return source.Signed{}, source.ErrNotFound
+}
+
+func (s *retracting) Manifest(context.Context, string, string) (source.Signed, error) {
+	return source.Signed{}, source.ErrNotFound
+}
+
+func (s *retracting) Blob(_ context.Context, _ string, off int64) (io.ReadCloser, error) {
+	s.requests++
+	if s.requests > 1 && !s.every {
+		return io.NopCloser(bytes.NewReader(s.content[off:])), nil
+	}
+	bad := make([]byte, len(s.content)-1)
+	return io.NopCloser(io.MultiReader(bytes.NewReader(bad), errReader{fmt.Errorf("the bytes sent were corrupt; read again: %w", source.ErrDataLoss)})), nil
+}
+
+func (s *retracting) String() string { return "grpc://retracting" }
+func (s *retracting) Close() error   { return nil }
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// bufSink is a Sink in memory that checks the SHA-256 at the end.
+type bufSink struct {
+	digest string
+	buf    bytes.Buffer
+	resets int
+}
+
+func (s *bufSink) Offset() int64               { return int64(s.buf.Len()) }
+func (s *bufSink) Write(p []byte) (int, error) { return s.buf.Write(p) }
+func (s *bufSink) Reset() error                { s.resets++; s.buf.Reset(); return nil }
+func (s *bufSink) Verify() error {
+	if sum := sha256.Sum256(s.buf.Bytes()); hex.EncodeToString(sum[:]) != s.digest {
+		return fmt.Errorf("digest mismatch: %w", source.ErrDataLoss)
+	}
+	return nil
+}
+
+// TestChain_SourceRetracts: a source that says the bytes it sent were
+// corrupt (DataLoss mid-stream) is read again from byte 0, once, into a
+// reset sink, so an endpoint whose only source is a DP that relayed a
+// lying peer still gets the blob; a source that does it twice is left.
+func TestChain_SourceRetracts(t *testing.T) {
+	t.Parallel()
+	content := bytes.Repeat([]byte("antivirus record "), 4096)
+	sum := sha256.Sum256(content)
+	digest := hex.EncodeToString(sum[:])
+	s := &retracting{content: content}
+	sink := &bufSink{digest: digest}
+	c := New([]source.Source{s}, Options{})
+	if _, err := c.Fetch(context.Background(), digest, int64(len(content)), sink); err != nil {
+		t.Fatalf("Fetch from a source that took its bytes back once: %v", err)
+	}
+	if !bytes.Equal(sink.buf.Bytes(), content) || sink.resets != 1 || s.requests != 2 {
+		t.Errorf("got %d bytes after %d resets and %d requests; want the blob after 1 reset and 2 requests", sink.buf.Len(), sink.resets, s.requests)
+	}
+
+	liar := &retracting{content: content, every: true}
+	if _, err := New([]source.Source{liar}, Options{}).Fetch(context.Background(), digest, int64(len(content)), &bufSink{digest: digest}); err == nil {
+		t.Error("Fetch from a source that takes its bytes back every time succeeded")
+	}
+	if liar.requests != 2 {
+		t.Errorf("a source that takes its bytes back every time was asked %d times, want 2 (once again from the start, then left)", liar.requests)
 	}
 }

@@ -117,15 +117,20 @@ func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream 
 			}
 			startGen = st.gen
 		}
+		// The blob's last byte is held back until it is whole and
+		// verified: a reader never has every byte of a blob that then
+		// fails its digest check, only an error (DataLoss) that tells it
+		// to read again.
+		flushed, written := min(st.flushed, f.size-1), min(st.written, f.size-1)
 		switch {
-		case st.done && st.err != nil && pos >= st.written:
+		case st.done && st.err != nil && pos >= written:
 			return st.err
 		case st.done && st.err == nil:
 			// Whole now: the rest comes from the cache.
 			_, err := fr.sendRange(ctx, f.digest, pos, f.size, stream, bufs, false)
 			return err
-		case pos < st.flushed:
-			sent, err := fr.sendRange(ctx, f.digest, pos, st.flushed, stream, bufs, true)
+		case pos < flushed:
+			sent, err := fr.sendRange(ctx, f.digest, pos, flushed, stream, bufs, true)
 			pos += sent
 			if progress != nil && sent > 0 {
 				progress(pos)
@@ -136,8 +141,8 @@ func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream 
 			// ErrNotFound: the blob became whole or was discarded
 			// meanwhile; look again.
 			continue
-		case pos < st.written:
-			sent, err := fr.sendTail(ctx, f, pos, stream, bufs)
+		case pos < written:
+			sent, err := fr.sendTail(ctx, f, pos, written, stream, bufs)
 			pos += sent
 			if progress != nil && sent > 0 {
 				progress(pos)
@@ -165,10 +170,10 @@ func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream 
 	}
 }
 
-// sendTail sends one chunk of f's bytes that are not stored yet, from
-// memory; 0 when pos is no longer in memory (stored meanwhile).
-func (fr *Fetcher) sendTail(ctx context.Context, f *fetch, pos int64, stream BlobSender, bufs *streamBuffers) (int64, error) {
-	buf, err := bufs.get(ctx, fr.cfg.ServeChunk)
+// sendTail sends one chunk of f's bytes before to that are not stored yet,
+// from memory; 0 when pos is no longer in memory (stored meanwhile).
+func (fr *Fetcher) sendTail(ctx context.Context, f *fetch, pos, to int64, stream BlobSender, bufs *streamBuffers) (int64, error) {
+	buf, err := bufs.get(ctx, int(min(int64(fr.cfg.ServeChunk), to-pos)))
 	if err != nil {
 		return 0, err
 	}
