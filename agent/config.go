@@ -37,9 +37,11 @@ type Config struct {
 	Components []string
 
 	// EndpointID, Hostname and Site identify the endpoint in the status
-	// report sent to a source that accepts reports (a DP). Default: the
-	// host name for EndpointID and Hostname; Site is empty, which lets
-	// the DP record its own site.
+	// report sent to a source that accepts reports (a DP). EndpointID
+	// empty (the default) means the id generated once and kept in Dir
+	// (see EndpointID), so that each install root is an endpoint of its
+	// own; Hostname defaults to the host name, reported beside the id;
+	// Site is empty, which lets the DP record its own site.
 	EndpointID, Hostname, Site string
 
 	// Progress, when set, is called as blob bytes arrive with the bytes
@@ -90,9 +92,9 @@ func DefaultConfig() Config {
 	return Config{
 		// Both components: a full install.
 		Components: []string{manifest.ComponentDatabases, manifest.ComponentModules},
-		// The host name identifies the endpoint unless told otherwise.
-		EndpointID: host,
-		Hostname:   host,
+		// The id kept in Dir identifies the endpoint (EndpointID ""); the
+		// host name is reported beside it.
+		Hostname: host,
 		// Four files at once keep a LAN or a WAN link busy without
 		// thrashing a small endpoint's disk.
 		Concurrency: 4,
@@ -136,6 +138,11 @@ func (c Config) Validate() error {
 			return bad("component %q given twice", comp)
 		}
 		seen[comp] = true
+	}
+	if c.EndpointID != "" {
+		if err := ValidEndpointID(c.EndpointID); err != nil {
+			return bad("endpoint id: %v", err)
+		}
 	}
 	if c.Concurrency < 1 {
 		return bad("concurrency %d: want at least 1", c.Concurrency)

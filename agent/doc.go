@@ -22,6 +22,23 @@
 // change are hard links to the installed ones (a copy where links are not
 // supported), so an update costs the disk space of what changed.
 //
+// # Rollback and hold
+//
+// Rollback switches `current` back to `previous` and holds the product
+// there (Dir/<product>/.dpcache/hold.json): Update then asks no source,
+// installs nothing and returns StatusHeld, until Unhold. A second Rollback
+// while held fails with ErrHeld: nothing older is kept. The hold is
+// written before the links move and is the journal of the switch, so a
+// crash leaves the product on the newer version not held, or on the older
+// one held; the next locked run finishes an interrupted switch.
+//
+// # Endpoint id
+//
+// A status report names the endpoint by an id generated once and kept in
+// Dir/.dpcache-id (EndpointID), so two install roots on one host are two
+// endpoints; the host name is reported beside it. Config.EndpointID
+// overrides it.
+//
 // # Failover and resume
 //
 // Sources are tried in order. A source that is unreachable, lacks the
@@ -43,7 +60,8 @@
 // file it reuses, so a modified file is downloaded again rather than
 // propagated.
 //
-// Update and Rollback lock the product's directory with flock(2); where
+// Update, Rollback and Unhold lock the product's directory with flock(2),
+// so none of them runs while another does (ErrBusy); where
 // flock is unavailable (non-Unix systems) concurrent runs are not
 // detected.
 package agent

@@ -28,6 +28,13 @@ var (
 	// version is kept on disk.
 	ErrNoPrevious = errors.New("no previous version to roll back to")
 
+	// ErrHeld means the product is held on a version after a rollback,
+	// so it cannot be rolled back further: nothing older is kept.
+	ErrHeld = errors.New("product is held")
+
+	// ErrNotHeld means Unhold was asked for a product that is not held.
+	ErrNotHeld = errors.New("product is not held")
+
 	// ErrLowerSerial means a source offered a version whose serial is
 	// lower than the installed one. The agent never moves to a lower
 	// serial on its own (that is a rollback attack, or a stale source);
@@ -62,6 +69,11 @@ var (
 	// ErrSourcesFailed means every source failed; the
 	// *failover.Error that wraps it lists each source and why.
 	ErrSourcesFailed = failover.ErrAllFailed
+
+	// ErrBadEndpointID means the endpoint id kept in the install root
+	// (or given) is empty, too long, or has a '/' or a control
+	// character.
+	ErrBadEndpointID = errors.New("invalid endpoint id")
 
 	// ErrBusy means another update or rollback of the same product in the
 	// same directory is running (its lock file is held).

@@ -89,23 +89,204 @@ func TestRollback(t *testing.T) {
 	if m, _ := Installed(cfg.Dir, product); m.Serial != 1 {
 		t.Errorf("installed serial %d after rollback", m.Serial)
 	}
-	// A second rollback undoes the first.
-	if res, err := Rollback(cfg.Dir, product); err != nil || res.Version != "2.0" {
-		t.Fatalf("second rollback: %v, %v", res, err)
+	// Held: a second rollback fails, nothing older is kept.
+	_, err = Rollback(cfg.Dir, product)
+	if !errors.Is(err, ErrHeld) || !strings.Contains(err.Error(), "1.0") || !strings.Contains(err.Error(), "dpcache unhold") {
+		t.Errorf("second rollback: %v, want ErrHeld naming 1.0 and unhold", err)
 	}
-	assertTree(t, current(t, cfg), v2)
+	assertTree(t, current(t, cfg), v1Files)
+	if h, err := Held(cfg.Dir, product); err != nil || h == nil || h.Version != "1.0" || h.Serial != 1 || h.Since.IsZero() {
+		t.Errorf("Held = %+v, %v", h, err)
+	}
 
-	// After a rollback, the next update moves forward again (a higher
-	// serial is not a downgrade), reusing the files kept on disk.
-	Rollback(cfg.Dir, product)
+	// Update while held: nothing installed, no source asked, status held.
+	res = mustUpdate(t, cfg)
+	if want := (Result{Product: product, Version: "1.0", Serial: 1, Status: StatusHeld}); *res != want {
+		t.Errorf("update while held = %+v, want %+v", *res, want)
+	}
+	assertTree(t, current(t, cfg), v1Files)
+	assertTree(t, readTree(t, filepath.Join(cfg.Dir, product, previousName)+"/"), v2)
+
+	// Unhold: the next update moves forward again, reusing the files kept
+	// on disk.
+	if h, err := Unhold(cfg.Dir, product); err != nil || h.Version != "1.0" {
+		t.Fatalf("Unhold = %+v, %v", h, err)
+	}
+	if _, err := Unhold(cfg.Dir, product); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("second unhold: %v, want ErrNotHeld", err)
+	}
+	if h, err := Held(cfg.Dir, product); err != nil || h != nil {
+		t.Errorf("Held after unhold = %+v, %v", h, err)
+	}
 	res = mustUpdate(t, cfg)
 	if res.Status != StatusUpdated || res.Version != "2.0" || res.BytesDownloaded != 0 {
-		t.Errorf("update after rollback = %+v", *res)
+		t.Errorf("update after unhold = %+v", *res)
 	}
 	assertTree(t, current(t, cfg), v2)
 	assertTree(t, readTree(t, filepath.Join(cfg.Dir, product, previousName)+"/"), v1Files)
 	if res := mustUpdate(t, cfg); res.Status != StatusUpToDate {
 		t.Errorf("then: %s", res.Status)
+	}
+	// A rollback after that holds again.
+	if res, err := Rollback(cfg.Dir, product); err != nil || res.Version != "1.0" {
+		t.Fatalf("rollback after unhold: %v, %v", res, err)
+	}
+	if res := mustUpdate(t, cfg); res.Status != StatusHeld {
+		t.Errorf("update: %s, want held", res.Status)
+	}
+}
+
+// rolledToV1 installs 1.0 then 2.0 and returns the config and the layout.
+func rolledToV1(t *testing.T) (Config, layout, *repo) {
+	t.Helper()
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	cfg := testConfig(t, r.trust, source.NewFile(r.dir))
+	mustUpdate(t, cfg)
+	r.publish(t, "2.0", 0, v2Files)
+	mustUpdate(t, cfg)
+	return cfg, newLayout(cfg.Dir, product), r
+}
+
+var v2Files = map[string]string{"db/a.bin": "two", "db/b.bin": v1Files["db/b.bin"]}
+
+// TestRollback_CrashSafety puts the install directory in each state a
+// crash can leave a rollback in (the hold is written first, atomically;
+// then current; then previous) and checks that the product is either on
+// 2.0 and not held, or held on 1.0 whole, and that the next run (update,
+// rollback or unhold) finishes the switch.
+func TestRollback_CrashSafety(t *testing.T) {
+	t.Parallel()
+	rec := func(layout) *holdRecord {
+		return &holdRecord{Version: "1.0", Serial: 1, Since: fixedTime, Name: "1.0", From: "2.0"}
+	}
+	steps := []struct {
+		name  string
+		crash func(t *testing.T, l layout) // the state the crash leaves
+		held  bool
+	}{
+		{"hold written half (temporary file only)", func(t *testing.T, l layout) {
+			if err := os.WriteFile(filepath.Join(l.state, ".tmp-"+holdFileName+"-0123456789abcdef"), []byte(`{"vers`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"hold written, no link moved", func(t *testing.T, l layout) {
+			if err := l.writeHold(rec(l)); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"hold written, current moved, previous not", func(t *testing.T, l layout) {
+			if err := l.writeHold(rec(l)); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.setLink(currentName, "1.0"); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	}
+	for _, next := range []string{"update", "rollback", "unhold"} {
+		for _, st := range steps {
+			t.Run(next+" after "+st.name, func(t *testing.T) {
+				t.Parallel()
+				cfg, l, _ := rolledToV1(t)
+				st.crash(t, l)
+				var err error
+				switch next {
+				case "update":
+					var res *Result
+					res, err = Update(testCtx(t), cfg)
+					if err == nil && (res.Status == StatusHeld) != st.held {
+						t.Errorf("update = %+v, held %v", *res, st.held)
+					}
+				case "rollback":
+					_, err = Rollback(cfg.Dir, product)
+				case "unhold":
+					_, err = Unhold(cfg.Dir, product)
+					if !st.held {
+						if !errors.Is(err, ErrNotHeld) {
+							t.Errorf("unhold: %v, want ErrNotHeld", err)
+						}
+						err = nil
+					}
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", next, err)
+				}
+				entries, _ := os.ReadDir(l.state)
+				for _, e := range entries {
+					if strings.HasPrefix(e.Name(), ".tmp-") {
+						t.Errorf("temporary file %s left", e.Name())
+					}
+				}
+				wantCur, wantPrev := v2Files, v1Files
+				heldNow := st.held && next != "unhold" || next == "rollback"
+				if st.held || next == "rollback" {
+					wantCur, wantPrev = v1Files, v2Files // the switch was finished
+				}
+				assertTree(t, current(t, cfg), wantCur)
+				assertTree(t, readTree(t, filepath.Join(cfg.Dir, product, previousName)+"/"), wantPrev)
+				if h, err := Held(cfg.Dir, product); err != nil || (h != nil) != heldNow {
+					t.Errorf("held = %+v, %v; want held %v", h, err, heldNow)
+				}
+				// Then the product moves on as usual: unhold if held,
+				// and the next update is at 2.0.
+				if heldNow {
+					if _, err := Unhold(cfg.Dir, product); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if res := mustUpdate(t, cfg); res.Version != "2.0" || res.BytesDownloaded != 0 {
+					t.Errorf("update after = %+v", *res)
+				}
+				assertTree(t, current(t, cfg), v2Files)
+			})
+		}
+	}
+}
+
+// A hold file that does not parse keeps the product held (failing safe)
+// and says to remove it; unhold removes it.
+func TestHold_Unreadable(t *testing.T) {
+	t.Parallel()
+	cfg, l, _ := rolledToV1(t)
+	if _, err := Rollback(cfg.Dir, product); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(l.holdPath(), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Update(testCtx(t), cfg); !errors.Is(err, ErrBrokenInstall) || !strings.Contains(err.Error(), l.holdPath()) {
+		t.Errorf("update with a bad hold file: %v", err)
+	}
+	assertTree(t, current(t, cfg), v1Files)
+	if _, err := Unhold(cfg.Dir, product); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustUpdate(t, cfg); res.Version != "2.0" {
+		t.Errorf("update after unhold = %+v", *res)
+	}
+}
+
+// Rollback, Unhold and Update take one lock: none runs while another does.
+func TestHold_Busy(t *testing.T) {
+	t.Parallel()
+	cfg, l, _ := rolledToV1(t)
+	if _, err := Rollback(cfg.Dir, product); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := lockFile(l.lockPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unhold(cfg.Dir, product); !errors.Is(err, ErrBusy) {
+		t.Errorf("unhold while locked: %v, want ErrBusy", err)
+	}
+	if _, err := Rollback(cfg.Dir, product); !errors.Is(err, ErrBusy) {
+		t.Errorf("rollback while locked: %v, want ErrBusy", err)
+	}
+	unlock()
+	if h, _ := Held(cfg.Dir, product); h == nil {
+		t.Error("not held any more")
 	}
 }
 

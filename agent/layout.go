@@ -19,7 +19,9 @@ import (
 //
 //	Dir/<product>/current  -> .dpcache/versions/<name>/files
 //	Dir/<product>/previous -> .dpcache/versions/<name>/files
-//	Dir/<product>/.dpcache/lock                 held by a running update or rollback
+//	Dir/.dpcache-id                             the installation's endpoint id (EndpointID)
+//	Dir/<product>/.dpcache/lock                 held by a running update, rollback or unhold
+//	Dir/<product>/.dpcache/hold.json            the product is held after a rollback (hold.go)
 //	Dir/<product>/.dpcache/versions/<name>/     an installed version:
 //	    files/                                  the product's files
 //	    manifest.json, manifest.json.minisig    as the source served them

@@ -14,14 +14,16 @@ import (
 // that served res, then the others in order, stopping at the first that
 // accepts it. res is the run's result (nil for a failed run) and runErr its
 // error; the reported version is res's, or what is installed when the run
-// failed. The CLI calls it after Rollback; Update calls it itself.
+// failed. The endpoint id is cfg.EndpointID, or else the one kept in
+// cfg.Dir (EndpointID), created only when a source accepts reports.
+// Update calls Report itself; a held product is reported by Update as
+// StatusHeld with the version held.
 //
 // Report returns nil when no source accepts reports. Each attempt is
 // bounded by cfg.ReportTimeout, and runs even if ctx is already done
 // (a report of a cancelled run is still useful).
 func Report(ctx context.Context, cfg Config, res *Result, runErr error) error {
 	st := source.Status{
-		ID:       cfg.EndpointID,
 		Hostname: cfg.Hostname,
 		Site:     cfg.Site,
 		Product:  cfg.Product,
@@ -58,6 +60,17 @@ func Report(ctx context.Context, cfg Config, res *Result, runErr error) error {
 			names = append(names, s.String())
 		}
 	}
+	if len(reporters) == 0 {
+		return nil
+	}
+	st.ID = cfg.EndpointID
+	if st.ID == "" {
+		id, err := EndpointID(cfg.Dir)
+		if err != nil {
+			return fmt.Errorf("status report: endpoint id: %w", err)
+		}
+		st.ID = id
+	}
 	timeout := cfg.ReportTimeout
 	if timeout <= 0 {
 		timeout = DefaultConfig().ReportTimeout
@@ -73,7 +86,7 @@ func Report(ctx context.Context, cfg Config, res *Result, runErr error) error {
 		errs = append(errs, fmt.Errorf("%s: %w", names[i], err))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("agent: status report: %w", errors.Join(errs...))
+		return fmt.Errorf("status report: %w", errors.Join(errs...))
 	}
 	return nil
 }

@@ -31,6 +31,9 @@ const (
 	StatusUpToDate = "up-to-date"
 	// StatusRolledBack: Rollback switched back to the previous version.
 	StatusRolledBack = "rolled-back"
+	// StatusHeld: the product is held on a version after a rollback;
+	// nothing was installed (see Rollback, Unhold).
+	StatusHeld = "held"
 	// StatusFailed is only reported to a DP, for a run that failed.
 	StatusFailed = "failed"
 	// StatusStale: every source offered an expired latest.json. A version
@@ -45,12 +48,13 @@ type Result struct {
 	Product string `json:"product"`
 	Version string `json:"version"`
 	Serial  uint64 `json:"serial"`
-	// Status is StatusUpdated, StatusUpToDate or StatusStale
+	// Status is StatusUpdated, StatusUpToDate, StatusHeld or StatusStale
 	// (StatusRolledBack for Rollback).
 	Status string `json:"status"`
 	// Source is String() of the source that served the update: the one
 	// that delivered the last file, or the one whose latest.json was
-	// used when nothing was downloaded. Empty for a rollback.
+	// used when nothing was downloaded. Empty for a rollback and when
+	// held.
 	Source string `json:"source"`
 	// BytesDownloaded counts the bytes received from sources in this run,
 	// including any discarded as corrupt.
@@ -61,7 +65,9 @@ type Result struct {
 }
 
 // Update brings cfg.Product in cfg.Dir to the newest version the sources
-// offer, and reports the run to a source that accepts reports.
+// offer, and reports the run to a source that accepts reports. When the
+// product is held after a Rollback, it asks no source, installs nothing,
+// and returns StatusHeld with the version held (reported as such).
 //
 // It reads latest.json from the first source that serves a valid one
 // (signed by a key of cfg.Trust, for cfg.Product, with a serial not lower
@@ -138,6 +144,9 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 	if err := u.l.cleanTemps(); err != nil {
 		return nil, err
 	}
+	if res, err := u.held(); res != nil || err != nil {
+		return res, err
+	}
 
 	// What is installed. A `current` that is not our symlink is left for
 	// the admin; a dangling one is repaired by installing afresh.
@@ -175,6 +184,26 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		res.Status = StatusStale
 	}
 	return res, err
+}
+
+// held returns a StatusHeld result when the product is held after a
+// rollback (nil otherwise), finishing first a rollback that a crash
+// interrupted. No source is asked. Call with the lock held.
+func (u *updater) held() (*Result, error) {
+	if err := u.l.cleanHoldTemps(); err != nil {
+		return nil, err
+	}
+	h, err := u.l.readHold()
+	if err != nil || h == nil {
+		return nil, err
+	}
+	if changed, err := u.l.settleHold(h); err != nil {
+		return nil, err
+	} else if changed {
+		u.log.Warn("finished a rollback that was interrupted", "version", h.Version, "serial", h.Serial)
+	}
+	u.log.Info("held after a rollback; nothing installed until `dpcache unhold`", "version", h.Version, "serial", h.Serial)
+	return &Result{Product: u.cfg.Product, Version: h.Version, Serial: h.Serial, Status: StatusHeld}, nil
 }
 
 // resolve asks the sources, through the failover engine, for the newest

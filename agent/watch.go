@@ -33,7 +33,9 @@ type WatchConfig struct {
 // current latest), after a random delay within Jitter. A broken watch is
 // re-established with backoff. It returns nil when ctx ends. Announcements
 // are verified before they are acted on; an update that fails is retried at
-// the next announcement or reconnection.
+// the next announcement or reconnection. While the product is held after a
+// Rollback, Watch keeps running: each newer announcement is logged and
+// answered by an Update that returns (and reports) StatusHeld.
 func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -54,6 +56,16 @@ func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 					continue
 				}
 				if m, err := Installed(cfg.Dir, cfg.Product); err == nil && m.Serial >= l.Serial {
+					continue
+				}
+				if h, err := Held(cfg.Dir, cfg.Product); err == nil && h != nil {
+					// Nothing to download: Update says held, and reports it.
+					log.Info("held after a rollback; not updating until `dpcache unhold`", "held", h.Version,
+						"announced", l.Version, "serial", l.Serial)
+					res, err := Update(ctx, cfg)
+					if wc.Result != nil && ctx.Err() == nil {
+						wc.Result(res, err)
+					}
 					continue
 				}
 				if err := sleepJitter(ctx, wc.Jitter); err != nil {

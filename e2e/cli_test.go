@@ -107,6 +107,8 @@ func TestE2E_CLIErrors(t *testing.T) {
 
 		{name: "rollback without flags", args: []string{"rollback"}, want: []string{"--dir", "--product"}},
 		{name: "rollback with nothing installed", args: []string{"rollback", "--dir", filepath.Join(work, "empty"), "--product", product}, want: []string{"not installed"}},
+		{name: "unhold without flags", args: []string{"unhold"}, want: []string{"--dir", "--product"}},
+		{name: "unhold with nothing installed", args: []string{"unhold", "--dir", filepath.Join(work, "empty"), "--product", product}, want: []string{"not installed"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,7 +157,7 @@ func TestE2E_CLIHelp(t *testing.T) {
 	if len(listed) == 0 {
 		t.Fatalf("dpcache --help lists no commands:\n%s", root.stdout)
 	}
-	contract := []string{"keygen", "publish", "serve", "node", "update", "rollback", "mirror", "status", "endpoints", "prefetch", "demo"}
+	contract := []string{"keygen", "publish", "serve", "node", "update", "rollback", "unhold", "mirror", "status", "endpoints", "prefetch", "demo"}
 	for _, c := range contract {
 		if !slices.Contains(listed, c) {
 			t.Logf("the design's command %q is not implemented yet (not in dpcache --help)", c)

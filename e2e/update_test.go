@@ -52,7 +52,7 @@ func TestE2E_Keygen(t *testing.T) {
 
 // The whole path on real parts: keygen and publish (processes), nginx as the
 // origin, a DP process, endpoint updates through it, an incremental update,
-// rollback, and a components subset.
+// rollback and unhold, and a components subset.
 func TestE2E_PublishServeUpdateRollback(t *testing.T) {
 	t.Parallel()
 	work := t.TempDir()
@@ -131,10 +131,16 @@ func TestE2E_PublishServeUpdateRollback(t *testing.T) {
 	mustContain(t, rb.stdout, "1.0")
 	checkTree(t, current(ep), v1)
 
-	// The next update moves forward again, from the files kept on disk.
+	// Held there: the next update installs nothing; after unhold it moves
+	// forward again, from the files kept on disk.
+	if got = update(t, dp.URL(), ep, k.pub); got.Status != "held" || got.Version != "1.0" {
+		t.Errorf("update after rollback = %+v, want held at 1.0", got)
+	}
+	checkTree(t, current(ep), v1)
+	mustRun(t, "unhold", "--dir", ep, "--product", product)
 	got = update(t, dp.URL(), ep, k.pub)
 	if got.Version != "1.1" || got.Status != "updated" || got.BytesDownloaded != 0 || got.FilesChanged != 1 {
-		t.Errorf("update after rollback = %+v, want 1.1 updated from disk: 0 bytes downloaded, 1 file changed", got)
+		t.Errorf("update after unhold = %+v, want 1.1 updated from disk: 0 bytes downloaded, 1 file changed", got)
 	}
 	checkTree(t, current(ep), v2)
 

@@ -42,6 +42,11 @@ func AgeBucket(lag time.Duration) string { return catalog.AgeBucket(lag) }
 // An installed serial the DP never saw a manifest of is dated by the
 // oldest version it knows after it (so the lag shown is a lower bound); a
 // serial at or above the newest the DP knows is current.
+//
+// The age is always that of the installed version, whatever the run's
+// result: a failed run reports what stays installed, a held one the
+// version held. An endpoint with nothing installed (a first run that
+// failed: no version, serial 0) is 7d: it has no bases at all.
 
 // localEndpoints returns the reports this DP keeps.
 func (n *Node) localEndpoints() ([]*pb.EndpointStatus, error) {
@@ -120,6 +125,9 @@ func (n *Node) listEndpoints(ctx context.Context, outdatedOnly, localOnly bool) 
 	out := make([]*pb.EndpointInfo, 0, len(newest))
 	for _, st := range newest {
 		age := refs.Age(st.GetProduct(), st.GetSerial())
+		if st.GetVersion() == "" && st.GetSerial() == 0 {
+			age = Age7d // nothing installed
+		}
 		if outdatedOnly && age == AgeCurrent {
 			continue
 		}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
 )
@@ -131,5 +133,95 @@ func TestEndpoints_SiteListsAgeBuckets(t *testing.T) {
 	lyon, err := dialAdmin(t, nodes[3].Node).ListEndpoints(testCtx(t), &pb.ListEndpointsRequest{})
 	if err != nil || len(lyon.GetEndpoints()) != 0 {
 		t.Errorf("the lyon DP lists %v (%v): no endpoint of its site reported", lyon.GetEndpoints(), err)
+	}
+}
+
+// Two install roots on one host are two endpoints (each its own id, kept
+// in its root) with the same host name; a held endpoint shows held with
+// the version held and that version's age; a failed first run, with
+// nothing installed, shows failed and 7d, not current. A host name that
+// is not printable is refused.
+func TestEndpoints_InstallRootsHeldFailed(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	n := startNode(t, v, v.repo, func(c *Config) { c.Products = []string{"av"} })
+	src, err := source.NewGRPC(n.GRPCAddr(), source.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	root := t.TempDir()
+	a, b, c := filepath.Join(root, "a"), filepath.Join(root, "b"), filepath.Join(root, "c")
+	update := func(dir string, trust *manifest.Trust) (*agent.Result, error) {
+		cfg := agent.DefaultConfig()
+		cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir, cfg.Hostname = []source.Source{src}, trust, "av", dir, "pc-1"
+		return agent.Update(testCtx(t), cfg)
+	}
+	waitSerial := func(serial uint64) {
+		testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("the DP holds serial %d", serial), func() bool {
+			hv, err := n.cache.LatestVersion("av")
+			return err == nil && hv.Serial == serial
+		})
+	}
+	waitSerial(1)
+	if _, err := update(a, v.trust); err != nil {
+		t.Fatal(err)
+	}
+	v.publish(t, "av", "2", 2, smallProduct)
+	waitSerial(2)
+	for _, dir := range []string{a, b} {
+		if res, err := update(dir, v.trust); err != nil || res.Serial != 2 {
+			t.Fatalf("update %s: %v, %v", dir, res, err)
+		}
+	}
+	if _, err := agent.Rollback(a, "av"); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := update(a, v.trust); err != nil || res.Status != agent.StatusHeld {
+		t.Fatalf("update after rollback: %v, %v; want held", res, err)
+	}
+	other := newVendor(t) // a key the DP's documents are not signed with
+	if _, err := update(c, other.trust); err == nil {
+		t.Fatal("update with the wrong key succeeded")
+	}
+
+	resp, err := dialAdmin(t, n).ListEndpoints(testCtx(t), &pb.ListEndpointsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*pb.EndpointInfo{}
+	for _, e := range resp.GetEndpoints() {
+		got[e.GetStatus().GetId()] = e
+	}
+	byDir := map[string]*pb.EndpointInfo{}
+	for _, dir := range []string{a, b, c} {
+		id, err := agent.EndpointID(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if byDir[dir] = got[id]; byDir[dir] == nil {
+			t.Fatalf("no endpoint %s (%s) in %v", id, dir, resp.GetEndpoints())
+		}
+		if h := byDir[dir].GetStatus().GetHostname(); h != "pc-1" {
+			t.Errorf("%s: hostname %q, want pc-1", dir, h)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("%d endpoints listed, want 3: %v", len(got), resp.GetEndpoints())
+	}
+	check := func(dir, result, version, age string) {
+		t.Helper()
+		e := byDir[dir]
+		if st := e.GetStatus(); st.GetResult() != result || st.GetVersion() != version || e.GetAge() != age {
+			t.Errorf("%s listed as %s %q age %s, want %s %q age %s", dir, st.GetResult(), st.GetVersion(), e.GetAge(), result, version, age)
+		}
+	}
+	check(a, agent.StatusHeld, "1", AgeCurrent) // published moments before 2
+	check(b, agent.StatusUpdated, "2", AgeCurrent)
+	check(c, agent.StatusFailed, "", Age7d)
+
+	err = src.ReportStatus(testCtx(t), source.Status{ID: "x", Hostname: "pc\x1b[2J", Product: "av", Result: "updated"})
+	if !errors.Is(err, source.ErrInvalid) {
+		t.Errorf("report with a terminal escape in the host name: %v, want InvalidArgument", err)
 	}
 }

@@ -115,8 +115,12 @@ func (s *distributionServer) ReportStatus(ctx context.Context, req *pb.ReportSta
 	if len(st.GetId()) > 256 || len(st.GetHostname()) > 256 || len(st.GetError()) > 4096 {
 		return nil, status.Error(codes.InvalidArgument, "status: id, hostname or error too long")
 	}
-	if strings.ContainsFunc(st.GetId(), func(r rune) bool { return r == '/' || unicode.IsControl(r) }) {
-		return nil, status.Errorf(codes.InvalidArgument, "status: id %q has a '/' or a control character", st.GetId())
+	if strings.ContainsFunc(st.GetId(), func(r rune) bool { return r == '/' || !unicode.IsPrint(r) }) {
+		return nil, status.Errorf(codes.InvalidArgument, "status: id %q has a '/' or a character that is not printable", st.GetId())
+	}
+	// Shown on the status page and by `dpcache endpoints`: printable only.
+	if strings.ContainsFunc(st.GetHostname(), func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return nil, status.Errorf(codes.InvalidArgument, "status: hostname %q has a character that is not printable", st.GetHostname())
 	}
 	st = proto.Clone(st).(*pb.EndpointStatus)
 	// The endpoint's clock decides nothing: a report from the future

@@ -55,7 +55,7 @@ type Status struct {
 	Product  string    // product updated
 	Version  string    // version installed after the run
 	Serial   uint64    // serial of Version
-	Result   string    // "updated", "up-to-date", "failed" or "rolled-back"
+	Result   string    // "updated", "up-to-date", "stale", "held", "failed" or "rolled-back"
 	Error    string    // the error of a failed run
 	Reported time.Time // when the run ended
 }

@@ -257,7 +257,7 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 		if err != nil {
 			return err
 		}
-		say("\nendpoint-01 rolled back to %s (serial %d) on the admin's command", rb.Version, rb.Serial)
+		say("\nendpoint-01 rolled back to %s (serial %d) on the admin's command, and held there until dpcache unhold", rb.Version, rb.Serial)
 
 		return nil
 	}()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/node"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
@@ -57,7 +58,8 @@ func newEndpoints() *cobra.Command {
 endpoint of its site (the DP asks the site's other DPs too): the product and
 version installed, the result of the last run, when it reported, and how far
 the installed version is behind the newest one the DP knows, by publication
-time:
+time (a failed or held run keeps its installed version; nothing installed
+is 7d):
 
   current  the newest version, or less than 24 hours behind it
   24h      24 hours or more behind
@@ -107,7 +109,7 @@ func printEndpoints(w io.Writer, out endpointsJSON, outdated bool) {
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tHOSTNAME\tSITE\tPRODUCT\tVERSION\tSERIAL\tRESULT\tREPORTED\tAGE")
-	ages := map[string]int{}
+	ages, results, hosts := map[string]int{}, map[string]int{}, map[string]bool{}
 	for _, e := range out.Endpoints {
 		reported := e.Reported
 		if t, err := time.Parse(time.RFC3339, e.Reported); err == nil {
@@ -115,7 +117,25 @@ func printEndpoints(w io.Writer, out endpointsJSON, outdated bool) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, e.Hostname, e.Site, e.Product, e.Version, e.Serial, e.Result, reported, e.Age)
 		ages[e.Age]++
+		results[e.Result]++
+		if e.Hostname != "" {
+			hosts[e.Hostname] = true
+		} else {
+			hosts["\x00"+e.ID] = true // a host that did not say its name
+		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d endpoints: %d current, %d 24h, %d 3d, %d 7d\n", len(out.Endpoints), ages[node.AgeCurrent], ages[node.Age24h], ages[node.Age3d], ages[node.Age7d])
+	// Endpoints are install roots (each its own id): a host may hold
+	// several, so both are counted.
+	fmt.Fprintf(w, "%s on %s: %d current, %d 24h, %d 3d, %d 7d; %d failed, %d held\n",
+		plural(len(out.Endpoints), "endpoint"), plural(len(hosts), "host"),
+		ages[node.AgeCurrent], ages[node.Age24h], ages[node.Age3d], ages[node.Age7d],
+		results[agent.StatusFailed], results[agent.StatusHeld])
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,10 +41,35 @@ func TestEndpointsJSON_Shape(t *testing.T) {
 	}
 	buf.Reset()
 	printEndpoints(&buf, toEndpointsJSON(resp), false)
-	for _, s := range []string{"ID", "AGE", "ep-1", "paris", "3d", "2 endpoints: 1 current, 0 24h, 1 3d, 0 7d"} {
+	for _, s := range []string{"ID", "AGE", "ep-1", "paris", "3d", "2 endpoints on 2 hosts: 1 current, 0 24h, 1 3d, 0 7d; 0 failed, 0 held"} {
 		if !strings.Contains(buf.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, buf.String())
 		}
+	}
+}
+
+// Two install roots on one host are two endpoints on one host; failed and
+// held runs are shown as such and counted.
+func TestPrintEndpoints_HostsFailedHeld(t *testing.T) {
+	t.Parallel()
+	resp := &pb.ListEndpointsResponse{Endpoints: []*pb.EndpointInfo{
+		{Status: &pb.EndpointStatus{Id: "a1", Hostname: "pc-1", Product: "av", Version: "2", Serial: 2, Result: "updated"}, Age: node.AgeCurrent},
+		{Status: &pb.EndpointStatus{Id: "a2", Hostname: "pc-1", Product: "av", Version: "1", Serial: 1, Result: "held"}, Age: node.Age3d},
+		{Status: &pb.EndpointStatus{Id: "b1", Hostname: "pc-2", Product: "av", Result: "failed"}, Age: node.Age7d},
+	}}
+	var buf bytes.Buffer
+	printEndpoints(&buf, toEndpointsJSON(resp), false)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("want a header, 3 rows and a summary:\n%s", buf.String())
+	}
+	for i, want := range []string{"held", "failed"} {
+		if f := strings.Fields(lines[2+i]); !slices.Contains(f, want) {
+			t.Errorf("row %q does not show %q", lines[2+i], want)
+		}
+	}
+	if want := "3 endpoints on 2 hosts: 1 current, 0 24h, 1 3d, 1 7d; 1 failed, 1 held"; lines[4] != want {
+		t.Errorf("summary = %q, want %q", lines[4], want)
 	}
 }
 

@@ -30,7 +30,10 @@ verifies both against --trust, downloads only the files that changed (each
 verified by SHA-256, resuming interrupted downloads), and switches current
 atomically. The previous version stays on disk for dpcache rollback. When a
 source fails the next one is used. A lower serial than installed is refused.
-When the source is a distribution point, the result is reported to it.
+After dpcache rollback the product is held: update installs nothing and says
+"held" (exit 0) until dpcache unhold. When the source is a distribution point,
+the result is reported to it, under an endpoint id generated once and kept in
+DIR (--id overrides it), with this host's name beside it.
 
 With --discover, the first grpc:// source is asked for the DPs of --site
 (its own site by default), and those are tried first, nearest first. With
@@ -78,6 +81,11 @@ all start at once).`,
 			print := func(res *agent.Result) error {
 				if asJSON {
 					return json.NewEncoder(out).Encode(res)
+				}
+				if res.Status == agent.StatusHeld {
+					fmt.Fprintf(out, "%s is held at %s (serial %d) after a rollback; nothing installed (`dpcache unhold --dir %s --product %s` releases it)\n",
+						res.Product, res.Version, res.Serial, cfg.Dir, res.Product)
+					return nil
 				}
 				if res.Status == agent.StatusUpToDate || res.Status == agent.StatusStale && res.FilesChanged == 0 {
 					fmt.Fprintf(out, "%s %s (serial %d) is up to date (checked %s)\n", res.Product, res.Version, res.Serial, res.Source)
@@ -131,7 +139,7 @@ all start at once).`,
 	f.StringSliceVar(&cfg.Components, "components", cfg.Components, "components to install: databases, modules")
 	sf.register(f, "sources")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
-	f.StringVar(&cfg.EndpointID, "id", cfg.EndpointID, "endpoint identifier reported to a DP")
+	f.StringVar(&cfg.EndpointID, "id", "", "endpoint identifier reported to a DP (default: generated once and kept in DIR/"+agent.EndpointIDFileName+")")
 	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")
 	f.BoolVar(&discover, "discover", false, "ask the first grpc:// source for the DPs of --site and use them first")
 	f.BoolVar(&watch, "watch", false, "keep running, updating whenever the DP announces a new version")
@@ -143,10 +151,12 @@ func newRollback() *cobra.Command {
 	var dir, product string
 	cmd := &cobra.Command{
 		Use:   "rollback --dir DIR --product P",
-		Short: "Switch a product back to the version installed before the last update",
+		Short: "Go back to the version installed before the last update, and hold it",
 		Long: `rollback switches DIR/<product>/current back to the previous version kept on
-disk by the last update, atomically. It is the only way dpcache goes to a
-lower serial: on an administrator's command.`,
+disk by the last update, atomically, and holds the product there: update then
+installs nothing and reports "held" until dpcache unhold. It is the only way
+dpcache goes to a lower serial: on an administrator's command. A second
+rollback while held fails: nothing older is kept.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "dir", "product"); err != nil {
@@ -154,14 +164,46 @@ lower serial: on an administrator's command.`,
 			}
 			res, err := agent.Rollback(dir, product)
 			if err != nil {
-				return fmt.Errorf("rollback: %w", err)
+				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "rolled %s back to %s (serial %d)\n", res.Product, res.Version, res.Serial)
+			fmt.Fprintf(cmd.OutOrStdout(), "rolled %s back to %s (serial %d) and held it there; `dpcache unhold --dir %s --product %s` releases it\n",
+				res.Product, res.Version, res.Serial, dir, res.Product)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "install root given to dpcache update")
 	cmd.Flags().StringVar(&product, "product", "", "product to roll back")
+	return cmd
+}
+
+func newUnhold() *cobra.Command {
+	var dir, product string
+	cmd := &cobra.Command{
+		Use:   "unhold --dir DIR --product P",
+		Short: "Release the hold that rollback put on a product",
+		Long: `unhold releases the hold that dpcache rollback put on a product, so that the
+next dpcache update installs the newest version again (reusing the files kept
+on disk). It fails if the product is not held.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "dir", "product"); err != nil {
+				return err
+			}
+			h, err := agent.Unhold(dir, product)
+			if err != nil {
+				return err
+			}
+			if h.Version == "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "released %s; the next update installs the newest version\n", product)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "released %s (held at %s, serial %d); the next update installs the newest version\n",
+				product, h.Version, h.Serial)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "install root given to dpcache update")
+	cmd.Flags().StringVar(&product, "product", "", "product to release")
 	return cmd
 }
 

@@ -432,7 +432,7 @@ func (x *ReadBlobResponse) GetSize() uint64 {
 // EndpointStatus is what an endpoint agent reports after an update run.
 type EndpointStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Stable identifier of the endpoint (machine id or chosen by the admin).
+	// Stable identifier of the endpoint: generated once per installation, or chosen by the admin.
 	Id       string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	Site     string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
@@ -440,7 +440,7 @@ type EndpointStatus struct {
 	// The version installed after the run.
 	Version string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	Serial  uint64 `protobuf:"varint,6,opt,name=serial,proto3" json:"serial,omitempty"`
-	// One of "updated", "up-to-date", "failed", "rolled-back".
+	// One of "updated", "up-to-date", "stale", "held", "failed", "rolled-back".
 	Result string `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
 	// The error of a failed run; empty otherwise.
 	Error         string                 `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
