@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dpcache/dpcache/node/internal/catalog"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
 
@@ -63,13 +64,17 @@ func (n *Node) localEndpoints() ([]*pb.EndpointStatus, error) {
 	return out, err
 }
 
-// countEndpointAges counts the site's endpoints (as ListEndpoints lists
+// countEndpoints counts the site's endpoints (as ListEndpoints lists
 // them: asking the site's other DPs, each for at most peerStatusTimeout)
-// by age bucket; every bucket is present. It is Node.endpointAges, for
-// /metrics and the status page: every DP of a site reports the same
-// figures, so aggregate them with max by site, not sum.
-func (n *Node) countEndpointAges() map[string]int {
-	out := map[string]int{AgeCurrent: 0, Age24h: 0, Age3d: 0, Age7d: 0}
+// by age bucket and by the result of their last update; every bucket and
+// result is present. It is Node.endpointCounts, for /metrics and the
+// status page: every DP of a site reports the same figures, so aggregate
+// them with max by site, not sum.
+func (n *Node) countEndpoints() *ops.EndpointCounts {
+	out := &ops.EndpointCounts{Ages: map[string]int{AgeCurrent: 0, Age24h: 0, Age3d: 0, Age7d: 0}, Results: map[string]int{}}
+	for _, r := range ops.EndpointResults {
+		out.Results[r] = 0
+	}
 	ctx, cancel := context.WithTimeout(n.bg, peerStatusTimeout)
 	defer cancel()
 	eps, err := n.listEndpoints(ctx, false, false)
@@ -77,7 +82,10 @@ func (n *Node) countEndpointAges() map[string]int {
 		return out
 	}
 	for _, e := range eps {
-		out[e.GetAge()]++
+		out.Ages[e.GetAge()]++
+		if r := e.GetStatus().GetResult(); slices.Contains(ops.EndpointResults, r) {
+			out.Results[r]++
+		}
 	}
 	return out
 }

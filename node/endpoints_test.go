@@ -125,7 +125,7 @@ func TestEndpoints_SiteListsAgeBuckets(t *testing.T) {
 				t.Errorf("outdated list has a current endpoint: %v", e)
 			}
 		}
-		ages := n.countEndpointAges()
+		ages := n.countEndpoints().Ages
 		if ages[AgeCurrent] != 4 || ages[Age24h] != 3 || ages[Age3d] != 2 || ages[Age7d] != 1 {
 			t.Errorf("%s counts ages %v, want current 4, 24h 3, 3d 2, 7d 1", n.cfg.Name, ages)
 		}

@@ -142,7 +142,9 @@ func TestMetrics_CountersMatchBytesMoved(t *testing.T) {
 		c.CacheMax = 1 << 30
 		c.Refresh = time.Hour // no background completion: the reads decide hits and misses
 	}, func(n *Node) {
-		n.endpointAges = func() map[string]int { return ages }
+		n.endpointCounts = func() *ops.EndpointCounts {
+			return &ops.EndpointCounts{Ages: ages, Results: map[string]int{"updated": 3, "up-to-date": 4, "held": 0, "stale": 2, "failed": 1}}
+		}
 	})
 	c := dial(t, n)
 	ctx := testCtx(t)
@@ -192,6 +194,8 @@ func TestMetrics_CountersMatchBytesMoved(t *testing.T) {
 		`dpcache_endpoints{age="current"}`:                         7,
 		`dpcache_endpoints{age="3d"}`:                              1,
 		`dpcache_endpoints{age="7d"}`:                              0,
+		`dpcache_endpoint_results{result="stale"}`:                 2,
+		`dpcache_endpoint_results{result="failed"}`:                1,
 		`dpcache_node_info{name="dp-test",site="default"}`:         1,
 		`dpcache_http_requests_total{code="200",handler="/repo/"}`: 1,
 		`dpcache_grpc_requests_total{code="OK",method="ReadBlob",service="dpcache.v1.DistributionService"}`:    float64(2 * len(blobs)),

@@ -54,11 +54,11 @@ type Node struct {
 	metrics *ops.Metrics    // nil when Config.DisableMetrics
 	status  *ops.StatusPage // the status page and its traffic history
 	ready   atomic.Bool     // Run serves and the DP is not stopping (/readyz)
-	// endpointAges, set by endpoint reporting, counts the site's endpoints
-	// by age bucket ("current", "24h", "3d", "7d") for /metrics and the
-	// status page; called at scrape and render time, concurrently. nil:
-	// no figures, the metric is absent.
-	endpointAges func() map[string]int
+	// endpointCounts, set by endpoint reporting, counts the site's
+	// endpoints by age bucket ("current", "24h", "3d", "7d") and by
+	// last result for /metrics and the status page; called at scrape and
+	// render time, concurrently. nil: no figures, the metrics are absent.
+	endpointCounts func() *ops.EndpointCounts
 
 	catalog  *catalog.Catalog // products, versions, refresh and the download task
 	retainer *retain.Retainer // quota and retention passes
@@ -104,7 +104,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		trust: cfg.Trust,
 		peers: newPeerPool(cfg.SourceOptions),
 	}
-	n.endpointAges = n.countEndpointAges
+	n.endpointCounts = n.countEndpoints
 	// bg is the lifetime of background work; Close cancels it.
 	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)

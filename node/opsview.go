@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dpcache/dpcache/gossip"
+	"github.com/dpcache/dpcache/node/internal/ops"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source/failover"
 )
@@ -38,13 +39,13 @@ func (v opsView) Members() []gossip.Member {
 	return v.n.gossip.Members()
 }
 
-// EndpointAges returns the site's endpoints by age bucket from
-// Node.endpointAges, or nil when endpoint reporting provides none.
-func (v opsView) EndpointAges() map[string]int {
-	if v.n.endpointAges == nil {
+// EndpointCounts returns the site's endpoints by age bucket and result
+// from Node.endpointCounts, or nil when endpoint reporting provides none.
+func (v opsView) EndpointCounts() *ops.EndpointCounts {
+	if v.n.endpointCounts == nil {
 		return nil
 	}
-	return v.n.endpointAges()
+	return v.n.endpointCounts()
 }
 
 func (v opsView) Status(ctx context.Context) (*pb.GetStatusResponse, error) {

@@ -55,7 +55,19 @@ type Metrics struct {
 	fileBytes, latestSerial, evictions, evictedBytes                           *prometheus.Desc
 	maxBytes                                                                   *prometheus.Desc
 	fetches, members, gossipDropped, stale, endpoints, diskFree, diskLow, upAt *prometheus.Desc
-	upErrors, upFailing, upLastOK                                              *prometheus.Desc
+	upErrors, upFailing, upLastOK, endpointResults                             *prometheus.Desc
+}
+
+// EndpointResults are the results an endpoint reports of its last update
+// (`update --json` "status"), in display order.
+var EndpointResults = []string{"updated", "up-to-date", "held", "stale", "failed"}
+
+// EndpointCounts is how many of the site's endpoints are in each age
+// bucket (every bucket present) and reported each result of
+// EndpointResults (every result present; others are not counted).
+type EndpointCounts struct {
+	Ages    map[string]int
+	Results map[string]int
 }
 
 // upstreamCounter counts the blob bytes read from one upstream source.
@@ -110,9 +122,10 @@ type State interface {
 	// GossipDropped counts the gossip messages dropped as malformed or
 	// forged (0 when clustering is off).
 	GossipDropped() uint64
-	// EndpointAges counts the site's endpoints by age bucket; nil when
-	// endpoint reporting gives no figures.
-	EndpointAges() map[string]int
+	// EndpointCounts counts the site's endpoints by age bucket and by
+	// the result of their last update; nil when endpoint reporting gives
+	// no figures.
+	EndpointCounts() *EndpointCounts
 }
 
 // NewMetrics registers the DP's metrics on cfg.Registry.
@@ -163,6 +176,7 @@ func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
 	m.gossipDropped = d("dpcache_gossip_dropped_messages_total", "Gossip messages and push/pull states dropped: malformed, or with a clock from the future (forged).")
 	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
 	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
+	m.endpointResults = d("dpcache_endpoint_results", "Endpoints by the result of their last update: updated, up-to-date, held (after a rollback), stale (every source offered an expired version), failed.", "result")
 	m.diskFree = d("dpcache_disk_free_bytes", "Free bytes on the file system of the data directory.")
 	m.diskLow = d("dpcache_disk_low", fmt.Sprintf("1 when the data directory's file system has less than %d bytes free, else 0.", LowDiskThreshold))
 
@@ -247,7 +261,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.blobs, m.bytes, m.pendingBlobs, m.pendingBytes, m.versions,
 		m.fileBytes, m.maxBytes, m.latestSerial, m.evictions, m.evictedBytes,
 		m.fetches, m.members, m.gossipDropped, m.stale, m.endpoints, m.diskFree, m.diskLow,
-		m.upErrors, m.upFailing, m.upLastOK,
+		m.upErrors, m.upFailing, m.upLastOK, m.endpointResults,
 	} {
 		ch <- d
 	}
@@ -321,9 +335,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		emit(m.stale, prometheus.GaugeValue, 1, product)
 	}
 
-	if ages := m.state.EndpointAges(); ages != nil {
+	if counts := m.state.EndpointCounts(); counts != nil {
 		for _, a := range endpointAgeBuckets {
-			emit(m.endpoints, prometheus.GaugeValue, float64(ages[a]), a)
+			emit(m.endpoints, prometheus.GaugeValue, float64(counts.Ages[a]), a)
+		}
+		for _, r := range EndpointResults {
+			emit(m.endpointResults, prometheus.GaugeValue, float64(counts.Results[r]), r)
 		}
 	}
 

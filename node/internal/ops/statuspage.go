@@ -62,9 +62,10 @@ type Cluster interface {
 	Status(ctx context.Context) (*pb.GetStatusResponse, error)
 	// OutdatedEndpoints is AdminService.ListEndpoints, outdated only.
 	OutdatedEndpoints(ctx context.Context) ([]*pb.EndpointInfo, error)
-	// EndpointAges counts the site's endpoints by age bucket; nil when
+	// EndpointCounts counts the site's endpoints by age bucket and last
+	// result; nil when
 	// endpoint reporting gives no figures.
-	EndpointAges() map[string]int
+	EndpointCounts() *EndpointCounts
 	// Stale returns the products whose upstreams all offer an expired
 	// latest.json, with its expiry.
 	Stale() map[string]time.Time
@@ -199,7 +200,7 @@ func (s *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), statusPageTimeout)
 	defer cancel()
 	now := time.Now()
-	in := pageInput{name: s.cfg.Name, site: s.cfg.Site, now: now, ages: s.cluster.EndpointAges(), stale: s.cluster.Stale()}
+	in := pageInput{name: s.cfg.Name, site: s.cfg.Site, now: now, counts: s.cluster.EndpointCounts(), stale: s.cluster.Stale()}
 	var err error
 	if in.status, err = s.cluster.Status(ctx); err != nil {
 		in.errs = append(in.errs, fmt.Sprintf("cluster status: %v", err))
@@ -233,7 +234,7 @@ type pageInput struct {
 	status         *pb.GetStatusResponse // nil when it could not be had
 	localFree      uint64
 	localFreeKnown bool
-	ages           map[string]int     // nil: endpoint reporting gave none
+	counts         *EndpointCounts    // nil: endpoint reporting gave none
 	outdated       []*pb.EndpointInfo // when outdatedKnown
 	outdatedKnown  bool
 	samples        []trafficSample
@@ -323,6 +324,7 @@ type serialView struct {
 type endpointsView struct {
 	Reported     bool
 	Buckets      []bucketView
+	Problems     []bucketView // endpoints whose last update was stale, failed or held (non-zero only)
 	Total        int
 	ListKnown    bool
 	Outdated     []outdatedView
@@ -338,6 +340,12 @@ type bucketView struct {
 type outdatedView struct {
 	ID, Hostname, Site, Product, Version, Age, Level string
 	Reported                                         time.Time
+}
+
+var resultLabels = map[string]string{
+	"stale":  "stale: every source offered an expired version",
+	"failed": "failed their last update",
+	"held":   "held at an older version after a rollback",
 }
 
 var ageLabels = map[string]string{"current": "up to date", "24h": "older than 24 h", "3d": "older than 3 days", "7d": "older than 7 days"}
@@ -463,11 +471,20 @@ func buildPage(in pageInput) pageData {
 }
 
 func buildEndpoints(in pageInput) endpointsView {
-	ev := endpointsView{Reported: in.ages != nil, ListKnown: in.outdatedKnown}
+	ev := endpointsView{Reported: in.counts != nil, ListKnown: in.outdatedKnown}
 	if ev.Reported {
 		for _, a := range endpointAgeBuckets {
-			ev.Buckets = append(ev.Buckets, bucketView{Age: a, Label: ageLabels[a], Count: in.ages[a], Level: ageLevel(a)})
-			ev.Total += in.ages[a]
+			ev.Buckets = append(ev.Buckets, bucketView{Age: a, Label: ageLabels[a], Count: in.counts.Ages[a], Level: ageLevel(a)})
+			ev.Total += in.counts.Ages[a]
+		}
+		for _, r := range []string{"stale", "failed", "held"} {
+			if n := in.counts.Results[r]; n > 0 {
+				level := "bad"
+				if r == "held" {
+					level = "warn"
+				}
+				ev.Problems = append(ev.Problems, bucketView{Age: r, Label: resultLabels[r], Count: n, Level: level})
+			}
 		}
 	}
 	eps := slices.Clone(in.outdated)

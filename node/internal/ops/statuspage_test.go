@@ -82,21 +82,22 @@ func TestStatusPage_Build(t *testing.T) {
 		{
 			name: "endpoints by age, furthest behind first",
 			in: pageInput{name: "dp-a", site: "paris", now: now, status: twoDPs,
-				ages:          map[string]int{"current": 40, "24h": 3, "3d": 2, "7d": 1},
+				counts:        &EndpointCounts{Ages: map[string]int{"current": 40, "24h": 3, "3d": 2, "7d": 1}, Results: map[string]int{"stale": 4, "failed": 1}},
 				outdatedKnown: true,
 				outdated: []*pb.EndpointInfo{
 					{Status: &pb.EndpointStatus{Id: "e1", Hostname: "pc-aaa", Site: "paris", Product: "av", Version: "2", Reported: timestamppb.New(now)}, Age: "24h"},
 					{Status: &pb.EndpointStatus{Id: "e2", Hostname: "pc-zzz", Site: "paris", Product: "av", Version: "1", Reported: timestamppb.New(now)}, Age: "7d"},
 					{Status: &pb.EndpointStatus{Id: "e3", Hostname: "pc-mmm", Site: "lyon", Product: "av", Version: "1", Reported: timestamppb.New(now)}, Age: "3d"},
 				}},
-			want:      []string{`<div class="n">40</div>`, "older than 7 days", `id="outdated"`, "2030-01-02 15:04"},
+			want:      []string{`<div class="n">40</div>`, "older than 7 days", `id="outdated"`, "2030-01-02 15:04", `id="endpoint-results"`, "stale: every source offered an expired version", "failed their last update"},
 			wantNot:   []string{"none reported"},
 			wantOrder: []string{"pc-zzz", "pc-mmm", "pc-aaa"},
 		},
 		{
 			name: "endpoints all current",
-			in:   pageInput{name: "dp-a", site: "paris", now: now, status: twoDPs, ages: map[string]int{"current": 5}, outdatedKnown: true},
-			want: []string{"No outdated endpoint."},
+			in:   pageInput{name: "dp-a", site: "paris", now: now, status: twoDPs, counts: &EndpointCounts{Ages: map[string]int{"current": 5}}, outdatedKnown: true},
+			want:    []string{"No outdated endpoint."},
+			wantNot: []string{`id="endpoint-results"`},
 		},
 		{
 			name: "status unavailable",
