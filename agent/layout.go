@@ -77,6 +77,40 @@ func (l layout) init() error {
 	return nil
 }
 
+// missing returns the topmost of Dir and Dir/<product> that does not
+// exist yet, or "" when both do: what a run creates, for removeEmpty.
+func (l layout) missing() string {
+	for _, d := range []string{filepath.Dir(l.root), l.root} {
+		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			return d
+		}
+	}
+	return ""
+}
+
+// removeEmpty removes what init created under top (from missing) when a
+// run left nothing in it: no download to resume, no version. A directory
+// that holds anything stays, with everything above it; it is best effort.
+func (l layout) removeEmpty(top string) {
+	if top == "" {
+		return
+	}
+	for _, d := range []string{l.versions, l.staging, l.blobs} {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+	}
+	_ = os.Remove(l.lockPath())
+	for d := l.state; ; d = filepath.Dir(d) {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		if d == top || d == filepath.Dir(d) {
+			return
+		}
+	}
+}
+
 func (l layout) lockPath() string            { return filepath.Join(l.state, lockFileName) }
 func (l layout) linkPath(name string) string { return filepath.Join(l.root, name) }
 func (l layout) tempLinkPath(name string) string {

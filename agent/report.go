@@ -73,7 +73,7 @@ func Report(ctx context.Context, cfg Config, res *Result, runErr error) error {
 		errs = append(errs, fmt.Errorf("%s: %w", names[i], err))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("agent: status report: %w", errors.Join(errs...))
+		return fmt.Errorf("status report: %w", errors.Join(errs...))
 	}
 	return nil
 }

@@ -21,12 +21,12 @@ import (
 // version. The returned Result has Status StatusRolledBack and no Source.
 func Rollback(dir, product string) (*Result, error) {
 	if err := manifest.ValidName(product); err != nil {
-		return nil, fmt.Errorf("agent: rollback: product: %w", err)
+		return nil, fmt.Errorf("rollback: product: %w", err)
 	}
 	l := newLayout(dir, product)
 	res, err := rollback(l, product)
 	if err != nil {
-		return nil, fmt.Errorf("agent: rollback %s in %s: %w", product, dir, err)
+		return nil, fmt.Errorf("rollback %s in %s: %w", product, dir, err)
 	}
 	return res, nil
 }
@@ -78,11 +78,11 @@ func rollback(l layout, product string) (*Result, error) {
 // current is not a version the agent installed.
 func Installed(dir, product string) (*manifest.Manifest, error) {
 	if err := manifest.ValidName(product); err != nil {
-		return nil, fmt.Errorf("agent: installed: product: %w", err)
+		return nil, fmt.Errorf("installed: product: %w", err)
 	}
 	v, err := newLayout(dir, product).linked(currentName)
 	if err != nil {
-		return nil, fmt.Errorf("agent: installed %s in %s: %w", product, dir, err)
+		return nil, fmt.Errorf("installed %s in %s: %w", product, dir, err)
 	}
 	m := *v.man
 	m.Files = v.files

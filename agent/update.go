@@ -89,7 +89,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 		health: failover.NewHealth(failover.Backoff{})}
 	res, err := u.run(ctx)
 	if err != nil {
-		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
+		err = fmt.Errorf("update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
 		u.log.Debug("update failed", "err", err)
 	} else {
 		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
@@ -126,8 +126,10 @@ type decision struct {
 	stale    bool // every source offered an expired latest.json
 }
 
-func (u *updater) run(ctx context.Context) (*Result, error) {
+func (u *updater) run(ctx context.Context) (res *Result, err error) {
+	created := u.l.missing()
 	if err := u.l.init(); err != nil {
+		u.l.removeEmpty(created)
 		return nil, err
 	}
 	unlock, err := lockFile(u.l.lockPath())
@@ -135,6 +137,13 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer unlock()
+	// A first run that fails before downloading anything leaves no empty
+	// skeleton behind (a mistyped --product would leave one per typo).
+	defer func() {
+		if err != nil {
+			u.l.removeEmpty(created)
+		}
+	}()
 	if err := u.l.cleanTemps(); err != nil {
 		return nil, err
 	}
@@ -170,7 +179,7 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		}
 		return res, nil
 	}
-	res, err := u.install(ctx, d, inst)
+	res, err = u.install(ctx, d, inst)
 	if err == nil && d.stale {
 		res.Status = StatusStale
 	}
@@ -200,7 +209,7 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 	})
 	var err error
 	if d.latestS, err = chain.Latest(ctx, product); err != nil {
-		return nil, named(err, fmt.Sprintf("the latest version of %q", product))
+		return nil, productNotFound(err)
 	}
 	if d.latestS.Stale {
 		// No source is current: the newest expired version, which the

@@ -41,7 +41,7 @@ flags win over the environment, which wins over the file.`,
 				return fmt.Errorf("node: %w", err)
 			}
 			if len(trust) == 0 {
-				return fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)")
+				return usageError(fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)"))
 			}
 			t, err := manifest.LoadTrust(trust...)
 			if err != nil {
@@ -61,6 +61,9 @@ flags win over the environment, which wins over the file.`,
 				cfg.Name, _ = os.Hostname()
 			}
 			cfg.Logger = slog.Default()
+			if err := cfg.Validate(); err != nil {
+				return usageError(fmt.Errorf("node: %w", err))
+			}
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -178,7 +181,7 @@ func redactProxy(raw string) string {
 func decodeGossipKey(s string) ([]byte, error) {
 	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, fmt.Errorf("--gossip-key: not base64 (make one with: head -c 32 /dev/urandom | base64): %v", err)
+		return nil, usageError(fmt.Errorf("--gossip-key: not base64 (make one with: head -c 32 /dev/urandom | base64): %v", err))
 	}
 	switch len(k) {
 	case 16, 24, 32:

@@ -47,7 +47,7 @@ all start at once).`,
 				// line for people).
 				defer func() {
 					var ee *exitError
-					if err != nil && !errors.As(err, &ee) {
+					if err != nil && (!errors.As(err, &ee) || ee.code != exitStale) {
 						json.NewEncoder(cmd.OutOrStdout()).Encode(failedJSON{Product: cfg.Product, Status: agent.StatusFailed, Error: oneLine(err)})
 					}
 				}()
@@ -57,10 +57,10 @@ all start at once).`,
 				return fmt.Errorf("update: %w", err)
 			}
 			if jitter < 0 {
-				return fmt.Errorf("update: --jitter %v must not be negative", jitter)
+				return usageError(fmt.Errorf("update: --jitter %v must not be negative", jitter))
 			}
 			if cmd.Flags().Changed("jitter") && !watch {
-				return fmt.Errorf("update: --jitter applies only with --watch")
+				return usageError(fmt.Errorf("update: --jitter applies only with --watch"))
 			}
 			srcs, err := sf.open(sources)
 			if err != nil {
@@ -96,7 +96,7 @@ all start at once).`,
 					}
 				}
 				if w == nil {
-					return fmt.Errorf("update: --watch needs a grpc:// source (a DP announces new versions)")
+					return usageError(fmt.Errorf("update: --watch needs a grpc:// source (a DP announces new versions)"))
 				}
 				return agent.Watch(cmd.Context(), cfg, w, agent.WatchConfig{Jitter: jitter, Result: func(res *agent.Result, err error) {
 					if err != nil {
@@ -117,7 +117,7 @@ all start at once).`,
 				return err
 			}
 			if res.Status == agent.StatusStale {
-				return &exitError{3, fmt.Errorf("update: every source offers an expired version of %s (%s serial %d is the newest, from %s); check that the sources are still being updated",
+				return &exitError{exitStale, fmt.Errorf("update: every source offers an expired version of %s (%s serial %d is the newest, from %s); check that the sources are still being updated",
 					res.Product, res.Version, res.Serial, res.Source)}
 			}
 			return nil
