@@ -17,6 +17,10 @@ import (
 	"github.com/dpcache/dpcache/source/failover"
 )
 
+// sourceSchemes lists, for help texts, every kind of source that
+// source.Parse accepts.
+const sourceSchemes = "http://, https://, ftp://, file:// or a folder, grpc:// or grpcs:// (a DP)"
+
 // sourceFlags are the flags that say how sources are reached.
 type sourceFlags struct {
 	proxy, noProxy, ca string
@@ -167,7 +171,7 @@ func dialDP(addr string, sf *sourceFlags) (*source.GRPC, error) {
 	dp, ok := s.(*source.GRPC)
 	if !ok {
 		s.Close()
-		return nil, usageError(fmt.Errorf("--node %q: want host:port or grpc://host:port", addr))
+		return nil, usageError(fmt.Errorf("--node %q: want host:port, grpc://host:port or grpcs://host:port", addr))
 	}
 	return dp, nil
 }

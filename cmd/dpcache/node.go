@@ -82,7 +82,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
 	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
-	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream source URLs, tried in order (http://, https://, file://, grpc://)")
+	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream sources, tried in order: "+sourceSchemes)
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
 	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest of the products endpoints asked for (those of --product follow --prefetch-interval)")
 	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask (the download task: at start and every --prefetch-interval)")

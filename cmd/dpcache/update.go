@@ -32,7 +32,7 @@ atomically. The previous version stays on disk for dpcache rollback. When a
 source fails the next one is used. A lower serial than installed is refused.
 When the source is a distribution point, the result is reported to it.
 
-With --discover, the first grpc:// source is asked for the DPs of --site
+With --discover, the first grpc:// or grpcs:// source is asked for the DPs of --site
 (its own site by default), and those are tried first, nearest first. With
 --watch, update keeps running and updates whenever that DP announces a new
 version, after a random delay within --jitter (so a site's endpoints do not
@@ -96,7 +96,7 @@ all start at once).`,
 					}
 				}
 				if w == nil {
-					return usageError(fmt.Errorf("update: --watch needs a grpc:// source (a DP announces new versions)"))
+					return usageError(fmt.Errorf("update: --watch needs a grpc:// or grpcs:// source (a DP announces new versions)"))
 				}
 				return agent.Watch(cmd.Context(), cfg, w, agent.WatchConfig{Jitter: jitter, Result: func(res *agent.Result, err error) {
 					if err != nil {
@@ -124,7 +124,7 @@ all start at once).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&sources, "source", nil, "update sources, tried in order (http://, https://, file:// or a folder, grpc://DP)")
+	f.StringSliceVar(&sources, "source", nil, "update sources, tried in order: "+sourceSchemes)
 	f.StringVar(&cfg.Product, "product", "", "product to update")
 	f.StringVar(&cfg.Dir, "dir", "", "install root (files go to DIR/<product>/current/)")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
@@ -133,7 +133,7 @@ all start at once).`,
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&cfg.EndpointID, "id", cfg.EndpointID, "endpoint identifier reported to a DP")
 	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")
-	f.BoolVar(&discover, "discover", false, "ask the first grpc:// source for the DPs of --site and use them first")
+	f.BoolVar(&discover, "discover", false, "ask the first grpc:// or grpcs:// source for the DPs of --site and use them first")
 	f.BoolVar(&watch, "watch", false, "keep running, updating whenever the DP announces a new version")
 	f.DurationVar(&jitter, "jitter", 0, "with --watch: random delay up to this before each update")
 	return cmd
