@@ -71,6 +71,12 @@ func newLayout(dir, product string) layout {
 func (l layout) init() error {
 	for _, d := range []string{l.versions, l.staging, l.blobs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			// MkdirAll's error names the path that failed ("mkdir
+			// DIR: not a directory"): say it once.
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				return &localError{err}
+			}
 			return &localError{fmt.Errorf("create %s: %w", d, err)}
 		}
 	}

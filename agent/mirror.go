@@ -73,7 +73,7 @@ func Mirror(ctx context.Context, cfg MirrorConfig) (*MirrorResult, error) {
 	log = log.With("component", "mirror", "product", cfg.Product)
 	res, err := mirror(ctx, cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("mirror %s to %s: %w%s", cfg.Product, cfg.To, err, localAdvice(err))
+		return nil, fmt.Errorf("mirror %s%s: %w%s", cfg.Product, where(" to ", cfg.To, err), err, localAdvice(err))
 	}
 	return res, nil
 }

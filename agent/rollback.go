@@ -26,7 +26,7 @@ func Rollback(dir, product string) (*Result, error) {
 	l := newLayout(dir, product)
 	res, err := rollback(l, product)
 	if err != nil {
-		return nil, fmt.Errorf("rollback %s in %s: %w", product, dir, err)
+		return nil, fmt.Errorf("rollback %s%s: %w", product, where(" in ", dir, err), err)
 	}
 	return res, nil
 }

@@ -89,7 +89,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 		health: failover.NewHealth(failover.Backoff{})}
 	res, err := u.run(ctx)
 	if err != nil {
-		err = fmt.Errorf("update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
+		err = fmt.Errorf("update %s%s: %w%s", cfg.Product, where(" in ", cfg.Dir, err), err, localAdvice(err))
 		u.log.Debug("update failed", "err", err)
 	} else {
 		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
@@ -525,6 +525,15 @@ func isSymlink(p string) bool {
 	return err == nil && fi.Mode()&fs.ModeSymlink != 0
 }
 
+// where returns sep+dir for an error's context, or "" when err already
+// names dir (a path under it): each place is said once.
+func where(sep, dir string, err error) string {
+	if dir != "" && strings.Contains(err.Error(), filepath.Clean(dir)) {
+		return ""
+	}
+	return sep + dir
+}
+
 // localAdvice says what to do about a local disk failure ("" for other
 // errors).
 func localAdvice(err error) string {
@@ -533,9 +542,9 @@ func localAdvice(err error) string {
 	case !errors.As(err, &le):
 		return ""
 	case errors.Is(err, syscall.ENOSPC):
-		return "; free disk space and run again: downloads resume where they stopped"
+		return "; free disk space and run again (downloads resume)"
 	default:
-		return "; fix the local file system problem and run again: downloads resume where they stopped"
+		return "; fix it and run again (downloads resume)"
 	}
 }
 
