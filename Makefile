@@ -32,6 +32,16 @@ GO_FILES = $(shell find . -path ./.git -prune -o -path ./.bin -prune -o -path ./
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# What `make build` stamps into the binary (`dpcache version`).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# Where `make build` writes the binary.
+OUT     ?= dpcache
+
+.PHONY: build
+build: ## build a static ./dpcache (CGO_ENABLED=0, -trimpath), stamped with VERSION and COMMIT
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $(OUT) ./cmd/dpcache
+
 .PHONY: test
 test: ## run all tests
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...

@@ -45,8 +45,10 @@ type Config struct {
 	EndpointID, Hostname, Site string
 
 	// Progress, when set, is called as blob bytes arrive with the bytes
-	// done and the total to download in this run. Calls never overlap,
-	// done never decreases, and total grows when a corrupt download is
+	// done and the total to download in this run: bytes received from
+	// sources, never those already on disk. Calls never overlap, done
+	// never decreases, total shrinks when a partial download from an
+	// earlier run is resumed and grows when a corrupt download is
 	// discarded and fetched again. It must not block.
 	Progress func(done, total int64)
 
@@ -108,7 +110,7 @@ func DefaultConfig() Config {
 // ErrInvalidConfig.
 func (c Config) Validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("agent: config: %s: %w", fmt.Sprintf(format, args...), ErrInvalidConfig)
+		return fmt.Errorf("config: %s: %w", fmt.Sprintf(format, args...), ErrInvalidConfig)
 	}
 	if len(c.Sources) == 0 {
 		return bad("no update source; give at least one")

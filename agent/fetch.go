@@ -86,6 +86,18 @@ func (f *fetcher) addDone(n int64) {
 	}
 }
 
+// resumed accounts n bytes already on disk from an earlier run: they are
+// not downloaded in this run, so the total shrinks and done stays (a
+// progress display then shows the speed of this run's transfers only).
+func (f *fetcher) resumed(n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.total -= n
+	if f.progress != nil {
+		f.progress(f.done, f.total)
+	}
+}
+
 // lastServed names the source that completed the most recent blob, or ""
 // if none did.
 func (f *fetcher) lastServed() string {
@@ -112,7 +124,7 @@ func (f *fetcher) fetch(ctx context.Context, job *blobJob) error {
 	}
 	if p.off > 0 {
 		f.log.Info("resuming download", "file", job.paths[0], "sha256", job.digest, "offset", p.off, "size", job.size)
-		f.addDone(p.off)
+		f.resumed(p.off)
 	}
 	served, err := f.chain.Fetch(ctx, job.digest, job.size, &partSink{f: f, p: p, digest: job.digest})
 	if err != nil {

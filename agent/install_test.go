@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -555,12 +556,51 @@ func TestUpdate_InterruptedDownloadResumes(t *testing.T) {
 	if _, err := Installed(cfg.Dir, product); !errors.Is(err, ErrNotInstalled) {
 		t.Fatalf("Installed after an interrupted first run: %v", err)
 	}
-	res := mustUpdate(t, cfg)
+	// The second run's progress counts only what it transfers: the bytes
+	// kept from the first run are neither done nor in the total (else a
+	// progress bar shows them as arriving at once, at an impossible speed).
+	resumed := cfg
+	var calls [][2]int64
+	resumed.Progress = func(done, total int64) { calls = append(calls, [2]int64{done, total}) }
+	res := mustUpdate(t, resumed)
 	if res.BytesDownloaded != int64(len(big))-got {
 		t.Errorf("second run downloaded %d bytes, want %d (first run got %d)", res.BytesDownloaded, int64(len(big))-got, got)
+	}
+	if len(calls) == 0 {
+		t.Fatal("no progress on the second run")
+	}
+	if first, last := calls[0], calls[len(calls)-1]; first[0] > 256<<10 || last[0] != last[1] || last[1] != int64(len(big))-got {
+		t.Errorf("second run's progress went from %v to %v, want done from 0 to total = %d (the bytes left)", first, last, int64(len(big))-got)
 	}
 	if offs := src.offsetsOf(sha(big)); len(offs) != 2 || offs[1] != got {
 		t.Errorf("blob requested at offsets %v, want [0 %d]", offs, got)
 	}
 	assertTree(t, current(t, cfg), map[string]string{"db/big.bin": big})
+}
+
+// A first run that fails before downloading anything (a mistyped product)
+// leaves no empty DIR/<product>/.dpcache skeleton behind; a failure after
+// bytes arrived keeps them for the next run (see
+// TestUpdate_InterruptedDownloadResumes), and an existing DIR stays.
+func TestUpdate_FailedFirstRunLeavesNoSkeleton(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	r.publish(t, "1.0", 0, v1Files)
+	for _, name := range []string{"existing dir", "new dir"} {
+		cfg := testConfig(t, r.trust, source.NewFile(r.dir))
+		if name == "new dir" {
+			cfg.Dir = filepath.Join(cfg.Dir, "endpoint")
+		}
+		cfg.Product = "nosuchproduct"
+		if _, err := Update(testCtx(t), cfg); !errors.Is(err, source.ErrNotFound) {
+			t.Fatalf("%s: err = %v, want not found", name, err)
+		}
+		entries, err := os.ReadDir(cfg.Dir)
+		switch {
+		case name == "existing dir" && (err != nil || len(entries) != 0):
+			t.Errorf("%s: %s holds %v (%v) after a failed first run, want it empty", name, cfg.Dir, entries, err)
+		case name == "new dir" && !errors.Is(err, fs.ErrNotExist):
+			t.Errorf("%s: %s exists after a failed first run (%v), want it not created", name, cfg.Dir, entries)
+		}
+	}
 }

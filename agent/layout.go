@@ -73,10 +73,50 @@ func newLayout(dir, product string) layout {
 func (l layout) init() error {
 	for _, d := range []string{l.versions, l.staging, l.blobs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			// MkdirAll's error names the path that failed ("mkdir
+			// DIR: not a directory"): say it once.
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				return &localError{err}
+			}
 			return &localError{fmt.Errorf("create %s: %w", d, err)}
 		}
 	}
 	return nil
+}
+
+// missing returns the topmost of Dir and Dir/<product> that does not
+// exist yet, or "" when both do: what a run creates, for removeEmpty.
+func (l layout) missing() string {
+	for _, d := range []string{filepath.Dir(l.root), l.root} {
+		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			return d
+		}
+	}
+	return ""
+}
+
+// removeEmpty removes what init created under top (from missing) when a
+// run left nothing in it: no download to resume, no version. A directory
+// that holds anything stays, with everything above it; it is best effort.
+func (l layout) removeEmpty(top string) {
+	if top == "" {
+		return
+	}
+	for _, d := range []string{l.versions, l.staging, l.blobs} {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+	}
+	_ = os.Remove(l.lockPath())
+	for d := l.state; ; d = filepath.Dir(d) {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		if d == top || d == filepath.Dir(d) {
+			return
+		}
+	}
 }
 
 func (l layout) lockPath() string            { return filepath.Join(l.state, lockFileName) }

@@ -73,14 +73,14 @@ func Mirror(ctx context.Context, cfg MirrorConfig) (*MirrorResult, error) {
 	log = log.With("component", "mirror", "product", cfg.Product)
 	res, err := mirror(ctx, cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("agent: mirror %s to %s: %w%s", cfg.Product, cfg.To, err, localAdvice(err))
+		return nil, fmt.Errorf("mirror %s%s: %w%s", cfg.Product, where(" to ", cfg.To, err), err, localAdvice(err))
 	}
 	return res, nil
 }
 
 func (c *MirrorConfig) validate() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("agent: mirror: %s: %w", fmt.Sprintf(format, args...), ErrInvalidConfig)
+		return fmt.Errorf("mirror: %s: %w", fmt.Sprintf(format, args...), ErrInvalidConfig)
 	}
 	switch {
 	case len(c.Sources) == 0:
@@ -215,7 +215,7 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Healt
 	d.latestS, err = chain.Latest(ctx, cfg.Product)
 	switch {
 	case err != nil && version == "":
-		return nil, named(err, fmt.Sprintf("the latest version of %q", cfg.Product))
+		return nil, productNotFound(err)
 	case err == nil && (version == "" || version == d.latest.Version):
 		version = d.latest.Version
 	default:

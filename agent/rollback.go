@@ -34,7 +34,7 @@ func Rollback(dir, product string) (*Result, error) {
 	l := newLayout(dir, product)
 	res, err := rollback(l, product)
 	if err != nil {
-		return nil, fmt.Errorf("rollback %s in %s: %w", product, dir, err)
+		return nil, fmt.Errorf("rollback %s%s: %w", product, where(" in ", dir, err), err)
 	}
 	return res, nil
 }
@@ -126,11 +126,11 @@ func rolledBack(l layout, product string) (*Result, error) {
 // current is not a version the agent installed.
 func Installed(dir, product string) (*manifest.Manifest, error) {
 	if err := manifest.ValidName(product); err != nil {
-		return nil, fmt.Errorf("agent: installed: product: %w", err)
+		return nil, fmt.Errorf("installed: product: %w", err)
 	}
 	v, err := newLayout(dir, product).linked(currentName)
 	if err != nil {
-		return nil, fmt.Errorf("agent: installed %s in %s: %w", product, dir, err)
+		return nil, fmt.Errorf("installed %s in %s: %w", product, dir, err)
 	}
 	m := *v.man
 	m.Files = v.files

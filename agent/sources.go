@@ -66,3 +66,13 @@ func named(err error, what string) error {
 	}
 	return err
 }
+
+// productNotFound adds advice to a failover error about latest.json when
+// no source has it: the product name is likely mistyped.
+func productNotFound(err error) error {
+	var fe *failover.Error
+	if errors.As(err, &fe) && errors.Is(err, source.ErrNotFound) {
+		fe.Advice = "check the product name"
+	}
+	return err
+}

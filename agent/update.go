@@ -95,7 +95,7 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 		health: failover.NewHealth(failover.Backoff{})}
 	res, err := u.run(ctx)
 	if err != nil {
-		err = fmt.Errorf("agent: update %s in %s: %w%s", cfg.Product, cfg.Dir, err, localAdvice(err))
+		err = fmt.Errorf("update %s%s: %w%s", cfg.Product, where(" in ", cfg.Dir, err), err, localAdvice(err))
 		u.log.Debug("update failed", "err", err)
 	} else {
 		u.log.Info("update done", "status", res.Status, "version", res.Version, "serial", res.Serial,
@@ -132,8 +132,10 @@ type decision struct {
 	stale    bool // every source offered an expired latest.json
 }
 
-func (u *updater) run(ctx context.Context) (*Result, error) {
+func (u *updater) run(ctx context.Context) (res *Result, err error) {
+	created := u.l.missing()
 	if err := u.l.init(); err != nil {
+		u.l.removeEmpty(created)
 		return nil, err
 	}
 	unlock, err := lockFile(u.l.lockPath())
@@ -141,6 +143,13 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer unlock()
+	// A first run that fails before downloading anything leaves no empty
+	// skeleton behind (a mistyped --product would leave one per typo).
+	defer func() {
+		if err != nil {
+			u.l.removeEmpty(created)
+		}
+	}()
 	if err := u.l.cleanTemps(); err != nil {
 		return nil, err
 	}
@@ -179,7 +188,7 @@ func (u *updater) run(ctx context.Context) (*Result, error) {
 		}
 		return res, nil
 	}
-	res, err := u.install(ctx, d, inst)
+	res, err = u.install(ctx, d, inst)
 	if err == nil && d.stale {
 		res.Status = StatusStale
 	}
@@ -229,7 +238,7 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 	})
 	var err error
 	if d.latestS, err = chain.Latest(ctx, product); err != nil {
-		return nil, named(err, fmt.Sprintf("the latest version of %q", product))
+		return nil, productNotFound(err)
 	}
 	if d.latestS.Stale {
 		// No source is current: the newest expired version, which the
@@ -545,6 +554,15 @@ func isSymlink(p string) bool {
 	return err == nil && fi.Mode()&fs.ModeSymlink != 0
 }
 
+// where returns sep+dir for an error's context, or "" when err already
+// names dir (a path under it): each place is said once.
+func where(sep, dir string, err error) string {
+	if dir != "" && strings.Contains(err.Error(), filepath.Clean(dir)) {
+		return ""
+	}
+	return sep + dir
+}
+
 // localAdvice says what to do about a local disk failure ("" for other
 // errors).
 func localAdvice(err error) string {
@@ -553,9 +571,9 @@ func localAdvice(err error) string {
 	case !errors.As(err, &le):
 		return ""
 	case errors.Is(err, syscall.ENOSPC):
-		return "; free disk space and run again: downloads resume where they stopped"
+		return "; free disk space and run again (downloads resume)"
 	default:
-		return "; fix the local file system problem and run again: downloads resume where they stopped"
+		return "; fix it and run again (downloads resume)"
 	}
 }
 

@@ -83,7 +83,7 @@ func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 			return nil
 		}
 		if errors.Is(err, source.ErrInvalid) {
-			return fmt.Errorf("agent: watch %s: %w", cfg.Product, err)
+			return fmt.Errorf("watch %s: %w", cfg.Product, err)
 		}
 		log.Warn("watch interrupted; reconnecting", "in", retry, "err", err)
 		if err := sleep(ctx, retry); err != nil {

@@ -56,7 +56,7 @@ func GenerateKeyFiles(name string) error {
 	keyPath, pubPath := name+".key", name+".pub"
 	for _, p := range []string{keyPath, pubPath} {
 		if _, err := os.Lstat(p); err == nil {
-			return fmt.Errorf("manifest: keygen: %s already exists, refusing to overwrite it: %w", p, fs.ErrExist)
+			return fmt.Errorf("keygen: %s already exists, refusing to overwrite it: %w", p, fs.ErrExist)
 		}
 	}
 	k, pubFile, err := GenerateKey()
@@ -68,11 +68,11 @@ func GenerateKeyFiles(name string) error {
 		return err
 	}
 	if err := WriteNewFile(keyPath, secret, 0o600); err != nil {
-		return fmt.Errorf("manifest: keygen: %w", err)
+		return fmt.Errorf("keygen: %w", err)
 	}
 	if err := WriteNewFile(pubPath, pubFile, 0o644); err != nil {
 		_ = os.Remove(keyPath)
-		return fmt.Errorf("manifest: keygen: %w", err)
+		return fmt.Errorf("keygen: %w", err)
 	}
 	return nil
 }
@@ -84,11 +84,11 @@ func GenerateKeyFiles(name string) error {
 func GenerateKey() (PrivateKey, []byte, error) {
 	_, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return PrivateKey{}, nil, fmt.Errorf("manifest: generate key: %w", err)
+		return PrivateKey{}, nil, fmt.Errorf("generate key: %w", err)
 	}
 	var idb [8]byte
 	if _, err := io.ReadFull(rand.Reader, idb[:]); err != nil {
-		return PrivateKey{}, nil, fmt.Errorf("manifest: generate key id: %w", err)
+		return PrivateKey{}, nil, fmt.Errorf("generate key id: %w", err)
 	}
 	k, err := newPrivateKey(binary.LittleEndian.Uint64(idb[:]), sk)
 	if err != nil {
@@ -101,7 +101,7 @@ func newPrivateKey(id uint64, sk ed25519.PrivateKey) (PrivateKey, error) {
 	raw := rawSecretKey(id, sk)
 	var mk minisign.PrivateKey
 	if err := mk.UnmarshalText(encodeSecretKey(raw)); err != nil {
-		return PrivateKey{}, fmt.Errorf("manifest: %v: %w", err, ErrBadKey)
+		return PrivateKey{}, fmt.Errorf("%v: %w", err, ErrBadKey)
 	}
 	return PrivateKey{key: mk, sk: bytes.Clone(sk), id: id, ok: true}, nil
 }
@@ -141,7 +141,7 @@ func encodeSecretKey(raw []byte) []byte {
 // (as `minisign -G -W` writes it). Keep it secret.
 func (k PrivateKey) MarshalSecretKey() ([]byte, error) {
 	if !k.ok {
-		return nil, fmt.Errorf("manifest: zero PrivateKey: %w", ErrBadKey)
+		return nil, fmt.Errorf("zero PrivateKey: %w", ErrBadKey)
 	}
 	return encodeSecretKey(rawSecretKey(k.id, k.sk)), nil
 }
@@ -153,11 +153,11 @@ func (k PrivateKey) MarshalSecretKey() ([]byte, error) {
 func LoadPrivateKey(path string) (PrivateKey, error) {
 	text, err := os.ReadFile(path)
 	if err != nil {
-		return PrivateKey{}, fmt.Errorf("manifest: read secret key: %w", err)
+		return PrivateKey{}, fmt.Errorf("read secret key: %w", err)
 	}
 	k, err := ParsePrivateKey(text)
 	if err != nil {
-		return PrivateKey{}, fmt.Errorf("manifest: secret key %s: %w", path, err)
+		return PrivateKey{}, fmt.Errorf("secret key %s: %w", path, err)
 	}
 	return k, nil
 }
@@ -251,10 +251,10 @@ func (k PrivateKey) Sign(data []byte) ([]byte, error) { return k.SignFile(data, 
 // An empty name leaves the file part out.
 func (k PrivateKey) SignFile(data []byte, name string) ([]byte, error) {
 	if !k.ok {
-		return nil, fmt.Errorf("manifest: sign with a zero PrivateKey: %w", ErrBadKey)
+		return nil, fmt.Errorf("sign with a zero PrivateKey: %w", ErrBadKey)
 	}
 	if strings.ContainsAny(name, "\r\n") {
-		return nil, fmt.Errorf("manifest: sign: file name %q contains a line break: %w", name, ErrInvalid)
+		return nil, fmt.Errorf("sign: file name %q contains a line break: %w", name, ErrInvalid)
 	}
 	trusted := "timestamp:" + strconv.FormatInt(time.Now().Unix(), 10)
 	if name != "" {
@@ -262,7 +262,7 @@ func (k PrivateKey) SignFile(data []byte, name string) ([]byte, error) {
 	}
 	r := minisign.NewReader(bytes.NewReader(data))
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return nil, fmt.Errorf("manifest: sign: %w", err)
+		return nil, fmt.Errorf("sign: %w", err)
 	}
 	return r.SignWithComments(k.key, trusted, "signature from minisign secret key"), nil
 }

@@ -90,7 +90,7 @@ type Manifest struct {
 func ParseLatest(data []byte) (*Latest, error) {
 	var l Latest
 	if err := decodeStrict(data, &l); err != nil {
-		return nil, fmt.Errorf("manifest: parse %s: %w", LatestName, err)
+		return nil, fmt.Errorf("parse %s: %w", LatestName, err)
 	}
 	if err := l.Validate(); err != nil {
 		return nil, err
@@ -104,7 +104,7 @@ func ParseLatest(data []byte) (*Latest, error) {
 func ParseManifest(data []byte) (*Manifest, error) {
 	var m Manifest
 	if err := decodeStrict(data, &m); err != nil {
-		return nil, fmt.Errorf("manifest: parse %s: %w", ManifestName, err)
+		return nil, fmt.Errorf("parse %s: %w", ManifestName, err)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -134,7 +134,7 @@ func decodeStrict(data []byte, v any) error {
 func (l *Latest) Validate() error {
 	where := fmt.Sprintf("manifest: %s of %q", LatestName, l.Product)
 	if err := ValidName(l.Product); err != nil {
-		return fmt.Errorf("manifest: %s: product: %w", LatestName, err)
+		return fmt.Errorf("%s: product: %w", LatestName, err)
 	}
 	if err := ValidName(l.Version); err != nil {
 		return fmt.Errorf("%s: version: %w", where, err)
@@ -162,7 +162,7 @@ func (l *Latest) Validate() error {
 // and ComponentModules.
 func (m *Manifest) Validate() error {
 	if err := ValidName(m.Product); err != nil {
-		return fmt.Errorf("manifest: %s: product: %w", ManifestName, err)
+		return fmt.Errorf("%s: product: %w", ManifestName, err)
 	}
 	where := fmt.Sprintf("manifest: %s of %s", ManifestName, m.Product)
 	if err := ValidName(m.Version); err != nil {
@@ -246,7 +246,7 @@ func (l *Latest) Marshal() ([]byte, error) { return marshalDoc(l) }
 func marshalDoc(v any) ([]byte, error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("manifest: encode: %w", err)
+		return nil, fmt.Errorf("encode: %w", err)
 	}
 	return append(b, '\n'), nil
 }

@@ -51,19 +51,19 @@ const DefaultExpiry = 168 * time.Hour
 // names and a usable key.
 func (o PublishOptions) Validate() error {
 	if o.Repo == "" {
-		return fmt.Errorf("manifest: publish: no repository folder given: %w", ErrInvalid)
+		return fmt.Errorf("publish: no repository folder given: %w", ErrInvalid)
 	}
 	if o.Expires < 0 {
-		return fmt.Errorf("manifest: publish: negative expiry %v: %w", o.Expires, ErrInvalid)
+		return fmt.Errorf("publish: negative expiry %v: %w", o.Expires, ErrInvalid)
 	}
 	if err := ValidName(o.Product); err != nil {
-		return fmt.Errorf("manifest: publish: product: %w", err)
+		return fmt.Errorf("publish: product: %w", err)
 	}
 	if err := ValidName(o.Version); err != nil {
-		return fmt.Errorf("manifest: publish: version: %w", err)
+		return fmt.Errorf("publish: version: %w", err)
 	}
 	if !o.Key.ok {
-		return fmt.Errorf("manifest: publish: no signing key: %w", ErrBadKey)
+		return fmt.Errorf("publish: no signing key: %w", ErrBadKey)
 	}
 	return nil
 }

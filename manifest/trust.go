@@ -23,16 +23,16 @@ type Trust struct {
 // path is required (ErrNoTrustedKeys).
 func LoadTrust(paths ...string) (*Trust, error) {
 	if len(paths) == 0 {
-		return nil, fmt.Errorf("manifest: trust: give at least one public key file: %w", ErrNoTrustedKeys)
+		return nil, fmt.Errorf("trust: give at least one public key file: %w", ErrNoTrustedKeys)
 	}
 	contents := make([][]byte, 0, len(paths))
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("manifest: trust: read public key: %w", err)
+			return nil, fmt.Errorf("trust: read public key: %w", err)
 		}
 		if _, err := parsePublicKey(b); err != nil {
-			return nil, fmt.Errorf("manifest: trust: public key %s: %w", p, err)
+			return nil, fmt.Errorf("trust: public key %s: %w", p, err)
 		}
 		contents = append(contents, b)
 	}
@@ -44,16 +44,16 @@ func LoadTrust(paths ...string) (*Trust, error) {
 // required (ErrNoTrustedKeys).
 func NewTrust(pubFileContents ...[]byte) (*Trust, error) {
 	if len(pubFileContents) == 0 {
-		return nil, fmt.Errorf("manifest: trust: give at least one public key: %w", ErrNoTrustedKeys)
+		return nil, fmt.Errorf("trust: give at least one public key: %w", ErrNoTrustedKeys)
 	}
 	t := &Trust{keys: make(map[uint64]minisign.PublicKey, len(pubFileContents))}
 	for i, b := range pubFileContents {
 		k, err := parsePublicKey(b)
 		if err != nil {
-			return nil, fmt.Errorf("manifest: trust: public key #%d: %w", i+1, err)
+			return nil, fmt.Errorf("trust: public key #%d: %w", i+1, err)
 		}
 		if old, ok := t.keys[k.ID()]; ok && !old.Equal(k) {
-			return nil, fmt.Errorf("manifest: trust: two different public keys share the key ID %s: %w",
+			return nil, fmt.Errorf("trust: two different public keys share the key ID %s: %w",
 				formatKeyID(k.ID()), ErrBadKey)
 		}
 		t.keys[k.ID()] = k
@@ -99,21 +99,21 @@ func (t *Trust) Verify(data, sig []byte) error { return t.verify(data, sig, "doc
 
 func (t *Trust) verify(data, sig []byte, what string) error {
 	if t == nil {
-		return fmt.Errorf("manifest: verify %s: nil Trust: %w", what, ErrNoTrustedKeys)
+		return fmt.Errorf("verify %s: nil Trust: %w", what, ErrNoTrustedKeys)
 	}
 	if len(bytes.TrimSpace(sig)) == 0 {
-		return fmt.Errorf("manifest: verify %s: %w", what, ErrMissingSignature)
+		return fmt.Errorf("verify %s: %w", what, ErrMissingSignature)
 	}
 	var s minisign.Signature
 	if err := s.UnmarshalText(sig); err != nil {
-		return fmt.Errorf("manifest: verify %s: malformed signature (%v): %w", what, err, ErrBadSignature)
+		return fmt.Errorf("verify %s: malformed signature (%v): %w", what, err, ErrBadSignature)
 	}
 	k, ok := t.keys[s.KeyID]
 	if !ok {
-		return fmt.Errorf("manifest: verify %s: signed by key %s, trusted are %v: %w", what, formatKeyID(s.KeyID), t.KeyIDs(), ErrUntrustedKey)
+		return fmt.Errorf("verify %s: signed by key %s, trusted are %v: %w", what, formatKeyID(s.KeyID), t.KeyIDs(), ErrUntrustedKey)
 	}
 	if !minisign.Verify(k, data, sig) {
-		return fmt.Errorf("manifest: verify %s: signature by key %s does not match the %d bytes of the document: %w",
+		return fmt.Errorf("verify %s: signature by key %s does not match the %d bytes of the document: %w",
 			what, formatKeyID(s.KeyID), len(data), ErrBadSignature)
 	}
 	return nil
@@ -144,11 +144,11 @@ func (t *Trust) VerifyManifest(data, sig []byte, latest *Latest) (*Manifest, err
 		return m, nil
 	}
 	if got := SHA256Hex(data); subtle.ConstantTimeCompare([]byte(got), []byte(latest.ManifestSHA256)) != 1 {
-		return nil, fmt.Errorf("manifest: %s of %s %s has sha256 %s, %s says %s: %w",
+		return nil, fmt.Errorf("%s of %s %s has sha256 %s, %s says %s: %w",
 			ManifestName, m.Product, m.Version, got, LatestName, latest.ManifestSHA256, ErrMismatch)
 	}
 	if m.Product != latest.Product || m.Version != latest.Version || m.Serial != latest.Serial {
-		return nil, fmt.Errorf("manifest: %s is %s %s serial %d, %s says %s %s serial %d: %w",
+		return nil, fmt.Errorf("%s is %s %s serial %d, %s says %s %s serial %d: %w",
 			ManifestName, m.Product, m.Version, m.Serial, LatestName, latest.Product, latest.Version, latest.Serial, ErrMismatch)
 	}
 	return m, nil

@@ -35,7 +35,7 @@ func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 	}
 	g, err := gossip.New(gc)
 	if err != nil {
-		return nil, fmt.Errorf("node: gossip on %s: %w", n.cfg.GossipAddr, err)
+		return nil, fmt.Errorf("gossip on %s: %w", n.cfg.GossipAddr, err)
 	}
 	return g, nil
 }

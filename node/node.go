@@ -109,12 +109,12 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	n.bg, n.bgCancel = context.WithCancel(context.Background())
 	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
 	if err != nil {
-		return nil, fmt.Errorf("node: upstream: %w", err)
+		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	n.upstream = ups
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		n.closeSources()
-		return nil, fmt.Errorf("node: data directory %s: %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
 	cc := cache.DefaultConfig()
 	cc.Path = filepath.Join(cfg.DataDir, "cache.db")
@@ -122,7 +122,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	cc.NoFreelistSync = true
 	if n.cache, err = cache.Open(cc); err != nil {
 		n.closeSources()
-		return nil, fmt.Errorf("node: %w", err)
+		return nil, err
 	}
 	n.retainer = retain.New(retain.Config{KeepVersions: cfg.KeepVersions, CacheMax: cfg.CacheMax, DataDir: cfg.DataDir, Logger: n.log}, n.cache, retainView{n})
 	n.pins = n.retainer.Pins()
@@ -142,12 +142,12 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	}
 	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		n.Close()
-		return nil, fmt.Errorf("node: gRPC listener on %s: %w (is another dpcache running? choose --grpc)", cfg.GRPCAddr, err)
+		return nil, fmt.Errorf("gRPC listener on %s: %w (is another dpcache running? choose --grpc)", cfg.GRPCAddr, err)
 	}
 	if cfg.HTTPAddr != "" {
 		if n.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 			n.Close()
-			return nil, fmt.Errorf("node: HTTP listener on %s: %w (choose --http)", cfg.HTTPAddr, err)
+			return nil, fmt.Errorf("HTTP listener on %s: %w (choose --http)", cfg.HTTPAddr, err)
 		}
 	}
 	if cfg.GossipAddr != "" {
@@ -202,7 +202,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := n.grpcSrv.Serve(n.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("node: gRPC server: %w", err)
+			return fmt.Errorf("gRPC server: %w", err)
 		}
 		return nil
 	})
@@ -215,7 +215,7 @@ func (n *Node) Run(ctx context.Context) error {
 			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 		g.Go(func() error {
 			if err := httpSrv.Serve(n.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("node: HTTP server: %w", err)
+				return fmt.Errorf("HTTP server: %w", err)
 			}
 			return nil
 		})

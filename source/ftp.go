@@ -507,7 +507,7 @@ func (b *ftpBlob) release() {
 func (b *ftpBlob) Close() error {
 	b.release()
 	if b.err == nil {
-		b.err = errors.New("source: read after Close")
+		b.err = errors.New("read after Close")
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -303,5 +305,26 @@ func (g *GRPC) wrap(what string, err error) error {
 	default:
 		sentinel = ErrUnavailable
 	}
-	return fmt.Errorf("%s: %s: %w: %s", g, what, sentinel, st.Message())
+	return fmt.Errorf("%s: %s: %w: %s", g, what, sentinel, transportCause(st.Message()))
 }
+
+// transportCause shortens grpc-go's message for a connection that could
+// not be made (`connection error: desc = "transport: Error while dialing:
+// dial tcp 10.0.0.1:7340: connect: connection refused"`) to its cause
+// ("connection refused"): the source's name already says where.
+func transportCause(msg string) string {
+	const dialing = "Error while dialing: "
+	i := strings.Index(msg, dialing)
+	if !strings.HasPrefix(msg, "connection error: ") || i < 0 {
+		return msg
+	}
+	cause := strings.TrimSuffix(msg[i+len(dialing):], `"`)
+	if m := dialPrefix.FindStringIndex(cause); m != nil && m[0] == 0 {
+		cause = cause[m[1]:]
+	}
+	return cause
+}
+
+// dialPrefix matches what net.OpError puts before the cause of a failed
+// dial: "dial tcp 10.0.0.1:7340: connect: ".
+var dialPrefix = regexp.MustCompile(`^dial (tcp|udp|unix)[46]? \S+: (connect: )?`)

@@ -26,7 +26,7 @@ func Parse(raw string, opts Options) (Source, error) {
 	opts = opts.withDefaults()
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
-		return nil, fmt.Errorf("source: empty URL: %w", ErrBadURL)
+		return nil, fmt.Errorf("empty URL: %w", ErrBadURL)
 	}
 	if !strings.Contains(raw, "://") {
 		return NewFile(raw), nil
@@ -87,7 +87,7 @@ func ParseList(urls []string, opts Options) ([]Source, error) {
 		out = append(out, s)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("source: no source URL given: %w", ErrBadURL)
+		return nil, fmt.Errorf("no source URL given: %w", ErrBadURL)
 	}
 	return out, nil
 }

@@ -68,7 +68,7 @@ type Status struct {
 // LatestPath checks product and returns manifest.LatestPath(product).
 func LatestPath(product string) (string, error) {
 	if err := manifest.ValidName(product); err != nil {
-		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
+		return "", fmt.Errorf("product %w: %w", err, ErrInvalid)
 	}
 	return manifest.LatestPath(product), nil
 }
@@ -77,10 +77,10 @@ func LatestPath(product string) (string, error) {
 // manifest.ManifestPath(product, version).
 func ManifestPath(product, version string) (string, error) {
 	if err := manifest.ValidName(product); err != nil {
-		return "", fmt.Errorf("source: product %w: %w", err, ErrInvalid)
+		return "", fmt.Errorf("product %w: %w", err, ErrInvalid)
 	}
 	if err := manifest.ValidName(version); err != nil {
-		return "", fmt.Errorf("source: version %w: %w", err, ErrInvalid)
+		return "", fmt.Errorf("version %w: %w", err, ErrInvalid)
 	}
 	return manifest.ManifestPath(product, version), nil
 }
@@ -89,7 +89,7 @@ func ManifestPath(product, version string) (string, error) {
 func BlobPath(digest string) (string, error) {
 	d, err := manifest.ParseDigest(digest)
 	if err != nil {
-		return "", fmt.Errorf("source: blob %w: %w", err, ErrInvalid)
+		return "", fmt.Errorf("blob %w: %w", err, ErrInvalid)
 	}
 	return manifest.BlobPath(d.String()), nil
 }

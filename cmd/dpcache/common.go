@@ -3,19 +3,23 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/dpcache/dpcache/source"
 	"github.com/dpcache/dpcache/source/failover"
 )
+
+// sourceSchemes lists, for help texts, every kind of source that
+// source.Parse accepts.
+const sourceSchemes = "http://, https://, ftp://, file:// or a folder, grpc:// or grpcs:// (a DP)"
 
 // sourceFlags are the flags that say how sources are reached.
 type sourceFlags struct {
@@ -60,7 +64,7 @@ func parseProxy(proxy string) (*url.URL, error) {
 	}
 	u, err := url.Parse(proxy)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, fmt.Errorf("--proxy %q: want http://[user:pass@]host:port", redactProxy(proxy))
+		return nil, usageError(fmt.Errorf("--proxy %q: want http://[user:pass@]host:port", redactProxy(proxy)))
 	}
 	return u, nil
 }
@@ -71,17 +75,25 @@ func closeSources(srcs []source.Source) {
 	}
 }
 
-// progress draws a progress bar on stderr when it is a terminal; otherwise
-// it does nothing.
+// progress draws a one-line progress display on stderr when it is a
+// terminal; otherwise it does nothing. The agent counts only the bytes
+// this run transfers (not those of a resumed download), so the speed is
+// that of this run's transfers.
 type progress struct {
 	enabled bool
 	desc    string
-	mu      sync.Mutex // protects bar
-	bar     *progressbar.ProgressBar
+	out     io.Writer
+	mu      sync.Mutex // protects the fields below
+	start   time.Time  // the first call
+	drawn   time.Time  // the last line drawn
+	width   int        // of the last line drawn
 }
 
+// progressEvery throttles redrawing.
+const progressEvery = 150 * time.Millisecond
+
 func newProgress(wanted bool, desc string) *progress {
-	return &progress{enabled: wanted && term.IsTerminal(int(os.Stderr.Fd())), desc: desc}
+	return &progress{enabled: wanted && term.IsTerminal(int(os.Stderr.Fd())), desc: desc, out: os.Stderr}
 }
 
 // update is a Progress callback for agent.Config and agent.MirrorConfig.
@@ -91,24 +103,44 @@ func (p *progress) update(done, total int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.bar == nil {
-		p.bar = progressbar.NewOptions64(total,
-			progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionSetDescription(p.desc),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionThrottle(100_000_000),
-			progressbar.OptionClearOnFinish())
+	now := time.Now()
+	if p.start.IsZero() {
+		p.start = now
 	}
-	p.bar.ChangeMax64(total)
-	p.bar.Set64(done)
+	if now.Sub(p.drawn) < progressEvery && done < total {
+		return
+	}
+	p.drawn = now
+	line := formatProgress(p.desc, done, total, now.Sub(p.start))
+	pad := max(p.width-len(line), 0)
+	fmt.Fprintf(p.out, "\r%s%s", line, strings.Repeat(" ", pad))
+	p.width = len(line)
 }
 
+// finish clears the line.
 func (p *progress) finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.bar != nil {
-		p.bar.Finish()
+	if p.width > 0 {
+		fmt.Fprintf(p.out, "\r%s\r", strings.Repeat(" ", p.width))
+		p.width = 0
 	}
+}
+
+// formatProgress renders "DESC  42% 10.0 MiB / 24.0 MiB  3.1 MiB/s": done
+// of total bytes transferred in elapsed. The speed is shown once there is
+// a second's worth of measure (a rate over a few milliseconds means
+// nothing).
+func formatProgress(desc string, done, total int64, elapsed time.Duration) string {
+	pct := 100
+	if total > 0 {
+		pct = int(min(done*100/total, 100))
+	}
+	line := fmt.Sprintf("%s %3d%% %s / %s", desc, pct, formatBytes(done), formatBytes(total))
+	if elapsed >= time.Second {
+		line += fmt.Sprintf("  %s/s", formatBytes(int64(float64(done)/elapsed.Seconds())))
+	}
+	return line
 }
 
 // discoverSources asks the first grpc(s):// source for the DPs of site and
@@ -139,7 +171,7 @@ func dialDP(addr string, sf *sourceFlags) (*source.GRPC, error) {
 	dp, ok := s.(*source.GRPC)
 	if !ok {
 		s.Close()
-		return nil, fmt.Errorf("--node %q: want host:port or grpc://host:port", addr)
+		return nil, usageError(fmt.Errorf("--node %q: want host:port, grpc://host:port or grpcs://host:port", addr))
 	}
 	return dp, nil
 }

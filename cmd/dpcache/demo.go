@@ -38,7 +38,7 @@ on 127.0.0.1 in a temporary folder that is removed at the end.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if endpoints < 1 || endpoints > 100 {
-				return fmt.Errorf("demo: --endpoints %d: want 1 to 100", endpoints)
+				return usageError(fmt.Errorf("demo: --endpoints %d: want 1 to 100", endpoints))
 			}
 			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 			if verbose {

@@ -91,7 +91,7 @@ is 7d):
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP (host:port)")
+	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().BoolVar(&outdated, "outdated", false, "only endpoints behind the newest version by 24 hours or more")
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print JSON: {"endpoints": [{"id", "hostname", "site", "product", "version", "serial", "result", "reported", "age"}]}`)
 	return cmd

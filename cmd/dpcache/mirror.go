@@ -57,7 +57,7 @@ never replaced by a lower serial.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&sources, "source", nil, "sources, tried in order (http://, https://, file:// or a folder, grpc://DP)")
+	f.StringSliceVar(&sources, "source", nil, "sources, tried in order: "+sourceSchemes)
 	f.StringVar(&cfg.Product, "product", "", "product to copy")
 	f.StringVar(&cfg.Version, "version", "", "version to copy (default: the latest)")
 	f.StringVar(&cfg.To, "to", "", "repository folder to write")

@@ -41,7 +41,7 @@ flags win over the environment, which wins over the file.`,
 				return fmt.Errorf("node: %w", err)
 			}
 			if len(trust) == 0 {
-				return fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)")
+				return usageError(fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)"))
 			}
 			t, err := manifest.LoadTrust(trust...)
 			if err != nil {
@@ -61,6 +61,9 @@ flags win over the environment, which wins over the file.`,
 				cfg.Name, _ = os.Hostname()
 			}
 			cfg.Logger = slog.Default()
+			if err := cfg.Validate(); err != nil {
+				return usageError(fmt.Errorf("node: %w", err))
+			}
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -79,7 +82,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
 	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
-	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream source URLs, tried in order (http://, https://, file://, grpc://)")
+	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream sources, tried in order: "+sourceSchemes)
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
 	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest of the products endpoints asked for (those of --product follow --prefetch-interval)")
 	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask (the download task: at start and every --prefetch-interval)")
@@ -178,7 +181,7 @@ func redactProxy(raw string) string {
 func decodeGossipKey(s string) ([]byte, error) {
 	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, fmt.Errorf("--gossip-key: not base64 (make one with: head -c 32 /dev/urandom | base64): %v", err)
+		return nil, usageError(fmt.Errorf("--gossip-key: not base64 (make one with: head -c 32 /dev/urandom | base64): %v", err))
 	}
 	switch len(k) {
 	case 16, 24, 32:

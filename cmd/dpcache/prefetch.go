@@ -39,7 +39,7 @@ version whole.`,
 			return showPrefetch(cmd.OutOrStdout(), recv, newProgress(true, "prefetch "+product), nodeAddr)
 		},
 	}
-	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP (host:port)")
+	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().StringVar(&product, "product", "", "product to bring up to date")
 	return cmd
 }

@@ -92,7 +92,7 @@ from peers, and served to endpoints and peers.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", "", "gRPC address of a DP (host:port)")
+	cmd.Flags().StringVar(&node, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

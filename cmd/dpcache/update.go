@@ -35,7 +35,7 @@ After dpcache rollback the product is held: update installs nothing and says
 the result is reported to it, under an endpoint id generated once and kept in
 DIR (--id overrides it), with this host's name beside it.
 
-With --discover, the first grpc:// source is asked for the DPs of --site
+With --discover, the first grpc:// or grpcs:// source is asked for the DPs of --site
 (its own site by default), and those are tried first, nearest first. With
 --watch, update keeps running and updates whenever that DP announces a new
 version, after a random delay within --jitter (so a site's endpoints do not
@@ -50,7 +50,7 @@ all start at once).`,
 				// line for people).
 				defer func() {
 					var ee *exitError
-					if err != nil && !errors.As(err, &ee) {
+					if err != nil && (!errors.As(err, &ee) || ee.code != exitStale) {
 						json.NewEncoder(cmd.OutOrStdout()).Encode(failedJSON{Product: cfg.Product, Status: agent.StatusFailed, Error: oneLine(err)})
 					}
 				}()
@@ -60,10 +60,10 @@ all start at once).`,
 				return fmt.Errorf("update: %w", err)
 			}
 			if jitter < 0 {
-				return fmt.Errorf("update: --jitter %v must not be negative", jitter)
+				return usageError(fmt.Errorf("update: --jitter %v must not be negative", jitter))
 			}
 			if cmd.Flags().Changed("jitter") && !watch {
-				return fmt.Errorf("update: --jitter applies only with --watch")
+				return usageError(fmt.Errorf("update: --jitter applies only with --watch"))
 			}
 			srcs, err := sf.open(sources)
 			if err != nil {
@@ -104,7 +104,7 @@ all start at once).`,
 					}
 				}
 				if w == nil {
-					return fmt.Errorf("update: --watch needs a grpc:// source (a DP announces new versions)")
+					return usageError(fmt.Errorf("update: --watch needs a grpc:// or grpcs:// source (a DP announces new versions)"))
 				}
 				return agent.Watch(cmd.Context(), cfg, w, agent.WatchConfig{Jitter: jitter, Result: func(res *agent.Result, err error) {
 					if err != nil {
@@ -125,14 +125,14 @@ all start at once).`,
 				return err
 			}
 			if res.Status == agent.StatusStale {
-				return &exitError{3, fmt.Errorf("update: every source offers an expired version of %s (%s serial %d is the newest, from %s); check that the sources are still being updated",
+				return &exitError{exitStale, fmt.Errorf("update: every source offers an expired version of %s (%s serial %d is the newest, from %s); check that the sources are still being updated",
 					res.Product, res.Version, res.Serial, res.Source)}
 			}
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&sources, "source", nil, "update sources, tried in order (http://, https://, file:// or a folder, grpc://DP)")
+	f.StringSliceVar(&sources, "source", nil, "update sources, tried in order: "+sourceSchemes)
 	f.StringVar(&cfg.Product, "product", "", "product to update")
 	f.StringVar(&cfg.Dir, "dir", "", "install root (files go to DIR/<product>/current/)")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
@@ -141,7 +141,7 @@ all start at once).`,
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&cfg.EndpointID, "id", "", "endpoint identifier reported to a DP (default: generated once and kept in DIR/"+agent.EndpointIDFileName+")")
 	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")
-	f.BoolVar(&discover, "discover", false, "ask the first grpc:// source for the DPs of --site and use them first")
+	f.BoolVar(&discover, "discover", false, "ask the first grpc:// or grpcs:// source for the DPs of --site and use them first")
 	f.BoolVar(&watch, "watch", false, "keep running, updating whenever the DP announces a new version")
 	f.DurationVar(&jitter, "jitter", 0, "with --watch: random delay up to this before each update")
 	return cmd

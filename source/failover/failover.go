@@ -9,6 +9,8 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -489,7 +491,7 @@ type SourceSink interface {
 // is (wrapped).
 func (c *Chain) Fetch(ctx context.Context, digest string, size int64, sink Sink) (source.Source, error) {
 	if size < 0 {
-		return nil, fmt.Errorf("source: blob %s: negative size %d: %w", digest, size, source.ErrInvalid)
+		return nil, fmt.Errorf("blob %s: negative size %d: %w", digest, size, source.ErrInvalid)
 	}
 	off := sink.Offset()
 	if off > size {
@@ -583,7 +585,7 @@ func (c *Chain) newTransfer(ctx context.Context, digest string, offset, size int
 		return nil, err
 	}
 	if offset < 0 {
-		return nil, fmt.Errorf("source: blob %s: negative offset %d: %w", digest, offset, source.ErrInvalid)
+		return nil, fmt.Errorf("blob %s: negative offset %d: %w", digest, offset, source.ErrInvalid)
 	}
 	return &transfer{c: c, ctx: ctx, digest: digest, rel: rel, size: size, start: offset, off: offset,
 		order: c.order(), delivered: map[string]bool{}, fe: &Error{What: rel, hint: c.opts.Hint}}, nil
@@ -859,7 +861,7 @@ func (r *transfer) verifySink() error { return r.sink.Verify() }
 func (r *transfer) Close() error {
 	r.drop()
 	if r.err == nil {
-		r.err = errors.New("source: read after Close")
+		r.err = errors.New("read after Close")
 	}
 	return nil
 }
@@ -1033,7 +1035,11 @@ type Error struct {
 	// "blobs/sha256/…"), or what the caller set.
 	What     string
 	Failures []Failure
-	hint     func(error) string
+	// Advice, when set, says what the user can do; it ends the message
+	// (for example "check the product name" when every source said not
+	// found).
+	Advice string
+	hint   func(error) string
 }
 
 func (e *Error) add(src string, err error) {
@@ -1053,47 +1059,91 @@ func (e *Error) notFound() bool {
 	return len(e.Failures) > 0
 }
 
-// Error lists every source and why it failed, on one line.
+// Error says on one line what was asked, from which sources, and why it
+// failed, each cause once: when every source failed alike ("not found",
+// the same refusal) the cause is said once and the sources are listed
+// with it; otherwise each source is named with its own cause. Advice, when
+// set, ends the line.
 func (e *Error) Error() string {
 	if len(e.Failures) == 0 {
 		return fmt.Sprintf("%s: no update source configured", e.What)
 	}
 	var b strings.Builder
-	sentinel := source.ErrUnavailable
-	if e.notFound() {
-		sentinel = source.ErrNotFound
-	}
-	if len(e.Failures) == 1 {
-		fmt.Fprintf(&b, "%s: %v: ", e.What, sentinel)
-	} else {
-		fmt.Fprintf(&b, "%s: %v from all %d sources: ", e.What, sentinel, len(e.Failures))
-	}
+	n := len(e.Failures)
+	srcs := make([]string, n)
+	reasons := make([]string, n)
+	same := true
 	for i, f := range e.Failures {
-		if i > 0 {
-			b.WriteString("; ")
+		srcs[i] = f.Source
+		reasons[i] = e.reason(f)
+		same = same && reasons[i] == reasons[0]
+	}
+	switch {
+	case e.notFound() && n == 1:
+		fmt.Fprintf(&b, "%s: not found on %s", e.What, srcs[0])
+	case e.notFound():
+		fmt.Fprintf(&b, "%s: not found on any of %d sources (%s)", e.What, n, strings.Join(srcs, ", "))
+	case n == 1:
+		fmt.Fprintf(&b, "%s: %s: %s", e.What, srcs[0], reasons[0])
+	case same:
+		fmt.Fprintf(&b, "%s: every source failed alike (%s): %s", e.What, strings.Join(srcs, ", "), reasons[0])
+	default:
+		fmt.Fprintf(&b, "%s: every source failed: ", e.What)
+		for i := range e.Failures {
+			if i > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(srcs[i] + ": " + reasons[i])
 		}
-		if len(e.Failures) > 1 {
-			fmt.Fprintf(&b, "[%d] ", i+1)
-		}
-		b.WriteString(describe(f.Source, f.Err, e.hint))
+	}
+	if h := e.hintOnce(); h != "" {
+		b.WriteString("; " + h)
+	}
+	if e.Advice != "" {
+		b.WriteString("; " + e.Advice)
 	}
 	return b.String()
 }
 
-// describe renders one source's failure as "SOURCE: ERROR: HINT", without
-// repeating the source's name when the error already starts with it
-// (sources name themselves).
-func describe(src string, err error, hint func(error) string) string {
-	msg := err.Error()
-	if !strings.HasPrefix(msg, src) {
-		msg = src + ": " + msg
-	}
-	if hint != nil {
-		if h := hint(err); h != "" {
-			msg += ": " + h
+// reason is why f's source failed, without what every failure repeats:
+// the source's name, what was asked, and a leading "not found" or
+// "source unavailable" (the headline says that every source failed).
+func (e *Error) reason(f Failure) string {
+	msg := f.Err.Error()
+	msg = strings.TrimPrefix(msg, f.Source+": ")
+	msg = strings.TrimPrefix(msg, e.What+": ")
+	for _, s := range []error{source.ErrUnavailable, source.ErrNotFound} {
+		if errors.Is(f.Err, s) {
+			msg = strings.TrimPrefix(msg, s.Error()+": ")
 		}
 	}
+	// "dial tcp 10.0.0.1:80: connect: connection refused": the source's
+	// name already says where.
+	msg = dialPrefix.ReplaceAllString(msg, "")
+	if msg == "" {
+		msg = f.Err.Error()
+	}
 	return msg
+}
+
+// dialPrefix matches what net.OpError puts before the cause of a failed
+// dial: "dial tcp 10.0.0.1:80: connect: ".
+var dialPrefix = regexp.MustCompile(`\bdial (tcp|udp|unix)[46]? \S+: (connect: )?`)
+
+// hintOnce is the advice of Options.Hint for the failures, each distinct
+// hint once, in order ("" when every source said not found: Advice says
+// what to do then).
+func (e *Error) hintOnce() string {
+	if e.hint == nil || e.notFound() {
+		return ""
+	}
+	var hints []string
+	for _, f := range e.Failures {
+		if h := e.hint(f.Err); h != "" && !slices.Contains(hints, h) {
+			hints = append(hints, h)
+		}
+	}
+	return strings.Join(hints, "; ")
 }
 
 // Unwrap returns ErrAllFailed, and source.ErrNotFound when every source said not

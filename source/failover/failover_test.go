@@ -217,3 +217,37 @@ func TestChain_SourceRetracts(t *testing.T) {
 		t.Errorf("a source that takes its bytes back every time was asked %d times, want 2 (once again from the start, then left)", liar.requests)
 	}
 }
+
+// An *Error says a cause shared by every source once, and otherwise each
+// source's own cause, without repeating the path asked or the sentinel.
+func TestError_Compact(t *testing.T) {
+	t.Parallel()
+	nf := func(src string) error { return fmt.Errorf("%s: av/latest.json: %w", src, source.ErrNotFound) }
+	refused := func(src, addr string) error {
+		return fmt.Errorf("%s: av/latest.json: %w: dial tcp %s: connect: connection refused", src, source.ErrUnavailable, addr)
+	}
+	for _, tc := range []struct {
+		name string
+		e    *Error
+		want string
+	}{
+		{"not found everywhere", &Error{What: "av/latest.json", Advice: "check the product name", Failures: []Failure{
+			{"http://a/", nf("http://a/")}, {"ftp://b/", nf("ftp://b/")}, {"file:///c", nf("file:///c")}}},
+			"av/latest.json: not found on any of 3 sources (http://a/, ftp://b/, file:///c); check the product name"},
+		{"not found on one", &Error{What: "av/latest.json", Failures: []Failure{{"http://a/", nf("http://a/")}}},
+			"av/latest.json: not found on http://a/"},
+		{"refused alike", &Error{What: "av/latest.json", hint: func(error) string { return "check the network" }, Failures: []Failure{
+			{"http://a:1/", refused("http://a:1/", "10.0.0.1:1")}, {"http://b:2/", refused("http://b:2/", "10.0.0.2:2")}}},
+			"av/latest.json: every source failed alike (http://a:1/, http://b:2/): connection refused; check the network"},
+		{"different causes", &Error{What: "av/latest.json", Failures: []Failure{
+			{"http://a:1/", refused("http://a:1/", "10.0.0.1:1")}, {"file:///c", nf("file:///c")}}},
+			"av/latest.json: every source failed: http://a:1/: connection refused; file:///c: not found"},
+	} {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
+		}
+		if tc.name == "not found everywhere" && (!errors.Is(tc.e, source.ErrNotFound) || !errors.Is(tc.e, ErrAllFailed)) {
+			t.Errorf("%s: errors.Is lost its sentinels", tc.name)
+		}
+	}
+}

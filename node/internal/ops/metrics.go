@@ -194,7 +194,7 @@ func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
 	})
 	for _, c := range []prometheus.Collector{m, m.grpcRequests, m.grpcInFlight, m.httpRequests, m.httpInFlight} {
 		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("node: registering metrics: %w (a registry serves one DP)", err)
+			return nil, fmt.Errorf("registering metrics: %w (a registry serves one DP)", err)
 		}
 	}
 	return m, nil

@@ -94,8 +94,8 @@ func TestStatusPage_Build(t *testing.T) {
 			wantOrder: []string{"pc-zzz", "pc-mmm", "pc-aaa"},
 		},
 		{
-			name: "endpoints all current",
-			in:   pageInput{name: "dp-a", site: "paris", now: now, status: twoDPs, counts: &EndpointCounts{Ages: map[string]int{"current": 5}}, outdatedKnown: true},
+			name:    "endpoints all current",
+			in:      pageInput{name: "dp-a", site: "paris", now: now, status: twoDPs, counts: &EndpointCounts{Ages: map[string]int{"current": 5}}, outdatedKnown: true},
 			want:    []string{"No outdated endpoint."},
 			wantNot: []string{`id="endpoint-results"`},
 		},
