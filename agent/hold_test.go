@@ -108,8 +108,12 @@ func TestEndpointID(t *testing.T) {
 	}
 }
 
-// oneShotWatcher announces one document, then nothing until the watch ends.
-type oneShotWatcher struct{ doc source.Signed }
+// oneShotWatcher is a source that announces one document, then nothing
+// until the watch ends.
+type oneShotWatcher struct {
+	source.Source
+	doc source.Signed
+}
 
 func (w oneShotWatcher) WatchLatest(ctx context.Context, _ string) (<-chan source.Signed, func() error, error) {
 	ch := make(chan source.Signed, 1)
@@ -123,7 +127,6 @@ func (w oneShotWatcher) WatchLatest(ctx context.Context, _ string) (<-chan sourc
 	return ch, func() error { <-done; return ctx.Err() }, nil
 }
 
-func (oneShotWatcher) String() string { return "watcher" }
 
 // `update --watch` keeps running while held: an announcement of a newer
 // version installs nothing and is answered held.
@@ -140,7 +143,8 @@ func TestWatch_Held(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	results := make(chan *Result, 1)
-	err = Watch(ctx, cfg, oneShotWatcher{doc}, WatchConfig{Result: func(res *Result, err error) {
+	cfg.Sources = []source.Source{oneShotWatcher{Source: cfg.Sources[0], doc: doc}}
+	err = Watch(ctx, cfg, WatchConfig{Result: func(res *Result, err error) {
 		if err != nil {
 			t.Errorf("watch update: %v", err)
 		}

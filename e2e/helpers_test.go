@@ -409,16 +409,25 @@ type dpNode struct {
 // URL is the node as an update source.
 func (n *dpNode) URL() string { return "grpc://" + n.GRPC }
 
-// startNode starts a DP in front of upstream, with a fresh data directory
-// and free ports, and waits until it is ready.
+// startNode starts a DP in front of upstream, with a fresh data directory,
+// free ports and --refresh 200ms (extra may override it), and waits until
+// it is ready.
 func startNode(t *testing.T, upstream, trust string, extra ...string) *dpNode {
+	t.Helper()
+	return startNodeArgs(t, upstream, trust, append([]string{"--refresh", "200ms"}, extra...)...)
+}
+
+// startNodeArgs is startNode without a --refresh of its own: the node
+// gets only the flags of extra beyond its name, data, ports, upstream and
+// trust.
+func startNodeArgs(t *testing.T, upstream, trust string, extra ...string) *dpNode {
 	t.Helper()
 	data := t.TempDir()
 	const attempts = 3
 	for attempt := 1; ; attempt++ {
 		n := &dpNode{GRPC: testenv.FreeAddr(t, "127.0.0.1"), HTTP: testenv.FreeAddr(t, "127.0.0.1"), Data: data}
 		n.args = append([]string{"node", "--name", "dp-" + filepath.Base(data), "--data", data,
-			"--grpc", n.GRPC, "--http", n.HTTP, "--gossip", "127.0.0.1:0", "--upstream", upstream, "--trust", trust, "--refresh", "200ms"}, extra...)
+			"--grpc", n.GRPC, "--http", n.HTTP, "--gossip", "127.0.0.1:0", "--upstream", upstream, "--trust", trust}, extra...)
 		err := n.start(t)
 		if err == nil {
 			return n

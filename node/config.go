@@ -46,26 +46,31 @@ type Config struct {
 	// Trust holds the vendor public keys documents must be signed with.
 	// Required.
 	Trust *manifest.Trust
-	// Refresh is how often the DP asks upstream for a newer latest of each
-	// product endpoints asked it for (and fetches that version whole before
-	// announcing it). Products listed in Products follow PrefetchInterval
-	// instead. Default 1 minute.
+	// Refresh is how often the DP asks upstream for the newest latest of
+	// every product it keeps: those of Products and those endpoints asked
+	// for. Each wait is lengthened by a random 0-10% so the DPs of a site
+	// do not all ask at once. A newer version of a product endpoints asked
+	// for is fetched whole at once (an endpoint is waiting); one of
+	// Products follows UpstreamWindow. A version is announced only once
+	// held whole. Default 1 minute (`--refresh`).
 	Refresh time.Duration
-	// Products are kept current even before any endpoint asks: the
-	// download task checks upstream for each at start and every
-	// PrefetchInterval, and fetches a newer version whole (the site's DPs
-	// share the work by blob ownership, so the site fetches each blob once).
+	// Products are kept current even before any endpoint asks (the
+	// download task, "download updates to the repository"): a newer
+	// version found by a refresh is fetched whole at once, inside
+	// UpstreamWindow when one is set (outside it, at the window's start).
+	// The site's DPs share the work by blob ownership, so the site fetches
+	// each blob once.
 	Products []string
-	// PrefetchInterval is how often the download task runs for Products;
-	// each wait is lengthened by a random 0-10% so the DPs of a site do
-	// not all ask at once. Default 1 hour.
+	// PrefetchInterval, when positive, is how often Products are refreshed
+	// instead of Refresh: the deprecated `--prefetch-interval`, kept so
+	// that old configurations work. Default 0: Products follow Refresh.
 	PrefetchInterval time.Duration
 	// UpstreamWindow, when set, is the daily period (local time) in which
-	// the download task may start fetching; outside it the task waits for
-	// the window. Fetches already started finish; misses (an endpoint
-	// asking for what the site lacks), the refresh of products endpoints
-	// asked for (Refresh) and AdminService.Prefetch are not limited.
-	// Default: the zero Window, always open.
+	// the download task may fetch a newer version of Products; one found
+	// outside it is fetched at the window's start. Fetches already started
+	// finish; misses (an endpoint asking for what the site lacks), the
+	// refresh of products endpoints asked for and AdminService.Prefetch
+	// are not limited. Default: the zero Window, always open.
 	UpstreamWindow Window
 	// StallTimeout is how long a transfer (from upstream, a peer or the
 	// blob's owner) may deliver no byte before the DP moves to the next
@@ -131,9 +136,7 @@ func DefaultConfig() Config {
 		ServeMemory:   64 << 20,
 		FetchParallel: 4,
 		StallTimeout:  failover.DefaultOptions().StallTimeout,
-
-		PrefetchInterval: time.Hour,
-		KeepVersions:     3,
+		KeepVersions:  3,
 	}
 }
 
@@ -175,8 +178,8 @@ func (c *Config) Validate() error {
 	if c.FetchParallel < 1 {
 		errs = append(errs, fmt.Errorf("fetch parallelism %d must be at least 1", c.FetchParallel))
 	}
-	if c.PrefetchInterval <= 0 {
-		errs = append(errs, fmt.Errorf("prefetch interval %v must be positive", c.PrefetchInterval))
+	if c.PrefetchInterval < 0 {
+		errs = append(errs, fmt.Errorf("prefetch interval %v must not be negative (0 follows the refresh interval)", c.PrefetchInterval))
 	}
 	if c.StallTimeout < 0 {
 		errs = append(errs, fmt.Errorf("stall timeout %v is negative", c.StallTimeout))

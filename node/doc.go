@@ -16,23 +16,26 @@
 // # Versions
 //
 // A DP's latest for a product is the newest version it holds whole. Every
-// Config.Refresh it asks upstream for a newer latest, fetches that version
-// whole in the background, and only then announces it, so an endpoint never
-// starts an update the LAN cannot finish. A cold DP that holds no version of
-// a product passes upstream's latest through and pulls the blobs as they are
-// asked for. A lower serial from upstream is ignored (a rollback attack).
+// Config.Refresh (plus a random 0-10%) it asks upstream for a newer latest
+// of every product it keeps, fetches that version whole in the background,
+// and only then announces it, so an endpoint never starts an update the LAN
+// cannot finish. A cold DP that holds no version of a product passes
+// upstream's latest through and pulls the blobs as they are asked for. A
+// lower serial from upstream is ignored (a rollback attack).
 //
 // # Download task
 //
 // The products of Config.Products are kept current before any endpoint
-// asks: at start (once the DP has joined its cluster) and every
-// Config.PrefetchInterval (plus a random 0-10%), the DP checks upstream and
-// completes a newer version; the site's DPs share the work by blob
-// ownership, so the site fetches each blob once. Config.UpstreamWindow
-// confines when the task starts fetches; Config.UpstreamRate bounds the
+// asks: at start (once the DP has joined its cluster) and at every refresh,
+// the DP checks upstream and completes a newer version; the site's DPs
+// share the work by blob ownership, so the site fetches each blob once.
+// Config.UpstreamWindow confines when the task fetches (a version found
+// outside it is fetched at its start); products endpoints asked for are
+// fetched at once whatever the window. Config.UpstreamRate bounds the
 // bytes read from upstream, and databases are fetched before modules.
-// AdminService.Prefetch runs the task now and streams its progress. Other
-// products (those endpoints ask for) follow Config.Refresh.
+// AdminService.Prefetch runs the task now and streams its progress.
+// Config.PrefetchInterval, deprecated, gives Config.Products an interval
+// of their own.
 //
 // # Quota and retention
 //

@@ -26,8 +26,8 @@ type Window = catalog.Window
 func ParseWindow(s string) (Window, error) { return catalog.ParseWindow(s) }
 
 // The download task ("download updates to the repository"): the products
-// of Config.Products are kept current before any endpoint asks, every
-// Config.PrefetchInterval (plus up to 10% at random), inside
+// of Config.Products are kept current before any endpoint asks, checked at
+// every Config.Refresh (plus up to 10% at random) and fetched inside
 // Config.UpstreamWindow when one is set. AdminService.Prefetch runs it now
 // for one product and streams the progress of the version completion.
 

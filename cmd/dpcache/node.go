@@ -30,6 +30,17 @@ func newNode() *cobra.Command {
 endpoints and peers over gRPC on --grpc, fetches what it lacks from its
 --upstream sources (tried in order), and keeps the --product list current.
 
+Every --refresh (plus a random 0-10%) the DP asks upstream for the newest
+latest.json of every product it keeps: those of --product and those endpoints
+asked for. A newer version is fetched whole before it is announced. For a
+product endpoints asked for, that happens at once (an endpoint is waiting);
+for a --product product (the "download updates to the repository" task), at
+once inside --upstream-window, else at the window's start. --upstream-window
+and --upstream-rate limit the download task; 'dpcache prefetch' runs it now.
+--prefetch-interval is deprecated: given, it sets how often the --product
+products are refreshed (--refresh still sets it for the others), with a
+warning.
+
 Every setting comes from the YAML file given with --config (keys are the flag
 names, e.g. "upstream: [https://updates.example.com/]"), from DPCACHE_*
 environment variables (DPCACHE_UPSTREAM, DPCACHE_DATA, ...), and from flags;
@@ -64,6 +75,11 @@ flags win over the environment, which wins over the file.`,
 			if err := cfg.Validate(); err != nil {
 				return usageError(fmt.Errorf("node: %w", err))
 			}
+			if cfg.PrefetchInterval > 0 {
+				cfg.Logger.Warn("--prefetch-interval is deprecated; use --refresh, which now covers the --product products too",
+					"prefetch_interval", cfg.PrefetchInterval, "refresh", cfg.Refresh,
+					"effect", "--product products are refreshed every --prefetch-interval, the others every --refresh")
+			}
 			n, err := node.New(cfg)
 			if err != nil {
 				return err
@@ -84,10 +100,10 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
 	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream sources, tried in order: "+sourceSchemes)
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
-	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for a newer latest of the products endpoints asked for (those of --product follow --prefetch-interval)")
-	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask (the download task: at start and every --prefetch-interval)")
-	f.DurationVar(&cfg.PrefetchInterval, "prefetch-interval", cfg.PrefetchInterval, "how often the download task checks upstream for the --product list and fetches a newer version whole (each wait +0-10% at random)")
-	f.Var(windowFlag{&cfg.UpstreamWindow}, "upstream-window", "local time of day the download task may start fetching, e.g. 22:00-06:00 (may cross midnight); endpoint requests, --refresh and 'dpcache prefetch' are not limited (default: any time)")
+	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for the newest latest of every product kept, --product and those endpoints asked for (each wait +0-10% at random)")
+	f.StringSliceVar(&cfg.Products, "product", nil, "products to keep current before endpoints ask (the download task): a newer version found by a refresh is fetched whole at once, inside --upstream-window")
+	f.DurationVar(&cfg.PrefetchInterval, "prefetch-interval", cfg.PrefetchInterval, "deprecated, use --refresh: how often the --product products are refreshed instead of --refresh (a warning is logged)")
+	f.Var(windowFlag{&cfg.UpstreamWindow}, "upstream-window", "local time of day the download task may fetch the --product products, e.g. 22:00-06:00 (may cross midnight); a newer version found outside it is fetched at its start; products endpoints asked for and 'dpcache prefetch' are not limited (default: any time)")
 	f.Var(bytesFlag{&cfg.UpstreamRate}, "upstream-rate", "bytes per second read from upstream, all fetches together, e.g. 10MiB, 500KiB; databases are fetched before modules (default 0: unlimited)")
 	f.Var(bytesFlag{&cfg.CacheMax}, "cache-max", "cache quota, e.g. 50GiB: past it the oldest versions that are not their product's latest are evicted; the latest and blobs being streamed never are (default 0: unlimited)")
 	f.IntVar(&cfg.KeepVersions, "keep-versions", cfg.KeepVersions, "versions of each product kept (the newest); older ones and the blobs only they use are deleted")

@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/manifest"
-	"github.com/dpcache/dpcache/source"
 )
 
 func newUpdate() *cobra.Command {
@@ -20,7 +21,7 @@ func newUpdate() *cobra.Command {
 	var sources, trust []string
 	var sf sourceFlags
 	var asJSON, discover, watch bool
-	var jitter time.Duration
+	var jitter, poll time.Duration
 	cmd := &cobra.Command{
 		Use:   "update --source URL[,URL...] --product P --dir DIR --trust FILE [flags]",
 		Short: "Update a product on this endpoint from ordered sources",
@@ -37,9 +38,12 @@ DIR (--id overrides it), with this host's name beside it.
 
 With --discover, the first grpc:// or grpcs:// source is asked for the DPs of --site
 (its own site by default), and those are tried first, nearest first. With
---watch, update keeps running and updates whenever that DP announces a new
-version, after a random delay within --jitter (so a site's endpoints do not
-all start at once).`,
+--watch, update keeps running and updates whenever the first DP among the
+sources announces a new version, after a random delay within --jitter (so a
+site's endpoints do not all start at once). When that DP stops answering it
+watches the next DP of the sources (those --discover gave), and every --poll
+it also checks the sources in case an announcement was missed, and goes back
+to the first DP.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
@@ -64,6 +68,9 @@ all start at once).`,
 			}
 			if cmd.Flags().Changed("jitter") && !watch {
 				return usageError(fmt.Errorf("update: --jitter applies only with --watch"))
+			}
+			if cmd.Flags().Changed("poll") && (!watch || poll <= 0) {
+				return fmt.Errorf("update: --poll applies only with --watch and must be positive")
 			}
 			srcs, err := sf.open(sources)
 			if err != nil {
@@ -96,17 +103,26 @@ all start at once).`,
 				return nil
 			}
 			if watch {
-				var w agent.Watcher
+				var dps []string
 				for _, s := range srcs {
-					if g, ok := s.(*source.GRPC); ok {
-						w = g
-						break
+					if _, ok := s.(agent.Watcher); ok {
+						dps = append(dps, s.String())
 					}
 				}
-				if w == nil {
+				if len(dps) == 0 {
 					return usageError(fmt.Errorf("update: --watch needs a grpc:// or grpcs:// source (a DP announces new versions)"))
 				}
-				return agent.Watch(cmd.Context(), cfg, w, agent.WatchConfig{Jitter: jitter, Result: func(res *agent.Result, err error) {
+				if f := cmd.Flag("log-level"); f == nil || !f.Changed {
+					// A watcher is a service: it logs its life at info
+					// (what it watches, each update, each DP it moves to).
+					slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+					cfg.Logger = slog.Default()
+				}
+				if term.IsTerminal(int(os.Stderr.Fd())) {
+					fmt.Fprintf(os.Stderr, "watching %s for new versions of %s (the next DP when one stops answering; checking the sources every %v)\n",
+						strings.Join(dps, ", "), cfg.Product, poll)
+				}
+				return agent.Watch(cmd.Context(), cfg, agent.WatchConfig{Jitter: jitter, Poll: poll, Result: func(res *agent.Result, err error) {
 					if err != nil {
 						fmt.Fprintln(os.Stderr, "dpcache: update:", oneLine(err))
 						return
@@ -144,6 +160,7 @@ all start at once).`,
 	f.BoolVar(&discover, "discover", false, "ask the first grpc:// or grpcs:// source for the DPs of --site and use them first")
 	f.BoolVar(&watch, "watch", false, "keep running, updating whenever the DP announces a new version")
 	f.DurationVar(&jitter, "jitter", 0, "with --watch: random delay up to this before each update")
+	f.DurationVar(&poll, "poll", agent.DefaultPoll, "with --watch: also check the sources this often (+0-10%), in case an announcement was missed")
 	return cmd
 }
 

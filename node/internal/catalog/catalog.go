@@ -19,14 +19,21 @@ import (
 
 // Config is what the catalogue keeps current, and how.
 type Config struct {
-	// Refresh is how often upstream is asked for a newer latest of the
-	// products endpoints asked for.
+	// Refresh is how often upstream is asked for a newer latest of every
+	// product kept (those of Products and those endpoints asked for); a
+	// random 0-10% is added to each wait. A newer version of a product
+	// endpoints asked for is fetched whole at once.
 	Refresh time.Duration
 	// Products are kept current before any endpoint asks (the download
-	// task), every PrefetchInterval, inside UpstreamWindow.
-	Products         []string
+	// task): a newer version is fetched whole at once inside
+	// UpstreamWindow, and at the window's start when found outside it.
+	Products []string
+	// PrefetchInterval, when positive, replaces Refresh for Products (the
+	// deprecated --prefetch-interval). 0: Products follow Refresh.
 	PrefetchInterval time.Duration
-	UpstreamWindow   Window
+	// UpstreamWindow confines the download task's fetches (the zero
+	// Window is always open).
+	UpstreamWindow Window
 	// FetchParallel bounds the blobs of one version fetched at once.
 	FetchParallel int
 	// CacheMax, when set, makes room in the cache before a version is
@@ -162,7 +169,7 @@ func (c *Catalog) Load() error {
 func (c *Catalog) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { c.refreshLoop(ctx) })
-	wg.Go(func() { c.prefetchLoop(ctx) })
+	wg.Go(func() { c.productLoop(ctx) })
 	wg.Wait()
 }
 

@@ -106,17 +106,15 @@ func (c *Catalog) completeVersion(ctx context.Context, product string, ul upLate
 }
 
 // refreshLoop asks upstream for a newer latest of every product endpoints
-// asked this DP for, at start and then every Refresh. The products of
-// Config.Products follow the download task instead (prefetchLoop).
+// asked this DP for, at start and then every Refresh plus a random 0-10%,
+// and fetches a newer version whole at once: an endpoint is waiting, so
+// Config.UpstreamWindow does not apply. The products of Config.Products
+// are refreshed by the download task (productLoop).
 func (c *Catalog) refreshLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.Refresh)
-	defer t.Stop()
 	for {
 		c.refreshAll(ctx)
-		select {
-		case <-ctx.Done():
+		if sleep(ctx, jittered(c.cfg.Refresh)) != nil {
 			return
-		case <-t.C:
 		}
 	}
 }
@@ -142,32 +140,36 @@ func (c *Catalog) refreshAll(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		c.refresh(ctx, p)
+		if ul, ok := c.newer(ctx, p); ok {
+			c.startVersion(p, ul)
+		}
 	}
 }
 
-// refresh starts fetching upstream's latest of product when it is newer
-// than what the DP holds. A lower serial is refused: that is a rollback
-// attack or a misconfigured upstream.
-func (c *Catalog) refresh(ctx context.Context, product string) {
+// newer asks upstream for product's latest and returns it when it is newer
+// than the version the DP holds (or the DP holds none). A lower serial is
+// refused: that is a rollback attack or a misconfigured upstream.
+func (c *Catalog) newer(ctx context.Context, product string) (upLatest, bool) {
 	ul, err := c.upstreamLatest(ctx, product, 0)
 	if errors.Is(err, nodeerr.ErrNotFound) {
 		c.dropProduct(product, "every upstream answers not found")
-		return
+		return upLatest{}, false
 	}
 	if err != nil {
-		c.log.Warn("refresh: upstream latest unavailable; serving what is held", "product", product, "err", err)
-		return
+		if ctx.Err() == nil {
+			c.log.Warn("refresh: upstream latest unavailable; serving what is held", "product", product, "err", err)
+		}
+		return upLatest{}, false
 	}
 	held, err := c.store.LatestVersion(product)
 	if err == nil {
 		switch {
 		case ul.latest.Serial < held.Serial:
 			c.log.Warn("refresh: upstream offers a lower serial than held; ignoring it", "product", product, "upstream_serial", ul.latest.Serial, "held_serial", held.Serial)
-			return
+			return upLatest{}, false
 		case ul.latest.Serial == held.Serial:
-			return
+			return upLatest{}, false
 		}
 	}
-	c.startVersion(product, ul)
+	return ul, true
 }

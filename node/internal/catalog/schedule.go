@@ -103,43 +103,75 @@ func jittered(d time.Duration) time.Duration {
 	return d + rand.N(d/10+1)
 }
 
+// sleep waits d, or until ctx ends (then it returns ctx's error).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // joinWait bounds how long the download task's first run waits for the
 // DP to join its cluster: before that, it would not know the site's owners
 // and would fetch everything itself.
 const joinWait = 10 * time.Second
 
-// prefetchLoop is the download task: at start (once the DP has joined its
-// cluster) and every Config.PrefetchInterval, it checks upstream for a
-// newer latest of each configured product and completes it. Outside
-// Config.UpstreamWindow it starts nothing and waits for the window.
-func (c *Catalog) prefetchLoop(ctx context.Context) {
+// productInterval is how often the download task refreshes
+// Config.Products: Config.PrefetchInterval when set (the deprecated
+// --prefetch-interval), else Config.Refresh.
+func (c *Catalog) productInterval() time.Duration {
+	if c.cfg.PrefetchInterval > 0 {
+		return c.cfg.PrefetchInterval
+	}
+	return c.cfg.Refresh
+}
+
+// productLoop is the download task ("download updates to the
+// repository"): at start (once the DP has joined its cluster) and then
+// every productInterval plus a random 0-10%, it asks upstream for the
+// latest of each product of Config.Products, and fetches a newer version
+// whole at once when Config.UpstreamWindow is open. Outside the window it
+// fetches nothing: it logs what it found and wakes at the window's start
+// to fetch it. Products endpoints ask for are refreshed by refreshLoop.
+func (c *Catalog) productLoop(ctx context.Context) {
 	if len(c.cfg.Products) == 0 {
 		return
 	}
 	c.dp.WaitJoined(ctx, joinWait)
 	w := c.cfg.UpstreamWindow
+	deferred := map[string]uint64{} // product → serial found outside the window and logged
 	for {
-		wait := jittered(c.cfg.PrefetchInterval)
-		now := time.Now()
-		if w.Contains(now) {
-			for _, p := range c.cfg.Products {
-				if ctx.Err() != nil {
-					return
-				}
-				c.refresh(ctx, p)
+		wait := jittered(c.productInterval())
+		for _, p := range c.cfg.Products {
+			if ctx.Err() != nil {
+				return
 			}
-		} else {
+			ul, ok := c.newer(ctx, p)
+			if !ok {
+				delete(deferred, p)
+				continue
+			}
+			now := time.Now()
+			if w.Contains(now) {
+				delete(deferred, p)
+				c.startVersion(p, ul)
+				continue
+			}
 			// A second past the opening, to be inside it.
 			opens := w.untilOpen(now) + time.Second
 			wait = min(wait, opens)
-			c.log.Info("download task: outside the upstream window; waiting", "window", w.String(), "next_check_in", wait.Round(time.Second))
+			if deferred[p] != ul.latest.Serial {
+				deferred[p] = ul.latest.Serial
+				c.log.Info("download task: a newer version is available but it is outside the upstream window; fetching it when the window opens",
+					"product", p, "version", ul.latest.Version, "serial", ul.latest.Serial, "window", w.String(), "opens_in", opens.Round(time.Second))
+			}
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if sleep(ctx, wait) != nil {
 			return
-		case <-t.C:
 		}
 	}
 }

@@ -62,6 +62,11 @@ func DialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(ConnWindow),
 		grpc.WithReadBufferSize(BufferSize),
 		grpc.WithWriteBufferSize(smallBuffer),
+		// While a call is open, a DP that stops answering (frozen, or cut
+		// off without a reset) is found within 40 s and the call fails,
+		// so a silent WatchLatest or blob stream moves to the next
+		// source. 30 s respects the servers' 10 s enforcement minimum.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodecV2(Codec{}),
 			grpc.MaxCallRecvMsgSize(MaxMessage),
