@@ -127,7 +127,6 @@ func (w oneShotWatcher) WatchLatest(ctx context.Context, _ string) (<-chan sourc
 	return ch, func() error { <-done; return ctx.Err() }, nil
 }
 
-
 // `update --watch` keeps running while held: an announcement of a newer
 // version installs nothing and is answered held.
 func TestWatch_Held(t *testing.T) {
