@@ -255,3 +255,36 @@ func (n *Node) docSources(ctx context.Context) (upstream, peers []source.Source)
 	}
 	return n.upstream, peers
 }
+
+// followSite keeps this DP's latest that of its site (catalog.FollowSite):
+// at every gossip change, each product whose newest version held whole by
+// a live DP of the site is newer than this DP's is taken from that DP.
+func (n *Node) followSite(ctx context.Context) {
+	for {
+		changed := n.gossip.Changed()
+		newest := map[string]gossip.Member{}
+		for _, m := range n.gossip.Live(n.cfg.Site) {
+			if m.Local || m.GRPCAddr == "" {
+				continue
+			}
+			for product, serials := range m.Versions {
+				if len(serials) == 0 {
+					continue
+				}
+				if best, ok := newest[product]; !ok || serials[len(serials)-1] > best.Versions[product][len(best.Versions[product])-1] {
+					newest[product] = m
+				}
+			}
+		}
+		for product, m := range newest {
+			if p := n.peers.get(m.GRPCAddr); p != nil {
+				n.catalog.FollowSite(product, m.Versions[product][len(m.Versions[product])-1], p.Forwarded())
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -302,3 +302,53 @@ func TestCluster_StalePeerShown(t *testing.T) {
 		t.Error("dp-1's status page shows dp-1 itself stale")
 	}
 }
+
+// TestCluster_SiteLatestFollowsPeer (issue: a site's latest was per DP):
+// when one DP of a site comes to hold a newer version whole (here through
+// the download task run now, as `dpcache prefetch --node dp-2` does), the
+// other DPs of the site take it from that DP over the LAN and announce it,
+// without a refresh of their own and without asking the origin again.
+func TestCluster_SiteLatestFollowsPeer(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	nodes := startClusterWith(t, v, ngx.URL, func(c *Config) { c.Refresh = time.Hour }, "a", "a")
+	ctx := testCtx(t)
+	for _, n := range nodes { // each keeps av: an endpoint asked it
+		if _, err := dial(t, n.Node).GetLatest(ctx, &pb.GetLatestRequest{Product: "av"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		testenv.WaitFor(t, 20*time.Second, n.cfg.Name+" holds v1 whole", func() bool {
+			hv, err := n.cache.LatestVersion("av")
+			return err == nil && hv.Serial == 1
+		})
+	}
+
+	pub2 := v.publish(t, "av", "2", 2, map[string]int{"databases/a.dat": 2 << 20, "databases/c.dat": 1 << 20})
+	j, _, err := nodes[1].catalog.PrefetchNow(ctx, "av")
+	if err != nil || j == nil {
+		t.Fatalf("prefetch on dp-2: job %v, %v", j, err)
+	}
+	<-j.Done()
+	if j.Err() != nil {
+		t.Fatal(j.Err())
+	}
+	testenv.WaitFor(t, 20*time.Second, "dp-1 holds v2 whole, as dp-2 of its site does", func() bool {
+		hv, err := nodes[0].cache.LatestVersion("av")
+		return err == nil && hv.Serial == 2
+	})
+	resp, err := dial(t, nodes[0].Node).GetLatest(ctx, &pb.GetLatestRequest{Product: "av"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := v.trust.VerifyLatest(resp.GetLatest().GetData(), resp.GetLatest().GetSignature()); err != nil || l.Serial != 2 {
+		t.Errorf("dp-1's latest = %+v, %v; want serial 2", l, err)
+	}
+	for _, f := range pub2.Manifest.Blobs() {
+		if got := ngx.CountRequests(t, manifest.BlobPath(f.SHA256)); got != 1 {
+			t.Errorf("the origin served %s %d times, want once for the site", f.Path, got)
+		}
+	}
+}

@@ -223,6 +223,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.gossip != nil {
 		n.publishAllVersions()
 		g.Go(func() error { return n.gossip.Run(gctx) })
+		g.Go(func() error { n.followSite(gctx); return nil })
 	}
 	g.Go(func() error { n.catalog.Run(gctx); return nil })
 	g.Go(func() error { n.retainer.Run(gctx); return nil })

@@ -122,6 +122,7 @@ type Catalog struct {
 	jobs           map[string]*Job                  // version completions in flight, by product/version
 	versionChanged map[string]chan struct{}         // closed when a product's held latest changes
 	versionRecs    map[string]map[uint64]versionRec // product → serial → version and publication time
+	followed       map[string]followed              // the newest version set out to be taken from a peer, by product
 	closed         bool
 }
 
@@ -147,6 +148,7 @@ func New(ctx context.Context, cfg Config, store Store, trust *manifest.Trust, bl
 		jobs:           map[string]*Job{},
 		versionChanged: map[string]chan struct{}{},
 		versionRecs:    map[string]map[uint64]versionRec{},
+		followed:       map[string]followed{},
 	}
 	for _, p := range cfg.Products {
 		c.products[p] = time.Now()
