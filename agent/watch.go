@@ -34,6 +34,12 @@ type WatchConfig struct {
 // re-established with backoff. It returns nil when ctx ends. Announcements
 // are verified before they are acted on; an update that fails is retried at
 // the next announcement or reconnection.
+//
+// A re-signed latest.json (`dpcache resign`: the installed version under a
+// higher serial, with a new expiry) is announced too; it starts one run,
+// which installs nothing and reports the endpoint up to date (no longer
+// stale) to the DP. The serial of each successful run is remembered, so
+// that the DP's re-announcement of it on a reconnection starts no run.
 func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -43,6 +49,7 @@ func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 	}
 	log := cfg.logger().With("component", "agent", "product", cfg.Product, "watch", w.String())
 	retry := wc.Retry
+	var acted uint64 // the highest serial a successful run acted on
 	for ctx.Err() == nil {
 		updates, wait, err := w.WatchLatest(ctx, cfg.Product)
 		if err == nil {
@@ -53,7 +60,7 @@ func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 					log.Warn("ignoring an announcement that does not verify", "err", err)
 					continue
 				}
-				if m, err := Installed(cfg.Dir, cfg.Product); err == nil && m.Serial >= l.Serial {
+				if m, err := Installed(cfg.Dir, cfg.Product); err == nil && m.Serial >= l.Serial || l.Serial <= acted {
 					continue
 				}
 				if err := sleepJitter(ctx, wc.Jitter); err != nil {
@@ -61,6 +68,9 @@ func Watch(ctx context.Context, cfg Config, w Watcher, wc WatchConfig) error {
 				}
 				log.Info("new version announced; updating", "version", l.Version, "serial", l.Serial)
 				res, err := Update(ctx, cfg)
+				if err == nil {
+					acted = max(acted, res.Serial)
+				}
 				if wc.Result != nil && ctx.Err() == nil {
 					wc.Result(res, err)
 				}
