@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -40,7 +41,10 @@ type MirrorConfig struct {
 type MirrorResult struct {
 	Product string `json:"product"`
 	Version string `json:"version"`
-	Serial  uint64 `json:"serial"`
+	// Serial is the latest.json's serial when the sources' latest was
+	// mirrored (above the manifest's for a re-signed version), else the
+	// manifest's.
+	Serial uint64 `json:"serial"`
 	// Source that served the documents.
 	Source string `json:"source"`
 	// BlobsCopied were fetched; BlobsKept were already in the folder,
@@ -62,6 +66,12 @@ type MirrorResult struct {
 // last, each atomically (signature first), so a reader never sees a
 // latest.json naming blobs the folder lacks. The folder's latest.json is
 // never replaced by a lower serial.
+//
+// Documents are copied as signed, so the folder is as fresh as its last
+// run. A version re-signed upstream (`dpcache resign`: a new latest.json
+// under a higher serial pinning the same manifest) copies the new
+// latest.json alone: the manifest, already in the folder byte for byte, is
+// not rewritten, and the blobs, verified in place, are not fetched again.
 func Mirror(ctx context.Context, cfg MirrorConfig) (*MirrorResult, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -123,13 +133,19 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		return nil, err
 	}
 	m := docs.man
+	// The serial the documents stand for: the latest.json's when it is
+	// mirrored (a re-signed version's is above its manifest's).
+	serial := m.Serial
+	if docs.latest != nil {
+		serial = docs.latest.Serial
+	}
 	// The folder's own latest: never replaced by a lower serial.
 	updateLatest := docs.latest != nil
 	if data, err := os.ReadFile(filepath.Join(cfg.To, filepath.FromSlash(manifest.LatestPath(cfg.Product)))); err == nil {
-		if cur, err := manifest.ParseLatest(data); err == nil && cur.Serial > m.Serial {
+		if cur, err := manifest.ParseLatest(data); err == nil && cur.Serial > serial {
 			if cfg.Version == "" {
 				return nil, fmt.Errorf("the sources' latest is %s serial %d but %s already holds serial %d: %w",
-					m.Version, m.Serial, cfg.To, cur.Serial, ErrLowerSerial)
+					m.Version, serial, cfg.To, cur.Serial, ErrLowerSerial)
 			}
 			updateLatest = false
 		}
@@ -147,7 +163,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 	if err != nil {
 		return nil, err
 	}
-	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: m.Serial, Source: docs.src}
+	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: serial, Source: docs.src}
 	// Blobs already in the folder are kept if they verify.
 	var missing []*blobJob
 	var total int64
@@ -170,9 +186,14 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 	if err := manifest.SyncDir(blobDir); err != nil {
 		return nil, &localError{err}
 	}
-	// Documents last, signature before document (as Publish does).
+	// Documents last, signature before document (as Publish does). A
+	// document already in the folder byte for byte, signature included,
+	// is left alone (a published manifest never changes).
 	write := func(rel string, s source.Signed) error {
 		p := filepath.Join(cfg.To, filepath.FromSlash(rel))
+		if sameFile(p, s.Data) && sameFile(manifest.SigPath(p), s.Signature) {
+			return nil
+		}
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return &localError{err}
 		}
@@ -193,7 +214,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		}
 		res.LatestUpdated = true
 	}
-	log.Info("mirrored", "version", m.Version, "serial", m.Serial, "copied", res.BlobsCopied, "kept", res.BlobsKept, "bytes", res.BytesDownloaded)
+	log.Info("mirrored", "version", m.Version, "serial", serial, "copied", res.BlobsCopied, "kept", res.BlobsKept, "bytes", res.BytesDownloaded)
 	return res, nil
 }
 
@@ -227,6 +248,12 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Healt
 	}
 	d.src = d.manS.Source
 	return d, nil
+}
+
+// sameFile reports whether the file at p holds exactly data.
+func sameFile(p string, data []byte) bool {
+	b, err := os.ReadFile(p)
+	return err == nil && bytes.Equal(b, data)
 }
 
 // mirrorPartDir holds a mirror's partial downloads, beside the repository

@@ -27,7 +27,9 @@ const (
 	// StatusUpdated: a version was installed (a newer one, or the same
 	// one again with other components or to repair damaged files).
 	StatusUpdated = "updated"
-	// StatusUpToDate: the installed version is the newest a source has.
+	// StatusUpToDate: the installed version is the newest a source has
+	// (also when its latest.json was re-signed under a higher serial:
+	// nothing is installed).
 	StatusUpToDate = "up-to-date"
 	// StatusRolledBack: Rollback switched back to the previous version.
 	StatusRolledBack = "rolled-back"
@@ -47,7 +49,10 @@ const (
 type Result struct {
 	Product string `json:"product"`
 	Version string `json:"version"`
-	Serial  uint64 `json:"serial"`
+	// Serial is the serial of the latest.json the run acted on. It is
+	// above the installed manifest's when the vendor re-signed the
+	// installed version (`dpcache resign`).
+	Serial uint64 `json:"serial"`
 	// Status is StatusUpdated, StatusUpToDate, StatusHeld or StatusStale
 	// (StatusRolledBack for Rollback).
 	Status string `json:"status"`
@@ -73,7 +78,10 @@ type Result struct {
 // (signed by a key of cfg.Trust, for cfg.Product, with a serial not lower
 // than the installed one: ErrLowerSerial otherwise), then the manifest it
 // names. If that version is installed whole with the same components, the
-// result is StatusUpToDate. Otherwise it assembles the new version in a
+// result is StatusUpToDate; a latest.json that pins the installed manifest
+// by its digest names the installed version, whatever its serial (the
+// vendor re-signed it with a new expiry: `dpcache resign`), so nothing is
+// fetched or installed. Otherwise it assembles the new version in a
 // staging directory: files already on disk (current, previous, earlier
 // downloads) are reused by hard link after their SHA-256 is checked, the
 // rest are downloaded, checked for size and SHA-256 while written, and
@@ -180,7 +188,7 @@ func (u *updater) run(ctx context.Context) (res *Result, err error) {
 			u.log.Warn("cleanup failed", "err", err)
 		}
 		res := &Result{
-			Product: u.cfg.Product, Version: inst.man.Version, Serial: inst.man.Serial,
+			Product: u.cfg.Product, Version: inst.man.Version, Serial: d.latest.Serial,
 			Status: StatusUpToDate, Source: d.src,
 		}
 		if d.stale {
@@ -249,7 +257,7 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 		d.stale = true
 	}
 	d.src = d.latestS.Source
-	if l := d.latest; inst != nil && l.Serial == inst.man.Serial {
+	if l := d.latest; inst != nil && installedVersion(l, inst) {
 		switch broken := u.damaged(inst); {
 		case !slices.Equal(inst.info.Components, u.components):
 			u.log.Info("reinstalling the same version with other components", "version", l.Version,
@@ -267,9 +275,29 @@ func (u *updater) resolve(ctx context.Context, inst *version) (*decision, error)
 	return d, nil
 }
 
+// installedVersion reports whether l names the installed version: it pins
+// the installed manifest by its SHA-256. Its serial may be above the
+// manifest's: `dpcache resign` publishes a version again under the next
+// serial with a new expiry and the same manifest (a published manifest
+// never changes), and that is no reason to install anything.
+func installedVersion(l *manifest.Latest, inst *version) bool {
+	return l.Version == inst.man.Version && l.ManifestSHA256 == sha256Hex(inst.raw)
+}
+
 // checkLatest verifies a latest.json and refuses a version below the
 // installed one (a rollback attack or a stale source) or one that claims
 // the installed serial with other content.
+//
+// The floor is the installed manifest's serial, not the highest
+// latest.json serial seen: after a resign, the latest.json that preceded
+// it (same manifest, earlier expiry) is still accepted and means "up to
+// date". Remembering the highest serial would refuse it, but gains nothing
+// against a replay: it names the installed version, so it cannot make the
+// agent install anything, and once it expires the source offering it is
+// stale like any frozen source (ErrExpired); while it has not expired it
+// was a valid statement of the vendor's. Refusing it would instead fail
+// updates from a legitimate mirror or DP that has not caught up with the
+// resign yet, and would need state kept beside the install, crash-safe.
 func (u *updater) checkLatest(s source.Signed, inst *version) (*manifest.Latest, error) {
 	l, err := verifyLatest(u.cfg.Trust, u.cfg.Product, s)
 	if err != nil || inst == nil {
@@ -280,7 +308,7 @@ func (u *updater) checkLatest(s source.Signed, inst *version) (*manifest.Latest,
 	case l.Serial < im.Serial:
 		return nil, fmt.Errorf("offers %s serial %d, installed is %s serial %d; refusing to downgrade: %w",
 			l.Version, l.Serial, im.Version, im.Serial, ErrLowerSerial)
-	case l.Serial == im.Serial && (l.Version != im.Version || l.ManifestSHA256 != sha256Hex(inst.raw)):
+	case l.Serial == im.Serial && !installedVersion(l, inst):
 		return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), installed is %s serial %d (manifest sha256 %s): %w",
 			l.Version, l.Serial, l.ManifestSHA256, im.Version, im.Serial, sha256Hex(inst.raw), ErrSerialConflict)
 	}

@@ -57,7 +57,10 @@ var errBackToFirst = errors.New("back to the first DP")
 // also updates from cfg.Sources (in order, failing over), in case an
 // announcement was missed, and returns to the first DP. Announcements are
 // verified before they are acted on; an update that fails is retried at
-// the next announcement, switch or poll. While the product is held after
+// the next announcement, switch or poll. A re-signed latest.json (`dpcache
+// resign`: the installed version under a higher serial, with a new expiry)
+// starts one run, which installs nothing and reports the endpoint up to
+// date. While the product is held after
 // a Rollback, Watch keeps running: each newer announcement is logged and
 // answered by an Update that returns (and reports) StatusHeld. Watch
 // returns nil when ctx ends, and an error when no source announces
@@ -98,6 +101,11 @@ type watchRun struct {
 	ws   []Watcher
 	log  *slog.Logger
 	poll *time.Timer
+	// acted is the highest serial a successful run acted on: a DP
+	// re-announces a re-signed latest.json (`dpcache resign`: the
+	// installed version under a higher serial) at every reconnection,
+	// and it must start one run, not one per reconnection.
+	acted uint64
 }
 
 func (s *watchRun) run(ctx context.Context) error {
@@ -175,7 +183,7 @@ func (s *watchRun) announced(ctx context.Context, w Watcher, sig source.Signed) 
 		s.log.Warn("ignoring an announcement that does not verify", "dp", w.String(), "err", err)
 		return
 	}
-	if m, err := Installed(s.cfg.Dir, s.cfg.Product); err == nil && m.Serial >= l.Serial {
+	if m, err := Installed(s.cfg.Dir, s.cfg.Product); err == nil && m.Serial >= l.Serial || l.Serial <= s.acted {
 		return
 	}
 	if h, err := Held(s.cfg.Dir, s.cfg.Product); err == nil && h != nil {
@@ -196,6 +204,9 @@ func (s *watchRun) announced(ctx context.Context, w Watcher, sig source.Signed) 
 	if ctx.Err() != nil {
 		return
 	}
+	if err == nil {
+		s.acted = max(s.acted, res.Serial)
+	}
 	if err != nil {
 		s.log.Warn("update after an announcement failed; retrying at the next announcement or poll", "version", l.Version, "err", err)
 	}
@@ -213,6 +224,9 @@ func (s *watchRun) pollNow(ctx context.Context) {
 		return
 	}
 	res, err := Update(ctx, s.cfg)
+	if err == nil {
+		s.acted = max(s.acted, res.Serial)
+	}
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:

@@ -34,6 +34,12 @@
 // the latest.json that named it by its SHA-256. Blobs need no signature:
 // the manifest names them by digest, and readers check the digest.
 //
+// A published manifest.json never changes: caches, DPs and mirrors keep it
+// by its path. Resign publishes a version again (a fresh expiry) with a new
+// latest.json alone, under a higher serial, pinning the same manifest by
+// its digest; so a manifest's serial is the one its version was first
+// published under, never above its latest.json's.
+//
 // A client reads latest.json, verifies it, reads the manifest it names,
 // verifies that, and fetches the blobs of the files it wants, checking
 // each one's SHA-256. ValidPath guarantees that a manifest's paths, joined
@@ -42,7 +48,7 @@
 // # Caveats
 //
 // latest.json and its signature are two files, replaced one after the
-// other. Publish writes the signature first and the document last, so a
+// other. Publish (and Resign) writes the signature first and the document last, so a
 // reader that fetches latest.json before latest.json.minisig never pairs a
 // new document with an old signature; for an instant it may pair the old
 // document with the new signature and get ErrBadSignature. Readers should

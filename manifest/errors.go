@@ -24,8 +24,8 @@ var (
 	ErrBadSignature = errors.New("bad signature")
 
 	// ErrMismatch means a manifest, although validly signed, is not the one
-	// latest.json points at (different SHA-256, product, version or
-	// serial).
+	// latest.json points at (different SHA-256, product or version, or a
+	// serial above latest.json's).
 	ErrMismatch = errors.New("manifest does not match latest.json")
 
 	// ErrLowerSerial means a publish would not raise the product's serial:
@@ -35,6 +35,10 @@ var (
 	// ErrExpired means a latest.json is past its "expires": the source
 	// offering it is stale (frozen, or a mirror nobody refreshes).
 	ErrExpired = errors.New("the source is stale")
+
+	// ErrNotPublished means a product has no latest.json in the
+	// repository: Resign has nothing to publish again.
+	ErrNotPublished = errors.New("product not published")
 
 	// ErrEmpty means a publish was asked for a folder with no files.
 	ErrEmpty = errors.New("nothing to publish")

@@ -89,6 +89,67 @@ func ExamplePublish() {
 	// modules modules/engine.bin 6 bytes -> blobs/sha256/ed9f6f2...
 }
 
+// Publish the current version again before it expires: a new latest.json
+// under the next serial, pinning the same manifest, which a client verifies
+// as before.
+func ExampleResign() {
+	tmp, err := os.MkdirTemp("", "manifest-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	key, pub, err := manifest.GenerateKey()
+	if err != nil {
+		log.Fatal(err)
+	}
+	src := filepath.Join(tmp, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "daily.avc"), []byte("signatures"), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	repo := filepath.Join(tmp, "repo")
+	day := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	if _, err := manifest.Publish(manifest.PublishOptions{Repo: repo, Product: "kes", Version: "12.1", Key: key,
+		Expires: 24 * time.Hour, Now: func() time.Time { return day }}, src); err != nil {
+		log.Fatal(err)
+	}
+
+	res, err := manifest.Resign(manifest.ResignOptions{Repo: repo, Product: "kes", Key: key,
+		Expires: 24 * time.Hour, Now: func() time.Time { return day.Add(20 * time.Hour) }})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s serial %d -> %d, expires %s\n", res.Latest.Version, res.Previous.Serial, res.Latest.Serial,
+		res.Latest.Expires.Format(time.RFC3339))
+
+	trust, err := manifest.NewTrust(pub)
+	if err != nil {
+		log.Fatal(err)
+	}
+	read := func(p string) []byte {
+		b, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(p)))
+		if err != nil {
+			log.Fatal(err)
+		}
+		return b
+	}
+	lp, mp := manifest.LatestPath("kes"), manifest.ManifestPath("kes", "12.1")
+	latest, err := trust.VerifyLatest(read(lp), read(manifest.SigPath(lp)))
+	if err != nil {
+		log.Fatal(err)
+	}
+	m, err := trust.VerifyManifest(read(mp), read(manifest.SigPath(mp)), latest)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("manifest serial %d, published %s\n", m.Serial, latest.Published.Format(time.RFC3339))
+	// Output:
+	// 12.1 serial 1 -> 2, expires 2026-01-03T20:00:00Z
+	// manifest serial 1, published 2026-01-02T00:00:00Z
+}
+
 // A digest that arrives from outside (a request, a message) is parsed
 // once, at the edge; its String form is the repository's blob name.
 func ExampleParseDigest() {

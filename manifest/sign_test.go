@@ -160,6 +160,18 @@ func TestVerifyLatestAndManifest(t *testing.T) {
 	if _, err := tr.VerifyManifest(mdata, msig, &lie); !errors.Is(err, ErrMismatch) {
 		t.Errorf("lying latest: %v, want ErrMismatch", err)
 	}
+	// A latest.json re-signed under a higher serial still pins the same
+	// manifest (Resign); one below the manifest's serial does not.
+	resigned := *gotL
+	resigned.Serial = m.Serial + 3
+	if _, err := tr.VerifyManifest(mdata, msig, &resigned); err != nil {
+		t.Errorf("latest re-signed under a higher serial: %v, want the manifest", err)
+	}
+	lower := *gotL
+	lower.Serial = m.Serial - 1
+	if _, err := tr.VerifyManifest(mdata, msig, &lower); !errors.Is(err, ErrMismatch) {
+		t.Errorf("latest below the manifest's serial: %v, want ErrMismatch", err)
+	}
 	// Signed but invalid content.
 	bad := []byte(`{"product":"../x"}`)
 	badSig, _ := k.Sign(bad)

@@ -130,8 +130,14 @@ func (t *Trust) VerifyLatest(data, sig []byte) (*Latest, error) {
 
 // VerifyManifest verifies sig over data, then parses and validates data as
 // a manifest.json document. If latest is not nil, it also checks that data
-// is the manifest latest points at: its SHA-256 is latest.ManifestSHA256
-// and product, version and serial are equal (ErrMismatch otherwise).
+// is the manifest latest points at: its SHA-256 is latest.ManifestSHA256,
+// product and version are equal, and the manifest's serial is not above
+// latest's (ErrMismatch otherwise).
+//
+// The serials may differ: a manifest's serial is the one its version was
+// first published under, and Resign publishes the same version again under
+// a higher serial with a new latest.json that pins the unchanged manifest
+// by its digest. The digest is what binds the pair.
 func (t *Trust) VerifyManifest(data, sig []byte, latest *Latest) (*Manifest, error) {
 	if err := t.verify(data, sig, ManifestName); err != nil {
 		return nil, err
@@ -147,7 +153,7 @@ func (t *Trust) VerifyManifest(data, sig []byte, latest *Latest) (*Manifest, err
 		return nil, fmt.Errorf("%s of %s %s has sha256 %s, %s says %s: %w",
 			ManifestName, m.Product, m.Version, got, LatestName, latest.ManifestSHA256, ErrMismatch)
 	}
-	if m.Product != latest.Product || m.Version != latest.Version || m.Serial != latest.Serial {
+	if m.Product != latest.Product || m.Version != latest.Version || m.Serial > latest.Serial {
 		return nil, fmt.Errorf("%s is %s %s serial %d, %s says %s %s serial %d: %w",
 			ManifestName, m.Product, m.Version, m.Serial, LatestName, latest.Product, latest.Version, latest.Serial, ErrMismatch)
 	}

@@ -124,6 +124,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 	root.AddCommand(
 		newKeygen(),
 		newPublish(),
+		newResign(),
 		newServe(),
 		newNode(),
 		newUpdate(),

@@ -50,14 +50,18 @@ func (c *Catalog) rememberLocked(product string, r versionRec) {
 	vs[r.Serial] = r
 }
 
-// serialOfLocked returns the serial of a product's version known by name.
+// serialOfLocked returns the highest serial a product's version is known
+// under, by name (a re-signed version is known under its manifest's serial
+// and its latest.json's).
 func (c *Catalog) serialOfLocked(product, version string) (uint64, bool) {
+	var serial uint64
+	found := false
 	for s, r := range c.versionRecs[product] {
-		if r.Version == version {
-			return s, true
+		if r.Version == version && (!found || s > serial) {
+			serial, found = s, true
 		}
 	}
-	return 0, false
+	return serial, found
 }
 
 // persistPublished keeps a version's publication time in the cache before

@@ -198,9 +198,10 @@ func (c *Catalog) versionsOf(digest string) []productSerial {
 	return slices.Clone(c.blobVersions[digest])
 }
 
-// registerVersions records which versions name each blob of m.
-func (c *Catalog) registerVersionsLocked(m *manifest.Manifest) {
-	ps := productSerial{m.Product, m.Version, m.Serial}
+// registerVersionsLocked records that the version of m, under serial,
+// names each blob of m.
+func (c *Catalog) registerVersionsLocked(m *manifest.Manifest, serial uint64) {
+	ps := productSerial{m.Product, m.Version, serial}
 	for _, f := range m.Files {
 		if !slices.Contains(c.blobVersions[f.SHA256], ps) {
 			c.blobVersions[f.SHA256] = append(c.blobVersions[f.SHA256], ps)
@@ -304,16 +305,35 @@ func (c *Catalog) register(m *manifest.Manifest) {
 	for _, f := range m.Files {
 		c.known[f.SHA256] = f.Size
 	}
-	c.registerVersionsLocked(m)
+	c.registerVersionsLocked(m, m.Serial)
 	c.rememberVersionLocked(m)
 }
 
-// loadKnown registers the manifests the cache holds.
+// registerSerial records that m's version is also known under serial, the
+// serial of a latest.json that pins m: `dpcache resign` publishes a version
+// again under a higher serial than its manifest's (a published manifest
+// never changes). DPs announce what they hold by the serial of the
+// latest.json they serve, and endpoints report it, so blob lookups
+// (VersionsOf, then gossip Holders) and endpoint ages must find the
+// version under either serial.
+func (c *Catalog) registerSerial(m *manifest.Manifest, serial uint64) {
+	if serial == m.Serial {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.registerVersionsLocked(m, serial)
+	c.rememberLocked(m.Product, versionRec{Version: m.Version, Serial: serial, Published: m.Published})
+}
+
+// loadKnown registers the manifests the cache holds, and the serials of
+// the versions held whole under a re-signed latest.json.
 func (c *Catalog) loadKnown() error {
 	refs, err := c.store.Manifests()
 	if err != nil {
 		return err
 	}
+	held := map[string][]cache.Version{}
 	for _, r := range refs {
 		product, version := r.Product, r.Version
 		data, sig, err := c.store.Document(manifest.ManifestPath(product, version))
@@ -327,6 +347,18 @@ func (c *Catalog) loadKnown() error {
 			continue
 		}
 		c.register(m)
+		vs, ok := held[product]
+		if !ok {
+			if vs, err = c.store.Versions(product); err != nil {
+				c.log.Warn("cannot list held versions", "product", product, "err", err)
+			}
+			held[product] = vs
+		}
+		for _, v := range vs {
+			if v.Version == version {
+				c.registerSerial(m, v.Serial)
+			}
+		}
 	}
 	return nil
 }

@@ -46,11 +46,20 @@ func (c *Catalog) startVersion(product string, ul upLatest) *Job {
 // completeVersion fetches the blobs of ul's version that the cache lacks,
 // those of databases files first, reporting progress to j, then records
 // the version whole and announces it.
+//
+// ul may be a re-signed latest.json of the version held (`dpcache resign`:
+// the same manifest, pinned by its digest, under a higher serial with a new
+// expiry). Its blobs are all held, so none is fetched; the new latest.json
+// replaces the old one byte for byte as what the DP serves, the version's
+// record moves to the new serial (keeping when it was added), and gossip
+// and watchers hear of it.
 func (c *Catalog) completeVersion(ctx context.Context, product string, ul upLatest, j *Job) error {
 	l := ul.latest
-	if held, err := c.store.LatestVersion(product); err == nil && held.Serial >= l.Serial {
+	held, herr := c.store.LatestVersion(product)
+	if herr == nil && held.Serial >= l.Serial {
 		return nil
 	}
+	resigned := herr == nil && held.Version == l.Version
 	signed, _, err := c.ManifestDoc(ctx, product, l.Version)
 	if err != nil {
 		return err
@@ -59,11 +68,12 @@ func (c *Catalog) completeVersion(ctx context.Context, product string, ul upLate
 	if err != nil {
 		return fmt.Errorf("manifest of %s %s: %w: %v", product, l.Version, nodeerr.ErrDataLoss, err)
 	}
+	c.registerSerial(m, l.Serial)
 	start := time.Now()
 	databases, modules := fetchOrder(m)
 	blobs := slices.Concat(databases, modules)
 	j.setBlobs(c.store, blobs)
-	if c.cfg.CacheMax > 0 {
+	if c.cfg.CacheMax > 0 && !resigned {
 		// Make room for the version before fetching it.
 		if err := c.retention.Pass(ctx); err != nil {
 			c.log.Warn("could not make room in the cache before fetching a version", "product", product, "version", l.Version, "err", err)
@@ -92,15 +102,24 @@ func (c *Catalog) completeVersion(ctx context.Context, product string, ul upLate
 	if err := c.store.PutDocument(LatestDocKey(product, l.Version), ul.signed.Data, ul.signed.Signature); err != nil {
 		return err
 	}
+	added := time.Now()
+	if resigned {
+		added = held.Added // the same content, held since then
+	}
 	if err := c.store.PutVersion(cache.Version{
 		Product: product, Version: l.Version, Serial: l.Serial,
-		Blobs: digests, Size: m.Size(), Added: time.Now(),
+		Blobs: digests, Size: m.Size(), Added: added,
 	}); err != nil {
 		return err
 	}
 	c.dp.PublishVersions(product)
 	c.notifyVersion(product)
 	c.retention.Kick()
+	if resigned {
+		c.log.Info("version re-signed upstream; now serving its new latest.json", "product", product, "version", l.Version,
+			"serial", l.Serial, "previous_serial", held.Serial, "expires", l.Expires)
+		return nil
+	}
 	c.log.Info("version held whole; now serving it as latest", "product", product, "version", l.Version, "serial", l.Serial, "blobs", len(blobs), "bytes", m.Size(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -147,8 +166,10 @@ func (c *Catalog) refreshAll(ctx context.Context) {
 }
 
 // newer asks upstream for product's latest and returns it when it is newer
-// than the version the DP holds (or the DP holds none). A lower serial is
-// refused: that is a rollback attack or a misconfigured upstream.
+// than the version the DP holds (or the DP holds none; a re-signed
+// latest.json of the version held is newer too: completing it moves no
+// blob). A lower serial is refused: that is a rollback attack or a
+// misconfigured upstream.
 func (c *Catalog) newer(ctx context.Context, product string) (upLatest, bool) {
 	ul, err := c.upstreamLatest(ctx, product, 0)
 	if errors.Is(err, nodeerr.ErrNotFound) {

@@ -54,9 +54,13 @@ func (c *Catalog) ReservedBytes() int64 {
 // request for them fetches them again), and forgets their blobs' sizes.
 func (c *Catalog) ForgetOldDocuments(products []string) {
 	oldest := map[string]uint64{}
+	kept := map[cache.VersionRef]bool{}
 	for _, p := range products {
 		if vs, err := c.store.Versions(p); err == nil && len(vs) > 0 {
 			oldest[p] = vs[0].Serial
+			for _, v := range vs {
+				kept[cache.VersionRef{Product: p, Version: v.Version}] = true
+			}
 		}
 	}
 	refs, err := c.store.Manifests()
@@ -67,7 +71,10 @@ func (c *Catalog) ForgetOldDocuments(products []string) {
 	var drop []cache.VersionRef
 	for _, r := range refs {
 		first, held := oldest[r.Product]
-		if !held {
+		if !held || kept[r] {
+			// A kept version keeps its documents, whatever the serial
+			// of its manifest (a re-signed version's is below the
+			// serial it is held under).
 			continue
 		}
 		c.mu.Lock()
