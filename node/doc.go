@@ -13,6 +13,17 @@
 // whose blob fails verification ends with DataLoss. A DP fetches only blobs
 // named by a verified manifest: it is not an open proxy.
 //
+// # Parent DPs and loops
+//
+// An upstream may be another DP (grpc://, grpcs://). Every request a DP
+// sends to a DP carries the chain of DP instances it came through (a
+// random id per process: names repeat across sites), and the fetches a
+// request starts or shares carry it too. A DP that finds itself in the
+// chain of a request, or a chain of more than 8 DPs, refuses it at once
+// with FailedPrecondition ("upstream loop ... check the --upstream
+// lists"), so DPs that list each other as upstreams fail over to their
+// next upstream instead of waiting on themselves until a timeout.
+//
 // # Versions
 //
 // A DP's latest for a product is the newest version it holds whole. Every

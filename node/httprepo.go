@@ -78,7 +78,7 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return err
 	}
 	defer release()
-	whole, size, err := n.fetcher.Acquire(digest, false)
+	whole, size, err := n.fetcher.Acquire(r.Context(), digest, false)
 	if err != nil {
 		return err
 	}

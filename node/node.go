@@ -43,6 +43,10 @@ type Node struct {
 	grpcSrv  *grpc.Server
 	health   *health.Server
 	fetcher  *fetch.Fetcher // blob fetches and streams
+	// instance is this process's random id in the chains of DPs that
+	// upstream requests carry (names repeat across sites): a request that
+	// comes back to it is refused (via.go).
+	instance string
 
 	// bg is the lifetime of background work (fetches outlive the request
 	// that started them); cancelled when Run returns.
@@ -105,8 +109,11 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		peers: newPeerPool(cfg.SourceOptions),
 	}
 	n.endpointCounts = n.countEndpoints
-	// bg is the lifetime of background work; Close cancels it.
-	n.bg, n.bgCancel = context.WithCancel(context.Background())
+	n.instance = source.NewInstanceID()
+	// bg is the lifetime of background work; Close cancels it. What the
+	// DP asks upstream on its own (refresh, download task) carries its
+	// instance id; what a request started carries the request's chain.
+	n.bg, n.bgCancel = context.WithCancel(source.WithVia(context.Background(), []string{n.instance}))
 	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
@@ -175,7 +182,8 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	n.fetcher = fetch.New(n.bg, fc, n.cache, n.catalog, routerView{n}, n.pins, n.metrics, n.publishFetching)
 	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
 	opts := append(pb.ServerOptions(), recoverOptions(n.log)...)
-	n.grpcSrv = grpc.NewServer(append(opts, n.metrics.ServerOptions()...)...)
+	opts = append(opts, n.metrics.ServerOptions()...)
+	n.grpcSrv = grpc.NewServer(append(opts, viaOptions(n.instance, n.log)...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
 	n.health = health.NewServer()
@@ -230,7 +238,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.ready.Store(true)
-	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames())
+	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames(), "instance", n.instance)
 
 	<-gctx.Done()
 	n.ready.Store(false)

@@ -50,3 +50,11 @@ type wrappedSentinel struct {
 
 func (e *wrappedSentinel) Error() string { return e.msg }
 func (e *wrappedSentinel) Unwrap() error { return e.parent }
+
+// ErrLoop means a DP refused a request that came back to it through a
+// cycle of DPs listing each other as upstreams, or that went through more
+// than MaxHops DPs (gRPC FailedPrecondition). It is the configuration's
+// fault, not the source's: a Chain moves on to the next source without
+// backoff. ErrLoop wraps ErrUnavailable, so errors.Is(err,
+// ErrUnavailable) holds for it too.
+var ErrLoop error = &wrappedSentinel{msg: "upstream loop", parent: ErrUnavailable}

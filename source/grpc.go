@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -117,7 +118,7 @@ func (g *GRPC) Close() error {
 func (g *GRPC) Latest(ctx context.Context, product string) (Signed, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	resp, err := g.client.GetLatest(ctx, &pb.GetLatestRequest{Product: product, Forwarded: g.forwarded})
+	resp, err := g.client.GetLatest(g.outgoing(ctx), &pb.GetLatestRequest{Product: product, Forwarded: g.forwarded})
 	if err != nil {
 		return Signed{}, g.wrap(manifest.LatestPath(product), err)
 	}
@@ -128,7 +129,7 @@ func (g *GRPC) Latest(ctx context.Context, product string) (Signed, error) {
 func (g *GRPC) Manifest(ctx context.Context, product, version string) (Signed, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	resp, err := g.client.GetManifest(ctx, &pb.GetManifestRequest{Product: product, Version: version, Forwarded: g.forwarded})
+	resp, err := g.client.GetManifest(g.outgoing(ctx), &pb.GetManifestRequest{Product: product, Version: version, Forwarded: g.forwarded})
 	if err != nil {
 		return Signed{}, g.wrap(manifest.ManifestPath(product, version), err)
 	}
@@ -149,7 +150,7 @@ func (g *GRPC) Blob(ctx context.Context, digest string, offset int64) (io.ReadCl
 	// reported by Blob, not by the first Read.
 	first := make(chan error, 1)
 	go func() {
-		stream, err := g.client.ReadBlob(ctx, &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded, AvailableOnly: g.available, Product: g.product, Version: g.version})
+		stream, err := g.client.ReadBlob(g.outgoing(ctx), &pb.ReadBlobRequest{Sha256: digest, Offset: uint64(offset), Forwarded: g.forwarded, AvailableOnly: g.available, Product: g.product, Version: g.version})
 		if err == nil {
 			r.stream = stream
 			err = stream.RecvMsg(&r.msg)
@@ -285,6 +286,18 @@ func (g *GRPC) ReportStatus(ctx context.Context, st Status) error {
 	return nil
 }
 
+// outgoing adds to ctx's request metadata the chain of DP instances its
+// work came through (see WithVia), so that a DP the request comes back to
+// refuses it. Partial reads (AvailableOnly) carry none: they neither fetch
+// nor wait, so they cannot loop, and the peer they ask is often in the
+// chain (it fetches the blob this DP serves it).
+func (g *GRPC) outgoing(ctx context.Context) context.Context {
+	if via := Via(ctx); len(via) > 0 && !g.available {
+		return metadata.AppendToOutgoingContext(ctx, ViaKey, FormatVia(via))
+	}
+	return ctx
+}
+
 // wrap maps a gRPC status to this package's sentinels, naming the source.
 func (g *GRPC) wrap(what string, err error) error {
 	st, ok := status.FromError(err)
@@ -302,6 +315,10 @@ func (g *GRPC) wrap(what string, err error) error {
 		sentinel = ErrDataLoss
 	case codes.InvalidArgument:
 		sentinel = ErrInvalid
+	case codes.FailedPrecondition:
+		// The only precondition a DP checks (see CheckLoop); its message
+		// names the loop.
+		return fmt.Errorf("%s: %s: %w", g, what, loopError(st.Message()))
 	default:
 		sentinel = ErrUnavailable
 	}

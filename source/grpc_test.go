@@ -149,6 +149,7 @@ func TestGRPC_StatusCodes(t *testing.T) {
 		{codes.InvalidArgument, source.ErrInvalid},
 		{codes.DataLoss, source.ErrDataLoss},
 		{codes.Unavailable, source.ErrUnavailable},
+		{codes.FailedPrecondition, source.ErrLoop},
 		{codes.Internal, source.ErrUnavailable},
 		{codes.ResourceExhausted, source.ErrUnavailable},
 		{codes.DeadlineExceeded, source.ErrUnavailable},

@@ -167,7 +167,8 @@ func (b Backoff) withDefaults() Backoff {
 // HTTP 5xx, a bad signature, a corrupt blob) is put into backoff
 // (Options.Backoff): until it ends, it is tried only after the
 // others, never forgotten. "Not found", a source holding only part of a
-// blob (source.ErrPartial), and the caller's own bad request are not failures of
+// blob (source.ErrPartial), a DP refusing a request that looped back to it
+// (source.ErrLoop), and the caller's own bad request are not failures of
 // the source: the next is asked, and the order stays.
 //
 // Blobs are read with Blob (a reader, for relaying) or Fetch (into a
@@ -274,10 +275,13 @@ func (c *Chain) order() []pick {
 // blames reports whether err is the source's fault, to be remembered by
 // backoff: not a missing file, not the caller's bad request, not a source
 // that says it holds only part of a blob, not an offset past the end that
-// every source would refuse alike.
+// every source would refuse alike, not a DP refusing a request that came
+// back to it through a cycle of upstreams (the configuration's fault; the
+// same DP serves other requests).
 func blames(err error) bool {
 	switch {
-	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrInvalid), errors.Is(err, source.ErrPartial), errors.Is(err, errPastEnd):
+	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrInvalid), errors.Is(err, source.ErrPartial), errors.Is(err, errPastEnd),
+		errors.Is(err, source.ErrLoop):
 		return false
 	}
 	return true

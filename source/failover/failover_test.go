@@ -251,3 +251,25 @@ func TestError_Compact(t *testing.T) {
 		}
 	}
 }
+
+// TestBlames: a DP refusing a request that looped back to it is not the
+// source's fault (no backoff); an unavailable source is.
+func TestBlames(t *testing.T) {
+	t.Parallel()
+	loop, err := source.ParseVia([]string{strings.TrimSuffix(strings.Repeat("0123456789abcdef,", source.MaxHops+1), ",")})
+	if !errors.Is(err, source.ErrLoop) || loop != nil {
+		t.Fatalf("ParseVia of a chain past the limit: %v, want ErrLoop", err)
+	}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("grpc://b: x: %w", err), false},
+		{fmt.Errorf("grpc://b: x: %w", source.ErrNotFound), false},
+		{fmt.Errorf("grpc://b: x: %w", source.ErrUnavailable), true},
+	} {
+		if got := blames(tc.err); got != tc.want {
+			t.Errorf("blames(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -1,11 +1,13 @@
 package catalog
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dpcache/dpcache/manifest"
+	"github.com/dpcache/dpcache/source"
 )
 
 func TestAgeBucket(t *testing.T) {
@@ -152,5 +154,38 @@ func TestFetchOrder_DatabasesFirst(t *testing.T) {
 	}
 	if strings.Join(got, "") != "bcea" {
 		t.Fatalf("fetch order %v, want b c e (databases) then a (modules)", got)
+	}
+}
+
+// TestDocKey: a document fetch is shared only by requests with the same
+// forwarded mark and the same chain of DPs; detach keeps both and drops
+// the caller's cancellation.
+func TestDocKey(t *testing.T) {
+	t.Parallel()
+	self, other := source.NewInstanceID(), source.NewInstanceID()
+	c := &Catalog{ctx: source.WithVia(context.Background(), []string{self})}
+	req, cancel := context.WithCancel(context.Background())
+	cancel()
+	keys := map[string]string{}
+	for name, ctx := range map[string]context.Context{
+		"endpoint or the DP itself": req,
+		"forwarded":                 WithForwarded(req, true),
+		"from another DP":           source.WithVia(req, []string{other, self}),
+		"forwarded from another DP": WithForwarded(source.WithVia(req, []string{other, self}), true),
+	} {
+		fctx := c.detach(ctx)
+		if fctx.Err() != nil {
+			t.Errorf("%s: the fetch's context ends with the caller's", name)
+		}
+		key := docKey(fctx, "av/latest.json")
+		if prev, dup := keys[key]; dup {
+			t.Errorf("%s and %s share the key %q", name, prev, key)
+		}
+		keys[key] = name
+	}
+	// The DP's own requests and its endpoints' share one fetch.
+	mine := source.WithVia(req, []string{self})
+	if docKey(c.detach(mine), "p") != docKey(c.detach(req), "p") {
+		t.Errorf("an endpoint's request over gRPC and one without a chain do not share a fetch")
 	}
 }

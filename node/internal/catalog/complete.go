@@ -12,13 +12,16 @@ import (
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/node/internal/nodeerr"
+	"github.com/dpcache/dpcache/source"
 )
 
 // startVersion fetches every blob of ul's version in the background and
 // then records the version as held whole (which makes it this DP's latest).
 // It returns the completion in flight (started now or earlier), or nil
-// when the DP is closing.
-func (c *Catalog) startVersion(product string, ul upLatest) *Job {
+// when the DP is closing. A completion started now lives as long as the
+// catalogue, and its requests to upstream DPs carry ctx's chain of DPs
+// (source.Via): that of the request that found the version.
+func (c *Catalog) startVersion(ctx context.Context, product string, ul upLatest) *Job {
 	key := product + "/" + ul.latest.Version
 	c.mu.Lock()
 	if j, running := c.jobs[key]; running || c.closed {
@@ -29,9 +32,10 @@ func (c *Catalog) startVersion(product string, ul upLatest) *Job {
 	c.jobs[key] = j
 	c.wg.Add(1)
 	c.mu.Unlock()
+	cctx := source.CarryVia(c.ctx, ctx)
 	go func() {
 		defer c.wg.Done()
-		err := c.completeVersion(c.ctx, product, ul, j)
+		err := c.completeVersion(cctx, product, ul, j)
 		c.mu.Lock()
 		delete(c.jobs, key)
 		c.mu.Unlock()
@@ -160,7 +164,7 @@ func (c *Catalog) refreshAll(ctx context.Context) {
 			return
 		}
 		if ul, ok := c.newer(ctx, p); ok {
-			c.startVersion(p, ul)
+			c.startVersion(ctx, p, ul)
 		}
 	}
 }

@@ -40,7 +40,7 @@ func (c *Catalog) Latest(ctx context.Context, product string) (source.Signed, er
 	if err != nil {
 		return source.Signed{}, err
 	}
-	c.startVersion(product, ul)
+	c.startVersion(ctx, product, ul)
 	return ul.signed, nil
 }
 
@@ -55,16 +55,17 @@ func (c *Catalog) upstreamLatest(ctx context.Context, product string, maxAge tim
 		return ul, nil
 	}
 	path := manifest.LatestPath(product)
-	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
+	fctx := c.detach(ctx)
+	v, err, _ := c.docs.Do(docKey(fctx, path), func() (any, error) {
 		var l *manifest.Latest
-		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
+		signed, err := c.documents(fctx, func(s source.Signed) (err error) {
 			if l, err = c.verifyLatest(product, s); err == nil {
 				if stale := l.Fresh(time.Now()); stale != nil {
 					return failover.Stale(stale, l.Serial)
 				}
 			}
 			return err
-		}).Latest(c.ctx, product)
+		}).Latest(fctx, product)
 		if err != nil {
 			return upLatest{}, documentError(err)
 		}
@@ -109,8 +110,7 @@ func (c *Catalog) verifyLatest(product string, s source.Signed) (*manifest.Lates
 // (upstream, then the site's peers: see DP.DocSources), verifying each
 // document with verify; a failing source stays in backoff for the blob
 // fetches too (the shared Health). Documents are verified whoever serves
-// them. The requests use the catalogue's lifetime, not ctx: concurrent
-// callers share them.
+// them.
 func (c *Catalog) documents(ctx context.Context, verify func(source.Signed) error) *failover.Chain {
 	upstream, peers := c.dp.DocSources(ctx)
 	peer := make(map[source.Source]bool, len(peers))
@@ -140,13 +140,35 @@ func documentError(err error) error {
 	return fmt.Errorf("%w: %v", nodeerr.ErrUnavailable, err)
 }
 
-// docKey is the singleflight key of a document fetch: forwarded requests,
-// which use upstream only, never share a fetch that may ask peers.
-func docKey(ctx context.Context, path string) string {
-	if IsForwarded(ctx) {
-		return "forwarded/" + path
+// detach returns the context of a document fetch that concurrent callers
+// share: the catalogue's lifetime (no caller's cancellation ends it), with
+// ctx's forwarded mark and chain of DPs (source.Via), which the fetch's
+// requests to upstream DPs carry.
+func (c *Catalog) detach(ctx context.Context) context.Context {
+	return WithForwarded(source.CarryVia(c.ctx, ctx), IsForwarded(ctx))
+}
+
+// docKey is the singleflight key of a document fetch in fctx (see detach):
+// forwarded requests, which use upstream only, never share a fetch that
+// may ask peers; and a request never joins a fetch made for another chain
+// of DPs. The DP's own requests and its endpoints' share one chain (this
+// DP alone); a request from another DP joins only the fetches made for
+// the same chain, so the fetch it waits on tells every upstream DP all
+// the DPs waiting on it, and one that is among them refuses at once (two
+// DPs asking each other for a document at the same moment would
+// otherwise each wait on its own fetch, which waits on the other's). The
+// cost: downstream DPs asking for one document at the same moment each
+// have their own fetch of it (documents are small; latest.json is
+// reused for a while and manifests are kept).
+func docKey(fctx context.Context, path string) string {
+	key := path
+	if IsForwarded(fctx) {
+		key = "forwarded/" + key
 	}
-	return path
+	if via := source.Via(fctx); len(via) > 0 {
+		key = source.FormatVia(via) + "/" + key
+	}
+	return key
 }
 
 // manifestDoc returns a version's signed manifest from the cache, else from
@@ -176,9 +198,10 @@ func (c *Catalog) ManifestDoc(ctx context.Context, product, version string) (sou
 		signed source.Signed
 		m      *manifest.Manifest
 	}
-	v, err, _ := c.docs.Do(docKey(ctx, path), func() (any, error) {
+	fctx := c.detach(ctx)
+	v, err, _ := c.docs.Do(docKey(fctx, path), func() (any, error) {
 		var m *manifest.Manifest
-		signed, err := c.documents(ctx, func(s source.Signed) (err error) {
+		signed, err := c.documents(fctx, func(s source.Signed) (err error) {
 			m, err = c.trust.VerifyManifest(s.Data, s.Signature, nil)
 			if errors.Is(err, manifest.ErrBadSignature) {
 				return failover.Retry(err)
@@ -187,7 +210,7 @@ func (c *Catalog) ManifestDoc(ctx context.Context, product, version string) (sou
 				err = fmt.Errorf("manifest names %s %s", m.Product, m.Version)
 			}
 			return err
-		}).Manifest(c.ctx, product, version)
+		}).Manifest(fctx, product, version)
 		if err != nil {
 			return nil, documentError(err)
 		}

@@ -137,7 +137,7 @@ func (c *Catalog) PrefetchNow(ctx context.Context, product string) (*Job, cache.
 	case err != nil && !errors.Is(err, cache.ErrNotFound):
 		return nil, cache.Version{}, fmt.Errorf("product %s: %w", product, err)
 	}
-	j := c.startVersion(product, ul)
+	j := c.startVersion(ctx, product, ul)
 	if j == nil {
 		return nil, cache.Version{}, fmt.Errorf("product %s: %w: the DP is shutting down", product, nodeerr.ErrUnavailable)
 	}

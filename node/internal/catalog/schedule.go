@@ -158,7 +158,7 @@ func (c *Catalog) productLoop(ctx context.Context) {
 			now := time.Now()
 			if w.Contains(now) {
 				delete(deferred, p)
-				c.startVersion(p, ul)
+				c.startVersion(ctx, p, ul)
 				continue
 			}
 			// A second past the opening, to be inside it.

@@ -212,16 +212,20 @@ func (fr *Fetcher) Received(digest string) (int64, bool) {
 
 // Acquire is acquire for callers that only need to know whether the blob
 // is whole now, and its size.
-func (fr *Fetcher) Acquire(digest string, forwarded bool) (whole bool, size int64, err error) {
-	f, size, err := fr.acquire(digest, forwarded)
+func (fr *Fetcher) Acquire(ctx context.Context, digest string, forwarded bool) (whole bool, size int64, err error) {
+	f, size, err := fr.acquire(ctx, digest, forwarded)
 	return f == nil, size, err
 }
 
 // acquire returns the in-flight fetch of digest, starting one if needed, or
 // nil when the blob is already whole in the cache. Blobs that no verified
 // manifest names are NotFound: the DP is not an open proxy. A forwarded
-// request promotes the fetch it joins.
-func (fr *Fetcher) acquire(digest string, forwarded bool) (f *fetch, size int64, err error) {
+// request promotes the fetch it joins. A fetch started now lives as long
+// as the Fetcher, and its requests to upstream DPs carry ctx's chain of
+// DPs (source.Via): a request whose chain holds this DP never gets here
+// (the gRPC edge refuses it), so no request joins a fetch that waits on
+// the request itself.
+func (fr *Fetcher) acquire(ctx context.Context, digest string, forwarded bool) (f *fetch, size int64, err error) {
 	// The common case, a whole blob, needs no lock: a whole blob stays
 	// whole (eviction spares blobs being read).
 	if size, err := fr.store.Stat(digest); err == nil {
@@ -256,10 +260,11 @@ func (fr *Fetcher) acquire(digest string, forwarded bool) (f *fetch, size int64,
 	}
 	fr.fetches[digest] = f
 	fr.wg.Add(1)
+	fctx := source.CarryVia(fr.ctx, ctx)
 	go func() {
 		defer fr.wg.Done()
 		fr.changed()
-		err := fr.runFetch(fr.ctx, f)
+		err := fr.runFetch(fctx, f)
 		fr.mu.Lock()
 		delete(fr.fetches, digest)
 		fr.mu.Unlock()
@@ -276,7 +281,7 @@ func (fr *Fetcher) EnsureBlob(ctx context.Context, digest string) error {
 		return err
 	}
 	defer release()
-	f, _, err := fr.acquire(digest, false)
+	f, _, err := fr.acquire(ctx, digest, false)
 	if err != nil || f == nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,5 +126,72 @@ func TestFetcher_ConcurrentReadersShareOneFetch(t *testing.T) {
 	other := hex.EncodeToString(make([]byte, 32))
 	if err := fr.EnsureBlob(ctx, other); !errors.Is(err, nodeerr.ErrNotFound) {
 		t.Fatalf("EnsureBlob of a blob no manifest names: %v, want ErrNotFound", err)
+	}
+}
+
+// viaSource serves any blob from data and records the chain of DPs each
+// transfer's context carries.
+type viaSource struct {
+	data []byte
+	mu   sync.Mutex
+	via  [][]string
+}
+
+func (s *viaSource) Latest(context.Context, string) (source.Signed, error) {
+	return source.Signed{}, source.ErrNotFound
+}
+func (s *viaSource) Manifest(context.Context, string, string) (source.Signed, error) {
+	return source.Signed{}, source.ErrNotFound
+}
+func (s *viaSource) Blob(ctx context.Context, _ string, off int64) (io.ReadCloser, error) {
+	s.mu.Lock()
+	s.via = append(s.via, source.Via(ctx))
+	s.mu.Unlock()
+	return io.NopCloser(bytes.NewReader(s.data[off:])), nil
+}
+func (s *viaSource) String() string { return "fake://via" }
+func (s *viaSource) Close() error   { return nil }
+
+// A fetch asks its sources with the chain of DPs of the request that
+// started it (the Fetcher's own without one), and outlives that request.
+func TestFetcher_FetchCarriesVia(t *testing.T) {
+	blobs := map[string][]byte{}
+	sizes := fixedSizes{}
+	for _, s := range []string{"a", "b"} {
+		data := bytes.Repeat([]byte(s), 100<<10)
+		sum := sha256.Sum256(data)
+		d := hex.EncodeToString(sum[:])
+		blobs[s], sizes[d] = data, int64(len(data))
+	}
+	cc := cache.DefaultConfig()
+	cc.Path = filepath.Join(t.TempDir(), "cache.db")
+	store, err := cache.Open(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	self, other := source.NewInstanceID(), source.NewInstanceID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		blob string
+		req  context.Context
+		want []string
+	}{
+		{"request from another DP", "a", source.WithVia(ctx, []string{other, self}), []string{other, self}},
+		{"request without a chain", "b", ctx, []string{self}},
+	} {
+		src := &viaSource{data: blobs[tc.blob]}
+		fr := New(source.WithVia(ctx, []string{self}), Config{ServeChunk: 64 << 10, ServeMemory: 1 << 20, Logger: slog.New(slog.DiscardHandler)},
+			store, sizes, oneRoute{src}, noPins{}, noMetrics{}, nil)
+		sum := sha256.Sum256(blobs[tc.blob])
+		if err := fr.EnsureBlob(tc.req, hex.EncodeToString(sum[:])); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		fr.Stop()
+		if len(src.via) != 1 || !slices.Equal(src.via[0], tc.want) {
+			t.Errorf("%s: the source saw chains %q, want one %q", tc.name, src.via, tc.want)
+		}
 	}
 }

@@ -32,7 +32,7 @@ func (fr *Fetcher) ReadBlob(ctx context.Context, digest string, off int64, forwa
 		return err
 	}
 	defer release()
-	f, size, err := fr.acquire(digest, forwarded)
+	f, size, err := fr.acquire(ctx, digest, forwarded)
 	if err != nil {
 		return err
 	}
