@@ -702,3 +702,58 @@ func TestNode_UpstreamDown(t *testing.T) {
 		t.Error(`the "upstream unreachable" banner stays once the upstream is back`)
 	}
 }
+
+// TestNode_TransportLimits: one client connection cannot open more than
+// MaxStreams calls at once (the next waits for one to end), and an HTTP
+// request with oversized headers is refused (431) without harming the DP.
+func TestNode_TransportLimits(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	n := startNode(t, v, v.repo, nil)
+	c := dial(t, n)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	if _, err := c.GetLatest(ctx, &pb.GetLatestRequest{Product: "av"}); err != nil {
+		t.Fatal(err)
+	}
+	var streams []pb.DistributionService_WatchLatestClient
+	for range pb.MaxStreams {
+		s, err := c.WatchLatest(ctx, &pb.WatchLatestRequest{Product: "av"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil { // the stream is open on the server
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	over, overCancel := context.WithTimeout(ctx, time.Second)
+	_, err := c.GetLatest(over, &pb.GetLatestRequest{Product: "av"})
+	overCancel()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("a call beyond %d open streams on one connection: %v, want it to wait (DeadlineExceeded)", pb.MaxStreams, err)
+	}
+	cancel() // end the streams: calls go through again
+	for _, s := range streams {
+		s.Recv()
+	}
+	if _, err := dial(t, n).GetLatest(testCtx(t), &pb.GetLatestRequest{Product: "av"}); err != nil {
+		t.Errorf("GetLatest once the streams ended: %v", err)
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+n.HTTPAddr()+"/healthz", nil)
+	req.Header.Set("X-Flood", strings.Repeat("a", 256<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("256 KiB of headers: %s, want 431", resp.Status)
+	}
+	if r, err := http.Get("http://" + n.HTTPAddr() + "/healthz"); err != nil || r.StatusCode != http.StatusOK {
+		t.Errorf("/healthz after the flood: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
+}
