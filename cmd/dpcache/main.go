@@ -123,6 +123,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 	})
 	root.AddCommand(
 		newKeygen(),
+		newCA(),
 		newPublish(),
 		newResign(),
 		newServe(),
