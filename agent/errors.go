@@ -102,6 +102,8 @@ func hint(err error) string {
 		return "the transfer was cut; what arrived is kept and the next attempt resumes"
 	case errors.Is(err, source.ErrNotFound):
 		return "the source does not have it"
+	case errors.Is(err, source.ErrRefused):
+		return "check the client certificate (--cert, --key): its CA and its role"
 	case errors.Is(err, source.ErrUnavailable):
 		return "check the network and the source address"
 	}

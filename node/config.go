@@ -94,8 +94,23 @@ type Config struct {
 	// cache may exceed it when those alone do (a warning is logged). 0
 	// (default) is unlimited.
 	CacheMax int64
-	// SourceOptions tune upstream access (timeouts, proxy).
+	// SourceOptions tune upstream access (timeouts, proxy). Its CAFile
+	// (`--ca`) also verifies the peers this DP dials.
 	SourceOptions source.Options
+	// TLSCertFile and TLSKeyFile, when set (both or neither), are the DP's
+	// certificate and key (PEM): gRPC and HTTP are served over TLS, and
+	// the DP presents them when it dials its peers, which it then does
+	// over TLS (every DP of a cluster runs TLS, or none), and grpcs://
+	// upstreams. Replaced files are used from the next handshake on (see
+	// package pki; ReloadCertificates re-reads them at once).
+	TLSCertFile, TLSKeyFile string
+	// ClientCAFile, when set (with TLSCertFile), is the PEM file of the CA
+	// whose certificates clients must present on gRPC (mTLS) and may
+	// present on HTTP; their role (dp, endpoint, admin) decides what they
+	// may do (auth.go). Without it, AdminService and forwarded requests
+	// are honoured only from loopback and the cluster's members. It also
+	// verifies the peers this DP dials when SourceOptions.CAFile is empty.
+	ClientCAFile string
 	// ServeChunk is the size of the messages a blob is streamed in. Default
 	// 256 KiB: large enough to amortise per-message costs, small enough that
 	// many concurrent streams fit the ServeMemory budget.
@@ -195,6 +210,12 @@ func (c *Config) Validate() error {
 	}
 	if w := c.UpstreamWindow; w.From < 0 || w.From >= 24*time.Hour || w.To < 0 || w.To >= 24*time.Hour {
 		errs = append(errs, fmt.Errorf("upstream window %v..%v: both ends must be times of day in [0, 24h)", w.From, w.To))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("TLS: give both --tls-cert and --tls-key, or neither"))
+	}
+	if c.ClientCAFile != "" && c.TLSCertFile == "" {
+		errs = append(errs, errors.New("--client-ca needs --tls-cert and --tls-key: clients can only present certificates over TLS"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("node config: %w", err)

@@ -68,7 +68,9 @@ type Node struct {
 	retainer *retain.Retainer // quota and retention passes
 	pins     *retain.Pins     // readers of each blob, which retention spares
 
-	peers *peerPool // one connection per peer DP
+	peers *peerPool   // one connection per peer DP
+	tls   *nodeTLS    // nil without TLS
+	auth  *authorizer // who may ask what (auth.go)
 
 	// sources remembers how each source fared (backoff, errors, last
 	// success), for documents and blobs alike, and for operators.
@@ -106,15 +108,19 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "node", "node", cfg.Name),
 		trust: cfg.Trust,
-		peers: newPeerPool(cfg.SourceOptions),
 	}
+	var err error
+	if n.tls, err = loadTLS(cfg, n); err != nil {
+		return nil, err
+	}
+	n.peers = newPeerPool(n.tls.peerOptions(cfg.SourceOptions), n.tls != nil)
 	n.endpointCounts = n.countEndpoints
 	n.instance = source.NewInstanceID()
 	// bg is the lifetime of background work; Close cancels it. What the
 	// DP asks upstream on its own (refresh, download task) carries its
 	// instance id; what a request started carries the request's chain.
 	n.bg, n.bgCancel = context.WithCancel(source.WithVia(context.Background(), []string{n.instance}))
-	ups, err := source.ParseList(cfg.Upstream, cfg.SourceOptions)
+	ups, err := source.ParseList(cfg.Upstream, n.tls.upstreamOptions(cfg.SourceOptions))
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
@@ -156,6 +162,7 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 			n.Close()
 			return nil, fmt.Errorf("HTTP listener on %s: %w (choose --http)", cfg.HTTPAddr, err)
 		}
+		n.httpLis = n.tls.httpListener(n.httpLis)
 	}
 	if cfg.GossipAddr != "" {
 		if n.gossip, err = n.newGossip(hooks.tuneGossip); err != nil {
@@ -181,8 +188,11 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 	}
 	n.fetcher = fetch.New(n.bg, fc, n.cache, n.catalog, routerView{n}, n.pins, n.metrics, n.publishFetching)
 	n.status = ops.NewStatusPage(ops.PageConfig{Name: cfg.Name, Site: cfg.Site, DataDir: cfg.DataDir, Logger: n.log}, opsView{n})
-	opts := append(pb.ServerOptions(), recoverOptions(n.log)...)
+	opts := append(pb.ServerOptions(), n.tls.serverOptions()...)
+	opts = append(opts, recoverOptions(n.log)...)
 	opts = append(opts, n.metrics.ServerOptions()...)
+	n.auth = n.newAuthorizer()
+	opts = append(opts, n.auth.serverOptions()...)
 	n.grpcSrv = grpc.NewServer(append(opts, viaOptions(n.instance, n.log)...)...)
 	pb.RegisterDistributionServiceServer(n.grpcSrv, &distributionServer{n: n})
 	pb.RegisterAdminServiceServer(n.grpcSrv, &adminServer{n: n})
@@ -219,8 +229,10 @@ func (n *Node) Run(ctx context.Context) error {
 		// No WriteTimeout: a blob download may take hours on a slow link;
 		// a client that stops reading is cut by the serving side's stall
 		// timeout instead.
+		// ErrorLog: failed TLS handshakes (a client without a trusted
+		// certificate) are the client's problem, logged at debug.
 		httpSrv = &http.Server{Handler: n.httpHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
-			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)}
 		g.Go(func() error {
 			if err := httpSrv.Serve(n.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("HTTP server: %w", err)
@@ -238,7 +250,8 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.status.Run(gctx); return nil })
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.ready.Store(true)
-	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames(), "instance", n.instance)
+	n.log.Info("distribution point started", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.Site, "upstream", n.upstreamNames(), "instance", n.instance,
+		"tls", n.tls != nil, "client_certificates", n.tls.mutual())
 
 	<-gctx.Done()
 	n.ready.Store(false)
@@ -340,7 +353,7 @@ func (n *Node) httpHandler() http.Handler {
 	mux.Handle("GET /{$}", n.status)
 	mux.Handle("GET /metrics", n.metrics.Handler())
 	mux.HandleFunc("GET /readyz", n.serveReady)
-	return recoverHTTP(n.log, n.metrics.InstrumentHTTP(mux))
+	return recoverHTTP(n.log, n.metrics.InstrumentHTTP(n.auth.http(mux)))
 }
 
 // serveReady answers /readyz: 200 once Run serves with the cache open; 503

@@ -15,15 +15,23 @@ import (
 // AdminService client of a peer share it.
 type peerPool struct {
 	opts source.Options // for the peers' sources (no proxy: peers are on the LAN)
+	// dial makes a peer's client: over TLS when the DP runs TLS.
+	dial func(addr string, opts source.Options) (*source.GRPC, error)
 
 	mu      sync.Mutex              // protects the fields below
 	clients map[string]*source.GRPC // by gRPC address
 	closed  bool
 }
 
-func newPeerPool(opts source.Options) *peerPool {
+// newPeerPool dials peers with opts, over TLS when useTLS (opts.TLSConfig
+// then holds the DP's identity and how peers are verified).
+func newPeerPool(opts source.Options, useTLS bool) *peerPool {
 	opts.Proxy = nil // peers are on the LAN
-	return &peerPool{opts: opts, clients: map[string]*source.GRPC{}}
+	dial := source.NewGRPC
+	if useTLS {
+		dial = source.NewGRPCTLS
+	}
+	return &peerPool{opts: opts, dial: dial, clients: map[string]*source.GRPC{}}
 }
 
 // get returns the client of the peer at addr, or nil when it cannot be
@@ -37,7 +45,7 @@ func (p *peerPool) get(addr string) *source.GRPC {
 	if p.closed {
 		return nil
 	}
-	c, err := source.NewGRPC(addr, p.opts)
+	c, err := p.dial(addr, p.opts)
 	if err != nil {
 		return nil
 	}

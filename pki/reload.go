@@ -118,6 +118,37 @@ func ServerConfig(kp *KeyPair, clientCAs *CertPool, auth tls.ClientAuthType, nex
 	return cfg
 }
 
+// VerifyClient verifies a client's certificate chain as a TLS server
+// would (chain[0] is the leaf, the rest intermediates) against pool, for
+// client authentication, and returns the leaf.
+func VerifyClient(chain []*x509.Certificate, pool *x509.CertPool) (*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("no client certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	var (
+		unknown x509.UnknownAuthorityError
+		invalid x509.CertificateInvalidError
+	)
+	name := chain[0].Subject.CommonName
+	switch {
+	case err == nil:
+		return chain[0], nil
+	case errors.As(err, &unknown):
+		return nil, fmt.Errorf("the certificate of %q: not signed by a CA trusted here", name)
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return nil, fmt.Errorf("the certificate of %q: expired or not valid yet", name)
+	case errors.As(err, &invalid) && invalid.Reason == x509.IncompatibleUsage:
+		return nil, fmt.Errorf("the certificate of %q: not a client certificate", name)
+	}
+	return nil, fmt.Errorf("the certificate of %q: %w", name, err)
+}
+
 // ClientConfig returns a client's TLS configuration presenting kp's
 // current certificate (kp nil: none). With roots, the server's certificate
 // is verified against roots' current pool only (not the system roots);

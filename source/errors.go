@@ -58,3 +58,15 @@ func (e *wrappedSentinel) Unwrap() error { return e.parent }
 // backoff. ErrLoop wraps ErrUnavailable, so errors.Is(err,
 // ErrUnavailable) holds for it too.
 var ErrLoop error = &wrappedSentinel{msg: "upstream loop", parent: ErrUnavailable}
+
+// ErrRefused means the source refused this client: it presented no client
+// certificate where one is required, one the source does not trust, or one
+// whose role or name may not ask that (gRPC Unauthenticated or
+// PermissionDenied). The error says which. It matches ErrUnavailable too,
+// so a Chain moves on to the next source.
+var ErrRefused error = refusedError{}
+
+type refusedError struct{}
+
+func (refusedError) Error() string        { return "refused" }
+func (refusedError) Is(target error) bool { return target == ErrUnavailable }

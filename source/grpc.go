@@ -37,6 +37,7 @@ type GRPC struct {
 	client    pb.DistributionServiceClient
 	admin     pb.AdminServiceClient // over the same connection
 	timeout   time.Duration
+	trust     string // what TLS trusts, for certificate errors
 	forwarded bool
 	available bool   // AvailableOnly: ask for the bytes the DP holds now
 	product   string // ForVersion: the version hint sent with blob reads
@@ -71,7 +72,7 @@ func newGRPC(scheme, addr string, opts Options, creds credentials.TransportCrede
 		return nil, fmt.Errorf("source %s://%s: %w: %v", scheme, addr, ErrBadURL, err)
 	}
 	return &GRPC{addr: addr, scheme: scheme, conn: conn, client: pb.NewDistributionServiceClient(conn),
-		admin: pb.NewAdminServiceClient(conn), timeout: opts.Timeout}, nil
+		admin: pb.NewAdminServiceClient(conn), timeout: opts.Timeout, trust: opts.trustDescription()}, nil
 }
 
 // Forwarded returns a copy of g whose requests carry the forwarded mark: a
@@ -319,10 +320,42 @@ func (g *GRPC) wrap(what string, err error) error {
 		// The only precondition a DP checks (see CheckLoop); its message
 		// names the loop.
 		return fmt.Errorf("%s: %s: %w", g, what, loopError(st.Message()))
+	case codes.Unauthenticated, codes.PermissionDenied:
+		// The DP's authorization (a certificate's role or name): said
+		// with the code, which scripts and logs search for.
+		return fmt.Errorf("%s: %s: %w (%s): %s", g, what, ErrRefused, st.Code(), st.Message())
 	default:
 		sentinel = ErrUnavailable
 	}
+	if cause, refused, ok := g.tlsCause(st.Message()); ok {
+		if refused {
+			return fmt.Errorf("%s: %s: %w (Unauthenticated): %s", g, what, ErrRefused, cause)
+		}
+		return fmt.Errorf("%s: %s: %w: %s", g, what, sentinel, cause)
+	}
 	return fmt.Errorf("%s: %s: %w: %s", g, what, sentinel, transportCause(st.Message()))
+}
+
+// tlsCause says in a sentence why a TLS handshake with the DP failed,
+// from grpc-go's message, and whether the DP refused this client's
+// certificate; ok is false when the message is not about TLS.
+func (g *GRPC) tlsCause(msg string) (cause string, refused, ok bool) {
+	switch {
+	case strings.Contains(msg, "tls: certificate required"):
+		return "the DP requires a client certificate signed by its --client-ca; give --cert and --key", true, true
+	case strings.Contains(msg, "remote error: tls: expired certificate"):
+		return "the DP refused this client certificate: it has expired; issue a new one", true, true
+	case strings.Contains(msg, "remote error: tls: unknown certificate authority"), strings.Contains(msg, "remote error: tls: bad certificate"):
+		return "the DP refused this client certificate: it is not signed by the DP's --client-ca", true, true
+	case strings.Contains(msg, "x509: certificate is valid for"), strings.Contains(msg, "x509: certificate is not valid for any names"):
+		host, _, _ := strings.Cut(g.addr, ":")
+		return "the DP's TLS certificate does not name " + host + " (issue it with --host " + host + ")", false, true
+	case strings.Contains(msg, "x509: "), strings.Contains(msg, "failed to verify certificate"):
+		return "the DP's TLS certificate is not signed by a CA trusted here (" + g.trust + ")", false, true
+	case strings.Contains(msg, "the server's certificate ("):
+		return "the server is not a DP: " + strings.TrimSuffix(msg[strings.Index(msg, "the server's certificate ("):], `"`), false, true
+	}
+	return "", false, false
 }
 
 // transportCause shortens grpc-go's message for a connection that could

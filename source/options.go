@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/dpcache/dpcache/pki"
 )
 
 // Options tune how sources are reached. The zero value is usable: Parse
@@ -44,6 +46,11 @@ type Options struct {
 	// grpcs:// sources (it is cloned, never modified); CAFile is still
 	// added to its RootCAs (or to the system roots when RootCAs is nil).
 	TLSConfig *tls.Config
+	// CertFile and KeyFile, when set (both or neither), are the client
+	// certificate and key (PEM) presented to https:// and grpcs:// sources
+	// that ask for one (a DP with --client-ca). They are read when a TLS
+	// source is created, and re-read when they change (package pki).
+	CertFile, KeyFile string
 	// UserAgent is sent to HTTP sources. Default "dpcache".
 	UserAgent string
 }
@@ -86,6 +93,9 @@ func (o Options) Validate() error {
 	if _, err := parseNoProxy(o.NoProxy); err != nil {
 		return err
 	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return fmt.Errorf("source options: a client certificate needs both its certificate and its key file (--cert and --key): %w", ErrBadOptions)
+	}
 	return nil
 }
 
@@ -94,7 +104,7 @@ func (o Options) Validate() error {
 // added to the roots. It returns nil when neither is set (the system roots
 // apply).
 func (o Options) tlsConfig() (*tls.Config, error) {
-	if o.TLSConfig == nil && o.CAFile == "" {
+	if o.TLSConfig == nil && o.CAFile == "" && o.CertFile == "" {
 		return nil, nil
 	}
 	var cfg *tls.Config
@@ -102,6 +112,13 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 		cfg = o.TLSConfig.Clone()
 	} else {
 		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if o.CertFile != "" {
+		kp, err := pki.LoadKeyPair(o.CertFile, o.KeyFile, nil)
+		if err != nil {
+			return nil, fmt.Errorf("source options: client %w: %w", err, ErrBadOptions)
+		}
+		cfg.GetClientCertificate = kp.GetClientCertificate
 	}
 	if o.CAFile == "" {
 		return cfg, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/dpcache/dpcache/pki"
 	"github.com/dpcache/dpcache/source"
 	"github.com/dpcache/dpcache/source/failover"
 )
@@ -24,7 +26,36 @@ const sourceSchemes = "http://, https://, ftp://, file:// or a folder, grpc:// o
 // sourceFlags are the flags that say how sources are reached.
 type sourceFlags struct {
 	proxy, noProxy, ca string
+	cert, key          string // client certificate (registerClientCert)
 	stall              time.Duration
+}
+
+// registerClientCert adds --cert and --key, the client certificate shown
+// to DPs that require one (--client-ca).
+func (sf *sourceFlags) registerClientCert(f *pflag.FlagSet) {
+	f.StringVar(&sf.cert, "cert", "", "PEM client certificate for grpcs:// and https:// sources that ask for one (a DP with --client-ca); see 'dpcache ca issue'")
+	f.StringVar(&sf.key, "key", "", "PEM private key of --cert")
+}
+
+// registerAdmin adds the flags of a command that talks to one DP's
+// AdminService: --ca, --cert and --key.
+func (sf *sourceFlags) registerAdmin(f *pflag.FlagSet) {
+	f.StringVar(&sf.ca, "ca", "", "PEM file of extra CA certificates verifying a grpcs:// DP")
+	sf.registerClientCert(f)
+}
+
+// clientName returns the common name of --cert ("" without --cert): the
+// name a DP with --client-ca knows this client by.
+func (sf *sourceFlags) clientName() (string, error) {
+	if sf.cert == "" || sf.key == "" {
+		return "", nil
+	}
+	kp, err := pki.LoadKeyPair(sf.cert, sf.key, nil)
+	if err != nil {
+		return "", usageError(fmt.Errorf("--cert/--key: %w", err))
+	}
+	name, _ := pki.Identify(kp.Certificate().Leaf)
+	return name, nil
 }
 
 func (sf *sourceFlags) register(f *pflag.FlagSet, what string) {
@@ -42,6 +73,10 @@ func (sf *sourceFlags) options() (source.Options, error) {
 		return opts, err
 	}
 	opts.NoProxy, opts.CAFile = sf.noProxy, sf.ca
+	opts.CertFile, opts.KeyFile = sf.cert, sf.key
+	if (sf.cert == "") != (sf.key == "") {
+		return opts, usageError(errors.New("give both --cert and --key (a client certificate and its key), or neither"))
+	}
 	if err := opts.Validate(); err != nil {
 		return opts, err
 	}
@@ -174,4 +209,13 @@ func dialDP(addr string, sf *sourceFlags) (*source.GRPC, error) {
 		return nil, usageError(fmt.Errorf("--node %q: want host:port, grpc://host:port or grpcs://host:port", addr))
 	}
 	return dp, nil
+}
+
+// dpHint adds to an error of a DP's AdminService what to check: the
+// client certificate when the DP refused it, else whether a DP runs there.
+func dpHint(err error, addr string) error {
+	if errors.Is(err, source.ErrRefused) {
+		return fmt.Errorf("%w (check --cert and --key: an admin certificate of the DP's --client-ca)", err)
+	}
+	return fmt.Errorf("%w (is `dpcache node` running there with --grpc %s?)", err, addr)
 }

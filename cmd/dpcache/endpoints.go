@@ -50,6 +50,7 @@ func toEndpointsJSON(resp *pb.ListEndpointsResponse) endpointsJSON {
 
 func newEndpoints() *cobra.Command {
 	var nodeAddr string
+	var sf sourceFlags
 	var outdated, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "endpoints --node ADDR [--outdated] [--json]",
@@ -72,7 +73,7 @@ is 7d):
 			if err := requireFlags(cmd, "node"); err != nil {
 				return err
 			}
-			dp, err := dialDP(nodeAddr, &sourceFlags{})
+			dp, err := dialDP(nodeAddr, &sf)
 			if err != nil {
 				return fmt.Errorf("endpoints: %w", err)
 			}
@@ -81,7 +82,7 @@ is 7d):
 			defer cancel()
 			resp, err := dp.Endpoints(ctx, outdated, false)
 			if err != nil {
-				return fmt.Errorf("endpoints: %w (is `dpcache node` running there with --grpc %s?)", err, nodeAddr)
+				return fmt.Errorf("endpoints: %w", dpHint(err, nodeAddr))
 			}
 			out := toEndpointsJSON(resp)
 			if asJSON {
@@ -91,6 +92,7 @@ is 7d):
 			return nil
 		},
 	}
+	sf.registerAdmin(cmd.Flags())
 	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().BoolVar(&outdated, "outdated", false, "only endpoints behind the newest version by 24 hours or more")
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print JSON: {"endpoints": [{"id", "hostname", "site", "product", "version", "serial", "result", "reported", "age"}]}`)

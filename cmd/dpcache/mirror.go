@@ -63,6 +63,7 @@ never replaced by a lower serial.`,
 	f.StringVar(&cfg.To, "to", "", "repository folder to write")
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
 	sf.register(f, "sources")
+	sf.registerClientCert(f)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	return cmd
 }

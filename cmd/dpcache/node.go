@@ -2,13 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -84,7 +87,10 @@ flags win over the environment, which wins over the file.`,
 			if err != nil {
 				return err
 			}
-			return n.Run(cmd.Context())
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			reloadOnHangup(ctx, n, cfg.Logger)
+			return n.Run(ctx)
 		},
 	}
 	f := cmd.Flags()
@@ -98,6 +104,9 @@ flags win over the environment, which wins over the file.`,
 	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
 	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate of this DP (a dp certificate, see 'dpcache ca issue'): gRPC and --http are served over TLS, and the DP presents it to its peers (dialed over TLS: every DP of the cluster must run TLS) and grpcs:// upstreams; re-read when it changes and on SIGHUP")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM CA file: gRPC clients must present a certificate it signed (mTLS), HTTP clients may; the certificate's role (dp, endpoint, admin) decides what they may do; without it, AdminService and forwarded requests are honoured only from loopback and the cluster's members")
 	f.StringSliceVar(&cfg.Upstream, "upstream", nil, "upstream sources, tried in order: "+sourceSchemes)
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) documents must be signed with")
 	f.DurationVar(&cfg.Refresh, "refresh", cfg.Refresh, "how often to ask upstream for the newest latest of every product kept, --product and those endpoints asked for (each wait +0-10% at random)")
@@ -204,4 +213,26 @@ func decodeGossipKey(s string) ([]byte, error) {
 		return k, nil
 	}
 	return nil, fmt.Errorf("--gossip-key: %d bytes, want 16, 24 or 32 (make one with: head -c 32 /dev/urandom | base64)", len(k))
+}
+
+// reloadOnHangup re-reads the DP's certificates on each SIGHUP until ctx
+// ends; a SIGHUP never stops the DP.
+func reloadOnHangup(ctx context.Context, n *node.Node, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-hup:
+				if err := n.ReloadCertificates(); err != nil {
+					log.Warn("SIGHUP: cannot reload the certificates; the previous ones stay in use", "err", err)
+				} else {
+					log.Info("SIGHUP: certificates reloaded")
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 }

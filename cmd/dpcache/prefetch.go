@@ -13,6 +13,7 @@ import (
 
 func newPrefetch() *cobra.Command {
 	var nodeAddr, product string
+	var sf sourceFlags
 	cmd := &cobra.Command{
 		Use:   "prefetch --node ADDR --product P",
 		Short: "Run a distribution point's download task for a product now",
@@ -27,7 +28,7 @@ version whole.`,
 			if err := requireFlags(cmd, "node", "product"); err != nil {
 				return err
 			}
-			dp, err := dialDP(nodeAddr, &sourceFlags{})
+			dp, err := dialDP(nodeAddr, &sf)
 			if err != nil {
 				return fmt.Errorf("prefetch: %w", err)
 			}
@@ -39,6 +40,7 @@ version whole.`,
 			return showPrefetch(cmd.OutOrStdout(), recv, newProgress(true, "prefetch "+product), nodeAddr)
 		},
 	}
+	sf.registerAdmin(cmd.Flags())
 	cmd.Flags().StringVar(&nodeAddr, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().StringVar(&product, "product", "", "product to bring up to date")
 	return cmd

@@ -34,6 +34,7 @@ type trafficJSON struct {
 
 func newStatus() *cobra.Command {
 	var node string
+	var sf sourceFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status --node ADDR [--json]",
@@ -47,7 +48,7 @@ from peers, and served to endpoints and peers.`,
 			if err := requireFlags(cmd, "node"); err != nil {
 				return err
 			}
-			dp, err := dialDP(node, &sourceFlags{})
+			dp, err := dialDP(node, &sf)
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
@@ -56,7 +57,7 @@ from peers, and served to endpoints and peers.`,
 			defer cancel()
 			resp, err := dp.Status(ctx, false)
 			if err != nil {
-				return fmt.Errorf("status: %w (is `dpcache node` running there with --grpc %s?)", err, node)
+				return fmt.Errorf("status: %w", dpHint(err, node))
 			}
 			out := statusJSON{Members: []memberJSON{}, Traffic: trafficJSON{
 				UpstreamBytes: resp.GetTraffic().GetUpstreamBytes(), PeerBytes: resp.GetTraffic().GetPeerBytes(), ServedBytes: resp.GetTraffic().GetServedBytes(),
@@ -92,6 +93,7 @@ from peers, and served to endpoints and peers.`,
 			return nil
 		},
 	}
+	sf.registerAdmin(cmd.Flags())
 	cmd.Flags().StringVar(&node, "node", "", "gRPC address of a DP: host:port, grpc://host:port or grpcs://host:port (TLS)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

@@ -72,6 +72,18 @@ to the first DP.`,
 			if cmd.Flags().Changed("poll") && (!watch || poll <= 0) {
 				return fmt.Errorf("update: --poll applies only with --watch and must be positive")
 			}
+			// With a certificate, the endpoint is its certificate's name:
+			// a DP with --client-ca takes reports under that id only.
+			certName, err := sf.clientName()
+			if err != nil {
+				return fmt.Errorf("update: %w", err)
+			}
+			if certName != "" {
+				if cfg.EndpointID != "" && cfg.EndpointID != certName {
+					return usageError(fmt.Errorf("update: --id %q differs from the name of --cert, %q: with a certificate, the endpoint id is its name (drop --id)", cfg.EndpointID, certName))
+				}
+				cfg.EndpointID = certName
+			}
 			srcs, err := sf.open(sources)
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
@@ -154,6 +166,7 @@ to the first DP.`,
 	f.StringSliceVar(&trust, "trust", nil, "minisign public key file(s) the documents must be signed with")
 	f.StringSliceVar(&cfg.Components, "components", cfg.Components, "components to install: databases, modules")
 	sf.register(f, "sources")
+	sf.registerClientCert(f)
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&cfg.EndpointID, "id", "", "endpoint identifier reported to a DP (default: generated once and kept in DIR/"+agent.EndpointIDFileName+")")
 	f.StringVar(&cfg.Site, "site", "", "this endpoint's site, reported to a DP and used by --discover")
