@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -475,15 +476,20 @@ func waitReady(t *testing.T, p *testenv.Proc, httpAddr string) error {
 	return nil
 }
 
-// healthz reports whether GET http://addr/healthz answers 200 "ok".
+// healthz reports whether GET http://addr/healthz, or https:// for a
+// node with --tls-cert (/healthz is open to anyone), answers 200 "ok".
 func healthz(addr string) bool {
+	return healthzURL("http://"+addr+"/healthz") || healthzURL("https://"+addr+"/healthz")
+}
+
+func healthzURL(url string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return false
 	}
-	tr := &http.Transport{DisableKeepAlives: true}
+	tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {

@@ -352,6 +352,8 @@ func (g *GRPC) tlsCause(msg string) (cause string, refused, ok bool) {
 		return "the DP's TLS certificate does not name " + host + " (issue it with --host " + host + ")", false, true
 	case strings.Contains(msg, "x509: "), strings.Contains(msg, "failed to verify certificate"):
 		return "the DP's TLS certificate is not signed by a CA trusted here (" + g.trust + ")", false, true
+	case g.scheme == "grpc" && strings.Contains(msg, "error reading server preface: EOF"):
+		return "the DP closed the connection at once: if it runs TLS (--tls-cert), use grpcs://", false, true
 	case strings.Contains(msg, "the server's certificate ("):
 		return "the server is not a DP: " + strings.TrimSuffix(msg[strings.Index(msg, "the server's certificate ("):], `"`), false, true
 	}
