@@ -108,19 +108,23 @@ func (n *Node) newAuthorizer() *authorizer {
 	return a
 }
 
-// memberIPs returns the gossip IP addresses of the cluster's live members.
+// memberIPs returns the IP addresses of the cluster's live members.
 func (n *Node) memberIPs() []net.IP {
 	if n.gossip == nil {
 		return nil
 	}
 	var out []net.IP
 	for _, m := range n.gossip.Live("") {
-		host, _, err := net.SplitHostPort(m.Addr)
-		if err != nil {
-			continue
-		}
-		if ip := net.ParseIP(host); ip != nil {
-			out = append(out, ip)
+		// The gossip address, and the advertised gRPC host when it is an
+		// IP (a host with several interfaces may dial from that one).
+		for _, addr := range []string{m.Addr, m.GRPCAddr} {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				continue
+			}
+			if ip := net.ParseIP(host); ip != nil {
+				out = append(out, ip)
+			}
 		}
 	}
 	return out
