@@ -284,15 +284,15 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, cur *manifest.Latest, 
 		}
 		switch {
 		case l.Serial < cur.Serial && version == "":
-			return nil, fmt.Errorf("offers %s serial %d, the folder holds %s serial %d; refusing to go back: %w",
-				l.Version, l.Serial, cur.Version, cur.Serial, ErrLowerSerial)
+			return nil, fmt.Errorf("offers %s serial %d, %s holds %s serial %d; refusing to go back: %w",
+				l.Version, l.Serial, cfg.To, cur.Version, cur.Serial, ErrLowerSerial)
 		case l.Serial == cur.Serial && (l.Version != cur.Version || l.ManifestSHA256 != cur.ManifestSHA256):
-			return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), the folder holds %s serial %d (manifest sha256 %s): %w",
-				l.Version, l.Serial, l.ManifestSHA256, cur.Version, cur.Serial, cur.ManifestSHA256, ErrSerialConflict)
+			return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), %s holds %s serial %d (manifest sha256 %s): %w",
+				l.Version, l.Serial, l.ManifestSHA256, cfg.To, cur.Version, cur.Serial, cur.ManifestSHA256, ErrSerialConflict)
 		}
 		return l, nil
 	}
-	chain := newChain(cfg.Sources, health, cfg.StallTimeout, log, func(kind string, s source.Signed) (err error) {
+	chain := newChainHint(cfg.Sources, health, cfg.StallTimeout, log, mirrorHint, func(kind string, s source.Signed) (err error) {
 		if kind == failover.KindLatest {
 			if d.latest, err = check(s); err == nil {
 				if stale := d.latest.Fresh(time.Now()); stale != nil {
@@ -326,6 +326,17 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, cur *manifest.Latest, 
 	}
 	d.src = d.manS.Source
 	return d, nil
+}
+
+// mirrorHint is hint in a mirror's words.
+func mirrorHint(err error) string {
+	switch {
+	case errors.Is(err, ErrLowerSerial):
+		return "the source is older than the folder; use an up-to-date source (--version adds an older version without touching latest.json)"
+	case errors.Is(err, ErrSerialConflict):
+		return "the source and the folder disagree about that serial; check which one the vendor published"
+	}
+	return hint(err)
 }
 
 // writeDoc writes a signed document into the folder, its signature first
@@ -393,7 +404,7 @@ func mirrorLock(root string) (partDir string, release func(ok bool) error, err e
 	}
 	if err != nil {
 		if errors.Is(err, ErrBusy) {
-			err = fmt.Errorf("another mirror is writing %s (%w); wait for it to finish", root, ErrBusy)
+			err = &busyError{fmt.Sprintf("another mirror is writing %s (%s is locked); wait for it to finish", root, lockPath)}
 		}
 		return "", nil, err
 	}
@@ -419,6 +430,12 @@ func mirrorLock(root string) (partDir string, release func(ok bool) error, err e
 		return errors.Join(errs...)
 	}, nil
 }
+
+// busyError is ErrBusy in a mirror's words.
+type busyError struct{ msg string }
+
+func (e *busyError) Error() string { return e.msg }
+func (e *busyError) Unwrap() error { return ErrBusy }
 
 // empty reports whether dir exists and has no entry.
 func empty(dir string) bool {
