@@ -389,3 +389,27 @@ func writeTree(t testing.TB, files map[string]string) string {
 	}
 	return dir
 }
+
+// Two runs never write one folder at once (pruning could remove blobs the
+// other copied for a manifest not written yet): the second is refused with
+// ErrBusy, and the first's release leaves no staging folder.
+func TestMirror_BusyWhileAnotherRuns(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t)
+	r.publish(t, "1", 0, map[string]string{"databases/a.dat": "one"})
+	to := t.TempDir()
+	_, release, err := mirrorLock(to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Mirror(testCtx(t), mirrorConfig(t, r, to, source.NewFile(r.dir))); !errors.Is(err, ErrBusy) {
+		t.Fatalf("mirror while another runs: %v, want ErrBusy", err)
+	}
+	if err := release(true); err != nil {
+		t.Fatal(err)
+	}
+	assertNoPartialDir(t, to)
+	if _, err := Mirror(testCtx(t), mirrorConfig(t, r, to, source.NewFile(r.dir))); err != nil {
+		t.Fatal(err)
+	}
+}
