@@ -54,6 +54,7 @@ type Node struct {
 	bgCancel context.CancelFunc
 
 	gossip *gossip.Gossip // nil when clustering is off
+	keys   *keyFile       // nil without Config.GossipKeyFile or gossip
 
 	metrics *ops.Metrics    // nil when Config.DisableMetrics
 	status  *ops.StatusPage // the status page and its traffic history
@@ -158,6 +159,9 @@ func newNode(cfg Config, hooks testHooks) (*Node, error) {
 		}
 	}
 	if cfg.GossipAddr != "" {
+		if cfg.GossipKeyFile != "" {
+			n.keys = newKeyFile(cfg.GossipKeyFile, n.log)
+		}
 		if n.gossip, err = n.newGossip(hooks.tuneGossip); err != nil {
 			n.Close()
 			return nil, err
@@ -232,6 +236,9 @@ func (n *Node) Run(ctx context.Context) error {
 		n.publishAllVersions()
 		g.Go(func() error { return n.gossip.Run(gctx) })
 		g.Go(func() error { n.followSite(gctx); return nil })
+		if n.keys != nil {
+			g.Go(func() error { n.keys.watch(gctx, keyFilePoll); return nil })
+		}
 	}
 	g.Go(func() error { n.catalog.Run(gctx); return nil })
 	g.Go(func() error { n.retainer.Run(gctx); return nil })
