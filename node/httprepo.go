@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,9 +21,22 @@ import (
 // HTTP updater (curl, wget, a vendor's agent) can use a DP as a source.
 const repoPrefix = "/repo/"
 
+// Cache-Control of the documents served under /repo/. latest.json changes
+// whenever a new version is held: caches must ask again every time (a 304
+// when the ETag still matches). A manifest names one version, but `dpcache
+// resign` signs a version's manifest again under a new serial, so it is
+// kept an hour, not for good. Whole blobs are named by their digest:
+// kept for good.
+const (
+	latestCacheControl   = "no-cache"
+	manifestCacheControl = "public, max-age=3600"
+	blobCacheControl     = "public, max-age=31536000, immutable"
+)
+
 // serveRepo serves GET and HEAD under /repo/: signed documents byte for
-// byte, blobs with Range and ETag. Misses are resolved exactly as on the
-// gRPC path (upstream, one fetch per blob).
+// byte, blobs with Range; each with a strong ETag, honouring If-None-Match
+// (and If-Modified-Since for documents, by their published time). Misses
+// are resolved exactly as on the gRPC path (upstream, one fetch per blob).
 func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	rel := strings.TrimPrefix(r.URL.Path, repoPrefix)
 	parts := strings.Split(rel, "/")
@@ -34,12 +48,17 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
 		var signed source.Signed
 		if signed, err = n.catalog.Latest(r.Context(), parts[0]); err == nil {
-			serveDoc(w, r, signed, parts[1] != manifest.LatestName)
+			var published time.Time
+			if l, err := manifest.ParseLatest(signed.Data); err == nil { // verified already: only for the time
+				published = l.Published
+			}
+			serveDoc(w, r, signed, parts[1] != manifest.LatestName, published, latestCacheControl)
 		}
 	case len(parts) == 3 && (parts[2] == manifest.ManifestName || parts[2] == manifest.ManifestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, _, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
-			serveDoc(w, r, signed, parts[2] != manifest.ManifestName)
+		var m *manifest.Manifest
+		if signed, m, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
+			serveDoc(w, r, signed, parts[2] != manifest.ManifestName, m.Published, manifestCacheControl)
 		}
 	default:
 		err = fmt.Errorf("%s: %w: not a repository path", r.URL.Path, ErrNotFound)
@@ -49,8 +68,11 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveDoc writes a signed document or its signature, verbatim.
-func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig bool) {
+// serveDoc writes a signed document or its signature, verbatim, through
+// http.ServeContent: its ETag is the SHA-256 of the bytes served, its
+// Last-Modified the document's published time (none when zero), so
+// If-None-Match and If-Modified-Since get 304, and Range works.
+func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig bool, published time.Time, cacheControl string) {
 	body, ctype := signed.Data, "application/json"
 	if sig {
 		body, ctype = signed.Signature, "text/plain; charset=utf-8"
@@ -60,11 +82,9 @@ func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig 
 		}
 	}
 	w.Header().Set("Content-Type", ctype)
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	if r.Method != http.MethodHead {
-		w.Write(body)
-	}
+	w.Header().Set("Cache-Control", cacheControl)
+	w.Header().Set("ETag", `"`+manifest.SHA256Hex(body)+`"`)
+	http.ServeContent(w, r, "", published, bytes.NewReader(body))
 }
 
 // serveBlobHTTP serves a blob: from the cache through http.ServeContent
@@ -83,11 +103,19 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return err
 	}
 	// A blob's name is its digest: its content never changes.
-	w.Header().Set("ETag", `"`+digest+`"`)
+	etag := `"` + digest + `"`
+	w.Header().Set("ETag", etag)
+	if !whole && etagMatch(r.Header.Get("If-None-Match"), etag) {
+		// The client holds these bytes already (a complete response is only
+		// ever sent verified), even though this DP does not yet.
+		w.Header().Set("Cache-Control", blobCacheControl)
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if whole {
 		// Verified: caches may keep it for good.
-		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+		w.Header().Set("Cache-Control", blobCacheControl)
 		n.metrics.CacheRequest(true) // in flight: readBlob counts it below
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
@@ -133,6 +161,19 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	// truncated body, never a silently short or unverified one.
 	n.log.Warn("HTTP blob stream failed", "blob", digest, "err", err)
 	panic(http.ErrAbortHandler)
+}
+
+// etagMatch reports whether an If-None-Match header value names etag, by
+// weak comparison (RFC 9110 13.1.2: "*", or a list of entity tags, W/
+// ignored), as http.ServeContent does for whole content.
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
+			return true
+		}
+	}
+	return false
 }
 
 // parseRange parses "bytes=a-" or "bytes=a-b" against size into [from, to).

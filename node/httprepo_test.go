@@ -154,3 +154,107 @@ func TestNode_HTTPRepo_RangeETagAndErrors(t *testing.T) {
 		}
 	}
 }
+
+// Conditional requests, as browsers, caching proxies and curl make them:
+// every document has a strong ETag (the SHA-256 of its bytes) and a
+// Last-Modified (its published time); blobs have their digest as ETag,
+// whole or still arriving. latest.json is revalidated every time and
+// changes when a newer version is held.
+func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 6 << 20})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "2m"})
+	n := startNode(t, v, ngx.URL, nil)
+	base := "http://" + n.HTTPAddr() + "/repo/"
+
+	lastModified := pub.Manifest.Published.UTC().Format(http.TimeFormat)
+	for doc, cacheControl := range map[string]string{
+		"av/latest.json":             "no-cache",
+		"av/latest.json.minisig":     "no-cache",
+		"av/1/manifest.json":         "public, max-age=3600",
+		"av/1/manifest.json.minisig": "public, max-age=3600",
+	} {
+		resp, body := httpGet(t, base+doc)
+		etag := `"` + sha(body) + `"`
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != etag ||
+			resp.Header.Get("Last-Modified") != lastModified || resp.Header.Get("Cache-Control") != cacheControl {
+			t.Fatalf("GET %s: %s, ETag %q Last-Modified %q Cache-Control %q; want 200, %s, %s, %s",
+				doc, resp.Status, resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"), resp.Header.Get("Cache-Control"),
+				etag, lastModified, cacheControl)
+		}
+		for _, h := range [][]string{
+			{"If-None-Match", etag},
+			{"If-None-Match", `"other", W/` + etag},
+			{"If-Modified-Since", lastModified},
+		} {
+			if resp, b := httpGet(t, base+doc, h...); resp.StatusCode != http.StatusNotModified || len(b) != 0 {
+				t.Errorf("GET %s with %s: %s, %d bytes; want 304, none", doc, h, resp.Status, len(b))
+			}
+		}
+		before := pub.Manifest.Published.Add(-time.Second).UTC().Format(http.TimeFormat)
+		for _, h := range [][]string{{"If-None-Match", `"other"`}, {"If-Modified-Since", before}} {
+			if resp, b := httpGet(t, base+doc, h...); resp.StatusCode != http.StatusOK || !bytes.Equal(b, body) {
+				t.Errorf("GET %s with %s: %s, %d bytes; want 200 and the document", doc, h, resp.Status, len(b))
+			}
+		}
+	}
+
+	// A blob still arriving from the slow origin: a client that holds it
+	// (its ETag is the digest) gets 304; others get unverified bytes that
+	// nothing may keep.
+	digest := pub.Manifest.Files[0].SHA256
+	url := base + manifest.BlobPath(digest)
+	if resp, b := httpGet(t, url, "If-None-Match", `"`+digest+`"`); resp.StatusCode != http.StatusNotModified || len(b) != 0 {
+		t.Errorf("in-flight blob with If-None-Match: %s, %d bytes; want 304", resp.Status, len(b))
+	}
+	if _, err := n.cache.Stat(digest); err == nil {
+		t.Fatal("the blob is whole already: the origin is too fast for this test")
+	}
+	if resp, _ := httpGet(t, url, "Range", "bytes=0-99"); resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("in-flight blob: Cache-Control %q, want no-store", resp.Header.Get("Cache-Control"))
+	}
+	testenv.WaitFor(t, 30*time.Second, "blob whole", func() bool { _, err := n.cache.Stat(digest); return err == nil })
+	for _, inm := range []string{`"` + digest + `"`, `W/"` + digest + `"`, "*"} {
+		if resp, _ := httpGet(t, url, "If-None-Match", inm); resp.StatusCode != http.StatusNotModified {
+			t.Errorf("whole blob with If-None-Match %s: %s, want 304", inm, resp.Status)
+		}
+	}
+	if resp, b := httpGet(t, url, "If-None-Match", `"`+sha(nil)+`"`); resp.StatusCode != http.StatusOK || int64(len(b)) != pub.Manifest.Files[0].Size ||
+		resp.Header.Get("Cache-Control") != "public, max-age=31536000, immutable" {
+		t.Errorf("whole blob with another ETag: %s, %d bytes, Cache-Control %q", resp.Status, len(b), resp.Header.Get("Cache-Control"))
+	}
+
+	// curl's own conditional requests: --etag-compare and -z.
+	curl := testenv.RequireBinary(t, "curl")
+	dir := t.TempDir()
+	etagFile, saved := filepath.Join(dir, "etag"), filepath.Join(dir, "latest.json")
+	runCurl := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(testCtx(t), curl, append([]string{"-sS", "-w", "%{http_code}"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", args, err)
+		}
+		return string(out)
+	}
+	if code := runCurl("-o", saved, "--etag-save", etagFile, "-R", base+"av/latest.json"); code != "200" {
+		t.Fatalf("curl --etag-save: %s", code)
+	}
+	if code := runCurl("-o", filepath.Join(dir, "again"), "--etag-compare", etagFile, base+"av/latest.json"); code != "304" {
+		t.Errorf("curl --etag-compare: %s, want 304", code)
+	}
+	if code := runCurl("-o", filepath.Join(dir, "again"), "-z", saved, base+"av/latest.json"); code != "304" {
+		t.Errorf("curl -z (its copy's time, set by -R from Last-Modified): %s, want 304", code)
+	}
+
+	// A newer version: the old ETag no longer matches latest.json.
+	resp, old := httpGet(t, base+"av/latest.json")
+	oldETag := resp.Header.Get("ETag")
+	v.publish(t, "av", "2", 2, map[string]int{"databases/small.dat": 5000})
+	testenv.WaitFor(t, 30*time.Second, "latest.json of version 2", func() bool {
+		resp, b := httpGet(t, base+"av/latest.json", "If-None-Match", oldETag)
+		return resp.StatusCode == http.StatusOK && !bytes.Equal(b, old) && resp.Header.Get("ETag") == `"`+sha(b)+`"`
+	})
+	if code := runCurl("-o", filepath.Join(dir, "new"), "--etag-compare", etagFile, base+"av/latest.json"); code != "200" {
+		t.Errorf("curl --etag-compare after a new version: %s, want 200", code)
+	}
+}
