@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,9 +159,10 @@ func TestNode_HTTPRepo_RangeETagAndErrors(t *testing.T) {
 
 // Conditional requests, as browsers, caching proxies and curl make them:
 // every document has a strong ETag (the SHA-256 of its bytes) and a
-// Last-Modified (its published time); blobs have their digest as ETag,
-// whole or still arriving. latest.json is revalidated every time and
-// changes when a newer version is held.
+// Last-Modified; blobs have their digest as ETag, whole or still arriving.
+// latest.json is revalidated every time, and when it changes (here
+// re-signed: same version, same "published") neither validator still
+// matches.
 func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
 	v := newVendor(t)
 	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 6 << 20})
@@ -167,20 +170,24 @@ func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
 	n := startNode(t, v, ngx.URL, nil)
 	base := "http://" + n.HTTPAddr() + "/repo/"
 
-	lastModified := pub.Manifest.Published.UTC().Format(http.TimeFormat)
+	published := pub.Manifest.Published.UTC()
 	for doc, cacheControl := range map[string]string{
 		"av/latest.json":             "no-cache",
 		"av/latest.json.minisig":     "no-cache",
-		"av/1/manifest.json":         "public, max-age=3600",
-		"av/1/manifest.json.minisig": "public, max-age=3600",
+		"av/1/manifest.json":         "public, max-age=31536000, immutable",
+		"av/1/manifest.json.minisig": "public, max-age=31536000, immutable",
 	} {
 		resp, body := httpGet(t, base+doc)
 		etag := `"` + sha(body) + `"`
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != etag ||
-			resp.Header.Get("Last-Modified") != lastModified || resp.Header.Get("Cache-Control") != cacheControl {
-			t.Fatalf("GET %s: %s, ETag %q Last-Modified %q Cache-Control %q; want 200, %s, %s, %s",
-				doc, resp.Status, resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"), resp.Header.Get("Cache-Control"),
-				etag, lastModified, cacheControl)
+		lastModified := resp.Header.Get("Last-Modified")
+		lm, err := http.ParseTime(lastModified)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != etag || err != nil || lm.Before(published) ||
+			resp.Header.Get("Cache-Control") != cacheControl {
+			t.Fatalf("GET %s: %s, ETag %q Last-Modified %q Cache-Control %q; want 200, %s, not before %s, %s",
+				doc, resp.Status, resp.Header.Get("ETag"), lastModified, resp.Header.Get("Cache-Control"), etag, published, cacheControl)
+		}
+		if strings.Contains(doc, "manifest") && !lm.Equal(published) {
+			t.Errorf("GET %s: Last-Modified %s, want its published time %s", doc, lastModified, published)
 		}
 		for _, h := range [][]string{
 			{"If-None-Match", etag},
@@ -191,7 +198,7 @@ func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
 				t.Errorf("GET %s with %s: %s, %d bytes; want 304, none", doc, h, resp.Status, len(b))
 			}
 		}
-		before := pub.Manifest.Published.Add(-time.Second).UTC().Format(http.TimeFormat)
+		before := lm.Add(-time.Second).Format(http.TimeFormat)
 		for _, h := range [][]string{{"If-None-Match", `"other"`}, {"If-Modified-Since", before}} {
 			if resp, b := httpGet(t, base+doc, h...); resp.StatusCode != http.StatusOK || !bytes.Equal(b, body) {
 				t.Errorf("GET %s with %s: %s, %d bytes; want 200 and the document", doc, h, resp.Status, len(b))
@@ -224,37 +231,74 @@ func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
 		t.Errorf("whole blob with another ETag: %s, %d bytes, Cache-Control %q", resp.Status, len(b), resp.Header.Get("Cache-Control"))
 	}
 
-	// curl's own conditional requests: --etag-compare and -z.
+	// curl's own conditional requests: --etag-compare, and -z with the time
+	// -R gave its copy from Last-Modified.
 	curl := testenv.RequireBinary(t, "curl")
 	dir := t.TempDir()
 	etagFile, saved := filepath.Join(dir, "etag"), filepath.Join(dir, "latest.json")
+	// runCurl runs curl with args and the URL last, and returns the status.
 	runCurl := func(args ...string) string {
 		t.Helper()
+		if !slices.Contains(args, "-o") {
+			args = append([]string{"-o", filepath.Join(dir, "out")}, args...)
+		}
 		out, err := exec.CommandContext(testCtx(t), curl, append([]string{"-sS", "-w", "%{http_code}"}, args...)...).Output()
 		if err != nil {
 			t.Fatalf("curl %v: %v", args, err)
 		}
 		return string(out)
 	}
-	if code := runCurl("-o", saved, "--etag-save", etagFile, "-R", base+"av/latest.json"); code != "200" {
+	latestURL := base + "av/latest.json"
+	if code := runCurl("--etag-save", etagFile, latestURL); code != "200" {
 		t.Fatalf("curl --etag-save: %s", code)
 	}
-	if code := runCurl("-o", filepath.Join(dir, "again"), "--etag-compare", etagFile, base+"av/latest.json"); code != "304" {
+	if code := runCurl("-o", saved, "-R", latestURL); code != "200" {
+		t.Fatalf("curl -R: %s", code)
+	}
+	if code := runCurl("--etag-compare", etagFile, latestURL); code != "304" {
 		t.Errorf("curl --etag-compare: %s, want 304", code)
 	}
-	if code := runCurl("-o", filepath.Join(dir, "again"), "-z", saved, base+"av/latest.json"); code != "304" {
-		t.Errorf("curl -z (its copy's time, set by -R from Last-Modified): %s, want 304", code)
+	if code := runCurl("-z", saved, latestURL); code != "304" {
+		t.Errorf("curl -z: %s, want 304", code)
 	}
 
-	// A newer version: the old ETag no longer matches latest.json.
-	resp, old := httpGet(t, base+"av/latest.json")
-	oldETag := resp.Header.Get("ETag")
-	v.publish(t, "av", "2", 2, map[string]int{"databases/small.dat": 5000})
-	testenv.WaitFor(t, 30*time.Second, "latest.json of version 2", func() bool {
-		resp, b := httpGet(t, base+"av/latest.json", "If-None-Match", oldETag)
-		return resp.StatusCode == http.StatusOK && !bytes.Equal(b, old) && resp.Header.Get("ETag") == `"`+sha(b)+`"`
+	// Re-signed upstream: a new latest.json of the same version, with the
+	// same "published".
+	resp, old := httpGet(t, latestURL)
+	if _, err := manifest.Resign(manifest.ResignOptions{Repo: v.repo, Product: "av", Key: v.key, Expires: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the re-signed latest.json", func() bool {
+		_, b := httpGet(t, latestURL)
+		return !bytes.Equal(b, old)
 	})
-	if code := runCurl("-o", filepath.Join(dir, "new"), "--etag-compare", etagFile, base+"av/latest.json"); code != "200" {
-		t.Errorf("curl --etag-compare after a new version: %s, want 200", code)
+	for _, h := range [][]string{{"If-None-Match", resp.Header.Get("ETag")}, {"If-Modified-Since", resp.Header.Get("Last-Modified")}} {
+		if resp, b := httpGet(t, latestURL, h...); resp.StatusCode != http.StatusOK || bytes.Equal(b, old) {
+			t.Errorf("re-signed latest.json with %s: %s; want 200 and the new document", h, resp.Status)
+		}
+	}
+	for _, args := range [][]string{{"--etag-compare", etagFile}, {"-z", saved}} {
+		if code := runCurl(append(args, latestURL)...); code != "200" {
+			t.Errorf("curl %s after a re-sign: %s, want 200", args[0], code)
+		}
+	}
+}
+
+// A path's Last-Modified stays while its bytes do, and grows with every
+// change, even several within one second.
+func TestChangeTimes_Since(t *testing.T) {
+	t.Parallel()
+	var c changeTimes
+	a := c.since("/repo/p/latest.json", `"a"`)
+	if got := c.since("/repo/p/latest.json", `"a"`); !got.Equal(a) {
+		t.Errorf("same bytes: %v, want %v", got, a)
+	}
+	b := c.since("/repo/p/latest.json", `"b"`)
+	a2 := c.since("/repo/p/latest.json", `"a"`)
+	if !b.After(a) || !a2.After(b) {
+		t.Errorf("changes: %v, %v, %v; want each after the last", a, b, a2)
+	}
+	if other := c.since("/repo/q/latest.json", `"a"`); other.After(time.Now()) {
+		t.Errorf("another path starts in the future: %v", other)
 	}
 }

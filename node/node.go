@@ -43,6 +43,8 @@ type Node struct {
 	grpcSrv  *grpc.Server
 	health   *health.Server
 	fetcher  *fetch.Fetcher // blob fetches and streams
+	// latestTimes are the Last-Modified times of latest.json on /repo/.
+	latestTimes changeTimes
 	// instance is this process's random id in the chains of DPs that
 	// upstream requests carry (names repeat across sites): a request that
 	// comes back to it is refused (via.go).
