@@ -59,8 +59,13 @@ type Config struct {
 	// the default: 5s.
 	RejoinInterval time.Duration
 
-	// LeaveTimeout bounds how long Run waits, when its context ends, for its
-	// leave announcement to reach another member. 0 means the default: 5s.
+	// LeaveTimeout bounds how long Run waits, when its context ends, for
+	// memberlist to finish gossiping the leave (one transmission per gossip
+	// round, 4 rounds of 200ms in a two-member cluster). The leave message
+	// Gossip sends each live member directly goes out before the wait, so a
+	// member that receives it reports the node "left" even if the wait is
+	// cut short. It is most of the time a stopping DP takes. 0 means the
+	// default: 1s.
 	LeaveTimeout time.Duration
 
 	// ForgetAfter is how long a dead or left member stays in Members (and,
@@ -104,7 +109,7 @@ const (
 	DefaultBindAddr       = ":7946"
 	DefaultSite           = "default"
 	DefaultRejoinInterval = 5 * time.Second
-	DefaultLeaveTimeout   = 5 * time.Second
+	DefaultLeaveTimeout   = time.Second
 	DefaultForgetAfter    = 72 * time.Hour
 )
 
@@ -117,7 +122,7 @@ func DefaultConfig() Config {
 		Site:           DefaultSite,           // one site until told otherwise
 		BindAddr:       DefaultBindAddr,       // memberlist's port, every interface
 		RejoinInterval: DefaultRejoinInterval, // a healed partition rejoins within 5s
-		LeaveTimeout:   DefaultLeaveTimeout,   // a stop waits at most 5s for the leave to spread
+		LeaveTimeout:   DefaultLeaveTimeout,   // a stop waits at most 1s for the leave to spread
 		ForgetAfter:    DefaultForgetAfter,    // dead members are retried for 3 days
 		// Memberlist nil: memberlist.DefaultLANConfig() timers (probe 1s,
 		// gossip 200ms to 3 nodes, push/pull 30s).

@@ -212,7 +212,7 @@ func (g *Gossip) shutdown(leave bool) error {
 	if leave {
 		g.announceLeave()
 		if err := g.ml.Leave(g.cfg.LeaveTimeout); err != nil {
-			g.log.Warn("leave not confirmed; the others will find this node dead instead of left", "err", err)
+			g.log.Warn("leave not gossiped in time; members that missed the direct leave message will find this node dead instead of left", "timeout", g.cfg.LeaveTimeout, "err", err)
 		}
 	}
 	g.stopDials()
