@@ -49,6 +49,16 @@
 // from the next one otherwise, or in the next run; content whose SHA-256
 // does not match after a resume is discarded whole.
 //
+// # Mirror
+//
+// Mirror is the update utility: it copies a version into a folder in
+// repository layout, documents last and only when they changed, and then
+// keeps MirrorConfig.KeepVersions versions, removing older version folders
+// (manifest first) before the blobs no kept manifest of any product uses,
+// so a server reading the folder meanwhile never sees a kept version
+// lacking a blob. Partial downloads and the run's lock live in
+// To/.dpcache-partial/ (0700), removed when no partial download is left.
+//
 // # Caveats
 //
 // Applications must open files through the `current` link (or re-resolve
@@ -61,7 +71,8 @@
 // propagated.
 //
 // Update, Rollback and Unhold lock the product's directory with flock(2),
-// so none of them runs while another does (ErrBusy); where
+// so none of them runs while another does (ErrBusy); Mirror locks its
+// folder, all products together, the same way; where
 // flock is unavailable (non-Unix systems) concurrent runs are not
 // detected.
 package agent

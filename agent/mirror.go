@@ -3,10 +3,13 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/dpcache/dpcache/manifest"
@@ -31,11 +34,23 @@ type MirrorConfig struct {
 	Concurrency int
 	// StallTimeout is as in Config. Default 30 s.
 	StallTimeout time.Duration
+	// KeepVersions is how many versions of the product the folder keeps
+	// after a successful run, the newest by serial; the version its
+	// latest.json names and the one this run copied are kept whatever
+	// their age. Older version folders are removed, then the blobs that no
+	// manifest left in the folder (of any product) uses. 0, the zero
+	// value, keeps every version; `dpcache mirror` passes
+	// DefaultMirrorKeepVersions.
+	KeepVersions int
 	// Progress, when set, is called as blob bytes arrive (as in Config).
 	Progress func(done, total int64)
 	// Logger receives the run's events. Default: discard.
 	Logger *slog.Logger
 }
+
+// DefaultMirrorKeepVersions is the number of versions `dpcache mirror`
+// keeps per product, as a DP's cache does (node's --keep-versions).
+const DefaultMirrorKeepVersions = 3
 
 // MirrorResult reports what Mirror did.
 type MirrorResult struct {
@@ -45,6 +60,12 @@ type MirrorResult struct {
 	// mirrored (above the manifest's for a re-signed version), else the
 	// manifest's.
 	Serial uint64 `json:"serial"`
+	// Status is StatusUpdated when the run wrote a blob or a document of
+	// the version, StatusUpToDate when the folder already held it exactly
+	// (no served file was rewritten), and StatusStale, either way, when
+	// every source offered an expired latest.json: the folder is then as
+	// stale as its sources.
+	Status string `json:"status"`
 	// Source that served the documents.
 	Source string `json:"source"`
 	// BlobsCopied were fetched; BlobsKept were already in the folder,
@@ -52,9 +73,14 @@ type MirrorResult struct {
 	BlobsCopied     int   `json:"blobs_copied"`
 	BlobsKept       int   `json:"blobs_kept"`
 	BytesDownloaded int64 `json:"bytes_downloaded"`
-	// LatestUpdated is true when the folder's latest.json now names this
-	// version.
+	// LatestUpdated is true when this run wrote the folder's latest.json
+	// (it now names this version and was not that document before).
 	LatestUpdated bool `json:"latest_updated"`
+	// VersionsRemoved are the product's version folders removed for
+	// KeepVersions, oldest first; BlobsRemoved counts the blobs removed
+	// with them (those no kept manifest uses).
+	VersionsRemoved []string `json:"versions_removed"`
+	BlobsRemoved    int      `json:"blobs_removed"`
 }
 
 // Mirror copies one version of a product from the sources into a folder in
@@ -63,15 +89,23 @@ type MirrorResult struct {
 // file://, nginx or FTP source. Every document is verified, every blob is
 // checked against its SHA-256; blobs already in the folder are verified and
 // kept; downloads resume at their offset. The signed documents are written
-// last, each atomically (signature first), so a reader never sees a
-// latest.json naming blobs the folder lacks. The folder's latest.json is
-// never replaced by a lower serial.
+// last, each atomically (signature first) and only when they changed, so a
+// reader never sees a latest.json naming blobs the folder lacks, and a run
+// that finds nothing new rewrites nothing. The folder's latest.json is never
+// replaced by a lower serial: a source offering one is passed over for the
+// next. Sources whose latest.json has expired are passed over too; when
+// every source is stale, the newest version offered is copied all the same
+// and the result says StatusStale.
 //
 // Documents are copied as signed, so the folder is as fresh as its last
 // run. A version re-signed upstream (`dpcache resign`: a new latest.json
 // under a higher serial pinning the same manifest) copies the new
 // latest.json alone: the manifest, already in the folder byte for byte, is
 // not rewritten, and the blobs, verified in place, are not fetched again.
+//
+// Partial downloads wait in To/.dpcache-partial/ (mode 0700, outside every
+// repository path), which exists only while it holds one; it also holds the
+// lock that keeps two runs from writing one folder at once (ErrBusy).
 func Mirror(ctx context.Context, cfg MirrorConfig) (*MirrorResult, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -114,6 +148,9 @@ func (c *MirrorConfig) validate() error {
 	if c.StallTimeout < 0 {
 		return bad("negative stall timeout %v", c.StallTimeout)
 	}
+	if c.KeepVersions < 0 {
+		return bad("keep versions %d is negative; 0 keeps every version", c.KeepVersions)
+	}
 	return nil
 }
 
@@ -124,11 +161,23 @@ type mirrorDocs struct {
 	latest  *manifest.Latest
 	manS    source.Signed
 	man     *manifest.Manifest
+	stale   bool // every source offered an expired latest.json
 }
 
-func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorResult, error) {
+func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (res *MirrorResult, err error) {
+	partDir, release, err := mirrorLock(cfg.To)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if rerr := release(err == nil); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	cur := folderLatest(cfg.To, cfg.Product, log)
+	// Documents and blobs share the run's memory of failed sources.
 	health := failover.NewHealth(failover.Backoff{})
-	docs, err := mirrorResolve(ctx, cfg, health, log)
+	docs, err := mirrorResolve(ctx, cfg, cur, health, log)
 	if err != nil {
 		return nil, err
 	}
@@ -139,31 +188,17 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 	if docs.latest != nil {
 		serial = docs.latest.Serial
 	}
-	// The folder's own latest: never replaced by a lower serial.
-	updateLatest := docs.latest != nil
-	if data, err := os.ReadFile(filepath.Join(cfg.To, filepath.FromSlash(manifest.LatestPath(cfg.Product)))); err == nil {
-		if cur, err := manifest.ParseLatest(data); err == nil && cur.Serial > serial {
-			if cfg.Version == "" {
-				return nil, fmt.Errorf("the sources' latest is %s serial %d but %s already holds serial %d: %w",
-					m.Version, serial, cfg.To, cur.Serial, ErrLowerSerial)
-			}
-			updateLatest = false
-		}
-	}
+	// An explicit older version leaves a newer latest.json alone.
+	updateLatest := docs.latest != nil && (cur == nil || cur.Serial <= docs.latest.Serial)
 	blobDir := filepath.Join(cfg.To, filepath.FromSlash(manifest.BlobDir))
-	// Partial downloads wait outside the served tree: a web server pointed
-	// at the folder never serves half a blob.
-	partDir := filepath.Join(cfg.To, mirrorPartDir)
-	for _, d := range []string{blobDir, partDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, &localError{err}
-		}
+	if err := os.MkdirAll(blobDir, 0o755); err != nil {
+		return nil, &localError{err}
 	}
 	jobs, err := groupBlobs(m.Files)
 	if err != nil {
 		return nil, err
 	}
-	res := &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: serial, Source: docs.src}
+	res = &MirrorResult{Product: cfg.Product, Version: m.Version, Serial: serial, Source: docs.src, VersionsRemoved: []string{}}
 	// Blobs already in the folder are kept if they verify.
 	var missing []*blobJob
 	var total int64
@@ -183,50 +218,87 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (*MirrorRes
 		return nil, err
 	}
 	res.BlobsCopied, res.BytesDownloaded = len(missing), f.downloaded.Load()
-	if err := manifest.SyncDir(blobDir); err != nil {
-		return nil, &localError{err}
+	if len(missing) > 0 {
+		if err := manifest.SyncDir(blobDir); err != nil {
+			return nil, &localError{err}
+		}
 	}
-	// Documents last, signature before document (as Publish does). A
-	// document already in the folder byte for byte, signature included,
-	// is left alone (a published manifest never changes).
-	write := func(rel string, s source.Signed) error {
-		p := filepath.Join(cfg.To, filepath.FromSlash(rel))
-		if sameFile(p, s.Data) && sameFile(manifest.SigPath(p), s.Signature) {
-			return nil
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return &localError{err}
-		}
-		if err := manifest.WriteFileAtomic(manifest.SigPath(p), s.Signature); err != nil {
-			return &localError{err}
-		}
-		if err := manifest.WriteFileAtomic(p, s.Data); err != nil {
-			return &localError{err}
-		}
-		return nil
-	}
-	if err := write(manifest.ManifestPath(cfg.Product, m.Version), docs.manS); err != nil {
+	// Documents last, the manifest before the latest.json that names it.
+	manChanged, err := writeDoc(cfg.To, manifest.ManifestPath(cfg.Product, m.Version), docs.manS)
+	if err != nil {
 		return nil, err
 	}
 	if updateLatest {
-		if err := write(manifest.LatestPath(cfg.Product), docs.latestS); err != nil {
+		if res.LatestUpdated, err = writeDoc(cfg.To, manifest.LatestPath(cfg.Product), docs.latestS); err != nil {
 			return nil, err
 		}
-		res.LatestUpdated = true
 	}
-	log.Info("mirrored", "version", m.Version, "serial", serial, "copied", res.BlobsCopied, "kept", res.BlobsKept, "bytes", res.BytesDownloaded)
+	switch {
+	case docs.stale:
+		res.Status = StatusStale
+	case res.BlobsCopied > 0 || manChanged || res.LatestUpdated:
+		res.Status = StatusUpdated
+	default:
+		res.Status = StatusUpToDate
+	}
+	log.Info("mirrored", "version", m.Version, "serial", serial, "status", res.Status,
+		"copied", res.BlobsCopied, "kept", res.BlobsKept, "bytes", res.BytesDownloaded)
+	if cfg.KeepVersions > 0 {
+		if res.VersionsRemoved, res.BlobsRemoved, err = pruneMirror(cfg.To, cfg.Product, cfg.KeepVersions, m.Version, log); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// folderLatest returns the folder's own latest.json for product, or nil
+// when it has none that parses. It is the folder's, written by an earlier
+// run from verified bytes: it is parsed, not verified again (a folder
+// whose trusted key was rotated away must not be stuck).
+func folderLatest(root, product string, log *slog.Logger) *manifest.Latest {
+	p := filepath.Join(root, filepath.FromSlash(manifest.LatestPath(product)))
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil
+	}
+	l, err := manifest.ParseLatest(data)
+	if err != nil {
+		log.Warn("the folder's latest.json is unreadable; it will be replaced", "path", p, "err", err)
+		return nil
+	}
+	return l
 }
 
 // mirrorResolve fetches and verifies the documents through the failover
 // engine: the latest.json (not needed for an explicit older version) and
-// the manifest.
-func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Health, log *slog.Logger) (*mirrorDocs, error) {
+// the manifest. A latest.json below the folder's serial (cur), or at its
+// serial with other content, is refused and the next source asked; so is
+// an expired one, unless every source offers an expired one.
+func mirrorResolve(ctx context.Context, cfg MirrorConfig, cur *manifest.Latest, health *failover.Health, log *slog.Logger) (*mirrorDocs, error) {
 	d := &mirrorDocs{}
 	version := cfg.Version
-	chain := newChain(cfg.Sources, health, cfg.StallTimeout, log, func(kind string, s source.Signed) (err error) {
+	check := func(s source.Signed) (*manifest.Latest, error) {
+		l, err := verifyLatest(cfg.Trust, cfg.Product, s)
+		if err != nil || cur == nil {
+			return l, err
+		}
+		switch {
+		case l.Serial < cur.Serial && version == "":
+			return nil, fmt.Errorf("offers %s serial %d, %s holds %s serial %d; refusing to go back: %w",
+				l.Version, l.Serial, cfg.To, cur.Version, cur.Serial, ErrLowerSerial)
+		case l.Serial == cur.Serial && (l.Version != cur.Version || l.ManifestSHA256 != cur.ManifestSHA256):
+			return nil, fmt.Errorf("offers %s serial %d (manifest sha256 %s), %s holds %s serial %d (manifest sha256 %s): %w",
+				l.Version, l.Serial, l.ManifestSHA256, cfg.To, cur.Version, cur.Serial, cur.ManifestSHA256, ErrSerialConflict)
+		}
+		return l, nil
+	}
+	chain := newChainHint(cfg.Sources, health, cfg.StallTimeout, log, mirrorHint, func(kind string, s source.Signed) (err error) {
 		if kind == failover.KindLatest {
-			d.latest, err = verifyLatest(cfg.Trust, cfg.Product, s)
+			if d.latest, err = check(s); err == nil {
+				if stale := d.latest.Fresh(time.Now()); stale != nil {
+					return failover.Stale(stale, d.latest.Serial)
+				}
+			}
 			return err
 		}
 		d.man, err = verifyManifest(cfg.Trust, cfg.Product, version, d.latest, s)
@@ -234,6 +306,12 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Healt
 	})
 	var err error
 	d.latestS, err = chain.Latest(ctx, cfg.Product)
+	if err == nil && d.latestS.Stale {
+		// No source is current: the newest expired offer, which the hook
+		// saw verify (d.latest holds the last one it saw).
+		d.latest, err = check(d.latestS)
+		d.stale = err == nil
+	}
 	switch {
 	case err != nil && version == "":
 		return nil, productNotFound(err)
@@ -241,7 +319,7 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Healt
 		version = d.latest.Version
 	default:
 		// An explicit version other than the latest: its manifest alone.
-		d.latestS, d.latest = source.Signed{}, nil
+		d.latestS, d.latest, d.stale = source.Signed{}, nil, false
 	}
 	if d.manS, err = chain.Manifest(ctx, cfg.Product, version); err != nil {
 		return nil, named(err, fmt.Sprintf("version %q of %q", version, cfg.Product))
@@ -250,13 +328,117 @@ func mirrorResolve(ctx context.Context, cfg MirrorConfig, health *failover.Healt
 	return d, nil
 }
 
-// sameFile reports whether the file at p holds exactly data.
-func sameFile(p string, data []byte) bool {
-	b, err := os.ReadFile(p)
-	return err == nil && bytes.Equal(b, data)
+// mirrorHint is hint in a mirror's words.
+func mirrorHint(err error) string {
+	switch {
+	case errors.Is(err, ErrLowerSerial):
+		return "the source is older than the folder; use an up-to-date source (--version adds an older version without touching latest.json)"
+	case errors.Is(err, ErrSerialConflict):
+		return "the source and the folder disagree about that serial; check which one the vendor published"
+	}
+	return hint(err)
 }
 
-// mirrorPartDir holds a mirror's partial downloads, beside the repository
-// layout (a dot-directory no repository path reaches), so that an
-// interrupted mirror resumes without exposing incomplete blobs.
+// writeDoc writes a signed document into the folder, its signature first
+// (as Publish does), each atomically and only when its bytes differ from
+// the file there: a rerun that finds nothing new leaves the served files,
+// and their mtimes (an HTTP server's ETag and Last-Modified), alone. It
+// reports whether it wrote anything.
+func writeDoc(root, rel string, s source.Signed) (changed bool, err error) {
+	p := filepath.Join(root, filepath.FromSlash(rel))
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{manifest.SigPath(p), s.Signature}, {p, s.Data}} {
+		if old, err := os.ReadFile(f.path); err == nil && bytes.Equal(old, f.data) {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return changed, &localError{err}
+		}
+		if err := manifest.WriteFileAtomic(f.path, f.data); err != nil {
+			return changed, &localError{err}
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// mirrorPartDir holds a mirror's partial downloads and its lock, beside
+// the repository layout: a dot-directory that no repository path reaches,
+// of mode 0700 so that a web server running under its own account cannot
+// read it, and removed whenever it holds no partial download.
 const mirrorPartDir = ".dpcache-partial"
+
+// mirrorLockName is the lock file in mirrorPartDir, held for a whole run:
+// pruning must not remove blobs that another run has copied for a
+// manifest it has not written yet.
+const mirrorLockName = "lock"
+
+// mirrorLock creates root (if missing) and its partial folder, and locks
+// the folder for one run. release removes the lock file, the partial
+// downloads when the run succeeded (it needed none of them, so they belong
+// to versions it did not copy), the partial folder when that leaves it
+// empty, and root when this run created it and leaves it empty.
+func mirrorLock(root string) (partDir string, release func(ok bool) error, err error) {
+	_, statErr := os.Stat(root)
+	created := errors.Is(statErr, fs.ErrNotExist)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", nil, &localError{err}
+	}
+	partDir = filepath.Join(root, mirrorPartDir)
+	lockPath := filepath.Join(partDir, mirrorLockName)
+	var unlock func()
+	for attempt := 0; ; attempt++ {
+		if err := os.Mkdir(partDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", nil, &localError{err}
+		}
+		// A folder left by an older dpcache may be 0755.
+		_ = os.Chmod(partDir, 0o700)
+		unlock, err = lockFile(lockPath)
+		// A run finishing meanwhile may remove the folder between Mkdir
+		// and the lock: make it again.
+		if err == nil || !errors.Is(err, fs.ErrNotExist) || attempt == 3 {
+			break
+		}
+	}
+	if err != nil {
+		if errors.Is(err, ErrBusy) {
+			err = &busyError{fmt.Sprintf("another mirror is writing %s (%s is locked); wait for it to finish", root, lockPath)}
+		}
+		return "", nil, err
+	}
+	return partDir, func(ok bool) error {
+		defer unlock()
+		var errs []error
+		if ok {
+			errs = append(errs, removeChildren(partDir, func(name string) bool { return !strings.HasSuffix(name, partSuffix) }))
+		}
+		// Removed while locked: a run that opened it before is told by
+		// lockFile that its lock is stale.
+		if err := os.Remove(lockPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, &localError{err})
+		}
+		if empty(partDir) {
+			if err := os.Remove(partDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, &localError{err})
+			}
+		}
+		if created && !ok && empty(root) {
+			_ = os.Remove(root)
+		}
+		return errors.Join(errs...)
+	}, nil
+}
+
+// busyError is ErrBusy in a mirror's words.
+type busyError struct{ msg string }
+
+func (e *busyError) Error() string { return e.msg }
+func (e *busyError) Unwrap() error { return ErrBusy }
+
+// empty reports whether dir exists and has no entry.
+func empty(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) == 0
+}

@@ -16,6 +16,12 @@ import (
 // is tried last for the blobs too. check verifies each document (see
 // failover.Options.Verify).
 func newChain(srcs []source.Source, health *failover.Health, stall time.Duration, log *slog.Logger, check func(kind string, s source.Signed) error) *failover.Chain {
+	return newChainHint(srcs, health, stall, log, hint, check)
+}
+
+// newChainHint is newChain with another advice function than hint (the
+// mirror's: a folder, not an installation, holds the serial).
+func newChainHint(srcs []source.Source, health *failover.Health, stall time.Duration, log *slog.Logger, hint func(error) string, check func(kind string, s source.Signed) error) *failover.Chain {
 	opts := failover.Options{StallTimeout: stall, Health: health, Hint: hint, Logger: log}
 	if check != nil {
 		opts.Verify = func(kind, _, _ string, s source.Signed) error { return check(kind, s) }

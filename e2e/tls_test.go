@@ -302,7 +302,7 @@ func TestE2E_TLS_Rotation(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return s.Cmp(second) != 0 && strings.Contains(n.proc.Stderr(), "SIGHUP: certificates reloaded"), fmt.Sprintf("serial %x", s)
+		return s.Cmp(second) != 0 && strings.Contains(n.proc.Stderr(), "SIGHUP: reloading files"), fmt.Sprintf("serial %x", s)
 	})
 	if n.proc.Exited() {
 		t.Fatalf("the DP stopped on SIGHUP: %s", n.proc.Stderr())

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 )
 
 // Config configures a Gossip. Start from DefaultConfig, set Name, Site,
-// GRPCAddr (and HTTPAddr, Join, SecretKey where used), then pass it to New,
+// GRPCAddr (and HTTPAddr, Join, Keys where used), then pass it to New,
 // which calls Validate.
 type Config struct {
 	// Name identifies this DP in the cluster; it must be unique among the
@@ -58,8 +59,13 @@ type Config struct {
 	// the default: 5s.
 	RejoinInterval time.Duration
 
-	// LeaveTimeout bounds how long Run waits, when its context ends, for its
-	// leave announcement to reach another member. 0 means the default: 5s.
+	// LeaveTimeout bounds how long Run waits, when its context ends, for
+	// memberlist to finish gossiping the leave (one transmission per gossip
+	// round, 4 rounds of 200ms in a two-member cluster). The leave message
+	// Gossip sends each live member directly goes out before the wait, so a
+	// member that receives it reports the node "left" even if the wait is
+	// cut short. It is most of the time a stopping DP takes. 0 means the
+	// default: 1s.
 	LeaveTimeout time.Duration
 
 	// ForgetAfter is how long a dead or left member stays in Members (and,
@@ -67,10 +73,17 @@ type Config struct {
 	// so a partition of a long weekend still heals by itself.
 	ForgetAfter time.Duration
 
-	// SecretKey, if set, encrypts and authenticates all gossip with AES-GCM
-	// (memberlist's keyring); it must be 16, 24 or 32 bytes (AES-128, -192,
-	// -256) and the same on every DP. Members without it cannot join.
-	// Default: none (plain text).
+	// Keys, if set, encrypt and authenticate all gossip with AES-GCM
+	// (memberlist's keyring): Keys[0] encrypts, every key decrypts. Each is
+	// 16, 24 or 32 bytes (AES-128, -192, -256); a key listed twice counts
+	// once. Members that share no key with the cluster cannot join.
+	// Gossip.SetKeys changes them while running (a rotation); encryption
+	// itself is turned on or off only by a restart. ReadKeyFile reads
+	// them from a file. Default: none (plain text).
+	Keys [][]byte
+
+	// SecretKey is Keys with one key, kept for callers that have one; set
+	// Keys or SecretKey, not both. Default: none.
 	SecretKey []byte
 
 	// Memberlist holds memberlist's own settings (timers, buffer sizes,
@@ -78,7 +91,8 @@ type Config struct {
 	// overrides: Name; BindAddr and BindPort (from BindAddr); AdvertiseAddr
 	// and AdvertisePort (from AdvertiseAddr; when it is empty, cleared so
 	// that the transport derives them); Delegate and Events
-	// (Gossip's own); SecretKey (when SecretKey is set); Logger (bridged to
+	// (Gossip's own); Keyring and SecretKey (when Keys or SecretKey is set:
+	// a keyring of Gossip's own); Logger (bridged to
 	// Logger) and LogOutput (cleared); Transport, when nil, becomes a
 	// memberlist.NetTransport on BindAddr whose outgoing dials are cancelled
 	// when Run's context ends. Every other field is used as given.
@@ -95,7 +109,7 @@ const (
 	DefaultBindAddr       = ":7946"
 	DefaultSite           = "default"
 	DefaultRejoinInterval = 5 * time.Second
-	DefaultLeaveTimeout   = 5 * time.Second
+	DefaultLeaveTimeout   = time.Second
 	DefaultForgetAfter    = 72 * time.Hour
 )
 
@@ -108,7 +122,7 @@ func DefaultConfig() Config {
 		Site:           DefaultSite,           // one site until told otherwise
 		BindAddr:       DefaultBindAddr,       // memberlist's port, every interface
 		RejoinInterval: DefaultRejoinInterval, // a healed partition rejoins within 5s
-		LeaveTimeout:   DefaultLeaveTimeout,   // a stop waits at most 5s for the leave to spread
+		LeaveTimeout:   DefaultLeaveTimeout,   // a stop waits at most 1s for the leave to spread
 		ForgetAfter:    DefaultForgetAfter,    // dead members are retried for 3 days
 		// Memberlist nil: memberlist.DefaultLANConfig() timers (probe 1s,
 		// gossip 200ms to 3 nodes, push/pull 30s).
@@ -170,6 +184,14 @@ func (c *Config) Validate() error {
 	default:
 		return bad("SecretKey is %d bytes; use 16, 24 or 32 bytes (AES-128, -192, -256)", len(c.SecretKey))
 	}
+	if len(c.Keys) > 0 {
+		if len(c.SecretKey) > 0 {
+			return bad("both Keys and SecretKey are set; set one")
+		}
+		if err := validateKeys(c.Keys); err != nil {
+			return bad("Keys: %v", err)
+		}
+	}
 	if ml := c.Memberlist; ml != nil {
 		if max := maxBroadcastSize(ml); max < minBroadcastSize {
 			return bad("Memberlist.UDPBufferSize %d leaves %d bytes for a broadcast (Label %d bytes); need at least %d",
@@ -229,12 +251,27 @@ func (c *Config) memberlistConfig(d *delegate, logger *log.Logger) *memberlist.C
 	}
 	mc.Delegate = d
 	mc.Events = d
-	if len(c.SecretKey) > 0 {
-		mc.SecretKey = append([]byte(nil), c.SecretKey...)
+	if keys := c.keys(); len(keys) > 0 {
+		// Validate checked the keys: NewKeyring cannot fail.
+		mc.Keyring, _ = memberlist.NewKeyring(keys[1:], keys[0])
+		mc.SecretKey = nil
 	}
 	mc.LogOutput = nil
 	mc.Logger = logger
 	return &mc
+}
+
+// keys returns copies of Keys, or of SecretKey as the only key.
+func (c *Config) keys() [][]byte {
+	keys := c.Keys
+	if len(c.SecretKey) > 0 {
+		keys = [][]byte{c.SecretKey}
+	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = slices.Clone(k)
+	}
+	return out
 }
 
 // Room left for memberlist's framing in a packet: compound header (2),

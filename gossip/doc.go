@@ -25,6 +25,15 @@
 // push/pull (at join, and every Memberlist.PushPullInterval) exchanges the
 // full inventory of every node, which repairs lost packets.
 //
+// # Encryption
+//
+// With Config.Keys, gossip is encrypted and authenticated with AES-GCM by
+// memberlist's keyring: the first key encrypts, every key decrypts, so
+// SetKeys rotates a key without a restart (add it on every DP, then make
+// it first on every DP, then remove the old one). ReadKeyFile reads keys
+// from a file of one base64 key per line; KeyFingerprint names a key in
+// logs.
+//
 // # Caveats
 //
 //   - A broadcast must fit in one UDP packet (Memberlist.UDPBufferSize,
@@ -42,6 +51,12 @@
 //   - Dead members are retried by their last address for ForgetAfter; a DP
 //     that comes back with a new address is found through Config.Join or
 //     by joining it to any member.
+//   - Encryption is turned on or off only at start: SetKeys changes the
+//     keys of an encrypted Gossip, and a Gossip without keys stays plain.
+//   - memberlist's RemoveKey rewrites the keyring's list in place, which a
+//     packet being decrypted at that instant may read; SetKeys removes keys
+//     from the end of the list, where nothing moves, and in a rotation the
+//     old key is last once the new one is first.
 //   - Owners is only as consistent as membership: while DPs disagree about
 //     who is alive (during a failure, a join, a partition) they may
 //     disagree about an owner. Callers must not forward a request that was

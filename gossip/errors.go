@@ -21,6 +21,15 @@ var (
 	// none was given). The wrapped message lists the failures.
 	ErrJoin = errors.New("gossip: join failed")
 
+	// ErrKeyFile: a key file cannot be used (too large, a line that is not
+	// a base64 key of 16, 24 or 32 bytes, no key at all). The message names
+	// the file and the line, never the line's text.
+	ErrKeyFile = errors.New("gossip key file")
+
+	// ErrNotEncrypted: SetKeys was called on a Gossip created without keys;
+	// encryption is turned on only at start (Config.Keys).
+	ErrNotEncrypted = errors.New("gossip: not encrypted; gossip keys are set at start")
+
 	// errMalformed: a received message could not be decoded; it is dropped
 	// (never returned to callers, only logged).
 	errMalformed = errors.New("gossip: malformed message")

@@ -29,6 +29,12 @@ type Gossip struct {
 	stopDials context.CancelFunc               // ends our NetTransport's outgoing dials
 	dropped   atomic.Uint64                    // messages and states dropped: malformed, or a clock from the future
 
+	// keyring is memberlist's, nil when gossip is not encrypted; keyMu
+	// serializes SetKeys (the keyring locks each of its own calls, not a
+	// sequence of them).
+	keyring *memberlist.Keyring
+	keyMu   sync.Mutex
+
 	// mu guards the fields below. It is held only for in-memory work, and
 	// while holding it we never call into memberlist (memberlist calls our
 	// event delegate with its own node lock held); queueing a broadcast
@@ -76,7 +82,7 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	cfg = cfg.withDefaults()
 	cfg.Join = slices.Clone(cfg.Join)
-	cfg.SecretKey = slices.Clone(cfg.SecretKey)
+	cfg.Keys, cfg.SecretKey = cfg.keys(), nil
 	logger := cfg.Logger.With("component", "gossip", "name", cfg.Name)
 
 	start := uint64(time.Now().UnixNano()) // a restarted node's clock starts above its old one
@@ -131,6 +137,7 @@ func New(cfg Config) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip: start memberlist for %q: %w", cfg.Name, err)
 	}
 	g.ml = ml
+	g.keyring = mc.Keyring // also the one memberlist made of Memberlist.SecretKey
 	return g, nil
 }
 
@@ -205,7 +212,7 @@ func (g *Gossip) shutdown(leave bool) error {
 	if leave {
 		g.announceLeave()
 		if err := g.ml.Leave(g.cfg.LeaveTimeout); err != nil {
-			g.log.Warn("leave not confirmed; the others will find this node dead instead of left", "err", err)
+			g.log.Warn("leave not gossiped in time; members that missed the direct leave message will find this node dead instead of left", "timeout", g.cfg.LeaveTimeout, "err", err)
 		}
 	}
 	g.stopDials()

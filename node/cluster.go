@@ -29,6 +29,17 @@ func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 	gc.BindAddr = n.cfg.GossipAddr
 	gc.Join = n.cfg.Join
 	gc.SecretKey = n.cfg.GossipKey
+	if n.keys != nil {
+		keys, err := n.keys.load()
+		if err != nil {
+			return nil, err
+		}
+		gc.Keys = keys
+	}
+	if n.tls != nil && len(gc.SecretKey) == 0 && len(gc.Keys) == 0 {
+		n.log.Warn("gossip is not encrypted although gRPC uses TLS: anyone on the network can read and join the cluster's gossip; give every DP --gossip-key-file FILE",
+			"gossip", n.cfg.GossipAddr)
+	}
 	gc.Logger = n.cfg.Logger
 	if tune != nil {
 		tune(&gc)
@@ -36,6 +47,9 @@ func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 	g, err := gossip.New(gc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip on %s: %w", n.cfg.GossipAddr, err)
+	}
+	if n.keys != nil {
+		n.keys.use(g)
 	}
 	return g, nil
 }

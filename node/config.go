@@ -34,8 +34,18 @@ type Config struct {
 	// Join lists gossip addresses of DPs to join; retried until the DP is
 	// in a cluster again (a healed partition rejoins by itself).
 	Join []string
+	// GossipKeyFile, when set, encrypts gossip with the keys of this file
+	// (`--gossip-key-file`): one base64 key of 16, 24 or 32 bytes per line,
+	// blank lines and # comments allowed; the first key encrypts, every
+	// key decrypts. The file is read at start (it must hold a key) and
+	// again when it changes (checked every 2s) and on Node.Reload; a file
+	// that cannot be used then keeps the keys in use and logs an error. A
+	// key is rotated by adding it on every DP, then moving it first on
+	// every DP, then removing the old one. Set it or GossipKey, not both.
+	GossipKeyFile string
 	// GossipKey, when set (16, 24 or 32 bytes), encrypts gossip; every DP
-	// of the cluster needs the same key.
+	// of the cluster needs the same key. Deprecated: use GossipKeyFile,
+	// whose keys can be rotated without a restart.
 	GossipKey []byte
 	// Advertise is the host (name or IP) other DPs and endpoints use to
 	// reach this DP's gRPC and HTTP ports. Default: the host of GRPCAddr
@@ -102,7 +112,10 @@ type Config struct {
 	// the DP presents them when it dials its peers, which it then does
 	// over TLS (every DP of a cluster runs TLS, or none), and grpcs://
 	// upstreams. Replaced files are used from the next handshake on (see
-	// package pki; ReloadCertificates re-reads them at once).
+	// package pki; Reload re-reads them at once). With TLS and gossip on
+	// but no gossip key, New logs a warning: gossip would carry the
+	// cluster's membership and holdings in plain text beside encrypted
+	// gRPC.
 	TLSCertFile, TLSKeyFile string
 	// ClientCAFile, when set (with TLSCertFile), is the PEM file of the CA
 	// whose certificates clients must present on gRPC (mTLS) and may
@@ -175,6 +188,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Upstream) == 0 {
 		errs = append(errs, errors.New("no upstream source: give --upstream URL"))
+	}
+	if c.GossipKeyFile != "" && len(c.GossipKey) > 0 {
+		errs = append(errs, errors.New("both a gossip key and a gossip key file: give --gossip-key-file only"))
 	}
 	if c.Refresh <= 0 {
 		errs = append(errs, fmt.Errorf("refresh interval %v must be positive", c.Refresh))

@@ -75,6 +75,14 @@
 // /readyz (503 until Run serves and while it stops). Most figures are read
 // when scraped; the serving path only adds to a few atomics.
 //
+// # Gossip keys
+//
+// With Config.GossipKeyFile, gossip is encrypted with the file's keys (the
+// first encrypts, every one decrypts). The file is re-read when it changes
+// and on Node.Reload (SIGHUP on the command line), so a key is rotated
+// without a restart; a file that cannot be used keeps the keys in use and
+// logs an error. Logs name keys by fingerprint only.
+//
 // # Layout
 //
 // This package is the DP's edge: New, Run, Close, Config, the gRPC and HTTP

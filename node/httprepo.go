@@ -1,11 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -20,9 +22,21 @@ import (
 // HTTP updater (curl, wget, a vendor's agent) can use a DP as a source.
 const repoPrefix = "/repo/"
 
+// Cache-Control of what /repo/ serves. latest.json changes whenever a newer
+// version is held (or the version is re-signed): caches must ask again
+// every time, and get a 304 while the ETag still matches. A version's
+// manifest never changes once published (manifest.Resign writes a new
+// latest.json only), and a blob's name is its digest: once whole and
+// verified, both are kept for good.
+const (
+	latestCacheControl    = "no-cache"
+	immutableCacheControl = "public, max-age=31536000, immutable"
+)
+
 // serveRepo serves GET and HEAD under /repo/: signed documents byte for
-// byte, blobs with Range and ETag. Misses are resolved exactly as on the
-// gRPC path (upstream, one fetch per blob).
+// byte, blobs with Range; each with a strong ETag, honouring If-None-Match
+// and, for documents, If-Modified-Since. Misses are resolved exactly as on
+// the gRPC path (upstream, one fetch per blob).
 func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	rel := strings.TrimPrefix(r.URL.Path, repoPrefix)
 	parts := strings.Split(rel, "/")
@@ -34,12 +48,14 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	case len(parts) == 2 && (parts[1] == manifest.LatestName || parts[1] == manifest.LatestName+manifest.SigSuffix):
 		var signed source.Signed
 		if signed, err = n.catalog.Latest(r.Context(), parts[0]); err == nil {
-			serveDoc(w, r, signed, parts[1] != manifest.LatestName)
+			err = serveDoc(w, r, signed, parts[1] != manifest.LatestName, n.latestTimes.since, latestCacheControl)
 		}
 	case len(parts) == 3 && (parts[2] == manifest.ManifestName || parts[2] == manifest.ManifestName+manifest.SigSuffix):
 		var signed source.Signed
-		if signed, _, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
-			serveDoc(w, r, signed, parts[2] != manifest.ManifestName)
+		var m *manifest.Manifest
+		if signed, m, err = n.catalog.ManifestDoc(r.Context(), parts[0], parts[1]); err == nil {
+			published := func(string, string) time.Time { return m.Published }
+			err = serveDoc(w, r, signed, parts[2] != manifest.ManifestName, published, immutableCacheControl)
 		}
 	default:
 		err = fmt.Errorf("%s: %w: not a repository path", r.URL.Path, ErrNotFound)
@@ -49,22 +65,65 @@ func (n *Node) serveRepo(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveDoc writes a signed document or its signature, verbatim.
-func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig bool) {
+// serveDoc writes a signed document or its signature, verbatim, through
+// http.ServeContent: its ETag is the SHA-256 of the bytes served, its
+// Last-Modified modTime(path, ETag) (none when zero), so If-None-Match and
+// If-Modified-Since get 304, and Range works.
+func serveDoc(w http.ResponseWriter, r *http.Request, signed source.Signed, sig bool, modTime func(path, etag string) time.Time, cacheControl string) error {
 	body, ctype := signed.Data, "application/json"
 	if sig {
 		body, ctype = signed.Signature, "text/plain; charset=utf-8"
 		if len(body) == 0 {
-			httpError(w, fmt.Errorf("%s: %w: no signature", r.URL.Path, ErrNotFound))
-			return
+			return fmt.Errorf("%s: %w: no signature", r.URL.Path, ErrNotFound)
 		}
 	}
+	etag := `"` + manifest.SHA256Hex(body) + `"`
 	w.Header().Set("Content-Type", ctype)
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	if r.Method != http.MethodHead {
-		w.Write(body)
+	w.Header().Set("Cache-Control", cacheControl)
+	w.Header().Set("ETag", etag)
+	http.ServeContent(w, r, "", modTime(r.URL.Path, etag), bytes.NewReader(body))
+	return nil
+}
+
+// changeTimes gives each latest.json (and signature) served the time this
+// DP first served those bytes, as its Last-Modified: the document's own
+// "published" would not do, since `dpcache resign` changes latest.json and
+// keeps it. After a restart the times start again, which only makes a
+// conditional request get the whole document once more. Safe for
+// concurrent use.
+type changeTimes struct {
+	mu    sync.Mutex
+	paths map[string]servedAs // guarded by mu; by URL path
+}
+
+type servedAs struct {
+	etag string
+	at   time.Time
+}
+
+// maxChangeTimes bounds changeTimes: a DP keeps at most 1,000 products,
+// two documents each; past it the times start again.
+const maxChangeTimes = 4096
+
+// since returns when path was first served with etag, now if it just was.
+// Times are whole seconds (as Last-Modified) and grow with every change of
+// a path, so a client's If-Modified-Since never matches a newer document.
+func (c *changeTimes) since(path, etag string) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	prev, ok := c.paths[path]
+	if ok && prev.etag == etag {
+		return prev.at
 	}
+	at := time.Now().UTC().Truncate(time.Second)
+	if ok && !at.After(prev.at) {
+		at = prev.at.Add(time.Second)
+	}
+	if c.paths == nil || len(c.paths) >= maxChangeTimes {
+		c.paths = make(map[string]servedAs)
+	}
+	c.paths[path] = servedAs{etag, at}
+	return at
 }
 
 // serveBlobHTTP serves a blob: from the cache through http.ServeContent
@@ -83,11 +142,19 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 		return err
 	}
 	// A blob's name is its digest: its content never changes.
-	w.Header().Set("ETag", `"`+digest+`"`)
+	etag := `"` + digest + `"`
+	w.Header().Set("ETag", etag)
+	if !whole && etagMatch(r.Header.Get("If-None-Match"), etag) {
+		// The client holds these bytes already (a complete response is only
+		// ever sent verified), even though this DP does not yet.
+		w.Header().Set("Cache-Control", immutableCacheControl)
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if whole {
 		// Verified: caches may keep it for good.
-		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+		w.Header().Set("Cache-Control", immutableCacheControl)
 		n.metrics.CacheRequest(true) // in flight: readBlob counts it below
 		body := io.NewSectionReader(cacheReaderAt{n, digest}, 0, size)
 		cw := &countWriter{ResponseWriter: w}
@@ -133,6 +200,19 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	// truncated body, never a silently short or unverified one.
 	n.log.Warn("HTTP blob stream failed", "blob", digest, "err", err)
 	panic(http.ErrAbortHandler)
+}
+
+// etagMatch reports whether an If-None-Match header value names etag, by
+// weak comparison (RFC 9110 13.1.2: "*", or a list of entity tags, W/
+// ignored), as http.ServeContent does for whole content.
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
+			return true
+		}
+	}
+	return false
 }
 
 // parseRange parses "bytes=a-" or "bytes=a-b" against size into [from, to).

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,5 +154,151 @@ func TestNode_HTTPRepo_RangeETagAndErrors(t *testing.T) {
 		if resp, b := httpGet(t, base+path); resp.StatusCode != code {
 			t.Errorf("GET /repo/%s: %s (%s), want %d", path, resp.Status, bytes.TrimSpace(b), code)
 		}
+	}
+}
+
+// Conditional requests, as browsers, caching proxies and curl make them:
+// every document has a strong ETag (the SHA-256 of its bytes) and a
+// Last-Modified; blobs have their digest as ETag, whole or still arriving.
+// latest.json is revalidated every time, and when it changes (here
+// re-signed: same version, same "published") neither validator still
+// matches.
+func TestNode_HTTPRepo_ConditionalRequests(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 6 << 20})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{LimitRate: "2m"})
+	n := startNode(t, v, ngx.URL, nil)
+	base := "http://" + n.HTTPAddr() + "/repo/"
+
+	published := pub.Manifest.Published.UTC()
+	for doc, cacheControl := range map[string]string{
+		"av/latest.json":             "no-cache",
+		"av/latest.json.minisig":     "no-cache",
+		"av/1/manifest.json":         "public, max-age=31536000, immutable",
+		"av/1/manifest.json.minisig": "public, max-age=31536000, immutable",
+	} {
+		resp, body := httpGet(t, base+doc)
+		etag := `"` + sha(body) + `"`
+		lastModified := resp.Header.Get("Last-Modified")
+		lm, err := http.ParseTime(lastModified)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != etag || err != nil || lm.Before(published) ||
+			resp.Header.Get("Cache-Control") != cacheControl {
+			t.Fatalf("GET %s: %s, ETag %q Last-Modified %q Cache-Control %q; want 200, %s, not before %s, %s",
+				doc, resp.Status, resp.Header.Get("ETag"), lastModified, resp.Header.Get("Cache-Control"), etag, published, cacheControl)
+		}
+		if strings.Contains(doc, "manifest") && !lm.Equal(published) {
+			t.Errorf("GET %s: Last-Modified %s, want its published time %s", doc, lastModified, published)
+		}
+		for _, h := range [][]string{
+			{"If-None-Match", etag},
+			{"If-None-Match", `"other", W/` + etag},
+			{"If-Modified-Since", lastModified},
+		} {
+			if resp, b := httpGet(t, base+doc, h...); resp.StatusCode != http.StatusNotModified || len(b) != 0 {
+				t.Errorf("GET %s with %s: %s, %d bytes; want 304, none", doc, h, resp.Status, len(b))
+			}
+		}
+		before := lm.Add(-time.Second).Format(http.TimeFormat)
+		for _, h := range [][]string{{"If-None-Match", `"other"`}, {"If-Modified-Since", before}} {
+			if resp, b := httpGet(t, base+doc, h...); resp.StatusCode != http.StatusOK || !bytes.Equal(b, body) {
+				t.Errorf("GET %s with %s: %s, %d bytes; want 200 and the document", doc, h, resp.Status, len(b))
+			}
+		}
+	}
+
+	// A blob still arriving from the slow origin: a client that holds it
+	// (its ETag is the digest) gets 304; others get unverified bytes that
+	// nothing may keep.
+	digest := pub.Manifest.Files[0].SHA256
+	url := base + manifest.BlobPath(digest)
+	if resp, b := httpGet(t, url, "If-None-Match", `"`+digest+`"`); resp.StatusCode != http.StatusNotModified || len(b) != 0 {
+		t.Errorf("in-flight blob with If-None-Match: %s, %d bytes; want 304", resp.Status, len(b))
+	}
+	if _, err := n.cache.Stat(digest); err == nil {
+		t.Fatal("the blob is whole already: the origin is too fast for this test")
+	}
+	if resp, _ := httpGet(t, url, "Range", "bytes=0-99"); resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("in-flight blob: Cache-Control %q, want no-store", resp.Header.Get("Cache-Control"))
+	}
+	testenv.WaitFor(t, 30*time.Second, "blob whole", func() bool { _, err := n.cache.Stat(digest); return err == nil })
+	for _, inm := range []string{`"` + digest + `"`, `W/"` + digest + `"`, "*"} {
+		if resp, _ := httpGet(t, url, "If-None-Match", inm); resp.StatusCode != http.StatusNotModified {
+			t.Errorf("whole blob with If-None-Match %s: %s, want 304", inm, resp.Status)
+		}
+	}
+	if resp, b := httpGet(t, url, "If-None-Match", `"`+sha(nil)+`"`); resp.StatusCode != http.StatusOK || int64(len(b)) != pub.Manifest.Files[0].Size ||
+		resp.Header.Get("Cache-Control") != "public, max-age=31536000, immutable" {
+		t.Errorf("whole blob with another ETag: %s, %d bytes, Cache-Control %q", resp.Status, len(b), resp.Header.Get("Cache-Control"))
+	}
+
+	// curl's own conditional requests: --etag-compare, and -z with the time
+	// -R gave its copy from Last-Modified.
+	curl := testenv.RequireBinary(t, "curl")
+	dir := t.TempDir()
+	etagFile, saved := filepath.Join(dir, "etag"), filepath.Join(dir, "latest.json")
+	// runCurl runs curl with args and the URL last, and returns the status.
+	runCurl := func(args ...string) string {
+		t.Helper()
+		if !slices.Contains(args, "-o") {
+			args = append([]string{"-o", filepath.Join(dir, "out")}, args...)
+		}
+		out, err := exec.CommandContext(testCtx(t), curl, append([]string{"-sS", "-w", "%{http_code}"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", args, err)
+		}
+		return string(out)
+	}
+	latestURL := base + "av/latest.json"
+	if code := runCurl("--etag-save", etagFile, latestURL); code != "200" {
+		t.Fatalf("curl --etag-save: %s", code)
+	}
+	if code := runCurl("-o", saved, "-R", latestURL); code != "200" {
+		t.Fatalf("curl -R: %s", code)
+	}
+	if code := runCurl("--etag-compare", etagFile, latestURL); code != "304" {
+		t.Errorf("curl --etag-compare: %s, want 304", code)
+	}
+	if code := runCurl("-z", saved, latestURL); code != "304" {
+		t.Errorf("curl -z: %s, want 304", code)
+	}
+
+	// Re-signed upstream: a new latest.json of the same version, with the
+	// same "published".
+	resp, old := httpGet(t, latestURL)
+	if _, err := manifest.Resign(manifest.ResignOptions{Repo: v.repo, Product: "av", Key: v.key, Expires: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the re-signed latest.json", func() bool {
+		_, b := httpGet(t, latestURL)
+		return !bytes.Equal(b, old)
+	})
+	for _, h := range [][]string{{"If-None-Match", resp.Header.Get("ETag")}, {"If-Modified-Since", resp.Header.Get("Last-Modified")}} {
+		if resp, b := httpGet(t, latestURL, h...); resp.StatusCode != http.StatusOK || bytes.Equal(b, old) {
+			t.Errorf("re-signed latest.json with %s: %s; want 200 and the new document", h, resp.Status)
+		}
+	}
+	for _, args := range [][]string{{"--etag-compare", etagFile}, {"-z", saved}} {
+		if code := runCurl(append(args, latestURL)...); code != "200" {
+			t.Errorf("curl %s after a re-sign: %s, want 200", args[0], code)
+		}
+	}
+}
+
+// A path's Last-Modified stays while its bytes do, and grows with every
+// change, even several within one second.
+func TestChangeTimes_Since(t *testing.T) {
+	t.Parallel()
+	var c changeTimes
+	a := c.since("/repo/p/latest.json", `"a"`)
+	if got := c.since("/repo/p/latest.json", `"a"`); !got.Equal(a) {
+		t.Errorf("same bytes: %v, want %v", got, a)
+	}
+	b := c.since("/repo/p/latest.json", `"b"`)
+	a2 := c.since("/repo/p/latest.json", `"a"`)
+	if !b.After(a) || !a2.After(b) {
+		t.Errorf("changes: %v, %v, %v; want each after the last", a, b, a2)
+	}
+	if other := c.since("/repo/q/latest.json", `"a"`); other.After(time.Now()) {
+		t.Errorf("another path starts in the future: %v", other)
 	}
 }

@@ -107,11 +107,11 @@ func (t *nodeTLS) peerOptions(opts source.Options) source.Options {
 	return opts
 }
 
-// ReloadCertificates re-reads the DP's certificate, key and client CA now
-// (the command line calls it on SIGHUP); they are also re-read when they
-// change. On error the previous ones stay in use. Without TLS it does
+// reloadCertificates re-reads the DP's certificate, key and client CA now
+// (Reload); they are also re-read when they change. On error the previous
+// ones stay in use (and package pki logs why). Without TLS it does
 // nothing.
-func (n *Node) ReloadCertificates() error {
+func (n *Node) reloadCertificates() error {
 	if n.tls == nil {
 		return nil
 	}

@@ -37,3 +37,41 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseVia: any dpcache-via metadata a DP receives parses into at most
+// MaxHops well-formed ids, or fails with ErrInvalid or ErrLoop; a parsed
+// chain formats back to the value it came from.
+func FuzzParseVia(f *testing.F) {
+	for _, s := range []string{
+		"", "0123456789abcdef", "0123456789abcdef,fedcba9876543210", "0123456789ABCDEF", "x", ",",
+		strings.Repeat("0123456789abcdef,", 9) + "0123456789abcdef", "0123456789abcdef,,0123456789abcdef",
+	} {
+		f.Add(s, false)
+	}
+	f.Add("0123456789abcdef", true)
+	f.Fuzz(func(t *testing.T, value string, twice bool) {
+		values := []string{value}
+		if twice {
+			values = append(values, value)
+		}
+		chain, err := source.ParseVia(values)
+		if err != nil {
+			if !errors.Is(err, source.ErrInvalid) && !errors.Is(err, source.ErrLoop) {
+				t.Fatalf("ParseVia(%q) error %v wraps neither ErrInvalid nor ErrLoop", values, err)
+			}
+			if len(err.Error()) > 300 {
+				t.Fatalf("ParseVia error of %d characters: %.80q…", len(err.Error()), err)
+			}
+			return
+		}
+		if twice && value != "" {
+			t.Fatalf("ParseVia accepted two values %q", values)
+		}
+		if len(chain) > source.MaxHops {
+			t.Fatalf("ParseVia(%q) = %d ids, more than MaxHops", value, len(chain))
+		}
+		if value != "" && source.FormatVia(chain) != value {
+			t.Fatalf("ParseVia(%q) formats back as %q", value, source.FormatVia(chain))
+		}
+	})
+}

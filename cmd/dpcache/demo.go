@@ -9,8 +9,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -29,12 +31,19 @@ func newDemo() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the whole system in one process, on loopback, and print what happened",
-		Long: `demo generates a sample product (antivirus databases and modules, tens of
-MiB), publishes two signed versions into a repository, serves it over HTTP
-as the vendor's origin, runs a distribution point in front of it, and updates
-several endpoints from the DP twice. It prints the versions installed, the
-bytes the origin served and the bytes the endpoints received. Everything runs
-on 127.0.0.1 in a temporary folder that is removed at the end.`,
+		Long: `demo generates a sample product (antivirus databases and modules, 34 MiB),
+publishes version 1.0 into a signed repository, serves it over HTTP as the
+vendor's origin, and runs three distribution points in two sites (two in
+paris, one in lyon) that gossip with each other. Endpoints of both sites
+update from their site's DPs; then the vendor publishes 1.1, which changes
+3 of the 8 files, and the endpoints update again. It prints what each
+endpoint installed, and for the second update the bytes that changed and how
+many of them crossed the internet link against the LAN.
+
+Everything runs in this process on 127.0.0.1, in a temporary folder under
+$TMPDIR (/tmp by default) that is removed at the end, also when the demo is
+interrupted (Ctrl-C, SIGTERM, SIGHUP); a second interrupt stops at once,
+still removing the folder.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if endpoints < 1 || endpoints > 100 {
@@ -54,22 +63,82 @@ on 127.0.0.1 in a temporary folder that is removed at the end.`,
 
 const demoProduct = "avbases"
 
+// Demo versions: plain names, so that the output is the same every day.
+const (
+	demoV1 = "1.0"
+	demoV2 = "1.1"
+)
+
 func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Logger) error {
 	tmp, err := os.MkdirTemp("", "dpcache-demo-")
 	if err != nil {
 		return fmt.Errorf("demo: temporary folder: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	defer os.RemoveAll(tmp) // also on a panic
+	ctx, stopSignals := demoSignals(ctx, tmp)
+	err = demo(ctx, out, tmp, endpoints, logger)
+	interrupted := ctx.Err() != nil
+	stopSignals()
+	if rerr := os.RemoveAll(tmp); rerr != nil {
+		return fmt.Errorf("demo: remove the temporary folder: %w (remove it by hand)", rerr)
+	}
+	switch {
+	case interrupted:
+		// Whatever failed first, the signal is why.
+		return fmt.Errorf("demo: interrupted (temporary folder %s removed)", tmp)
+	case err != nil:
+		return fmt.Errorf("demo: %w", err)
+	}
+	return nil
+}
+
+// demoSignals returns ctx cancelled by SIGINT, SIGTERM or SIGHUP (a closed
+// terminal), so that the demo stops and runDemo removes tmp. A second
+// signal while the demo stops removes tmp and exits at once. The returned
+// func stops watching for signals.
+func demoSignals(ctx context.Context, tmp string) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-sigs:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case <-sigs:
+			os.RemoveAll(tmp) // the DPs' open files go with it: nothing else reads them
+			fmt.Fprintf(os.Stderr, "dpcache: demo: interrupted twice: stopped at once (temporary folder %s removed)\n", tmp)
+			os.Exit(exitFailure)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		wg.Wait()
+		cancel()
+	}
+}
+
+// demo runs the demo in tmp; runDemo owns tmp and the signals.
+func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger *slog.Logger) error {
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	// The vendor: a key pair and a product.
 	key, pub, err := manifest.GenerateKey()
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return err
 	}
 	trust, err := manifest.NewTrust(pub)
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return err
 	}
 	repo, src := filepath.Join(tmp, "repo"), filepath.Join(tmp, "src")
 	rng := rand.New(rand.NewChaCha8([32]byte{'d', 'p', 'c', 'a', 'c', 'h', 'e'}))
@@ -80,23 +149,26 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 		"modules/engine.bin": 8 << 20, "modules/updater.bin": 3 << 20,
 	}
 	for name, size := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if err := writeRandom(filepath.Join(src, name), size, rng); err != nil {
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 	}
 	publish := func(version string) (*manifest.PublishResult, error) {
 		return manifest.Publish(manifest.PublishOptions{Repo: repo, Product: demoProduct, Version: version, Key: key}, src)
 	}
-	v1, err := publish("2026.11.27-1")
+	v1, err := publish(demoV1)
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return err
 	}
 	say("vendor published %s %s (serial %d): %d files, %s", demoProduct, v1.Manifest.Version, v1.Manifest.Serial, len(v1.Manifest.Files), formatBytes(v1.Manifest.Size()))
 
 	// The vendor's origin server.
 	olis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return fmt.Errorf("demo: origin listener: %w", err)
+		return fmt.Errorf("origin listener: %w", err)
 	}
 	orig := newOrigin(repo)
 	ctx, cancel := context.WithCancel(ctx)
@@ -124,7 +196,7 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 		if err != nil {
 			cancel()
 			g.Wait()
-			return fmt.Errorf("demo: %w", err)
+			return err
 		}
 		g.Go(func() error { return dp.Run(gctx) })
 		dps = append(dps, dpInfo{dp, d.site})
@@ -144,8 +216,8 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 		}); err != nil {
 			return err
 		}
-		// Endpoints: 8 in paris, 4 in lyon; each asks a DP of its site for
-		// the site's DPs (--discover) and uses them in that order.
+		// Endpoints: two in paris for one in lyon; each asks a DP of its
+		// site for the site's DPs (--discover) and uses them in that order.
 		type endpoint struct {
 			name, site string
 			srcs       []source.Source
@@ -177,8 +249,9 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 			}
 			eps = append(eps, endpoint{fmt.Sprintf("endpoint-%02d", i+1), site, srcs})
 		}
-		delivered := map[string]int64{}
-		round := func(title string) error {
+		// round updates every endpoint at once and returns the bytes each
+		// site's endpoints downloaded.
+		round := func(title string) (map[string]int64, error) {
 			say("\n%s: %d endpoints update from their site's DPs at once", title, len(eps))
 			results := make([]*agent.Result, len(eps))
 			eg, ectx := errgroup.WithContext(gctx)
@@ -194,17 +267,29 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 				})
 			}
 			if err := eg.Wait(); err != nil {
-				return err
+				return nil, err
 			}
+			delivered := map[string]int64{}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "  endpoint\tsite\tstatus\tversion\tserial\tfiles changed\tdownloaded\tfrom")
 			for i, r := range results {
 				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", eps[i].name, eps[i].site, r.Status, r.Version, r.Serial, r.FilesChanged, formatBytes(r.BytesDownloaded), r.Source)
 				delivered[eps[i].site] += r.BytesDownloaded
 			}
-			return tw.Flush()
+			return delivered, tw.Flush()
 		}
-		if err := round("round 1 (cold DPs)"); err != nil {
+		// siteTraffic sums the DPs' byte counters per site.
+		siteTraffic := func() map[string]node.Traffic {
+			t := map[string]node.Traffic{}
+			for _, d := range dps {
+				dt, st := d.node.Traffic(), t[d.site]
+				st.UpstreamBytes += dt.UpstreamBytes
+				st.PeerBytes += dt.PeerBytes
+				t[d.site] = st
+			}
+			return t
+		}
+		if _, err := round("round 1 (cold DPs)"); err != nil {
 			return err
 		}
 
@@ -214,11 +299,14 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 				return err
 			}
 		}
-		v2, err := publish("2026.11.27-2")
+		before, sentBefore := siteTraffic(), orig.sent.Load()
+		v2, err := publish(demoV2)
 		if err != nil {
 			return err
 		}
-		say("\nvendor published %s (serial %d): %d new blobs, %s", v2.Manifest.Version, v2.Manifest.Serial, v2.BlobsWritten, formatBytes(v2.BytesWritten))
+		changedFiles, changed := manifestChange(v1.Manifest, v2.Manifest)
+		say("\nvendor published %s (serial %d): %d of %d files changed, %s of %s",
+			v2.Manifest.Version, v2.Manifest.Serial, changedFiles, len(v2.Manifest.Files), formatBytes(changed), formatBytes(v2.Manifest.Size()))
 		for _, d := range dps {
 			dpSrc, err := source.NewGRPC(d.node.GRPCAddr(), source.DefaultOptions())
 			if err != nil {
@@ -231,27 +319,37 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 			}
 		}
 		say("every DP fetched it whole in the background (each blob once per site) and now announces it")
-		if err := round("round 2 (incremental)"); err != nil {
+		delivered, err := round("round 2 (incremental)")
+		if err != nil {
 			return err
 		}
 
-		say("\ninternet link per site (what the DPs fetched upstream) against what the site's endpoints received:")
+		after := siteTraffic()
+		say("\nthe update from %s to %s: %s changed; what moved it, per site:", v1.Manifest.Version, v2.Manifest.Version, formatBytes(changed))
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  site\tDPs\tinternet\tfrom peers\tdelivered\tsaved")
+		fmt.Fprintln(tw, "  site\tDPs\tendpoints\tinternet (origin to DPs)\tLAN (DP to DP)\tLAN (DPs to endpoints)")
+		var lan int64
 		for _, site := range []string{"paris", "lyon"} {
-			var up, peer int64
-			n := 0
+			nDPs, nEps := 0, 0
 			for _, d := range dps {
 				if d.site == site {
-					up += d.node.Traffic().UpstreamBytes
-					peer += d.node.Traffic().PeerBytes
-					n++
+					nDPs++
 				}
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%.1fx\n", site, n, formatBytes(up), formatBytes(peer), formatBytes(delivered[site]), float64(delivered[site])/float64(max(up, 1)))
+			for _, ep := range eps {
+				if ep.site == site {
+					nEps++
+				}
+			}
+			peer := after[site].PeerBytes - before[site].PeerBytes
+			lan += peer + delivered[site]
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%s\t%s\t%s\n", site, nDPs, nEps,
+				formatBytes(after[site].UpstreamBytes-before[site].UpstreamBytes), formatBytes(peer), formatBytes(delivered[site]))
 		}
 		tw.Flush()
-		say("  (the origin sent %s in all for two versions of %s and %s)", formatBytes(orig.sent.Load()), formatBytes(v1.Manifest.Size()), formatBytes(v2.Manifest.Size()))
+		internet, direct := orig.sent.Load()-sentBefore, changed*int64(len(eps))
+		say("  the internet link carried %s (the %s changed, once per site) instead of %s without DPs; the LAN carried %s",
+			formatBytes(internet), formatBytes(changed), formatBytes(direct), formatBytes(lan))
 
 		rb, err := agent.Rollback(filepath.Join(tmp, "endpoint-01"), demoProduct)
 		if err != nil {
@@ -265,10 +363,23 @@ func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Log
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) && runErr == nil {
 		runErr = err
 	}
-	if runErr != nil {
-		return fmt.Errorf("demo: %w", runErr)
+	return runErr
+}
+
+// manifestChange returns how many of to's files are not in from (by
+// content), and their bytes: what an endpoint holding from must download.
+func manifestChange(from, to *manifest.Manifest) (files int, bytes int64) {
+	had := map[string]bool{}
+	for _, f := range from.Files {
+		had[f.SHA256] = true
 	}
-	return nil
+	for _, f := range to.Files {
+		if !had[f.SHA256] {
+			files++
+			bytes += f.Size
+		}
+	}
+	return files, bytes
 }
 
 // waitFor polls cond until it holds, for at most a minute.

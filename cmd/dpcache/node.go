@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -44,6 +45,14 @@ and --upstream-rate limit the download task; 'dpcache prefetch' runs it now.
 products are refreshed (--refresh still sets it for the others), with a
 warning.
 
+--gossip-key-file FILE encrypts gossip with the keys of FILE, one base64 key
+per line (make one with: head -c 32 /dev/urandom | base64): the first
+encrypts, every one decrypts. The file is re-read when it changes and on
+SIGHUP (which never stops a DP), so a key is rotated without a restart: add
+the new key on every DP, then move it first on every DP, then remove the old
+one. A file that cannot be used keeps the keys in use and logs an error.
+--gossip-key is deprecated (the key shows in ps).
+
 Every setting comes from the YAML file given with --config (keys are the flag
 names, e.g. "upstream: [https://updates.example.com/]"), from DPCACHE_*
 environment variables (DPCACHE_UPSTREAM, DPCACHE_DATA, ...), and from flags;
@@ -51,8 +60,15 @@ flags win over the environment, which wins over the file.`,
 		Args:        noArgs,
 		Annotations: map[string]string{"service": "true"},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// First: SIGHUP's default action would end the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			if err := applyConfig(cmd.Flags(), configFile); err != nil {
 				return fmt.Errorf("node: %w", err)
+			}
+			if gossipKey != "" && cfg.GossipKeyFile != "" {
+				return usageError(fmt.Errorf("node: both --gossip-key and --gossip-key-file are given; give only --gossip-key-file"))
 			}
 			if len(trust) == 0 {
 				return usageError(fmt.Errorf("node: no trusted key: give --trust FILE (the vendor's minisign public key)"))
@@ -66,6 +82,7 @@ flags win over the environment, which wins over the file.`,
 				if cfg.GossipKey, err = decodeGossipKey(gossipKey); err != nil {
 					return fmt.Errorf("node: %w", err)
 				}
+				slog.Warn("--gossip-key is deprecated: the key shows in ps; put it in a file (mode 600) and give --gossip-key-file FILE, whose keys can be rotated without a restart")
 			}
 			cfg.StallTimeout = sf.stall
 			if cfg.SourceOptions, err = sf.options(); err != nil {
@@ -87,10 +104,7 @@ flags win over the environment, which wins over the file.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			reloadOnHangup(ctx, n, cfg.Logger)
-			return n.Run(ctx)
+			return runReloading(cmd.Context(), n, hup)
 		},
 	}
 	f := cmd.Flags()
@@ -102,7 +116,8 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address: status page /, /metrics, /healthz, /readyz, repository /repo/")
 	f.StringVar(&cfg.GossipAddr, "gossip", cfg.GossipAddr, "gossip listen address (memberlist, TCP and UDP); empty: no cluster")
 	f.StringSliceVar(&cfg.Join, "join", nil, "gossip addresses of DPs to join (retried until in a cluster)")
-	f.StringVar(&gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip; the same on every DP")
+	f.StringVar(&cfg.GossipKeyFile, "gossip-key-file", "", "file of base64 gossip keys (16, 24 or 32 bytes), one per line: the first encrypts, every one decrypts; re-read on change and on SIGHUP")
+	f.StringVar(&gossipKey, "gossip-key", "", "deprecated, use --gossip-key-file (a key here shows in ps): one base64 key (16, 24 or 32 bytes) encrypting gossip")
 	f.StringVar(&cfg.Advertise, "advertise", "", "host others use to reach this DP (default: the --grpc host, else this machine's private IP)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate of this DP (a dp certificate, see 'dpcache ca issue'): gRPC and --http are served over TLS, and the DP presents it to its peers (dialed over TLS: every DP of the cluster must run TLS) and grpcs:// upstreams; re-read when it changes and on SIGHUP")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
@@ -118,6 +133,29 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&cfg.KeepVersions, "keep-versions", cfg.KeepVersions, "versions of each product kept (the newest); older ones and the blobs only they use are deleted")
 	sf.register(f, "upstream sources")
 	return cmd
+}
+
+// runReloading runs n until ctx ends, reloading it (n.Reload: the gossip
+// key file, the TLS certificates) at every signal on hup. A reload that fails is logged by the
+// node, which goes on with what it had.
+func runReloading(ctx context.Context, n *node.Node, hup <-chan os.Signal) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				slog.Info("SIGHUP: reloading files")
+				_ = n.Reload() // logged by the node
+			}
+		}
+	})
+	err := n.Run(ctx)
+	cancel()
+	wg.Wait()
+	return err
 }
 
 // maxConfigSize bounds the YAML file read by --config.
@@ -213,26 +251,4 @@ func decodeGossipKey(s string) ([]byte, error) {
 		return k, nil
 	}
 	return nil, fmt.Errorf("--gossip-key: %d bytes, want 16, 24 or 32 (make one with: head -c 32 /dev/urandom | base64)", len(k))
-}
-
-// reloadOnHangup re-reads the DP's certificates on each SIGHUP until ctx
-// ends; a SIGHUP never stops the DP.
-func reloadOnHangup(ctx context.Context, n *node.Node, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-hup:
-				if err := n.ReloadCertificates(); err != nil {
-					log.Warn("SIGHUP: cannot reload the certificates; the previous ones stay in use", "err", err)
-				} else {
-					log.Info("SIGHUP: certificates reloaded")
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
 }
