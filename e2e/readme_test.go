@@ -122,6 +122,10 @@ func parseReadme(readme string) ([]readmeBlock, error) {
 	return blocks, errors.Join(errs...)
 }
 
+// walkthroughExit starts the exit trap of the walkthrough script, so that
+// failedAt knows where the walkthrough's own commands end.
+const walkthroughExit = "walkthrough_exit="
+
 // walkthroughScript is the bash script that runs the walkthrough's sh
 // blocks in order, exactly as written: strict mode first, and a trap that
 // stops whatever the walkthrough left in the background. Between blocks it
@@ -129,7 +133,7 @@ func parseReadme(readme string) ([]readmeBlock, error) {
 func walkthroughScript(blocks []readmeBlock) (string, int) {
 	var sb strings.Builder
 	sb.WriteString("set -euo pipefail\n")
-	sb.WriteString("trap 'status=$?; set +x; pids=$(jobs -p); if [ -n \"$pids\" ]; then kill $pids 2>/dev/null; wait; fi; exit $status' EXIT\n")
+	sb.WriteString("trap '" + walkthroughExit + "$?; set +x; pids=$(jobs -p); if [ -n \"$pids\" ]; then kill $pids 2>/dev/null; wait; fi; exit $walkthrough_exit' EXIT\n")
 	sb.WriteString("set -x\n")
 	run := 0
 	for _, b := range blocks {
@@ -271,8 +275,9 @@ func TestREADME_Walkthrough(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), walkthroughTimeout)
 	defer cancel()
 	if err := p.Wait(ctx); err != nil {
-		t.Fatalf("the README walkthrough failed after %v: %v; the last command set -x printed is the one that failed (README.md line given by the ': README.md line N' before it)\n%s",
-			time.Since(start).Round(time.Second), err, lastLines(p.Stderr(), 30))
+		block, cmd := failedAt(p.Stderr())
+		t.Fatalf("the README walkthrough failed after %v: %v\nin the block at %s, the last command run:\n%s\nthe end of its output (set -x traces, the DPs' logs):\n%s",
+			time.Since(start).Round(time.Second), err, block, cmd, lastLines(p.Stderr(), 30))
 	}
 	t.Logf("README walkthrough: %d blocks ran in %v; what a user sees on stdout:\n%s", n, time.Since(start).Round(time.Second), p.Stdout())
 
@@ -349,7 +354,7 @@ func portFree(port int) error {
 func lockWalkthrough(t *testing.T) {
 	t.Helper()
 	path := filepath.Join(os.TempDir(), "dpcache-readme-walkthrough.lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o666) // flock needs no write access
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,6 +373,24 @@ func lockWalkthrough(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// failedAt finds, in the stderr of a failed walkthrough, the README block
+// that ran last (the ": README.md line N" marker before it) and the last
+// command set -x traced.
+func failedAt(stderr string) (block, cmd string) {
+	block, cmd = "README.md (no block started)", "(none traced)"
+	for _, l := range strings.Split(stderr, "\n") {
+		switch {
+		case strings.HasPrefix(l, "+ "+walkthroughExit):
+			return block, cmd
+		case strings.HasPrefix(l, "+ : README.md line "):
+			block = strings.TrimPrefix(l, "+ : ")
+		case strings.HasPrefix(l, "+"):
+			cmd = l
+		}
+	}
+	return block, cmd
 }
 
 // lastLines returns the last n lines of s.
