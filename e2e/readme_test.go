@@ -186,6 +186,30 @@ func TestREADME_Blocks(t *testing.T) {
 	}
 }
 
+// The README's first command, `go run ./cmd/dpcache demo`, runs as written
+// from the module root (the demo works in a temporary folder of its own, on
+// ports the system picks). The second, make check, runs this suite.
+func TestREADME_Demo(t *testing.T) {
+	blocks, err := parseReadme(readReadme(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds := commandLines(blocks[0].text)
+	if len(cmds) == 0 || cmds[0] != readmeFirstCommands[0] {
+		t.Fatalf("README.md's first command is %q, want %q", cmds, readmeFirstCommands[0])
+	}
+	goBin := testenv.RequireBinary(t, "go")
+	p := testenv.StartProcWith(t, testenv.ProcOptions{
+		Dir: testenv.ModuleRoot(t),
+		Env: []string{"PATH=" + filepath.Dir(goBin) + string(os.PathListSeparator) + os.Getenv("PATH")},
+	}, testenv.RequireBinary(t, "bash"), "-c", cmds[0])
+	ctx, cancel := context.WithTimeout(context.Background(), walkthroughTimeout)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatalf("%s: %v\n%s", cmds[0], err, lastLines(p.Output(), 30))
+	}
+}
+
 func TestParseReadme(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
