@@ -55,6 +55,12 @@ race: ## run all tests with the race detector
 ci-test: ## the CI test run: go test -race -p 1 -timeout 20m ./...
 	$(GO) test -race -p 1 -timeout 20m ./...
 
+# The README's second command: everything from a fresh Debian machine.
+.PHONY: check
+check: ## as root on Debian: install what is missing (.ci/deps), then lint, checkgenerate, tidy-check, ci-test
+	.ci/deps
+	$(MAKE) --no-print-directory lint checkgenerate tidy-check ci-test
+
 .PHONY: e2e
 e2e: ## run the end-to-end tests (real processes, nginx)
 	$(GO) test -timeout $(E2E_TIMEOUT) $(TEST_FLAGS) ./e2e/...

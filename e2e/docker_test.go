@@ -165,14 +165,14 @@ func newDocker(t *testing.T) *docker {
 	t.Helper()
 	bin, err := exec.LookPath("docker")
 	if err != nil {
-		t.Skip("skipping: the docker command is not installed (Debian package docker.io); this test runs DPs in containers")
+		testenv.SkipMissing(t, "docker", "apt-get install docker.io (this test runs DPs in containers)")
 	}
 	d := &docker{bin: bin, prefix: fmt.Sprintf("dpcache-e2e-%08x-", rand.Uint32())}
 	if out, err := d.run("info", "--format", "{{.ServerVersion}}"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("docker is installed but `docker info` fails, and CI is set: %v", err)
 		}
-		t.Skipf("skipping: `docker info` fails, no usable Docker engine: %v", err)
+		testenv.SkipMissing(t, "a Docker engine", fmt.Sprintf("`docker info` fails (%v): start dockerd, or give this user access to it", err))
 	} else {
 		t.Logf("Docker engine %s", strings.TrimSpace(out))
 	}

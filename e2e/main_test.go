@@ -3,9 +3,9 @@ package e2e
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/dpcache/dpcache/e2e/testenv"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+// goleak checks the run, which ends with the tests skipped for a missing
+// tool (nginx, minisign, vsftpd, squid, docker...), if any.
+func TestMain(m *testing.M) { testenv.VerifyTestMain(m) }

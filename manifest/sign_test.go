@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"aead.dev/minisign"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
 )
 
 func newKey(t testing.TB) (PrivateKey, *Trust) {
@@ -287,14 +289,7 @@ func TestParsePrivateKey_Bad(t *testing.T) {
 // when it is missing (failing instead when the CI variable is set).
 func requireMinisign(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("minisign")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("minisign binary required in CI: %v", err)
-		}
-		t.Skipf("minisign binary not installed: %v", err)
-	}
-	return p
+	return testenv.RequireBinary(t, "minisign")
 }
 
 func runMinisign(t *testing.T, bin string, args ...string) string {

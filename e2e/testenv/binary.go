@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,15 +31,16 @@ var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
 
 // RequireBinary returns the absolute path of the executable name, looked up in
 // PATH and then in the sbin directories. If it is missing, the test is skipped
-// with a message naming the Debian package to install, unless the environment
-// variable CI is non-empty: then the test fails, because CI must never pass by
-// skipping. It is safe for concurrent use.
+// with [SkipMissing], naming the Debian package to install, unless the
+// environment variable CI is non-empty: then the test fails, because CI must
+// never pass by skipping. It is safe for concurrent use.
 func RequireBinary(t testing.TB, name string) string {
 	t.Helper()
-	return requireBinary(t, name, os.Getenv("CI") != "")
+	return requireBinary(t, name, os.Getenv("CI") != "", SkipMissing)
 }
 
-func requireBinary(t testing.TB, name string, ci bool) string {
+// requireBinary is RequireBinary with the CI setting and the skip given.
+func requireBinary(t testing.TB, name string, ci bool, skip func(t testing.TB, need, install string)) string {
 	t.Helper()
 	if path, err := lookBinary(name); err == nil {
 		return path
@@ -51,7 +53,7 @@ func requireBinary(t testing.TB, name string, ci bool) string {
 		t.Fatalf("testenv: %q is not installed (not in PATH nor %v); CI is set, so this fails instead of skipping: install the Debian package %s (.ci/run does)", name, sbinDirs, pkg)
 		return ""
 	}
-	t.Skipf("testenv: skipping, %q is not installed (not in PATH nor %v): apt-get install %s", name, sbinDirs, pkg)
+	skip(t, name, fmt.Sprintf("not in PATH nor %v: apt-get install %s", sbinDirs, pkg))
 	return ""
 }
 

@@ -14,6 +14,12 @@
 // CI environment variable is non-empty it fails the test instead, so CI never
 // passes by silently skipping.
 //
+// Such skips are not silent outside CI either: [SkipMissing] (which
+// RequireBinary uses, and tests call for root or a Docker engine) records
+// them, and a package whose TestMain calls [VerifyTestMain] or [Main] ends
+// its run with a summary, "SKIPPED in PKG: ...", naming each test and what
+// to install, shown even by a plain `go test ./...` in a terminal or a pipe.
+//
 // # Caveats
 //
 // All helpers call t.Fatal on failure, so they must be called from the

@@ -73,7 +73,9 @@ func TestRequireBinary(t *testing.T) {
 				RequireBinary(t, "nginx")
 			}
 			var got string
-			f := runFake(t, func(tb testing.TB) { got = requireBinary(tb, tt.bin, tt.ci) })
+			// The fake skip records nothing: these skips are not the run's.
+			skip := func(tb testing.TB, need, install string) { tb.Skipf("%s: %s", need, install) }
+			f := runFake(t, func(tb testing.TB) { got = requireBinary(tb, tt.bin, tt.ci, skip) })
 			if f.skipped != tt.wantSkipped || f.failed != tt.wantFailed {
 				t.Fatalf("skipped=%v failed=%v (%q), want skipped=%v failed=%v", f.skipped, f.failed, f.msg, tt.wantSkipped, tt.wantFailed)
 			}
@@ -455,5 +457,30 @@ func TestBuildDpcache(t *testing.T) {
 	}
 	if !strings.Contains(p.Output(), "dpcache") {
 		t.Errorf("dpcache --help output does not mention dpcache:\n%s", p.Output())
+	}
+}
+
+// A missing skip skips the test with a loud line and is named, with what to
+// install, in the package's summary; nothing skipped, no summary.
+func TestSkipLog(t *testing.T) {
+	t.Parallel()
+	var l skipLog
+	if got := l.summary("example.com/p"); got != "" {
+		t.Fatalf("summary with no skips = %q, want none", got)
+	}
+	f := runFake(t, func(tb testing.TB) { l.skip(tb, "nginx", "apt-get install nginx") })
+	if !f.skipped || !strings.Contains(f.msg, "SKIPPED, missing nginx: apt-get install nginx") {
+		t.Fatalf("skipped=%v msg=%q, want a skip naming nginx and its package", f.skipped, f.msg)
+	}
+	runFake(t, func(tb testing.TB) { l.skip(tb, "root", "run as root") })
+	got := l.summary("example.com/p")
+	for _, want := range []string{
+		"SKIPPED in example.com/p: 2 test(s)",
+		"    TestSkipLog: missing nginx: apt-get install nginx\n",
+		"    TestSkipLog: missing root: run as root\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary = %q, want %q in it", got, want)
+		}
 	}
 }

@@ -456,7 +456,7 @@ func requireRoot(t testing.TB, what string) {
 	if os.Getenv("CI") != "" {
 		t.Fatalf("testenv: %s needs root; CI is set, so this fails instead of skipping (.ci/run runs as root)", what)
 	}
-	t.Skipf("testenv: skipping, %s needs root", what)
+	SkipMissing(t, "root", what+" needs root: run the tests as root (.ci/run does)")
 }
 
 // userMu serialises account changes of this process: useradd and userdel
