@@ -166,19 +166,31 @@ func Unhold(dir, product string) (*Hold, error) {
 	return h.public(), nil
 }
 
-func unhold(l layout) (*holdRecord, error) {
+// lockHold takes the product's lock for a command that changes the hold
+// (rollback, unhold), clears what an interrupted one left, and reads the
+// hold (nil when not held). The caller calls unlock when done, also after
+// an error from reading the hold.
+func (l layout) lockHold() (h *holdRecord, unlock func(), err error) {
 	if !isDir(l.state) {
-		return nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
+		return nil, nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
 	}
-	unlock, err := lockFile(l.lockPath())
+	unlock, err = lockFile(l.lockPath())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer unlock()
 	if err := l.cleanHoldTemps(); err != nil {
-		return nil, err
+		unlock()
+		return nil, nil, err
 	}
-	h, err := l.readHold()
+	h, err = l.readHold()
+	return h, unlock, err
+}
+
+func unhold(l layout) (*holdRecord, error) {
+	h, unlock, err := l.lockHold()
+	if unlock != nil {
+		defer unlock()
+	}
 	if err != nil {
 		if errors.Is(err, ErrBrokenInstall) {
 			// Releasing is what the error advises: do it.

@@ -40,18 +40,10 @@ func Rollback(dir, product string) (*Result, error) {
 }
 
 func rollback(l layout, product string) (*Result, error) {
-	if !isDir(l.state) {
-		return nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
+	h, unlock, err := l.lockHold()
+	if unlock != nil {
+		defer unlock()
 	}
-	unlock, err := lockFile(l.lockPath())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := l.cleanHoldTemps(); err != nil {
-		return nil, err
-	}
-	h, err := l.readHold()
 	if err != nil {
 		return nil, err
 	}

@@ -52,15 +52,10 @@ func InitCA(dir, name string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("CA directory %s: %w", dir, err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("CA key: %w", err)
-	}
-	serial, err := newSerial()
+	key, serial, now, err := newSubject("CA key")
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: name},
@@ -108,15 +103,10 @@ func Issue(dir string, req IssueRequest, prefix string) error {
 	if len(hosts) == 0 && req.Role == RoleDP {
 		hosts = []string{req.Name}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("certificate key: %w", err)
-	}
-	serial, err := newSerial()
+	key, serial, now, err := newSubject("certificate key")
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: req.Name, OrganizationalUnit: []string{string(req.Role)}},
@@ -247,6 +237,20 @@ func writeAtomic(file string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", file, pathCause(err))
 	}
 	return nil
+}
+
+// newSubject returns what a new certificate starts from: a P-256 key, a
+// random serial number and the time of issue. what names the key in errors.
+func newSubject(what string) (*ecdsa.PrivateKey, *big.Int, time.Time, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, time.Time{}, fmt.Errorf("%s: %w", what, err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	return key, serial, time.Now(), nil
 }
 
 // newSerial returns a random 128-bit serial number (positive, as RFC 5280
