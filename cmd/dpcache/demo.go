@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -22,12 +24,13 @@ import (
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/node"
+	"github.com/dpcache/dpcache/pki"
 	"github.com/dpcache/dpcache/source"
 )
 
 func newDemo() *cobra.Command {
 	var endpoints int
-	var verbose bool
+	var verbose, secure bool
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the whole system in one process, on loopback, and print what happened",
@@ -43,7 +46,13 @@ many of them crossed the internet link against the LAN.
 Everything runs in this process on 127.0.0.1, in a temporary folder under
 $TMPDIR (/tmp by default) that is removed at the end, also when the demo is
 interrupted (Ctrl-C, SIGTERM, SIGHUP); a second interrupt stops at once,
-still removing the folder.`,
+still removing the folder.
+
+With --secure the site is run as on a hostile LAN: a site CA issues a dp
+certificate to each DP and an endpoint certificate to each endpoint; the DPs
+serve gRPC and HTTP over TLS, require client certificates (mTLS) and encrypt
+their gossip with a key file; endpoints update over grpcs:// and report
+under their certificate's name.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if endpoints < 1 || endpoints > 100 {
@@ -53,11 +62,12 @@ still removing the folder.`,
 			if verbose {
 				logger = slog.Default()
 			}
-			return runDemo(cmd.Context(), cmd.OutOrStdout(), endpoints, logger)
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), demoOptions{endpoints: endpoints, secure: secure}, logger)
 		},
 	}
 	cmd.Flags().IntVar(&endpoints, "endpoints", 12, "number of endpoints to update")
 	cmd.Flags().BoolVar(&verbose, "verbose", false, "show the distribution point's logs")
+	cmd.Flags().BoolVar(&secure, "secure", false, "run the site with a CA, TLS and client certificates on every link, and an encrypted gossip")
 	return cmd
 }
 
@@ -69,14 +79,20 @@ const (
 	demoV2 = "1.1"
 )
 
-func runDemo(ctx context.Context, out io.Writer, endpoints int, logger *slog.Logger) error {
+// demoOptions are the demo's flags.
+type demoOptions struct {
+	endpoints int
+	secure    bool
+}
+
+func runDemo(ctx context.Context, out io.Writer, opts demoOptions, logger *slog.Logger) error {
 	tmp, err := os.MkdirTemp("", "dpcache-demo-")
 	if err != nil {
 		return fmt.Errorf("demo: temporary folder: %w", err)
 	}
 	defer os.RemoveAll(tmp) // also on a panic
 	ctx, stopSignals := demoSignals(ctx, tmp)
-	err = demo(ctx, out, tmp, endpoints, logger)
+	err = demo(ctx, out, tmp, opts, logger)
 	interrupted := ctx.Err() != nil
 	stopSignals()
 	if rerr := os.RemoveAll(tmp); rerr != nil {
@@ -128,7 +144,8 @@ func demoSignals(ctx context.Context, tmp string) (context.Context, func()) {
 }
 
 // demo runs the demo in tmp; runDemo owns tmp and the signals.
-func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger *slog.Logger) error {
+func demo(ctx context.Context, out io.Writer, tmp string, opts demoOptions, logger *slog.Logger) error {
+	endpoints := opts.endpoints
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	// The vendor: a key pair and a product.
@@ -178,6 +195,17 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 	originURL := "http://" + olis.Addr().String() + "/"
 	say("origin serving %s at %s", repo, originURL)
 
+	// With --secure: a site CA, and a gossip key file.
+	var sec *demoPKI
+	if opts.secure {
+		if sec, err = newDemoPKI(tmp); err != nil {
+			cancel()
+			g.Wait()
+			return err
+		}
+		say("site CA in %s: every DP and endpoint gets a certificate; TLS and client certificates on every link, gossip encrypted", sec.dir)
+	}
+
 	// Three distribution points in two sites, gossiping on loopback.
 	type dpInfo struct {
 		node *node.Node
@@ -192,6 +220,13 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 		ncfg.Join = join
 		ncfg.Upstream, ncfg.Trust = []string{originURL}, trust
 		ncfg.Refresh, ncfg.Logger = 300*time.Millisecond, logger.With("dp", d.name)
+		if sec != nil {
+			if err := sec.secureDP(&ncfg); err != nil {
+				cancel()
+				g.Wait()
+				return err
+			}
+		}
 		dp, err := node.New(ncfg)
 		if err != nil {
 			cancel()
@@ -201,7 +236,7 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 		g.Go(func() error { return dp.Run(gctx) })
 		dps = append(dps, dpInfo{dp, d.site})
 		join = append(join, dp.GossipAddr())
-		say("distribution point %s (site %s) serving at grpc://%s", d.name, d.site, dp.GRPCAddr())
+		say("distribution point %s (site %s) serving at %s://%s", d.name, d.site, sec.scheme(), dp.GRPCAddr())
 	}
 
 	runErr := func() error {
@@ -228,10 +263,16 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 			if i%3 == 2 {
 				site, dpi = "lyon", 2
 			}
-			first, err := source.NewGRPC(dps[dpi].node.GRPCAddr(), source.DefaultOptions())
+			name := fmt.Sprintf("endpoint-%02d", i+1)
+			sopts, err := sec.endpointOptions(name)
 			if err != nil {
 				return err
 			}
+			parsed, err := source.Parse(sec.scheme()+"://"+dps[dpi].node.GRPCAddr(), sopts)
+			if err != nil {
+				return err
+			}
+			first := parsed.(*source.GRPC) // a grpc(s):// source is a DP
 			defer first.Close()
 			srcs := []source.Source{first}
 			if listed, err := first.ListSources(gctx, site); err == nil {
@@ -239,7 +280,7 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 					if l.Site != site || l.GRPCAddr == dps[dpi].node.GRPCAddr() {
 						continue
 					}
-					s, err := source.NewGRPC(l.GRPCAddr, source.DefaultOptions())
+					s, err := source.Parse(sec.scheme()+"://"+l.GRPCAddr, sopts)
 					if err != nil {
 						return err
 					}
@@ -247,7 +288,7 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 					srcs = append(srcs, s)
 				}
 			}
-			eps = append(eps, endpoint{fmt.Sprintf("endpoint-%02d", i+1), site, srcs})
+			eps = append(eps, endpoint{name, site, srcs})
 		}
 		// round updates every endpoint at once and returns the bytes each
 		// site's endpoints downloaded.
@@ -307,8 +348,12 @@ func demo(ctx context.Context, out io.Writer, tmp string, endpoints int, logger 
 		changedFiles, changed := manifestChange(v1.Manifest, v2.Manifest)
 		say("\nvendor published %s (serial %d): %d of %d files changed, %s of %s",
 			v2.Manifest.Version, v2.Manifest.Serial, changedFiles, len(v2.Manifest.Files), formatBytes(changed), formatBytes(v2.Manifest.Size()))
+		checkOpts, err := sec.endpointOptions("demo-check")
+		if err != nil {
+			return err
+		}
 		for _, d := range dps {
-			dpSrc, err := source.NewGRPC(d.node.GRPCAddr(), source.DefaultOptions())
+			dpSrc, err := source.Parse(sec.scheme()+"://"+d.node.GRPCAddr(), checkOpts)
 			if err != nil {
 				return err
 			}
@@ -431,4 +476,62 @@ func writeRandom(path string, size int, rng *rand.Rand) error {
 		}
 	}
 	return os.WriteFile(path, b, 0o644)
+}
+
+// demoPKI is the --secure demo's site CA and gossip key file, in dir.
+type demoPKI struct {
+	dir     string
+	keyFile string
+}
+
+func newDemoPKI(tmp string) (*demoPKI, error) {
+	p := &demoPKI{dir: filepath.Join(tmp, "site-ca"), keyFile: filepath.Join(tmp, "gossip.keys")}
+	if err := pki.InitCA(p.dir, "dpcache demo site CA"); err != nil {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	if _, err := crand.Read(key); err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	if err := os.WriteFile(p.keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("gossip key file: %w", err)
+	}
+	return p, nil
+}
+
+// scheme is the scheme endpoints reach DPs with.
+func (p *demoPKI) scheme() string {
+	if p == nil {
+		return "grpc"
+	}
+	return "grpcs"
+}
+
+func (p *demoPKI) ca() string { return filepath.Join(p.dir, pki.CACertFile) }
+
+// secureDP gives a DP its dp certificate (valid for 127.0.0.1), mTLS with
+// the site CA, and the gossip key file.
+func (p *demoPKI) secureDP(c *node.Config) error {
+	prefix := filepath.Join(p.dir, c.Name)
+	if err := pki.Issue(p.dir, pki.IssueRequest{Name: c.Name, Role: pki.RoleDP, Hosts: []string{"127.0.0.1"}}, prefix); err != nil {
+		return err
+	}
+	c.TLSCertFile, c.TLSKeyFile, c.ClientCAFile = prefix+".pem", prefix+".key", p.ca()
+	c.GossipKeyFile = p.keyFile
+	return nil
+}
+
+// endpointOptions are the source options of endpoint name: plain ones, or
+// with --secure its endpoint certificate and the site CA.
+func (p *demoPKI) endpointOptions(name string) (source.Options, error) {
+	opts := source.DefaultOptions()
+	if p == nil {
+		return opts, nil
+	}
+	prefix := filepath.Join(p.dir, name)
+	if err := pki.Issue(p.dir, pki.IssueRequest{Name: name, Role: pki.RoleEndpoint}, prefix); err != nil {
+		return opts, err
+	}
+	opts.CAFile, opts.CertFile, opts.KeyFile = p.ca(), prefix+".pem", prefix+".key"
+	return opts, nil
 }
