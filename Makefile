@@ -69,6 +69,15 @@ e2e: ## run the end-to-end tests (real processes, nginx)
 bench: ## run every benchmark once (each prints its ratio to a baseline)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 
+# The size of `make loadtest`'s run.
+LOADTEST_ENDPOINTS    ?= 1000
+LOADTEST_CONCURRENCY  ?= 500
+
+.PHONY: loadtest
+loadtest: ## a DP of this machine under dpcache loadtest: LOADTEST_ENDPOINTS (1000) endpoints, LOADTEST_CONCURRENCY (500) at once, 5 MiB changed
+	$(GO) test -run '^$$' -bench '^BenchmarkLoadtest$$' -benchtime 1x -v -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./e2e/bench/ \
+		-args -loadtest.endpoints=$(LOADTEST_ENDPOINTS) -loadtest.concurrency=$(LOADTEST_CONCURRENCY)
+
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 30s
 

@@ -157,7 +157,7 @@ func TestE2E_CLIHelp(t *testing.T) {
 	if len(listed) == 0 {
 		t.Fatalf("dpcache --help lists no commands:\n%s", root.stdout)
 	}
-	contract := []string{"keygen", "publish", "serve", "node", "update", "rollback", "unhold", "mirror", "status", "endpoints", "prefetch", "demo"}
+	contract := []string{"keygen", "publish", "serve", "node", "update", "rollback", "unhold", "mirror", "status", "endpoints", "prefetch", "loadtest", "demo"}
 	for _, c := range contract {
 		if !slices.Contains(listed, c) {
 			t.Logf("the design's command %q is not implemented yet (not in dpcache --help)", c)

@@ -84,6 +84,8 @@ func TestE2E_CLIErrorLines(t *testing.T) {
 		{name: "rollback with nothing installed", args: []string{"rollback", "--dir", ep(), "--product", product}, code: 1, want: []string{"not installed"}},
 		{name: "status of no node", args: []string{"status", "--node", node}, code: 1, want: []string{"connection refused"}},
 		{name: "prefetch from no node", args: []string{"prefetch", "--node", node, "--product", product}, code: 1, want: []string{"connection refused"}},
+		{name: "loadtest of no node", args: []string{"loadtest", "--node", node, "--product", product}, code: 1, want: []string{"connection refused", node}},
+		{name: "loadtest of no endpoints", args: []string{"loadtest", "--node", node, "--product", product, "--endpoints", "0"}, code: 2, want: []string{"endpoints 0"}},
 
 		{name: "bad URL", args: upd("http://[::1", product, ep(), k.pub), code: 2, want: []string{"http://[::1"}},
 		{name: "unsupported scheme", args: upd("gopher://example.com/", product, ep(), k.pub), code: 2, want: []string{"gopher"}},

@@ -28,6 +28,9 @@ func DialOptions() []grpc.DialOption {
 	return pb.DialOptions(insecure.NewCredentials())
 }
 
+// leanReadBuffer is a connection's read buffer with Options.LeanConns.
+const leanReadBuffer = 64 << 10
+
 // GRPC is a distribution point reached over gRPC (grpc://) or gRPC over TLS
 // (grpcs://).
 type GRPC struct {
@@ -67,7 +70,11 @@ func NewGRPCTLS(addr string, opts Options) (*GRPC, error) {
 }
 
 func newGRPC(scheme, addr string, opts Options, creds credentials.TransportCredentials) (*GRPC, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, pb.DialOptions(creds)...)
+	dopts := pb.DialOptions(creds)
+	if opts.LeanConns {
+		dopts = append(dopts, grpc.WithReadBufferSize(leanReadBuffer), grpc.WithSharedWriteBuffer(true))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+addr, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("source %s://%s: %w: %v", scheme, addr, ErrBadURL, err)
 	}

@@ -53,6 +53,13 @@ type Options struct {
 	CertFile, KeyFile string
 	// UserAgent is sent to HTTP sources. Default "dpcache".
 	UserAgent string
+	// LeanConns makes each grpc:// and grpcs:// connection read through a
+	// 64 KiB buffer instead of pb.BufferSize (1 MiB) and share its write
+	// buffer between writes (grpc.WithSharedWriteBuffer): for a process
+	// that holds thousands of connections at once (dpcache loadtest),
+	// at some CPU cost per byte. Windows and everything else the server
+	// sees are unchanged.
+	LeanConns bool
 }
 
 // DefaultOptions returns the defaults documented on Options.
@@ -144,6 +151,22 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 	}
 	cfg.RootCAs = pool
 	return cfg, nil
+}
+
+// LoadTLS reads CAFile and the client certificate (CertFile, KeyFile) now
+// and returns options whose TLSConfig holds them, the file names cleared,
+// so that sources created from the result read no file (the certificate
+// is still re-read when its files change, see package pki). A process
+// that creates many TLS sources (dpcache loadtest: one per simulated
+// endpoint) calls it once. Options naming no file come back unchanged.
+// Errors wrap ErrBadOptions.
+func (o Options) LoadTLS() (Options, error) {
+	cfg, err := o.tlsConfig()
+	if err != nil || cfg == nil {
+		return o, err
+	}
+	o.TLSConfig, o.CAFile, o.CertFile, o.KeyFile = cfg, "", "", ""
+	return o, nil
 }
 
 // trustDescription says what TLS trusts, for certificate errors.

@@ -191,13 +191,18 @@ func discoverSources(ctx context.Context, srcs []source.Source, site string, sf 
 // dialDP connects to the DP at addr (host:port, or a grpc:// or grpcs://
 // URL) for its AdminService.
 func dialDP(addr string, sf *sourceFlags) (*source.GRPC, error) {
-	u := addr
-	if !strings.Contains(addr, "://") {
-		u = "grpc://" + addr
-	}
 	opts, err := sf.options()
 	if err != nil {
 		return nil, err
+	}
+	return dialDPWith(addr, opts)
+}
+
+// dialDPWith is dialDP with the source options given.
+func dialDPWith(addr string, opts source.Options) (*source.GRPC, error) {
+	u := addr
+	if !strings.Contains(addr, "://") {
+		u = "grpc://" + addr
 	}
 	s, err := source.Parse(u, opts)
 	if err != nil {

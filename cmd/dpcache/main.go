@@ -135,6 +135,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		newStatus(),
 		newEndpoints(),
 		newPrefetch(),
+		newLoadtest(),
 		newDemo(),
 		newVersion(),
 	)
