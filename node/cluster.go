@@ -3,9 +3,11 @@ package node
 import (
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/node/internal/catalog"
@@ -301,4 +303,97 @@ func (n *Node) followSite(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// replicate follows the site's upstream fetches that this DP is next in
+// line for (docs: DESIGN.md "How a DP resolves a blob"): at every gossip
+// change, each blob that a live DP of the site announces fetching, where
+// that DP is the blob's owner and this DP ranks second (gossip.Owners), is
+// copied from the owner as its bytes arrive (fetch.Fetcher.Replicate). The
+// owner keeps its lead on this DP small, so losing it mid-fetch costs the
+// site little more than the blob once: this DP becomes the owner and
+// resumes upstream at its own offset. A fetch is announced at its start as
+// a broadcast, so the copy starts within a gossip round. It returns when
+// ctx ends and its copies have stopped.
+func (n *Node) replicate(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	following := map[string]string{} // digest → the owner it is copied from
+	for {
+		changed := n.gossip.Changed()
+		announced := map[string]bool{}
+		for _, m := range n.gossip.Live(n.cfg.Site) {
+			if m.Local || m.GRPCAddr == "" {
+				continue
+			}
+			for _, d := range m.Fetching {
+				owners := n.gossip.Owners(n.cfg.Site, d)
+				if len(owners) < 2 || owners[0].Name != m.Name || !owners[1].Local {
+					continue
+				}
+				announced[d] = true
+				if following[d] == m.Name {
+					continue
+				}
+				following[d] = m.Name
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					n.follow(ctx, d, m)
+				}()
+			}
+		}
+		for d := range following {
+			if !announced[d] {
+				delete(following, d)
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// follow copies digest, which owner is fetching, into this DP's cache.
+func (n *Node) follow(ctx context.Context, digest string, owner gossip.Member) {
+	if n.fetcher.Fetching(digest) {
+		return // a request of this DP already fetches it, from the owner first
+	}
+	if _, err := n.cache.Stat(digest); err == nil {
+		return
+	}
+	size, ok := n.catalog.BlobSize(digest)
+	if !ok {
+		var err error
+		if size, err = n.ownerSize(ctx, owner, digest); err != nil {
+			n.log.Debug("cannot replicate a blob the owner fetches", "blob", digest, "owner", owner.Name, "err", err)
+			return
+		}
+	}
+	n.log.Debug("replicating a blob the owner fetches", "blob", digest, "owner", owner.Name, "size", size)
+	if err := n.fetcher.Replicate(ctx, digest, size); err != nil && ctx.Err() == nil {
+		n.log.Info("replica of a blob the owner fetched failed", "blob", digest, "owner", owner.Name, "err", err)
+	}
+}
+
+// ownerSize asks owner the size of digest, which it is fetching: a blob
+// read that asks for no byte (past any blob's end, of what the owner holds
+// now) answers with the size alone.
+func (n *Node) ownerSize(ctx context.Context, owner gossip.Member, digest string) (int64, error) {
+	p := n.peers.get(owner.GRPCAddr)
+	if p == nil {
+		return 0, fmt.Errorf("owner %s: %w: no client", owner.Name, ErrUnavailable)
+	}
+	r, err := p.AvailableOnly().Blob(ctx, digest, math.MaxInt64)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	sized, ok := r.(interface{ Size() int64 })
+	if !ok || sized.Size() <= 0 {
+		return 0, fmt.Errorf("owner %s: %w: no size announced", owner.Name, ErrUnavailable)
+	}
+	return sized.Size(), nil
 }

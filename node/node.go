@@ -255,6 +255,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.publishAllVersions()
 		g.Go(func() error { return n.gossip.Run(gctx) })
 		g.Go(func() error { n.followSite(gctx); return nil })
+		g.Go(func() error { n.replicate(gctx); return nil })
 		if n.keys != nil {
 			g.Go(func() error { n.keys.watch(gctx, keyFilePoll); return nil })
 		}

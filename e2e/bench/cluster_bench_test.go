@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 	"github.com/dpcache/dpcache/source"
@@ -45,6 +47,12 @@ type vendorRepo struct {
 // entry of sizes (random content, each file distinct) and serves it with
 // nginx.
 func newVendorRepo(b *testing.B, sizes []int64) *vendorRepo {
+	b.Helper()
+	return newVendorRepoWith(b, sizes, testenv.NginxOptions{})
+}
+
+// newVendorRepoWith is newVendorRepo with nginx started with opts.
+func newVendorRepoWith(b *testing.B, sizes []int64, opts testenv.NginxOptions) *vendorRepo {
 	b.Helper()
 	dir := b.TempDir()
 	for i, size := range sizes {
@@ -86,7 +94,7 @@ func newVendorRepo(b *testing.B, sizes []int64) *vendorRepo {
 	if len(seen) != len(sizes) {
 		b.Fatalf("published %d distinct blobs, want %d", len(seen), len(sizes))
 	}
-	v.ngx = testenv.StartNginx(b, filepath.Join(dir, "repo"), testenv.NginxOptions{})
+	v.ngx = testenv.StartNginx(b, filepath.Join(dir, "repo"), opts)
 	return v
 }
 
@@ -556,3 +564,147 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 // clockTicks is USER_HZ, the unit of utime and stime in /proc (100 on
 // every Linux architecture Go supports).
 const clockTicks = 100
+
+// BenchmarkClusterOwnerLoss measures what losing a blob's owner mid-fetch
+// costs the site's internet link (issue 12): three DPs of a site, a slow
+// origin (nginx limit_rate 8m), a 32 MiB version of one blob, and four
+// endpoint agents (in process) that all list the owner first, as
+// administrators configure them. In each of five runs the owner is killed
+// (SIGKILL) once it has fetched a third of the blob, and nginx's access log
+// gives the blob bytes it sent over the version's size; a baseline run of
+// the same cluster without the kill precedes each. It reports the worst
+// and mean owner-loss ratios (target <= 1.05) and the baseline's (1.00).
+func BenchmarkClusterOwnerLoss(b *testing.B) {
+	const runs, agents = 5, 4
+	size := int64(32 << 20)
+	v := newVendorRepoWith(b, []int64{size}, testenv.NginxOptions{LimitRate: "8m"})
+	digest := v.manifest.Files[0].SHA256
+	for range b.N {
+		var loss, base []float64
+		for run := range runs {
+			for _, kill := range []bool{false, true} {
+				ratio := ownerLossRun(b, v, digest, agents, kill)
+				if kill {
+					loss = append(loss, ratio)
+				} else {
+					base = append(base, ratio)
+				}
+				b.Logf("run %d, owner killed %v: nginx sent %.4fx the version", run+1, kill, ratio)
+			}
+		}
+		mean := 0.0
+		for _, r := range loss {
+			mean += r / float64(len(loss))
+		}
+		b.ReportMetric(slices.Max(loss), "loss-ratio-max")
+		b.ReportMetric(mean, "loss-ratio-mean")
+		b.ReportMetric(slices.Max(base), "baseline-ratio-max")
+		b.Logf("%d MiB version, owner killed a third of the way: origin bytes / version bytes %v (max %.4f, target <= 1.05); "+
+			"same-run baseline without the kill %v", size>>20, roundRatios(loss), slices.Max(loss), roundRatios(base))
+	}
+}
+
+// ownerLossRun starts three DPs, updates agents through them (the blob's
+// owner listed first), kills the owner a third of the way when kill is set,
+// and returns the blob bytes nginx sent meanwhile over the version's size.
+func ownerLossRun(b *testing.B, v *vendorRepo, digest string, agents int, kill bool) float64 {
+	b.Helper()
+	before := v.ngx.BytesServed(b, "/blobs/")
+	cutBefore := cutTransfers(b, v.ngx)
+	var nodes []*dpProc
+	var names, join []string
+	for i := range 3 {
+		d := startDP(b, v, fmt.Sprintf("dp-%d", i+1), join)
+		nodes, names, join = append(nodes, d), append(names, d.name), append(join, d.gossipAddr)
+	}
+	defer func() {
+		for _, d := range nodes {
+			if !d.proc.Exited() {
+				if err := d.proc.Stop(); err != nil {
+					b.Logf("%s stop: %v", d.name, err)
+				}
+			}
+		}
+	}()
+	testenv.WaitFor(b, 30*time.Second, "every DP sees the whole cluster", func() bool {
+		for _, d := range nodes {
+			if !d.sees(names, 0) {
+				return false
+			}
+		}
+		return true
+	})
+	ownerName := gossip.RankNames(digest, names)[0]
+	owner := nodes[slices.Index(names, ownerName)]
+	ranked := []*dpProc{owner}
+	for _, d := range nodes {
+		if d != owner {
+			ranked = append(ranked, d)
+		}
+	}
+	var clients []*source.GRPC
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	errs := make(chan error, agents)
+	for i := range agents {
+		var srcs []source.Source
+		for _, d := range ranked {
+			s, err := source.NewGRPC(d.grpcAddr, source.DefaultOptions())
+			if err != nil {
+				b.Fatal(err)
+			}
+			clients = append(clients, s)
+			srcs = append(srcs, s)
+		}
+		go func() {
+			cfg := agent.DefaultConfig()
+			cfg.Sources, cfg.Product, cfg.Dir, cfg.Trust = srcs, clusterProduct, b.TempDir(), v.trust
+			cfg.EndpointID = fmt.Sprintf("ep-%d", i)
+			_, err := agent.Update(ctx, cfg)
+			errs <- err
+		}()
+	}
+	if kill {
+		testenv.WaitFor(b, 2*time.Minute, "the owner to fetch a third of the blob", func() bool {
+			st, err := owner.status(true)
+			return err == nil && int64(st.GetTraffic().GetUpstreamBytes()) >= v.bytes/3
+		})
+		owner.proc.Kill()
+	}
+	for range agents {
+		if err := <-errs; err != nil {
+			b.Fatalf("agent (owner killed %v): %v", kill, err)
+		}
+	}
+	var served int64
+	testenv.WaitFor(b, 30*time.Second, "nginx logged the blob's transfers", func() bool {
+		served = v.ngx.BytesServed(b, "/blobs/") - before
+		return served >= v.bytes && (!kill || cutTransfers(b, v.ngx) > cutBefore)
+	})
+	return float64(served) / float64(v.bytes)
+}
+
+// cutTransfers counts the blob transfers nginx logged as incomplete.
+func cutTransfers(b *testing.B, ngx *testenv.Nginx) int {
+	n := 0
+	for _, e := range ngx.Requests(b) {
+		if strings.HasPrefix(e.URI, "/blobs/") && !e.Complete {
+			n++
+		}
+	}
+	return n
+}
+
+// roundRatios rounds ratios to four decimals for the log.
+func roundRatios(rs []float64) []float64 {
+	out := make([]float64, len(rs))
+	for i, r := range rs {
+		out[i] = math.Round(r*1e4) / 1e4
+	}
+	return out
+}

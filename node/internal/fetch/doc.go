@@ -7,7 +7,11 @@
 // copyStream). Readers stream what is whole from the cache, else the fetch's
 // bytes as they arrive: stored chunks, then the bytes not stored yet, from
 // memory. It fetches only blobs that Sizes knows (a verified manifest names
-// them): it is not an open proxy.
+// them): it is not an open proxy. The one exception is Replicate, the copy
+// of a blob that the site's owner is fetching (in-flight replication), at
+// the size the owner announced; its bytes are verified all the same. An
+// owner keeps its lead on the DPs streaming its fetch within peerLead (2%
+// of the blob, 1–4 MiB), so losing it mid-fetch costs the site little.
 //
 // It consumes small interfaces it declares: Store (the cache), Sizes,
 // Router, Pins (retention's reader pins) and Metrics.

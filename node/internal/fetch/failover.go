@@ -34,6 +34,9 @@ var errPromoted = errors.New("fetch promoted to serve a forwarded request")
 // fetches too.
 func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 	log := fr.log.With("blob", f.digest, "size", f.size)
+	if f.replica {
+		log = log.With("replica", true)
+	}
 	w, err := fr.store.NewWriter(f.digest, f.size)
 	if errors.Is(err, cache.ErrExists) {
 		return nil

@@ -226,6 +226,13 @@ func (fr *Fetcher) Acquire(ctx context.Context, digest string, forwarded bool) (
 // (the gRPC edge refuses it), so no request joins a fetch that waits on
 // the request itself.
 func (fr *Fetcher) acquire(ctx context.Context, digest string, forwarded bool) (f *fetch, size int64, err error) {
+	return fr.start(ctx, digest, forwarded, 0)
+}
+
+// start is acquire; a fetch it starts for a blob that Sizes does not know
+// takes the size replica (> 0) and is a replica (see Replicate), else the
+// blob is NotFound.
+func (fr *Fetcher) start(ctx context.Context, digest string, forwarded bool, replica int64) (f *fetch, size int64, err error) {
 	// The common case, a whole blob, needs no lock: a whole blob stays
 	// whole (eviction spares blobs being read).
 	if size, err := fr.store.Stat(digest); err == nil {
@@ -248,13 +255,15 @@ func (fr *Fetcher) acquire(ctx context.Context, digest string, forwarded bool) (
 		return nil, 0, fmt.Errorf("blob %s: %w", digest, err)
 	}
 	size = known
-	if !ok {
+	if !ok && replica > 0 {
+		size = replica
+	} else if !ok {
 		return nil, 0, fmt.Errorf("blob %s: %w: no manifest this DP knows names it (fetch the manifest first)", digest, nodeerr.ErrNotFound)
 	}
 	if fr.closed || fr.ctx.Err() != nil {
 		return nil, 0, fmt.Errorf("blob %s: %w: the DP is shutting down", digest, nodeerr.ErrUnavailable)
 	}
-	f = &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{})}
+	f = &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{}), replica: replica > 0}
 	if forwarded {
 		close(f.promoted)
 	}
@@ -276,12 +285,34 @@ func (fr *Fetcher) acquire(ctx context.Context, digest string, forwarded bool) (
 
 // EnsureBlob returns once digest is whole in the cache.
 func (fr *Fetcher) EnsureBlob(ctx context.Context, digest string) error {
+	return fr.ensure(ctx, digest, 0)
+}
+
+// Replicate is EnsureBlob for a blob that the site's owner is fetching
+// from upstream and this DP copies as the bytes arrive (in-flight
+// replication: the Router lists the owner first, and the owner keeps its
+// lead on this DP bounded), so that the owner's loss costs the site little:
+// this DP then holds nearly every byte the owner took, and resumes upstream
+// at its own offset. size is the blob's size as the owner announced it,
+// used only when no verified manifest this DP knows names the blob (the
+// owner is a live DP of the site; the bytes are checked against the digest
+// all the same). The bytes count as peer traffic while they come from a
+// DP. A request for the blob meanwhile joins the replica.
+func (fr *Fetcher) Replicate(ctx context.Context, digest string, size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("blob %s: replica of size %d: %w", digest, size, nodeerr.ErrInvalid)
+	}
+	return fr.ensure(ctx, digest, size)
+}
+
+// ensure is EnsureBlob; replica > 0 makes it Replicate.
+func (fr *Fetcher) ensure(ctx context.Context, digest string, replica int64) error {
 	release, err := fr.pins.StartReading(ctx, digest) // retention leaves it alone meanwhile
 	if err != nil {
 		return err
 	}
 	defer release()
-	f, _, err := fr.acquire(ctx, digest, false)
+	f, _, err := fr.start(ctx, digest, false, replica)
 	if err != nil || f == nil {
 		return err
 	}

@@ -23,11 +23,13 @@ type fetch struct {
 	err       error         // nil: the blob is whole in the cache
 	changed   chan struct{} // closed and replaced on every change
 	forwarded bool          // serving a forwarded request: never ask peers or owners
+	replica   bool          // started by Replicate: a copy of the owner's upstream fetch
 	promoted  chan struct{} // closed when forwarded becomes true after the start
 
-	// DPs of the site streaming this fetch (it is their owner): the fetch
-	// keeps at most maxPeerLead ahead of them, so that if this DP dies
-	// mid-fetch they hold nearly every byte it took from upstream.
+	// DPs of the site streaming this fetch (it is their owner, or they
+	// replicate it): the fetch keeps at most peerLead(size) ahead of them,
+	// so that if this DP dies mid-fetch they hold nearly every byte it took
+	// from upstream.
 	peers     map[int]*peerPos
 	peerSeq   int
 	peerMoved chan struct{} // closed and replaced when a peer advances or leaves
@@ -40,12 +42,24 @@ type peerPos struct {
 }
 
 // Backpressure from peer DPs: how far the owner may read ahead of the
-// slowest of them, and how long a peer may make no progress before it is
-// no longer waited for (a stalled peer must not stall the site's fetch).
+// slowest of them (see peerLead), and how long a peer may make no progress
+// before it is no longer waited for (a stalled peer must not stall the
+// site's fetch).
 const (
+	minPeerLead  = 1 << 20
 	maxPeerLead  = 4 << 20
 	peerStallCap = 2 * time.Second
 )
+
+// peerLead is how far a fetch of a size-byte blob may read ahead of the
+// peers streaming it: 2% of the blob, within [minPeerLead, maxPeerLead].
+// The lead is what the site fetches twice if this DP dies mid-fetch, so it
+// is bounded relative to the blob (the goal: losing a DP costs at most
+// 1.05x the version); minPeerLead keeps several chunks in flight to a
+// follower so that it does not slow the fetch of a small blob.
+func peerLead(size int64) int64 {
+	return min(max(size/50, minPeerLead), maxPeerLead)
+}
 
 // addPeer registers a peer DP streaming from pos; removePeer undoes it.
 func (f *fetch) addPeer(pos int64) int {
@@ -80,14 +94,15 @@ func (f *fetch) removePeer(id int) {
 }
 
 // awaitPeers waits until every peer DP that is making progress is within
-// maxPeerLead of off.
+// peerLead(f.size) of off.
 func (f *fetch) awaitPeers(ctx context.Context, off int64) {
+	lead := peerLead(f.size)
 	for {
 		f.mu.Lock()
 		var behind bool
 		now := time.Now()
 		for _, p := range f.peers {
-			if off-p.pos > maxPeerLead && now.Sub(p.moved) < peerStallCap {
+			if off-p.pos > lead && now.Sub(p.moved) < peerStallCap {
 				behind = true
 				break
 			}
