@@ -4,6 +4,9 @@
 BUF_VERSION                ?= v1.75.0
 PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+# grpcurl is not used by the build: the e2e tests run it against a DP with
+# TLS, as an operator would (e2e/grpcurl_test.go). v1.9.3 builds with our Go.
+GRPCURL_VERSION            ?= v1.9.3
 
 GO           ?= go
 # Tools are installed here (`make tools`) and taken from here first, so buf
@@ -127,10 +130,11 @@ tidy-check: ## fail if go mod tidy would change go.mod or go.sum
 # Each tool is rebuilt when its pinned version changes: a stamp file records
 # the version that is installed.
 .PHONY: tools
-tools: ## install the pinned buf and protoc plugins into BIN_DIR
+tools: ## install the pinned buf, protoc plugins and grpcurl into BIN_DIR
 tools: $(BIN_DIR)/.buf-$(BUF_VERSION) \
 	$(BIN_DIR)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
-	$(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+	$(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) \
+	$(BIN_DIR)/.grpcurl-$(GRPCURL_VERSION)
 
 $(BIN_DIR)/.buf-$(BUF_VERSION):
 	GOBIN="$(BIN_DIR)" $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -143,6 +147,10 @@ $(BIN_DIR)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION):
 $(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
 	GOBIN="$(BIN_DIR)" $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@rm -f $(BIN_DIR)/.protoc-gen-go-grpc-* && touch $@
+
+$(BIN_DIR)/.grpcurl-$(GRPCURL_VERSION):
+	GOBIN="$(BIN_DIR)" $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@rm -f $(BIN_DIR)/.grpcurl-* && touch $@
 
 .PHONY: clean
 clean: ## remove the installed tools and test binaries

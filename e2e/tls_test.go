@@ -63,6 +63,30 @@ func tlsNodeFlags(c certPair, clientCA string) []string {
 	return []string{"--tls-cert", c.cert, "--tls-key", c.key, "--client-ca", clientCA}
 }
 
+// tlsDP is a DP with mTLS in front of a published repository, the CA of
+// its site, and an admin's and an endpoint's certificates from it.
+type tlsDP struct {
+	*dpNode
+	site            *sitePKI
+	admin, endpoint certPair
+}
+
+// startTLSDP publishes version 1.0 of product and starts a DP with
+// --tls-cert and --client-ca in front of it.
+func startTLSDP(t *testing.T) *tlsDP {
+	t.Helper()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	writeFiles(t, src, map[string]int{"databases/base.dat": 16 << 10})
+	repo := filepath.Join(work, "repo")
+	publish(t, repo, k, "1.0", src)
+	site := newSitePKI(t, work, "ca")
+	d := &tlsDP{site: site, admin: site.issue(t, "alice", "admin"), endpoint: site.issue(t, "pc-1", "endpoint")}
+	d.dpNode = startNode(t, repo, k.pub, tlsNodeFlags(site.issue(t, "dp-1", "dp", "127.0.0.1"), site.ca)...)
+	return d
+}
+
 // grpcClient dials addr over TLS with the pair (none: no certificate).
 func grpcClient(t *testing.T, addr, ca string, c *certPair) *grpc.ClientConn {
 	t.Helper()

@@ -1,6 +1,7 @@
 // Package bench holds the load benchmarks of a distribution point run as a
 // separate process, each against a baseline measured in the same run: nginx
-// serving the same bytes, or the DP itself idle. Run them with
+// serving the same bytes, the DP itself idle, or the DP over plain gRPC for
+// its TLS figures (tls_bench_test.go). Run them with
 //
 //	go test -run '^$' -bench . -benchtime 1x ./e2e/bench/
 //
@@ -38,6 +39,11 @@ type setup struct {
 	node     *testenv.Proc
 	dp       *source.GRPC
 	grpcAddr string
+
+	bin, dir string
+	// connect returns a new connection to the DP, as an endpoint makes:
+	// plain gRPC, or TLS once restartTLS has run.
+	connect func() (*source.GRPC, error)
 }
 
 func newSetup(b *testing.B, size int64) *setup {
@@ -63,22 +69,11 @@ func newSetup(b *testing.B, size int64) *setup {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &setup{size: size, digest: res.Manifest.Files[0].SHA256}
+	s := &setup{size: size, digest: res.Manifest.Files[0].SHA256, bin: bin, dir: dir}
 	s.ngx = testenv.StartNginx(b, repo, testenv.NginxOptions{})
-	grpcAddr, httpAddr := testenv.FreeAddr(b, "127.0.0.1"), testenv.FreeAddr(b, "127.0.0.1")
-	s.node = testenv.StartProc(b, bin, "node", "--name", "bench", "--data", filepath.Join(dir, "dp"),
-		"--grpc", grpcAddr, "--http", httpAddr, "--gossip", "127.0.0.1:0", "--upstream", s.ngx.URL,
-		"--trust", filepath.Join(dir, "vendor.pub"), "--log-level", "warn")
-	testenv.WaitFor(b, 30*time.Second, "node healthy", func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	s.grpcAddr = grpcAddr
-	s.dp, err = source.NewGRPC(grpcAddr, source.DefaultOptions())
+	s.startNode(b, http.DefaultClient, "http")
+	s.connect = func() (*source.GRPC, error) { return source.NewGRPC(s.grpcAddr, source.DefaultOptions()) }
+	s.dp, err = s.connect()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -94,6 +89,28 @@ func newSetup(b *testing.B, size int64) *setup {
 		b.Fatalf("warming the DP: %d bytes, %v", n, err)
 	}
 	return s
+}
+
+// startNode starts the DP on the data directory of s, with extra flags,
+// on new ports, and waits until its /healthz answers over scheme.
+func (s *setup) startNode(b *testing.B, client *http.Client, scheme string, extra ...string) {
+	b.Helper()
+	grpcAddr, httpAddr := testenv.FreeAddr(b, "127.0.0.1"), testenv.FreeAddr(b, "127.0.0.1")
+	s.node = testenv.StartProc(b, s.bin, append([]string{"node", "--name", "bench", "--data", filepath.Join(s.dir, "dp"),
+		"--grpc", grpcAddr, "--http", httpAddr, "--gossip", "127.0.0.1:0", "--upstream", s.ngx.URL,
+		"--trust", filepath.Join(s.dir, "vendor.pub"), "--log-level", "warn"}, extra...)...)
+	testenv.WaitFor(b, 30*time.Second, "node healthy", func() bool {
+		if s.node.Exited() {
+			b.Fatalf("the DP exited: %s", s.node.Stderr())
+		}
+		resp, err := client.Get(scheme + "://" + httpAddr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	s.grpcAddr = grpcAddr
 }
 
 func writeRandom(path string, size int64) error {
@@ -118,7 +135,7 @@ func writeRandom(path string, size int64) error {
 // a connection of its own, as each endpoint has (the nginx baseline's
 // clients have theirs too).
 func (s *setup) readDP(ctx context.Context, off, n int64) (int64, error) {
-	dp, err := source.NewGRPC(s.grpcAddr, source.DefaultOptions())
+	dp, err := s.connect()
 	if err != nil {
 		return 0, err
 	}

@@ -70,3 +70,38 @@ func lookBinary(name string) (string, error) {
 	}
 	return "", err
 }
+
+// RequireTool returns the absolute path of name, a tool that `make tools`
+// pins and installs (grpcurl), looked up where the Makefile installs it
+// (GOBIN when set, else the module's .bin), then in PATH. If it is missing,
+// the test is skipped with [SkipMissing], saying to run `make tools`,
+// unless CI is set: then it fails, as with [RequireBinary]. It is safe for
+// concurrent use.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	dirs := []string{filepath.Join(ModuleRoot(t), ".bin")}
+	if gobin := os.Getenv("GOBIN"); gobin != "" {
+		dirs = append([]string{gobin}, dirs...)
+	}
+	return requireTool(t, name, dirs, os.Getenv("CI") != "", SkipMissing)
+}
+
+// requireTool is RequireTool with the directories, the CI setting and the
+// skip given.
+func requireTool(t testing.TB, name string, dirs []string, ci bool, skip func(t testing.TB, need, install string)) string {
+	t.Helper()
+	// The empty directory last: LookPath of the bare name searches PATH.
+	for _, dir := range append(dirs, "") {
+		if p, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			if abs, err := filepath.Abs(p); err == nil {
+				return abs
+			}
+		}
+	}
+	if ci {
+		t.Fatalf("testenv: %q is not installed (not in %v nor PATH); CI is set, so this fails instead of skipping: run `make tools` (.ci/deps does), which installs the pinned version", name, dirs)
+		return ""
+	}
+	skip(t, name, fmt.Sprintf("not in %v nor PATH: make tools (installs the pinned version)", dirs))
+	return ""
+}

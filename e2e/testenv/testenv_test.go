@@ -89,6 +89,47 @@ func TestRequireBinary(t *testing.T) {
 	}
 }
 
+func TestRequireTool(t *testing.T) {
+	t.Parallel()
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "dpcache-pinned-tool"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	skip := func(tb testing.TB, need, install string) { tb.Skipf("%s: %s", need, install) }
+	tests := []struct {
+		name                    string
+		tool                    string
+		ci                      bool
+		want                    string
+		wantSkipped, wantFailed bool
+		wantMsg                 string
+	}{
+		{name: "in the tools directory", tool: "dpcache-pinned-tool", want: filepath.Join(bin, "dpcache-pinned-tool")},
+		{name: "in PATH", tool: "sh"},
+		{name: "missing skips", tool: "dpcache-no-such-tool", wantSkipped: true, wantMsg: "make tools"},
+		{name: "missing fails in CI", tool: "dpcache-no-such-tool", ci: true, wantFailed: true, wantMsg: "CI is set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var got string
+			f := runFake(t, func(tb testing.TB) { got = requireTool(tb, tt.tool, []string{bin}, tt.ci, skip) })
+			if f.skipped != tt.wantSkipped || f.failed != tt.wantFailed {
+				t.Fatalf("skipped=%v failed=%v (%q), want skipped=%v failed=%v", f.skipped, f.failed, f.msg, tt.wantSkipped, tt.wantFailed)
+			}
+			if !strings.Contains(f.msg, tt.wantMsg) {
+				t.Errorf("message %q does not contain %q", f.msg, tt.wantMsg)
+			}
+			if tt.want != "" && got != tt.want {
+				t.Errorf("path %q, want %q", got, tt.want)
+			}
+			if !tt.wantSkipped && !tt.wantFailed && !filepath.IsAbs(got) {
+				t.Errorf("path %q is not absolute", got)
+			}
+		})
+	}
+}
+
 func TestFreeAddr(t *testing.T) {
 	t.Parallel()
 	addr := FreeAddr(t, "127.0.0.1")
