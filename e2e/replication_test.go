@@ -131,6 +131,10 @@ func TestE2E_Cluster_OwnerKilledReplicated(t *testing.T) {
 
 			// The killed DP comes back: it completes its interrupted copy
 			// from the site, not from the origin.
+			// It joins the survivors, as its configuration's --join would
+			// (the first DP of a test cluster was started with none; the
+			// survivors' own retries of a dead member's address are slower).
+			victim.args = append(victim.args, "--join", ranked[1].Gossip+","+ranked[2].Gossip)
 			victim.restart(t)
 			waitDetail(t, eventually, victim.Name+" to see its peers holding the version", holdWhole(victim, ranked[1:]))
 			dir := filepath.Join(t.TempDir(), "after-restart")
