@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 	"github.com/dpcache/dpcache/source/failover"
 )
@@ -28,15 +29,21 @@ type writeSyncer interface {
 }
 
 // blobJob is one distinct blob of the version: its digest, size and every
-// path that holds it.
+// path that holds it. It is either a file (built from chunks when chunks
+// is set) or, when chunkOf > 0, a chunk of the file at paths[0].
 type blobJob struct {
-	digest string
-	size   int64
-	paths  []string
-	index  int // position in the version's blob list
+	digest  string
+	size    int64
+	paths   []string
+	index   int              // position in the version's blob list
+	chunks  []manifest.Chunk // a chunked file's chunks
+	chunkOf int              // a chunk's position (from 1) in the file paths[0]
 }
 
 func (j *blobJob) String() string {
+	if j.chunkOf > 0 {
+		return fmt.Sprintf("chunk %d of file %q (sha256 %s)", j.chunkOf, j.paths[0], j.digest)
+	}
 	if len(j.paths) == 1 {
 		return fmt.Sprintf("file %q (sha256 %s)", j.paths[0], j.digest)
 	}

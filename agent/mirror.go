@@ -194,7 +194,7 @@ func mirror(ctx context.Context, cfg MirrorConfig, log *slog.Logger) (res *Mirro
 	if err := os.MkdirAll(blobDir, 0o755); err != nil {
 		return nil, &localError{err}
 	}
-	jobs, err := groupBlobs(m.Files)
+	jobs, err := groupBlobs(blobFiles(m.Files)) // a chunked file's chunks, not the file
 	if err != nil {
 		return nil, err
 	}

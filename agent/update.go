@@ -337,6 +337,9 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	needed := make(map[string]bool, len(jobs))
 	for _, j := range jobs {
 		needed[j.digest] = true
+		for _, c := range j.chunks {
+			needed[c.SHA256] = true
+		}
 	}
 	// Downloads of other versions are of no more use.
 	if err := removeChildren(u.l.blobs, func(name string) bool {
@@ -365,7 +368,33 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	if err != nil {
 		return nil, err
 	}
-	if err := u.download(ctx, st, missing, f); err != nil {
+	// Chunked files missing whole are built from chunks: those found in
+	// installed files, and those fetched along with the unchunked files.
+	var whole, chunked []*blobJob
+	want, paths := map[string]bool{}, map[string]bool{}
+	for _, j := range missing {
+		if len(j.chunks) == 0 {
+			whole = append(whole, j)
+			continue
+		}
+		chunked = append(chunked, j)
+		for _, p := range j.paths {
+			paths[p] = true
+		}
+		for _, c := range j.chunks {
+			want[c.SHA256] = true
+		}
+	}
+	var idx chunkIndex
+	if len(chunked) > 0 {
+		idx = indexChunks(u.installed(inst), want, paths)
+	}
+	if err := u.download(ctx, st, append(whole, chunkJobs(chunked, idx, f)...), f); err != nil {
+		return nil, err
+	}
+	if err := eachJob(ctx, chunked, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
+		return u.assemble(ctx, st, j, idx, f)
+	}); err != nil {
 		return nil, err
 	}
 
@@ -481,13 +510,19 @@ func (u *updater) reuse(ctx context.Context, st *stage, jobs []*blobJob, f *fetc
 // current version's first, then the others kept on disk.
 func (u *updater) candidates(inst *version) map[string][]string {
 	out := map[string][]string{}
-	add := func(v *version) {
+	for _, v := range u.installed(inst) {
 		for _, f := range v.files {
 			out[f.SHA256] = append(out[f.SHA256], filepath.Join(v.filesDir(), filepath.FromSlash(f.Path)))
 		}
 	}
+	return out
+}
+
+// installed returns the versions on disk: inst first, then the others.
+func (u *updater) installed(inst *version) []*version {
+	var out []*version
 	if inst != nil {
-		add(inst)
+		out = append(out, inst)
 	}
 	entries, _ := os.ReadDir(u.l.versions)
 	for _, e := range entries {
@@ -495,13 +530,14 @@ func (u *updater) candidates(inst *version) map[string][]string {
 			continue
 		}
 		if v, err := u.l.loadVersion(e.Name()); err == nil {
-			add(v)
+			out = append(out, v)
 		}
 	}
 	return out
 }
 
-// download fetches the missing blobs and places them in the stage.
+// download fetches the missing blobs and places them in the stage (a
+// chunk stays in f's folder for assemble).
 func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *fetcher) error {
 	if len(jobs) == 0 {
 		return nil
@@ -515,6 +551,9 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 	return eachJob(ctx, jobs, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
 		if err := f.fetch(ctx, j); err != nil {
 			return err
+		}
+		if j.chunkOf > 0 {
+			return nil
 		}
 		return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
 	})
@@ -553,7 +592,8 @@ func (u *updater) hook(step string) error {
 }
 
 // groupBlobs groups files by digest, in manifest order. One digest listed
-// with two sizes is refused: no content can match both.
+// with two sizes is refused: no content can match both. A digest listed
+// chunked anywhere is built from the first chunk list given for it.
 func groupBlobs(files []manifest.File) ([]*blobJob, error) {
 	byDigest := map[string]*blobJob{}
 	var jobs []*blobJob
@@ -566,6 +606,9 @@ func groupBlobs(files []manifest.File) ([]*blobJob, error) {
 		} else if j.size != f.Size {
 			return nil, fmt.Errorf("manifest lists sha256 %s as %q (%d bytes) and %q (%d bytes): %w",
 				f.SHA256, j.paths[0], j.size, f.Path, f.Size, manifest.ErrInvalid)
+		}
+		if len(j.chunks) == 0 {
+			j.chunks = f.Chunks
 		}
 		j.paths = append(j.paths, f.Path)
 	}

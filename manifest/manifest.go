@@ -31,6 +31,9 @@ const (
 	// MaxDocumentSize is the largest latest.json or manifest.json that
 	// ParseLatest and ParseManifest accept; clients should not read more.
 	MaxDocumentSize = 64 << 20
+	// MaxChunks is the most chunks one file may list: a 64 GiB file cut
+	// by ChunkerParams (80 KiB on average) has about 800,000.
+	MaxChunks = 1 << 20
 )
 
 // Latest is the content of <product>/latest.json: a pointer to the newest
@@ -63,13 +66,40 @@ func (l *Latest) Fresh(now time.Time) error {
 }
 
 // File is one file of a version: where it goes (Path, relative to the
-// install directory), its content (Size bytes, named by SHA256 in the blob
-// store) and the component it belongs to.
+// install directory), its content (Size bytes, named by SHA256) and the
+// component it belongs to.
+//
+// An unchunked file is one blob named by SHA256. A chunked file (Chunks
+// not empty) is stored only as its chunks, each a blob of its own; SHA256
+// is still that of the whole file, which is the chunks' bytes in order.
 type File struct {
-	Path      string `json:"path"`
-	Size      int64  `json:"size"`
-	SHA256    string `json:"sha256"`
-	Component string `json:"component"`
+	Path      string  `json:"path"`
+	Size      int64   `json:"size"`
+	SHA256    string  `json:"sha256"`
+	Component string  `json:"component"`
+	Chunks    []Chunk `json:"chunks,omitempty"`
+}
+
+// Chunk is a piece of a chunked file: Size bytes (> 0) named by SHA256,
+// a blob of its own in the repository.
+type Chunk struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Parts returns the blobs that hold f's bytes, in file order: f itself
+// when it is not chunked, else one File per chunk with f's Path and
+// Component and the chunk's SHA256 and Size (a chunk repeated in f is
+// listed each time).
+func (f File) Parts() []File {
+	if len(f.Chunks) == 0 {
+		return []File{f}
+	}
+	out := make([]File, len(f.Chunks))
+	for i, c := range f.Chunks {
+		out[i] = File{Path: f.Path, Size: c.Size, SHA256: c.SHA256, Component: f.Component}
+	}
+	return out
 }
 
 // Manifest is the content of <product>/<version>/manifest.json: the complete
@@ -158,8 +188,8 @@ func (l *Latest) Validate() error {
 // Validate checks every field of m: product and version names, serial >= 1,
 // a publication time, and each file: a valid path (ValidPath), no duplicate
 // path, no path that is both a file and the parent directory of another
-// file, size >= 0, a valid digest, and a component among ComponentDatabases
-// and ComponentModules.
+// file, size >= 0, a valid digest, a component among ComponentDatabases
+// and ComponentModules, and chunks (validChunks) that add up to the file.
 func (m *Manifest) Validate() error {
 	if err := ValidName(m.Product); err != nil {
 		return fmt.Errorf("%s: product: %w", ManifestName, err)
@@ -197,6 +227,9 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("%s: file %q: component %q is neither %q nor %q: %w",
 				where, f.Path, f.Component, ComponentDatabases, ComponentModules, ErrInvalid)
 		}
+		if err := validChunks(f); err != nil {
+			return fmt.Errorf("%s: file %q: %w", where, f.Path, err)
+		}
 	}
 	// A path that is a file cannot also be a directory holding another file.
 	for _, f := range m.Files {
@@ -206,6 +239,37 @@ func (m *Manifest) Validate() error {
 					where, f.Path, dir, ErrInvalid)
 			}
 		}
+	}
+	return nil
+}
+
+// validChunks checks the chunks of f: at most MaxChunks, none for an
+// empty file, each with a valid digest and a size > 0, the sizes adding
+// up to f.Size. A "chunks": [] in a document is the same as none.
+func validChunks(f *File) error {
+	switch {
+	case len(f.Chunks) == 0:
+		return nil
+	case len(f.Chunks) > MaxChunks:
+		return fmt.Errorf("%d chunks, more than %d: %w", len(f.Chunks), MaxChunks, ErrInvalid)
+	case f.Size == 0:
+		return fmt.Errorf("an empty file has no chunks: %w", ErrInvalid)
+	}
+	var sum int64
+	for i, c := range f.Chunks {
+		if err := ValidDigest(c.SHA256); err != nil {
+			return fmt.Errorf("chunks[%d]: sha256: %w", i, err)
+		}
+		if c.Size <= 0 {
+			return fmt.Errorf("chunks[%d]: size %d is not positive: %w", i, c.Size, ErrInvalid)
+		}
+		if c.Size > f.Size-sum { // no overflow: sum <= f.Size
+			return fmt.Errorf("chunks[%d]: the chunks exceed the file's %d bytes: %w", i, f.Size, ErrInvalid)
+		}
+		sum += c.Size
+	}
+	if sum != f.Size {
+		return fmt.Errorf("chunks add up to %d bytes, the file has %d: %w", sum, f.Size, ErrInvalid)
 	}
 	return nil
 }
@@ -220,17 +284,22 @@ func (m *Manifest) Size() int64 {
 	return n
 }
 
-// Blobs returns one File per distinct SHA-256 in m, the first file having
-// that digest, in manifest order: the blobs to fetch for this version.
+// Blobs returns the blobs this version is stored as, one per distinct
+// SHA-256, in manifest order: the Parts of each file (an unchunked file
+// itself, a chunked file's chunks, never a chunked file's whole digest),
+// each the first part having that digest. These are the blobs to fetch
+// for this version.
 func (m *Manifest) Blobs() []File {
 	seen := make(map[string]struct{}, len(m.Files))
 	out := make([]File, 0, len(m.Files))
 	for _, f := range m.Files {
-		if _, ok := seen[f.SHA256]; ok {
-			continue
+		for _, p := range f.Parts() {
+			if _, ok := seen[p.SHA256]; ok {
+				continue
+			}
+			seen[p.SHA256] = struct{}{}
+			out = append(out, p)
 		}
-		seen[f.SHA256] = struct{}{}
-		out = append(out, f)
 	}
 	return out
 }

@@ -2,6 +2,9 @@ package manifest
 
 import (
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +176,21 @@ func TestManifest_Validate(t *testing.T) {
 		{"upper digest", func(m *Manifest) { m.Files[0].SHA256 = strings.ToUpper(digestA) }, "digest"},
 		{"bad component", func(m *Manifest) { m.Files[0].Component = "drivers" }, "component"},
 		{"empty component", func(m *Manifest) { m.Files[0].Component = "" }, "component"},
+		{"chunked", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{digestB, 4}, {digestB, 6}} }, ""},
+		{"empty chunk list", func(m *Manifest) { m.Files[0].Chunks = []Chunk{} }, ""},
+		{"chunks short", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{digestB, 4}, {digestB, 5}} }, "add up to 9 bytes"},
+		{"chunks long", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{digestB, 4}, {digestB, 7}} }, "exceed"},
+		{"chunk overflow", func(m *Manifest) {
+			m.Files[0].Chunks = []Chunk{{digestB, 1 << 62}, {digestB, 1 << 62}, {digestB, 1 << 62}}
+		}, "exceed"},
+		{"chunk zero size", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{digestB, 0}, {digestB, 10}} }, "not positive"},
+		{"chunk negative size", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{digestB, -1}, {digestB, 11}} }, "not positive"},
+		{"chunk bad digest", func(m *Manifest) { m.Files[0].Chunks = []Chunk{{"xyz", 10}} }, "chunks[0]: sha256"},
+		{"chunks of empty file", func(m *Manifest) { m.Files[0].Size = 0; m.Files[0].Chunks = []Chunk{{digestB, 1}} }, "empty file"},
+		{"too many chunks", func(m *Manifest) {
+			m.Files[0].Size = MaxChunks + 1
+			m.Files[0].Chunks = make([]Chunk, MaxChunks+1)
+		}, "more than"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,7 +261,7 @@ func TestParseManifest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseManifest: %v", err)
 	}
-	if got.Product != m.Product || got.Serial != m.Serial || !got.Published.Equal(m.Published) || len(got.Files) != 3 || got.Files[2] != m.Files[2] {
+	if got.Product != m.Product || got.Serial != m.Serial || !got.Published.Equal(m.Published) || len(got.Files) != 3 || !reflect.DeepEqual(got.Files[2], m.Files[2]) {
 		t.Fatalf("roundtrip mismatch: %+v", got)
 	}
 	tests := []struct {
@@ -318,6 +336,31 @@ func TestManifest_SizeAndBlobs(t *testing.T) {
 	}
 }
 
+// A chunked file is stored as its chunks: Blobs lists them, once each,
+// and never the whole file's digest.
+func TestManifest_Blobs_Chunked(t *testing.T) {
+	t.Parallel()
+	digestC, digestD := strings.Repeat("c", 64), strings.Repeat("d", 64)
+	m := validManifest()
+	m.Files[0].Chunks = []Chunk{{digestC, 4}, {digestD, 2}, {digestC, 4}}
+	m.Files[2].Chunks = []Chunk{{digestD, 2}, {digestB, 3}} // digestB is also this file's own digest
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range m.Blobs() {
+		got = append(got, fmt.Sprintf("%s:%c:%d", b.Path, b.SHA256[0], b.Size))
+	}
+	// a.bin's chunks c and d; b.bin unchunked (digestA); m.dll's chunk b.
+	want := []string{"bases/a.bin:c:4", "bases/a.bin:d:2", "bases/b.bin:a:10", "modules/m.dll:b:3"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Blobs() = %v, want %v", got, want)
+	}
+	if p := m.Files[1].Parts(); len(p) != 1 || !reflect.DeepEqual(p[0], m.Files[1]) {
+		t.Fatalf("Parts of an unchunked file = %+v", p)
+	}
+}
+
 func TestPaths(t *testing.T) {
 	t.Parallel()
 	for got, want := range map[string]string{
@@ -339,6 +382,17 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte(`{"product":"p","version":"v","serial":1,"published":"2026-01-01T00:00:00Z","files":[{"path":"a/../b","size":1,"sha256":"` + digestA + `","component":"databases"}]}`))
 	f.Add([]byte(`{"files":[{"path":"a"},{"path":"a/b"}]}`))
 	f.Add([]byte(`null`))
+	chunked := validManifest()
+	chunked.Files[0].Chunks = []Chunk{{digestB, 4}, {digestA, 6}}
+	chunked.Files[2].Chunks = []Chunk{{digestB, 5}}
+	data, _ = chunked.Marshal()
+	f.Add(data)
+	head := `{"product":"p","version":"v","serial":1,"published":"2026-01-01T00:00:00Z","files":[{"path":"a","component":"databases","sha256":"` + digestA + `",`
+	f.Add([]byte(head + `"size":3,"chunks":[{"sha256":"` + digestB + `","size":1},{"sha256":"` + digestB + `","size":2}]}]}`))
+	f.Add([]byte(head + `"size":3,"chunks":[{"sha256":"` + digestB + `","size":9223372036854775807},{"sha256":"` + digestB + `","size":9223372036854775807}]}]}`))
+	f.Add([]byte(head + `"size":0,"chunks":[{"sha256":"` + digestB + `","size":0}]}]}`))
+	f.Add([]byte(head + `"size":1,"chunks":[{"sha256":"B","size":1}]}]}`))
+	f.Add([]byte(head + `"size":1,"chunks":null}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ParseManifest(data)
 		if err != nil {
@@ -350,6 +404,21 @@ func FuzzParseManifest(f *testing.F) {
 		for _, f := range m.Files {
 			if ValidPath(f.Path) != nil {
 				t.Fatalf("accepted invalid path %q", f.Path)
+			}
+			var sum int64
+			for _, c := range f.Chunks {
+				if c.Size <= 0 || ValidDigest(c.SHA256) != nil {
+					t.Fatalf("accepted invalid chunk %+v of %q", c, f.Path)
+				}
+				sum += c.Size
+			}
+			if len(f.Chunks) > 0 && sum != f.Size {
+				t.Fatalf("accepted chunks of %d bytes for %q of %d", sum, f.Path, f.Size)
+			}
+		}
+		for _, b := range m.Blobs() {
+			if b.Size < 0 || ValidDigest(b.SHA256) != nil {
+				t.Fatalf("Blobs() lists an invalid blob %+v", b)
 			}
 		}
 		// A valid manifest re-encodes to a valid manifest.

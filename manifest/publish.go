@@ -41,6 +41,12 @@ type PublishOptions struct {
 	// folder is refused (ErrEmpty), since endpoints would install an
 	// empty version and lose their databases.
 	AllowEmpty bool
+	// Chunk cuts every file of at least ChunkThreshold bytes into
+	// content-defined chunks (Cut): the repository then stores only the
+	// chunks, each a blob, and the manifest lists them, so that a new
+	// version moves only the chunks that changed. Off by default while
+	// DPs cannot yet serve a chunked file whole to plain HTTP updaters.
+	Chunk bool
 }
 
 // DefaultExpiry is how long a published version counts as current unless
@@ -176,18 +182,35 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 	if err := mkdirAll(blobDir); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	for _, b := range m.Blobs() {
+	// A chunked file is stored as its chunks only; the others whole.
+	seen := map[string]bool{}
+	for i := range m.Files {
+		b := &m.Files[i]
+		src := filepath.Join(root, filepath.FromSlash(b.Path))
+		if opts.Chunk && b.Size >= ChunkThreshold {
+			if err := chunkFile(src, blobDir, b, seen, res); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			continue
+		}
+		if seen[b.SHA256] {
+			continue
+		}
+		seen[b.SHA256] = true
 		dst := fsPath(BlobPath(b.SHA256))
 		if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == b.Size {
 			res.BlobsReused++
 			continue
 		}
-		n, err := copyBlob(filepath.Join(root, filepath.FromSlash(b.Path)), dst, b)
+		n, err := copyBlob(src, dst, *b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		res.BlobsWritten++
 		res.BytesWritten += n
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	if res.BlobsWritten > 0 {
 		// Make the blob renames durable before any document names them.

@@ -1,9 +1,12 @@
 package manifest
 
 import (
+	"bytes"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -54,12 +57,19 @@ func checkRepo(t testing.TB, tr *Trust, repo, product string) *Manifest {
 		t.Fatal(err)
 	}
 	for _, f := range m.Files {
-		b, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(BlobPath(f.SHA256))))
-		if err != nil {
-			t.Fatalf("blob of %s: %v", f.Path, err)
+		var whole []byte
+		for _, p := range f.Parts() {
+			b, err := os.ReadFile(filepath.Join(repo, filepath.FromSlash(BlobPath(p.SHA256))))
+			if err != nil {
+				t.Fatalf("blob of %s: %v", f.Path, err)
+			}
+			if int64(len(b)) != p.Size || SHA256Hex(b) != p.SHA256 {
+				t.Fatalf("blob of %s: wrong content", f.Path)
+			}
+			whole = append(whole, b...)
 		}
-		if int64(len(b)) != f.Size || SHA256Hex(b) != f.SHA256 {
-			t.Fatalf("blob of %s: wrong content", f.Path)
+		if int64(len(whole)) != f.Size || SHA256Hex(whole) != f.SHA256 {
+			t.Fatalf("%s: its blobs do not make the file", f.Path)
 		}
 	}
 	// No temporary files left behind.
@@ -347,4 +357,78 @@ func TestPublish_Expires(t *testing.T) {
 	if _, err := ParseLatest([]byte(bad)); !errors.Is(err, ErrInvalid) {
 		t.Errorf("ParseLatest of an expiry before publication = %v, want ErrInvalid", err)
 	}
+}
+
+// With Chunk, a large file is stored as its chunks only, and a new version
+// that rewrites part of it stores only the chunks that changed.
+func TestPublish_Chunked(t *testing.T) {
+	t.Parallel()
+	key, tr := newKey(t)
+	repo := t.TempDir()
+	big := make([]byte, 4<<20)
+	randFill(1, big)
+	src := writeTree(t, map[string]string{"bases/big.db": string(big), "bases/small.txt": "small"})
+	opts := PublishOptions{Repo: repo, Product: "kes", Version: "1", Key: key, Now: fixedClock(), Chunk: true}
+	res, err := Publish(opts, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := checkRepo(t, tr, repo, "kes")
+	f := m.Files[0]
+	if f.Path != "bases/big.db" || len(f.Chunks) < 4 || len(m.Files[1].Chunks) != 0 {
+		t.Fatalf("files: %d chunks of %s, %d of the small file", len(f.Chunks), f.Path, len(m.Files[1].Chunks))
+	}
+	if _, err := os.Stat(filepath.Join(repo, BlobPath(f.SHA256))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the whole chunked file is stored too: %v", err)
+	}
+	if res.BytesWritten != int64(len(big))+5 {
+		t.Fatalf("v1 wrote %d bytes, want %d", res.BytesWritten, len(big)+5)
+	}
+
+	// v2: 256 KiB rewritten in the middle.
+	randFill(3, big[2<<20:2<<20+256<<10])
+	src = writeTree(t, map[string]string{"bases/big.db": string(big), "bases/small.txt": "small"})
+	opts.Version = "2"
+	res, err = Publish(opts, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRepo(t, tr, repo, "kes")
+	if res.BytesWritten > 256<<10+2*ChunkMaxSize || res.BlobsReused < len(f.Chunks)-4 {
+		t.Fatalf("v2 wrote %d bytes in %d blobs, reused %d: more than the changed chunks", res.BytesWritten, res.BlobsWritten, res.BlobsReused)
+	}
+	t.Logf("v2: %d bytes in %d new chunks, %d reused", res.BytesWritten, res.BlobsWritten, res.BlobsReused)
+}
+
+// Cut is deterministic and bounded: the same bytes give the same chunks,
+// each between ChunkMinSize and ChunkMaxSize but the last.
+func TestCut(t *testing.T) {
+	t.Parallel()
+	data := make([]byte, 3<<20)
+	randFill(5, data)
+	cut := func() (sizes []int) {
+		if err := Cut(bytes.NewReader(data), func(b []byte) error { sizes = append(sizes, len(b)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return sizes
+	}
+	a, b := cut(), cut()
+	if !slices.Equal(a, b) {
+		t.Fatal("two cuts of the same bytes differ")
+	}
+	sum := 0
+	for i, n := range a {
+		sum += n
+		if n > ChunkMaxSize || (n < ChunkMinSize && i != len(a)-1) {
+			t.Fatalf("chunk %d of %d bytes", i, n)
+		}
+	}
+	if sum != len(data) {
+		t.Fatalf("chunks of %d bytes, want %d", sum, len(data))
+	}
+}
+
+// randFill fills b with pseudo-random bytes from seed.
+func randFill(seed byte, b []byte) {
+	_, _ = rand.NewChaCha8([32]byte{seed}).Read(b)
 }

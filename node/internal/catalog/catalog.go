@@ -199,10 +199,10 @@ func (c *Catalog) versionsOf(digest string) []productSerial {
 }
 
 // registerVersionsLocked records that the version of m, under serial,
-// names each blob of m.
+// names each blob of m (a chunked file's chunks, not its whole digest).
 func (c *Catalog) registerVersionsLocked(m *manifest.Manifest, serial uint64) {
 	ps := productSerial{m.Product, m.Version, serial}
-	for _, f := range m.Files {
+	for _, f := range m.Blobs() {
 		if !slices.Contains(c.blobVersions[f.SHA256], ps) {
 			c.blobVersions[f.SHA256] = append(c.blobVersions[f.SHA256], ps)
 		}
@@ -298,11 +298,12 @@ func (c *Catalog) dropProduct(p, why string) {
 }
 
 // register records the sizes of m's blobs: the DP fetches only blobs that a
-// verified manifest names.
+// verified manifest names (Manifest.Blobs: a chunked file's chunks; its
+// whole digest is no blob of the repository).
 func (c *Catalog) register(m *manifest.Manifest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, f := range m.Files {
+	for _, f := range m.Blobs() {
 		c.known[f.SHA256] = f.Size
 	}
 	c.registerVersionsLocked(m, m.Serial)

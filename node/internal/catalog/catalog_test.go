@@ -157,6 +157,27 @@ func TestFetchOrder_DatabasesFirst(t *testing.T) {
 	}
 }
 
+// A chunked file's blobs are its chunks, in its component's group; its
+// whole digest is no blob to fetch.
+func TestFetchOrder_Chunks(t *testing.T) {
+	t.Parallel()
+	d := func(c byte) string { return strings.Repeat(string(c), 64) }
+	m := &manifest.Manifest{Files: []manifest.File{
+		{Path: "modules/a", Size: 3, SHA256: d('a'), Component: manifest.ComponentModules,
+			Chunks: []manifest.Chunk{{SHA256: d('c'), Size: 1}, {SHA256: d('d'), Size: 2}}},
+		{Path: "db/b", Size: 3, SHA256: d('b'), Component: manifest.ComponentDatabases,
+			Chunks: []manifest.Chunk{{SHA256: d('d'), Size: 2}, {SHA256: d('e'), Size: 1}}},
+	}}
+	dbs, mods := fetchOrder(m)
+	var got []string
+	for _, f := range append(dbs, mods...) {
+		got = append(got, f.SHA256[:1])
+	}
+	if strings.Join(got, "") != "dec" {
+		t.Fatalf("fetch order %v, want d e (databases) then c (modules)", got)
+	}
+}
+
 // TestDocKey: a document fetch is shared only by requests with the same
 // forwarded mark and the same chain of DPs; detach keeps both and drops
 // the caller's cancellation.

@@ -78,7 +78,9 @@ func fetchOrder(m *manifest.Manifest) (databases, modules []manifest.File) {
 	db := map[string]bool{}
 	for _, f := range m.Files {
 		if f.Component == manifest.ComponentDatabases {
-			db[f.SHA256] = true
+			for _, p := range f.Parts() {
+				db[p.SHA256] = true
+			}
 		}
 	}
 	for _, f := range m.Blobs() {
