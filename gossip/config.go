@@ -86,6 +86,22 @@ type Config struct {
 	// Keys or SecretKey, not both. Default: none.
 	SecretKey []byte
 
+	// Identity, when set, is the DP's certificate and key (a *pki.KeyPair,
+	// read again when it changes; Run looks every RejoinInterval): every
+	// part of its holdings it announces is signed with the key, and the
+	// certificate goes to the members in gossip. Holdings of other members
+	// are then accepted only when signed by the key of a dp certificate
+	// that chains to Roots and names that member (its common name is the
+	// member's Name); unsigned ones are ignored. The certificate's common
+	// name should be Name, or members refuse this DP's holdings. Default:
+	// none (holdings are neither signed nor verified).
+	Identity CertificateSource
+
+	// Roots are the CAs that members' certificates must chain to (a
+	// *pki.CertPool, read again when it changes); used only with Identity.
+	// Default: nil, the system roots.
+	Roots RootSource
+
 	// Memberlist holds memberlist's own settings (timers, buffer sizes,
 	// Transport). nil means memberlist.DefaultLANConfig(). New copies it and
 	// overrides: Name; BindAddr and BindPort (from BindAddr); AdvertiseAddr
@@ -196,6 +212,11 @@ func (c *Config) Validate() error {
 		if max := maxBroadcastSize(ml); max < minBroadcastSize {
 			return bad("Memberlist.UDPBufferSize %d leaves %d bytes for a broadcast (Label %d bytes); need at least %d",
 				ml.UDPBufferSize, max, len(ml.Label), minBroadcastSize)
+		}
+	}
+	if c.Identity != nil {
+		if _, err := newIdentity(c.Identity.Certificate()); err != nil {
+			return bad("Identity: %v", err)
 		}
 	}
 	if n := len(encodeMeta(c.meta())); n > memberlist.MetaMaxSize {

@@ -47,6 +47,10 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		d.g.log.Debug("dropped a malformed gossip message", "len", len(buf), "err", err)
 		return
 	}
+	if m.Type == msgCert {
+		d.g.learnChains([][][]byte{m.Chain}, true)
+		return
+	}
 	d.g.applyMessage(m, buf)
 }
 
@@ -67,18 +71,24 @@ func (d *delegate) LocalState(join bool) []byte {
 		entries = append(entries, k.entry)
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+	if g.trust != nil {
+		return encodeStateSigned(g.cfg.Name, g.trust.chains(time.Now()), entries)
+	}
 	return encodeState(g.cfg.Name, entries)
 }
 
 // MergeRemoteState merges the state a peer sent in a push/pull.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
-	from, entries, err := decodeState(buf)
+	st, err := decodeState(buf)
 	if err != nil {
 		d.g.dropped.Add(1)
 		d.g.log.Debug("dropped malformed push/pull state", "len", len(buf), "err", err)
 		return
 	}
-	d.g.mergeState(from, entries)
+	if d.g.trust != nil && len(st.Chains) > 0 {
+		d.g.learnChains(st.Chains, false)
+	}
+	d.g.mergeState(st.From, st.Entries)
 }
 
 // NotifyJoin records a member that memberlist found alive.
@@ -137,48 +147,16 @@ func (g *Gossip) countLiveLocked() {
 }
 
 // applyMessage merges a broadcast about another node if it is newer than
-// what is known, and relays it (raw, copied) so that it spreads
-// epidemically. A message about this node with a higher clock than ours
-// (state from before a restart) makes us re-announce ours above it.
+// what is known (and, with Config.Identity, signed by that node), and
+// relays it so that it spreads epidemically. A message about this node
+// with a higher clock than ours (state from before a restart) makes us
+// re-announce ours above it.
 func (g *Gossip) applyMessage(m message, raw []byte) {
-	if c := m.clock(); futureClock(c) {
-		g.dropped.Add(1)
-		g.log.Warn("dropped a gossip message with a clock from the future (forged or corrupt)", "about", m.Name, "clock", c)
-		return
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if m.Name == g.cfg.Name {
-		switch m.Type {
-		case msgVersions:
-			g.witnessLocked(m.Versions.Clock)
-		case msgFetching:
-			g.witnessLocked(m.Fetching.Clock)
-		case msgLeave:
-			g.witnessLocked(m.Clock)
-		}
-		return
+	if g.admitLocked(m, raw, true) {
+		g.notifyLocked()
 	}
-	k := g.entries[m.Name]
-	if k == nil {
-		k = &known{entry: entry{Name: m.Name}}
-	}
-	var ok bool
-	switch m.Type {
-	case msgVersions:
-		ok = k.mergeVersions(m.Versions)
-	case msgFetching:
-		ok = k.mergeFetching(m.Fetching)
-	case msgLeave:
-		ok = k.mergeLeave(m.Clock)
-	}
-	if !ok {
-		return
-	}
-	k.seen = time.Now()
-	g.entries[m.Name] = k
-	g.queue.QueueBroadcast(newBroadcast(m.Type, m.Name, bytes.Clone(raw)))
-	g.notifyLocked()
 }
 
 // mergeState merges push/pull state from node from. Only from's own entry
@@ -189,43 +167,103 @@ func (g *Gossip) mergeState(from string, entries []entry) {
 	defer g.mu.Unlock()
 	changed := false
 	for _, e := range entries {
-		if futureClock(e.maxClock()) {
-			g.dropped.Add(1)
-			g.log.Warn("dropped a member's state with a clock from the future (forged or corrupt)", "about", e.Name, "from", from, "clock", e.maxClock())
-			continue
-		}
-		if e.Name == g.cfg.Name {
-			g.witnessLocked(e.maxClock())
-			continue
-		}
-		k := g.entries[e.Name]
-		if k == nil {
-			k = &known{entry: entry{Name: e.Name}}
-		}
-		v := k.mergeVersions(e.Versions)
-		f := k.mergeFetching(e.Fetching)
-		l := k.mergeLeave(e.LeaveClock)
-		if !v && !f && !l {
-			continue
-		}
-		changed = true
-		k.seen = time.Now()
-		g.entries[e.Name] = k
-		if e.Name != from {
-			continue
-		}
-		if v {
-			g.queueVersionsLocked(e.Name, k.Versions)
-		}
-		if f {
-			g.queueFetchingLocked(e.Name, k.Fetching)
-		}
-		if l {
-			g.queue.QueueBroadcast(newBroadcast(msgLeave, e.Name, encodeLeaveMsg(e.Name, k.LeaveClock)))
+		for _, m := range e.parts() {
+			if g.admitLocked(m, nil, e.Name == from) {
+				changed = true
+			}
 		}
 	}
 	if changed {
 		g.notifyLocked()
+	}
+}
+
+// admitLocked merges one part (a broadcast, or a part of push/pull state)
+// if it is newer than what is known and, with Config.Identity, signed by
+// the node it describes; a part signed by a key not known yet is held
+// back. raw is the broadcast as received (nil: a part of state). With
+// relay, a merged part is queued as a broadcast. It reports whether the
+// part was merged.
+func (g *Gossip) admitLocked(m message, raw []byte, relay bool) bool {
+	c := m.clock()
+	if futureClock(c) {
+		g.dropped.Add(1)
+		g.log.Warn("dropped a gossip message with a clock from the future (forged or corrupt)", "about", m.Name, "kind", kindName(m.Type), "clock", c)
+		return false
+	}
+	now := time.Now()
+	if m.Name == g.cfg.Name {
+		if c <= g.clock {
+			return false
+		}
+		if g.trust != nil {
+			if v := g.trust.check(m.Type, m.Name, m.seal(), now); v != verified {
+				if v == forged {
+					g.dropForgedLocked(m)
+				}
+				return false
+			}
+		}
+		g.witnessLocked(c)
+		return false
+	}
+	k := g.entries[m.Name]
+	if k == nil {
+		k = &known{entry: entry{Name: m.Name}}
+	}
+	if !k.newerPart(m) {
+		return false
+	}
+	if g.trust != nil {
+		switch g.trust.check(m.Type, m.Name, m.seal(), now) {
+		case unsigned:
+			if g.unsignedLogged.CompareAndSwap(false, true) {
+				g.log.Warn("ignoring unsigned gossip about members: with a certificate, a DP accepts only holdings signed by the member they describe; give every DP --tls-cert", "about", m.Name)
+			}
+			return false
+		case forged:
+			g.dropForgedLocked(m)
+			return false
+		case unknownKey:
+			g.holdLocked(m, now)
+			return false
+		}
+	}
+	k.mergePart(m)
+	k.seen = now
+	g.entries[m.Name] = k
+	if relay {
+		g.relayLocked(m, raw)
+	}
+	return true
+}
+
+func (g *Gossip) dropForgedLocked(m message) {
+	g.dropped.Add(1)
+	g.log.Warn("dropped gossip not signed by the member it describes (forged)", "about", m.Name, "kind", kindName(m.Type), "key", keyHex(m.seal().Key))
+}
+
+// relayLocked queues a merged part as a broadcast: a signed one as signed
+// (if it fits a packet; push/pull carries it otherwise), an unsigned one as
+// received, or re-encoded when it came in state.
+func (g *Gossip) relayLocked(m message, raw []byte) {
+	if s := m.seal(); s != nil {
+		if b := encodeSigned(m.Type, m.Name, s); len(b) <= g.maxMsg {
+			g.queue.QueueBroadcast(newBroadcast(m.Type, m.Name, b))
+		}
+		return
+	}
+	if raw != nil {
+		g.queue.QueueBroadcast(newBroadcast(m.Type, m.Name, bytes.Clone(raw)))
+		return
+	}
+	switch m.Type {
+	case msgVersions:
+		g.queueVersionsLocked(m.Name, m.Versions)
+	case msgFetching:
+		g.queueFetchingLocked(m.Name, m.Fetching)
+	case msgLeave:
+		g.queue.QueueBroadcast(newBroadcast(msgLeave, m.Name, encodeLeaveMsg(m.Name, m.Clock)))
 	}
 }
 
@@ -257,12 +295,12 @@ func (g *Gossip) witnessLocked(c uint64) {
 	self.Versions.Clock, self.Versions.Truncated = g.clock, false
 	g.clock++
 	self.Fetching.Clock, self.Fetching.Truncated = g.clock, false
-	g.queueVersionsLocked(g.cfg.Name, self.Versions)
-	g.queueFetchingLocked(g.cfg.Name, self.Fetching)
+	g.announceLocked(msgVersions)
+	g.announceLocked(msgFetching)
 	if self.LeaveClock != 0 { // we are leaving: say so again, above
 		g.clock++
 		self.LeaveClock = g.clock
-		g.queue.QueueBroadcast(newBroadcast(msgLeave, g.cfg.Name, encodeLeaveMsg(g.cfg.Name, g.clock)))
+		g.announceLocked(msgLeave)
 	}
 	g.notifyLocked()
 }

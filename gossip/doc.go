@@ -34,6 +34,22 @@
 // from a file of one base64 key per line; KeyFingerprint names a key in
 // logs.
 //
+// # Signed holdings
+//
+// With Config.Identity (the DP's certificate and key), every part of its
+// holdings a DP announces (versions, fetching, leave) is signed by its key
+// over (type, name, body), and the exact signed bytes travel and are
+// relayed, by broadcast and in push/pull state, with the key's id. Members'
+// certificates travel in gossip too (a broadcast when a DP starts or its
+// certificate changes, and every chain a DP trusts in its push/pull state).
+// A DP accepts a part about a member only when it verifies with a key from
+// a certificate that chains to Config.Roots, has the dp role and names
+// that member; a part signed by another member's key or that does not
+// verify is dropped and counted (Dropped); one whose key is not known yet
+// is held back, not used, until the certificate arrives (at most 256
+// parts, for at most 10 minutes); unsigned parts are ignored (logged once).
+// So no member can state another's holdings, nor move another's clock.
+//
 // # Caveats
 //
 //   - A broadcast must fit in one UDP packet (Memberlist.UDPBufferSize,
@@ -57,6 +73,12 @@
 //     packet being decrypted at that instant may read; SetKeys removes keys
 //     from the end of the list, where nothing moves, and in a rotation the
 //     old key is last once the new one is first.
+//   - With Config.Identity, a certificate accepted stays trusted until it
+//     expires (there is no revocation; a CA file that changes applies to
+//     certificates seen after the change, and a chain is checked again at
+//     most once a minute when it comes back). A member's two newest keys
+//     are kept. DPs with and without certificates do not mix: the ones with
+//     ignore the others' holdings.
 //   - Owners is only as consistent as membership: while DPs disagree about
 //     who is alive (during a failure, a join, a partition) they may
 //     disagree about an owner. Callers must not forward a request that was

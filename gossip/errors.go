@@ -30,6 +30,10 @@ var (
 	// encryption is turned on only at start (Config.Keys).
 	ErrNotEncrypted = errors.New("gossip: not encrypted; gossip keys are set at start")
 
+	// errUntrusted: a member's certificate does not chain to the roots
+	// (Config.Roots) or is not a dp certificate; it is dropped (logged).
+	errUntrusted = errors.New("not trusted here")
+
 	// errMalformed: a received message could not be decoded; it is dropped
 	// (never returned to callers, only logged).
 	errMalformed = errors.New("gossip: malformed message")

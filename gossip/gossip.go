@@ -19,15 +19,17 @@ import (
 // and what it has learnt of every other DP. All methods are safe for
 // concurrent use; none blocks on the network except Run, Join and Close.
 type Gossip struct {
-	cfg       Config
-	log       *slog.Logger
-	ml        *memberlist.Memberlist
-	queue     *memberlist.TransmitLimitedQueue // our broadcasts: own deltas and relays
-	meta      []byte                           // NodeMeta, immutable
-	maxMsg    int                              // largest broadcast, bytes
-	numLive   atomic.Int32                     // alive members incl. self, for queue.NumNodes (read under the queue's lock)
-	stopDials context.CancelFunc               // ends our NetTransport's outgoing dials
-	dropped   atomic.Uint64                    // messages and states dropped: malformed, or a clock from the future
+	cfg            Config
+	log            *slog.Logger
+	ml             *memberlist.Memberlist
+	queue          *memberlist.TransmitLimitedQueue // our broadcasts: own deltas and relays
+	meta           []byte                           // NodeMeta, immutable
+	maxMsg         int                              // largest broadcast, bytes
+	numLive        atomic.Int32                     // alive members incl. self, for queue.NumNodes (read under the queue's lock)
+	stopDials      context.CancelFunc               // ends our NetTransport's outgoing dials
+	dropped        atomic.Uint64                    // messages, parts and certificates dropped: malformed, forged, a clock from the future, untrusted
+	trust          *keyBook                         // members' keys; nil without Config.Identity
+	unsignedLogged atomic.Bool                      // an unsigned part was ignored and said so
 
 	// keyring is memberlist's, nil when gossip is not encrypted; keyMu
 	// serializes SetKeys (the keyring locks each of its own calls, not a
@@ -40,10 +42,12 @@ type Gossip struct {
 	// event delegate with its own node lock held); queueing a broadcast
 	// under mu is fine, the queue never calls back into Gossip.
 	mu      sync.Mutex
-	clock   uint64             // Lamport clock of our own state
-	members map[string]*member // from memberlist events, self included
-	entries map[string]*known  // holdings by node name, self included
-	changed chan struct{}      // closed and replaced on every change
+	clock   uint64               // Lamport clock of our own state
+	members map[string]*member   // from memberlist events, self included
+	entries map[string]*known    // holdings by node name, self included
+	changed chan struct{}        // closed and replaced on every change
+	id      *identity            // our certificate and key; nil without Config.Identity
+	held    map[heldKey]heldPart // parts signed by keys not known yet
 
 	// life serializes Run's start and stop with Close; it guards the fields
 	// below. Not taken by memberlist callbacks.
@@ -102,6 +106,10 @@ func New(cfg Config) (*Gossip, error) {
 		}},
 		changed: make(chan struct{}),
 		closeCh: make(chan struct{}),
+		held:    make(map[heldKey]heldPart),
+	}
+	if cfg.Identity != nil {
+		g.trust = newKeyBook(cfg.Roots)
 	}
 	dialCtx, stopDials := context.WithCancel(context.Background())
 	g.stopDials = stopDials
@@ -127,6 +135,12 @@ func New(cfg Config) (*Gossip, error) {
 	g.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return int(g.numLive.Load()) },
 		RetransmitMult: retransmitFactor * mc.RetransmitMult,
+	}
+	if g.refreshIdentity() {
+		g.mu.Lock()
+		g.sealSelfLocked(msgVersions)
+		g.sealSelfLocked(msgFetching)
+		g.mu.Unlock()
 	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -231,8 +245,7 @@ func (g *Gossip) announceLeave() {
 	g.clock++
 	self := g.entries[g.cfg.Name]
 	self.LeaveClock = g.clock
-	msg := encodeLeaveMsg(g.cfg.Name, g.clock)
-	g.queue.QueueBroadcast(newBroadcast(msgLeave, g.cfg.Name, msg))
+	msg := g.announceLocked(msgLeave)
 	g.notifyLocked()
 	// Addresses from our own copies: the *Node values memberlist.Members
 	// returns are its live records, which it rewrites concurrently.
@@ -248,6 +261,9 @@ func (g *Gossip) announceLeave() {
 		}
 	}
 	g.mu.Unlock()
+	if msg == nil {
+		return
+	}
 	for _, n := range to {
 		_ = g.ml.SendBestEffort(n, msg) // best effort; the broadcast and push/pull back it up
 	}
@@ -278,6 +294,8 @@ func (g *Gossip) Join(addrs ...string) (int, error) {
 // it knew are dead. Only Run's goroutine calls it.
 func (g *Gossip) maintain() {
 	g.forget(time.Now())
+	g.refreshIdentity()
+	g.expireHeld(time.Now())
 	addrs := g.rejoinAddrs()
 	if len(addrs) == 0 {
 		return
@@ -380,7 +398,7 @@ func (g *Gossip) SetVersions(product string, serials []uint64) {
 	g.clock++
 	self.Versions.Clock = g.clock
 	self.seen = time.Now()
-	g.queueVersionsLocked(g.cfg.Name, self.Versions)
+	g.announceLocked(msgVersions)
 	g.notifyLocked()
 }
 
@@ -398,7 +416,7 @@ func (g *Gossip) SetFetching(digests []string) {
 	g.clock++
 	self.Fetching = fetchingPart{Clock: g.clock, Digests: d}
 	self.seen = time.Now()
-	g.queueFetchingLocked(g.cfg.Name, self.Fetching)
+	g.announceLocked(msgFetching)
 	g.notifyLocked()
 }
 
@@ -510,6 +528,8 @@ func (g *Gossip) collect(keep func(*member, *known) bool) []Member {
 	return out
 }
 
-// Dropped counts the gossip messages and push/pull states dropped since
-// the start: malformed, or carrying a clock from the future.
+// Dropped counts what gossip dropped since the start: malformed messages
+// and push/pull states, parts with a clock from the future, and, with
+// Config.Identity, parts not signed by the member they describe (forged),
+// parts whose key never became known, and certificates not trusted.
 func (g *Gossip) Dropped() uint64 { return g.dropped.Load() }

@@ -95,6 +95,36 @@ func (e *entry) mergeFetching(p fetchingPart) bool {
 	return true
 }
 
+// newerPart reports whether the part m carries would replace e's.
+func (e *entry) newerPart(m message) bool {
+	switch m.Type {
+	case msgVersions:
+		return newer(m.Versions.Clock, m.Versions.Truncated, e.Versions.Clock, e.Versions.Truncated)
+	case msgFetching:
+		return newer(m.Fetching.Clock, m.Fetching.Truncated, e.Fetching.Clock, e.Fetching.Truncated)
+	case msgLeave:
+		return m.Clock > e.LeaveClock
+	}
+	return false
+}
+
+// mergePart applies the part m carries if it is newer; it reports whether
+// it was.
+func (e *entry) mergePart(m message) bool {
+	switch m.Type {
+	case msgVersions:
+		return e.mergeVersions(m.Versions)
+	case msgFetching:
+		return e.mergeFetching(m.Fetching)
+	case msgLeave:
+		if e.mergeLeave(m.Clock) {
+			e.LeaveSeal = m.LeaveSeal
+			return true
+		}
+	}
+	return false
+}
+
 // mergeLeave records a leave announced at clock; it reports whether that
 // changed anything.
 func (e *entry) mergeLeave(clock uint64) bool {

@@ -42,6 +42,7 @@ func (n *Node) newGossip(tune func(*gossip.Config)) (*gossip.Gossip, error) {
 		n.log.Warn("gossip is not encrypted although gRPC uses TLS: anyone on the network can read and join the cluster's gossip; give every DP --gossip-key-file FILE",
 			"gossip", n.cfg.GossipAddr)
 	}
+	n.tls.gossipTrust(&gc)
 	gc.Logger = n.cfg.Logger
 	if tune != nil {
 		tune(&gc)

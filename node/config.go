@@ -115,7 +115,11 @@ type Config struct {
 	// package pki; Reload re-reads them at once). With TLS and gossip on
 	// but no gossip key, New logs a warning: gossip would carry the
 	// cluster's membership and holdings in plain text beside encrypted
-	// gRPC.
+	// gRPC. With TLS, the DP signs its holdings in gossip with its key and
+	// accepts members' holdings only when signed by the dp certificate
+	// (from the CA peers are verified with) that names the member
+	// (gossip.Config.Identity): its certificate's common name must be
+	// Name.
 	TLSCertFile, TLSKeyFile string
 	// ClientCAFile, when set (with TLSCertFile), is the PEM file of the CA
 	// whose certificates clients must present on gRPC (mTLS) and may

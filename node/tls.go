@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/dpcache/dpcache/gossip"
 	"github.com/dpcache/dpcache/pki"
 	"github.com/dpcache/dpcache/source"
 )
@@ -19,6 +20,7 @@ import (
 type nodeTLS struct {
 	keyPair   *pki.KeyPair
 	clientCAs *pki.CertPool // nil without Config.ClientCAFile
+	peerCAs   *pki.CertPool // --ca (SourceOptions.CAFile); nil without
 }
 
 // loadTLS reads the DP's certificate, key and client CA; nil without
@@ -38,7 +40,30 @@ func loadTLS(cfg Config, n *Node) (*nodeTLS, error) {
 			return nil, fmt.Errorf("--client-ca: %w", err)
 		}
 	}
+	if f := cfg.SourceOptions.CAFile; f != "" {
+		if t.peerCAs, err = pki.LoadCertPool(f, log); err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+	}
 	return t, nil
+}
+
+// gossipTrust is what gossip signs the DP's holdings with and verifies
+// members' holdings against: the DP's certificate, and the CA its peers'
+// certificates come from, as peers are dialed (--ca when given, else
+// --client-ca, else the system roots). Without TLS, gossip is neither
+// signed nor verified.
+func (t *nodeTLS) gossipTrust(gc *gossip.Config) {
+	if t == nil {
+		return
+	}
+	gc.Identity = t.keyPair
+	switch {
+	case t.peerCAs != nil:
+		gc.Roots = t.peerCAs
+	case t.clientCAs != nil:
+		gc.Roots = t.clientCAs
+	}
 }
 
 // mutual reports whether clients must present a certificate (mTLS):
@@ -116,8 +141,10 @@ func (n *Node) reloadCertificates() error {
 		return nil
 	}
 	err := n.tls.keyPair.Reload()
-	if n.tls.clientCAs != nil {
-		err = errors.Join(err, n.tls.clientCAs.Reload())
+	for _, p := range []*pki.CertPool{n.tls.clientCAs, n.tls.peerCAs} {
+		if p != nil {
+			err = errors.Join(err, p.Reload())
+		}
 	}
 	return err
 }

@@ -173,7 +173,7 @@ func NewMetrics(cfg MetricsConfig, store Stats, state State) (*Metrics, error) {
 	m.upErrors = d("dpcache_upstream_errors_total", "Failed requests to each upstream source: refused or timed-out connections, stalls, corrupt or unverifiable content (not \"not found\").", "source")
 	m.upFailing = d("dpcache_upstream_failing", "1 while the last request to the upstream source failed, else 0.", "source")
 	m.upLastOK = d("dpcache_upstream_last_success_timestamp_seconds", "When the upstream source last served a verified document or blob, in seconds since the Unix epoch; absent until it has.", "source")
-	m.gossipDropped = d("dpcache_gossip_dropped_messages_total", "Gossip messages and push/pull states dropped: malformed, or with a clock from the future (forged).")
+	m.gossipDropped = d("dpcache_gossip_dropped_messages_total", "Gossip messages, parts and certificates dropped: malformed, with a clock from the future, or, with DP certificates, not signed by the member they describe (forged) or from an untrusted certificate.")
 	m.members = d("dpcache_gossip_members", "Members of the cluster by state, as this DP sees them (itself included).", "state")
 	m.endpoints = d("dpcache_endpoints", "Endpoints by how far their installed version is behind the newest (current, 24h, 3d, 7d).", "age")
 	m.endpointResults = d("dpcache_endpoint_results", "Endpoints by the result of their last update: updated, up-to-date, held (after a rollback), stale (every source offered an expired version), failed.", "result")
