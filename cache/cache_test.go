@@ -198,6 +198,59 @@ func TestWriter_Commit_DigestMismatch(t *testing.T) {
 	}
 }
 
+// TestWriter_Commit_DigestMismatch_Anywhere flips one byte wherever it
+// lands (a batch hashed and stored behind Write, the batch in flight at
+// Commit, the bytes Commit stores itself) and checks that Commit refuses the
+// blob, and accepts it when nothing is flipped.
+func TestWriter_Commit_DigestMismatch_Anywhere(t *testing.T) {
+	t.Parallel()
+	data, d := blob(4, 9*4096+123)
+	for _, tc := range []struct {
+		name  string
+		flip  int // -1: none
+		piece int
+	}{
+		{"intact", -1, 1000},
+		{"intact-big-writes", -1, 20000},
+		{"first-byte", 0, 1000},
+		{"first-batch-end", 8<<10 - 1, 3000},
+		{"middle-batch", 4*4096 + 7, 5000},
+		{"last-full-chunk", 8*4096 + 1, 4096},
+		{"remainder", len(data) - 1, 3000},
+		{"one-write", 5 * 4096, len(data)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newTestCache(t)
+			in := bytes.Clone(data)
+			if tc.flip >= 0 {
+				in[tc.flip] ^= 0x80
+			}
+			w, err := c.NewWriter(d, int64(len(in)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeAll(t, w, in, tc.piece)
+			err = w.Commit()
+			if tc.flip < 0 {
+				if err != nil {
+					t.Fatalf("Commit = %v", err)
+				}
+				if got := readAll(t, c, d, 1<<20); !bytes.Equal(got, data) {
+					t.Fatal("content differs")
+				}
+				return
+			}
+			if !errors.Is(err, ErrDigestMismatch) {
+				t.Fatalf("Commit = %v, want ErrDigestMismatch", err)
+			}
+			if _, err := c.Blob(d); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Blob after mismatch = %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
 func TestWriter_SizeMismatch(t *testing.T) {
 	t.Parallel()
 	c := newTestCache(t)

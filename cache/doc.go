@@ -5,11 +5,13 @@
 //
 // # Blobs
 //
-// A blob is ingested by a [Writer] ([Cache.NewWriter]): Write hashes the bytes
-// as they arrive and stores them in chunks of Config.ChunkSize, a batch of
-// Config.FlushSize per bbolt transaction; Commit checks the size and that the
-// SHA-256 equals the digest, and only then makes the blob visible, in one
-// transaction that flips its meta record from pending to whole. Until then
+// A blob is ingested by a [Writer] ([Cache.NewWriter]): Write buffers the
+// bytes as they arrive; each batch of Config.FlushSize is hashed by one
+// goroutine and stored in chunks of Config.ChunkSize, in one bbolt
+// transaction, by another, while the caller writes the next batch. Commit
+// checks the size and that the SHA-256 of every byte equals the digest, and
+// only then makes the blob visible, in one transaction that flips its meta
+// record from pending to whole. Until then
 // the blob is pending: [Cache.Stat] and [Cache.ReadAt] do not see it, and
 // [Cache.ReadPendingAt] serves the chunks stored so far to readers that want
 // the bytes while the fetch runs (they are not verified yet). A blob that
@@ -37,8 +39,8 @@
 // time. One [Writer] per digest may exist at a time ([ErrBusy] otherwise); a
 // Writer's Write, Commit, Abort and Discard belong to one goroutine, while
 // its Offset, Flushed and Progress may be called from any goroutine. A Writer
-// stores a batch in a background goroutine while the caller writes and
-// hashes the next one; Commit, Abort and Discard wait for it, so nothing
+// hashes and stores a batch in two background goroutines while the caller
+// writes the next one; Commit, Abort and Discard wait for them, so nothing
 // runs once a Writer is finished. The Cache itself starts no goroutine.
 //
 // # Durability

@@ -12,9 +12,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Writer ingests one blob: it hashes the bytes as they are written, stores
-// them in chunks, and makes the blob visible only when Commit finds the
-// SHA-256 equal to the digest.
+// Writer ingests one blob: it buffers the bytes written, hashes and stores
+// them in chunks behind the caller (a batch at a time, in goroutines of
+// their own), and makes the blob visible only when Commit finds the SHA-256
+// of every byte equal to the digest.
 //
 // Write, Commit, Abort and Discard must be called from one goroutine at a
 // time. Digest, Size, Offset, Flushed and Progress are safe to call from any
@@ -28,17 +29,19 @@ type Writer struct {
 	batch     int // bytes of full chunks stored per transaction
 
 	// Owned by the writing goroutine. While a flush runs (inflight != nil),
-	// its goroutine owns inflightBuf and reads stored and created, which
-	// the writing goroutine changes only after wait.
-	h           hash.Hash
-	off         int64  // bytes written (hashed)
-	stored      int64  // bytes in stored chunks, not counting a running flush
-	buf         []byte // bytes [stored+len(inflightBuf), off)
-	spare       []byte // a buffer for reuse, given back by the last flush
-	created     bool   // the meta record exists
-	done        bool
-	inflight    chan error // result of the running flush, if any
-	inflightBuf []byte     // the full chunks the running flush stores
+	// its goroutines own h and inflightBuf and read stored and created,
+	// which the writing goroutine changes only after wait.
+	h            hash.Hash
+	off          int64  // bytes written
+	hashed       int64  // bytes fed to h, not counting a running flush
+	stored       int64  // bytes in stored chunks, not counting a running flush
+	buf          []byte // bytes [stored+len(inflightBuf), off)
+	spare        []byte // a buffer for reuse, given back by the last flush
+	created      bool   // the meta record exists
+	done         bool
+	inflight     chan error // result of the running flush, if any
+	inflightBuf  []byte     // the full chunks the running flush stores
+	inflightHash int64      // how many of them it hashes (the others were hashed before)
 
 	offset  atomic.Int64
 	flushed atomic.Int64
@@ -144,7 +147,7 @@ func (w *Writer) resume() error {
 			return m2, err
 		})
 		if err == nil {
-			w.off, w.stored, w.created = n, n, true
+			w.off, w.hashed, w.stored, w.created = n, n, n, true
 			w.c.log.Info("resuming pending blob", "digest", w.k.String(), "offset", n, "size", w.size, "rehash", time.Since(start))
 			return nil
 		}
@@ -210,12 +213,13 @@ func (w *Writer) finish() {
 	}
 }
 
-// Write hashes p and stores it, a batch of full chunks per transaction
-// (Config.FlushSize). Storing runs in the background while the next batch is
-// written and hashed (at most one batch in flight). Bytes beyond the
-// announced size are refused whole with [ErrTooLarge]. If storing fails, n
-// counts the bytes accepted (they stay buffered and the next Write or Commit
-// retries); Abort or Discard the Writer.
+// Write buffers p; each batch of full chunks (Config.FlushSize) is then
+// hashed and stored, in one transaction, by two goroutines running side by
+// side while the caller writes the next batch (at most one batch in
+// flight), so that receiving, hashing and storing use separate cores. Bytes
+// beyond the announced size are refused whole with [ErrTooLarge]. If
+// storing fails, n counts the bytes accepted (they stay buffered and the
+// next Write or Commit retries); Abort or Discard the Writer.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, fmt.Errorf("write blob %s: %w", w.k, ErrWriterDone)
@@ -239,7 +243,6 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 		take := min(len(p), w.batch-len(w.buf))
 		w.buf = append(w.buf, p[:take]...)
-		_, _ = w.h.Write(p[:take])
 		w.off += int64(take)
 		n += take
 		p = p[take:]
@@ -266,8 +269,12 @@ func (w *Writer) Flush() error {
 	return w.wait()
 }
 
-// flush waits for the running flush, then starts storing the full chunks of
-// buf in one (ingest) transaction in a goroutine; wait collects the result.
+// flush waits for the running flush, then starts hashing the full chunks of
+// buf in one goroutine and storing them in one (ingest) transaction in
+// another; wait collects the result. The hash never waits for the store:
+// Commit checks it after both ended, so a blob is whole only if the bytes
+// stored hash to its digest (stored bytes not yet hashed are pending, and a
+// resume re-hashes them from disk).
 func (w *Writer) flush() error {
 	if err := w.wait(); err != nil {
 		return err
@@ -277,6 +284,8 @@ func (w *Writer) flush() error {
 		return nil
 	}
 	data := w.buf[:full]
+	// A flush whose store failed put its bytes back in buf, hashed.
+	toHash := data[min(w.hashed-w.stored, int64(full)):]
 	next := w.spare
 	if cap(next) < w.batch {
 		next = make([]byte, 0, min(int64(w.batch), int64(cap(w.buf))))
@@ -284,9 +293,14 @@ func (w *Writer) flush() error {
 	w.buf = append(next[:0], w.buf[full:]...)
 	w.spare = nil
 	done := make(chan error, 1)
-	w.inflight, w.inflightBuf = done, data
-	stored, created := w.stored, w.created
+	w.inflight, w.inflightBuf, w.inflightHash = done, data, int64(len(toHash))
+	stored, created, h := w.stored, w.created, w.h
 	go func() {
+		hashed := make(chan struct{})
+		go func() {
+			_, _ = h.Write(toHash)
+			close(hashed)
+		}()
 		err := w.c.update(true, func(tx *bolt.Tx) error {
 			return w.store(tx, data, stored, created, false)
 		})
@@ -294,6 +308,7 @@ func (w *Writer) flush() error {
 			w.flushed.Store(stored + int64(len(data)))
 			w.notify()
 		}
+		<-hashed
 		done <- err
 	}()
 	return nil
@@ -307,7 +322,8 @@ func (w *Writer) wait() error {
 	}
 	err := <-w.inflight
 	data := w.inflightBuf
-	w.inflight, w.inflightBuf = nil, nil
+	w.hashed += w.inflightHash // hashed whether stored or not
+	w.inflight, w.inflightBuf, w.inflightHash = nil, nil, 0
 	if err != nil {
 		w.buf = append(append(make([]byte, 0, len(data)+len(w.buf)), data...), w.buf...)
 		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
@@ -371,10 +387,14 @@ func (w *Writer) Commit() error {
 		return errors.Join(fmt.Errorf("commit blob %s: %d of %d bytes written; %d kept pending for resume: %w",
 			w.k, w.off, w.size, w.stored, ErrSizeMismatch), err)
 	}
+	// The running flush's bytes are hashed, whether they are stored or back
+	// in buf; then hash the rest.
+	werr := w.wait()
+	_, _ = w.h.Write(w.buf[w.hashed-w.stored:])
+	w.hashed = w.off
 	var sum key
 	w.h.Sum(sum[:0])
 	if sum != w.k {
-		_ = w.wait()
 		err := w.c.update(false, func(tx *bolt.Tx) error {
 			_, err := deleteBlobTx(tx, w.k)
 			return err
@@ -384,8 +404,8 @@ func (w *Writer) Commit() error {
 		return errors.Join(fmt.Errorf("commit blob %s: %d bytes hash to %s; pending bytes deleted: %w",
 			w.k, w.off, sum, ErrDigestMismatch), err)
 	}
-	if err := w.wait(); err != nil {
-		return fmt.Errorf("commit blob %s: %w", w.k, err)
+	if werr != nil {
+		return fmt.Errorf("commit blob %s: %w", w.k, werr)
 	}
 	if w.c.cfg.NoSync && w.created {
 		// Make the chunks stored without fdatasync durable first, so the
