@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -544,6 +545,74 @@ func TestWriter_Busy(t *testing.T) {
 	}
 	if n := chunkCount(t, c, d); n != 0 {
 		t.Fatalf("%d chunks left after Discard", n)
+	}
+}
+
+// TestWriter_ReadBufferedAt reads a blob while it is written, as a fetch's
+// readers do: every byte below Offset is stored (ReadPendingAt, below
+// Flushed) or in memory (ReadBufferedAt), whatever the loop is doing, with
+// several batches queued behind the writer.
+func TestWriter_ReadBufferedAt(t *testing.T) {
+	t.Parallel()
+	c := newTestCache(t, func(cfg *Config) { cfg.WriteBehind = 3 * cfg.FlushSize })
+	data, d := blob(15, 40*4096+333)
+	w, err := c.NewWriter(d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := w.ReadBufferedAt(make([]byte, 10), 0); n != 0 {
+		t.Fatalf("ReadBufferedAt before any Write = %d, want 0", n)
+	}
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(errc)
+		p := make([]byte, 5000)
+		for pos := int64(0); pos < int64(len(data)); {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			flushed, written := w.Flushed(), w.Offset()
+			var n int
+			switch {
+			case pos < flushed:
+				n, err = c.ReadPendingAt(d, p[:min(int64(len(p)), flushed-pos)], pos)
+				if errors.Is(err, io.EOF) { // whole meanwhile
+					err = nil
+				}
+				if err != nil {
+					errc <- fmt.Errorf("ReadPendingAt(%d): %w", pos, err)
+					return
+				}
+			case pos < written:
+				n = w.ReadBufferedAt(p, pos) // 0: stored meanwhile, look again
+				if int64(n) > written-pos && w.Offset() == written {
+					errc <- fmt.Errorf("ReadBufferedAt(%d) = %d bytes, past Offset %d", pos, n, written)
+					return
+				}
+			}
+			if !bytes.Equal(p[:n], data[pos:pos+int64(n)]) {
+				errc <- fmt.Errorf("bytes at %d differ", pos)
+				return
+			}
+			pos += int64(n)
+			if n == 0 {
+				runtime.Gosched()
+			}
+		}
+	}()
+	writeAll(t, w, data, 1500)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	close(done)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.ReadBufferedAt(make([]byte, 10), 0); n != 0 {
+		t.Fatalf("ReadBufferedAt after Commit = %d, want 0", n)
 	}
 }
 
