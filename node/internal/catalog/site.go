@@ -32,8 +32,10 @@ type followed struct {
 // FollowSite starts completing product's version that a DP of the site
 // holds whole at serial, when it is newer than the version held here:
 // peer (a source asking that DP as a forwarded request) gives its signed
-// latest.json, verified here as any document. Only products this DP keeps
-// or holds are followed. It returns at once; the completion runs in the
+// latest.json, verified here as any document. Every product of the site
+// is followed, also one this DP never served: the site holds it, so this
+// DP's latest for it is the site's, and it can serve it when the DP that
+// holds it is lost. It returns at once; the completion runs in the
 // background.
 func (c *Catalog) FollowSite(product string, serial uint64, peer source.Source) {
 	held, err := c.store.LatestVersion(product)
@@ -44,9 +46,8 @@ func (c *Catalog) FollowSite(product string, serial uint64, peer source.Source) 
 		return
 	}
 	c.mu.Lock()
-	_, kept := c.products[product]
 	f, tried := c.followed[product]
-	if c.closed || (err != nil && !kept) || (tried && f.serial >= serial && time.Since(f.at) < followRetry) {
+	if c.closed || (tried && f.serial >= serial && time.Since(f.at) < followRetry) {
 		c.mu.Unlock()
 		return
 	}
