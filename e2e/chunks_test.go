@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -24,7 +28,7 @@ func readManifest(t *testing.T, repo, version string) *manifest.Manifest {
 	return m
 }
 
-// A 32 MiB database published with --chunk, then again with 1 MiB
+// A 32 MiB database published (chunked by default), then again with 1 MiB
 // rewritten and 100 KiB inserted: through a real DP in front of nginx, the
 // origin sends only the new chunks, once, and each endpoint downloads only
 // them; the second endpoint gets them from the DP's cache.
@@ -36,10 +40,10 @@ func TestE2E_ChunkedUpdateThroughDP(t *testing.T) {
 	sizes := map[string]int{"databases/base.db": 32 << 20, "databases/index.idx": 40 << 10}
 	files := writeFiles(t, src, sizes)
 	repo := filepath.Join(work, "repo")
-	mustRun(t, "publish", "--chunk", "--repo", repo, "--key", k.key, "--product", product, "--version", "1", src)
+	mustRun(t, "publish", "--repo", repo, "--key", k.key, "--product", product, "--version", "1", src)
 	m1 := readManifest(t, repo, "1")
 	if len(m1.Files[0].Chunks) == 0 {
-		t.Fatal("publish --chunk did not chunk the 32 MiB file")
+		t.Fatal("publish did not chunk the 32 MiB file by default")
 	}
 	if _, err := os.Stat(filepath.Join(repo, filepath.FromSlash(manifest.BlobPath(m1.Files[0].SHA256)))); err == nil {
 		t.Fatal("the repository stores the whole chunked file too")
@@ -72,7 +76,7 @@ func TestE2E_ChunkedUpdateThroughDP(t *testing.T) {
 	if files["databases/base.db"], err = fileSHA256(db); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, "publish", "--chunk", "--repo", repo, "--key", k.key, "--product", product, "--version", "2", src)
+	mustRun(t, "publish", "--repo", repo, "--key", k.key, "--product", product, "--version", "2", src)
 	m2 := readManifest(t, repo, "2")
 	had := map[string]bool{}
 	for _, f := range m1.Blobs() {
@@ -125,5 +129,52 @@ func TestE2E_ChunkedUpdateThroughDP(t *testing.T) {
 	}
 	if got := origin.BytesServed(t, "/blobs/") - before; got != freshBytes {
 		t.Errorf("origin sent %d blob bytes for v2, want %d (the new chunks once)", got, freshBytes)
+	}
+}
+
+// Plain HTTP updaters pointed at a DP keep working with chunked versions:
+// `update --source http://DP/repo/` (the agent as a plain HTTP client: it
+// reads the chunked manifest and fetches chunks), and a raw GET of the
+// whole file's digest, which the DP assembles from its chunks; the origin
+// is never asked for the whole file.
+func TestE2E_ChunkedFileWholeFromDP(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	k := vendorKeys(t, work, "vendor")
+	src := filepath.Join(work, "src")
+	files := writeFiles(t, src, map[string]int{"databases/base.db": 8 << 20, "modules/engine.bin": 64 << 10})
+	repo := filepath.Join(work, "repo")
+	mustRun(t, "publish", "--repo", repo, "--key", k.key, "--product", product, "--version", "1", src)
+	m := readManifest(t, repo, "1")
+	var big manifest.File
+	for _, f := range m.Files {
+		if len(f.Chunks) > 0 {
+			big = f
+		}
+	}
+	if big.Path != "databases/base.db" {
+		t.Fatal("publish did not chunk the 8 MiB file by default")
+	}
+	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	dp := startNode(t, origin.URL, k.pub)
+	ep := filepath.Join(work, "endpoint")
+	res := update(t, "http://"+dp.HTTP+"/repo/", ep, k.pub)
+	if res.Status != "updated" || res.Version != "1" {
+		t.Fatalf("update from the DP's /repo/: %+v", res)
+	}
+	checkTree(t, current(ep), files)
+
+	resp, err := http.Get("http://" + dp.HTTP + "/repo/" + manifest.BlobPath(big.SHA256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || n != big.Size || hex.EncodeToString(h.Sum(nil)) != big.SHA256 {
+		t.Fatalf("GET the whole file from the DP: %s, %d bytes, %v; want %d bytes of sha256 %s", resp.Status, n, err, big.Size, big.SHA256)
+	}
+	if got := origin.CountRequests(t, blobURI(big.SHA256)); got != 0 {
+		t.Errorf("the origin was asked for the whole chunked file %d times", got)
 	}
 }

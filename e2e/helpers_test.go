@@ -201,10 +201,15 @@ func verifyWithMinisign(t *testing.T, file, pub string) {
 	}
 }
 
-// publish runs `dpcache publish` of src as product version v.
+// publish runs `dpcache publish --chunk=false` of src as product version
+// v: every file is one blob named by its digest. The tests that use it are
+// about moving blobs (a file's blob counted in nginx's access log, streamed
+// while in flight, stalled, replicated between DPs); a chunked file is
+// the blobs of its chunks. Chunked publishing, the default, is tested by
+// chunks_test.go and the README walkthrough.
 func publish(t *testing.T, repo string, k keyPair, version, src string) {
 	t.Helper()
-	mustRun(t, "publish", "--repo", repo, "--key", k.key, "--product", product, "--version", version, src)
+	mustRun(t, "publish", "--chunk=false", "--repo", repo, "--key", k.key, "--product", product, "--version", version, src)
 }
 
 // tree maps slash-separated relative paths to the hex SHA-256 of the file.

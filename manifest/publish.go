@@ -44,8 +44,9 @@ type PublishOptions struct {
 	// Chunk cuts every file of at least ChunkThreshold bytes into
 	// content-defined chunks (Cut): the repository then stores only the
 	// chunks, each a blob, and the manifest lists them, so that a new
-	// version moves only the chunks that changed. Off by default while
-	// DPs cannot yet serve a chunked file whole to plain HTTP updaters.
+	// version moves only the chunks that changed (a DP serves the file
+	// whole too, assembled). `dpcache publish` sets it unless
+	// --chunk=false; the zero PublishOptions publishes whole files.
 	Chunk bool
 }
 

@@ -13,6 +13,13 @@
 // whose blob fails verification ends with DataLoss. A DP fetches only blobs
 // named by a verified manifest: it is not an open proxy.
 //
+// A chunked file (a manifest entry with chunks) is in the repository only
+// as its chunks; a read of its whole digest, over gRPC or /repo/, is served
+// assembled from them (chunked.go): each chunk fetched once and verified
+// like any blob, a few ahead of the reader, the assembled file never
+// stored, and a read from the first byte hashed and cut before its end if
+// the chunks do not make the file the manifest names.
+//
 // # Parent DPs and loops
 //
 // An upstream may be another DP (grpc://, grpcs://). Every request a DP

@@ -132,6 +132,9 @@ func (n *Node) serveBlobHTTP(w http.ResponseWriter, r *http.Request, digest stri
 	if err := manifest.ValidDigest(digest); err != nil {
 		return fmt.Errorf("%s: %w: %v", r.URL.Path, ErrInvalid, err)
 	}
+	if f, ok := n.chunkedFile(digest); ok {
+		return n.serveFileHTTP(w, r, f)
+	}
 	release, err := n.pins.StartReading(r.Context(), digest) // retention never deletes a blob being served
 	if err != nil {
 		return err

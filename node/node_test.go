@@ -39,6 +39,7 @@ type vendor struct {
 	key   manifest.PrivateKey
 	trust *manifest.Trust
 	repo  string
+	chunk bool // publish cuts large files into chunks
 }
 
 func newVendor(t testing.TB) *vendor {
@@ -73,7 +74,7 @@ func (v *vendor) publish(t testing.TB, product, version string, seed uint64, fil
 			t.Fatal(err)
 		}
 	}
-	res, err := manifest.Publish(manifest.PublishOptions{Repo: v.repo, Product: product, Version: version, Key: v.key}, src)
+	res, err := manifest.Publish(manifest.PublishOptions{Repo: v.repo, Product: product, Version: version, Key: v.key, Chunk: v.chunk}, src)
 	if err != nil {
 		t.Fatal(err)
 	}

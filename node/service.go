@@ -49,7 +49,7 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 		return status.Errorf(codes.InvalidArgument, "sha256 %q: %v", digest, err)
 	}
 	if p, v := req.GetProduct(), req.GetVersion(); p != "" && v != "" {
-		if _, known := s.n.catalog.BlobSize(digest); !known {
+		if _, known := s.n.catalog.BlobSize(digest); !known && !s.n.isChunked(digest) {
 			// A peer names the version: learn its blobs (verified) first.
 			if _, _, err := s.n.catalog.ManifestDoc(catalog.WithForwarded(stream.Context(), req.GetForwarded()), p, v); err != nil {
 				s.n.log.Debug("version hint of a blob request unusable", "product", p, "version", v, "err", err)
@@ -58,6 +58,10 @@ func (s *distributionServer) ReadBlob(req *pb.ReadBlobRequest, stream grpc.Serve
 	}
 	if req.GetOffset() > math.MaxInt64 {
 		return status.Errorf(codes.InvalidArgument, "offset %d: past any blob's end", req.GetOffset())
+	}
+	if f, ok := s.n.chunkedFile(digest); ok && !req.GetAvailableOnly() {
+		// The repository holds only its chunks: assemble them.
+		return toStatus(s.n.fetcher.ReadFile(stream.Context(), f, int64(req.GetOffset()), req.GetForwarded(), stream))
 	}
 	read := s.n.fetcher.ReadBlob
 	if req.GetAvailableOnly() {

@@ -12,7 +12,7 @@ func newPublish() *cobra.Command {
 	var opts manifest.PublishOptions
 	var keyPath string
 	cmd := &cobra.Command{
-		Use:   "publish --repo DIR --key NAME.key --product P --version V [--serial N] [--expires DUR] [--chunk] SRC_DIR",
+		Use:   "publish --repo DIR --key NAME.key --product P --version V [--serial N] [--expires DUR] [--chunk=false] SRC_DIR",
 		Short: "Publish SRC_DIR's files as a new signed version of a product",
 		Long: `publish adds SRC_DIR's files to the repository DIR as version V of product P:
 each file becomes a blob named by its SHA-256 (blobs already in the repository
@@ -23,11 +23,13 @@ are databases. --serial defaults to the previous serial + 1. The version
 expires after --expires (a week): sources still offering it later are stale.
 An empty SRC_DIR is refused unless --allow-empty.
 
---chunk cuts files of 1 MiB or more at content-defined boundaries: the
-repository stores only their chunks, each a blob, and the manifest lists
-them, so a new version that changes a few records of a large database moves
-only the chunks that changed to dpcache agents and DPs. Plain HTTP updaters
-cannot install a chunked file yet (DPs do not assemble it): opt-in for now.`,
+Files of 1 MiB or more are cut at content-defined boundaries (about 80 KiB
+per chunk): the repository stores only their chunks, each a blob, and the
+manifest lists them, so a new version that changes a few records of a large
+database moves only the chunks that changed to dpcache agents and DPs. A DP
+serves such a file whole too (assembled from its chunks), so plain HTTP
+updaters pointed at a DP's /repo/ keep working. --chunk=false publishes every
+file whole, for plain HTTP updaters that read the repository directly.`,
 		Args: oneArg("SRC_DIR (the folder whose files to publish)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "repo", "key", "product", "version"); err != nil {
@@ -56,7 +58,7 @@ cannot install a chunked file yet (DPs do not assemble it): opt-in for now.`,
 	f.Uint64Var(&opts.Serial, "serial", 0, "serial of the new version (default: previous + 1)")
 	f.DurationVar(&opts.Expires, "expires", manifest.DefaultExpiry, "how long the version counts as current: latest.json's expiry, after which sources still offering it are stale (0: never)")
 	f.BoolVar(&opts.AllowEmpty, "allow-empty", false, "publish even if SRC_DIR has no files (endpoints then install an empty version)")
-	f.BoolVar(&opts.Chunk, "chunk", false, "store files of 1 MiB or more as content-defined chunks, so new versions move only what changed")
+	f.BoolVar(&opts.Chunk, "chunk", true, "store files of 1 MiB or more as content-defined chunks, so new versions move only what changed (--chunk=false: every file whole)")
 	return cmd
 }
 

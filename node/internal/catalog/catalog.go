@@ -116,6 +116,7 @@ type Catalog struct {
 	mu             sync.Mutex                       // protects the fields below
 	known          map[string]int64                 // blob sizes from verified manifests
 	blobVersions   map[string][]productSerial       // versions naming each blob, from verified manifests
+	chunked        map[string]*chunkedFile          // chunked files by whole digest, from verified manifests
 	products       map[string]time.Time             // products this DP keeps current: when an endpoint last asked
 	stale          map[string]time.Time             // products whose upstreams all offer an expired latest.json: its expiry
 	upLatest       map[string]upLatest              // upstream's latest, for cold pass-through
@@ -142,6 +143,7 @@ func New(ctx context.Context, cfg Config, store Store, trust *manifest.Trust, bl
 		cfg: cfg, log: cfg.Logger, store: store, trust: trust, blobs: blobs, retention: retention, dp: dp, ctx: ctx,
 		known:          map[string]int64{},
 		blobVersions:   map[string][]productSerial{},
+		chunked:        map[string]*chunkedFile{},
 		products:       map[string]time.Time{},
 		stale:          map[string]time.Time{},
 		upLatest:       map[string]upLatest{},
@@ -299,13 +301,15 @@ func (c *Catalog) dropProduct(p, why string) {
 
 // register records the sizes of m's blobs: the DP fetches only blobs that a
 // verified manifest names (Manifest.Blobs: a chunked file's chunks; its
-// whole digest is no blob of the repository).
+// whole digest is no blob of the repository), and the chunks of its
+// chunked files, which the DP serves whole by assembling them.
 func (c *Catalog) register(m *manifest.Manifest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, f := range m.Blobs() {
 		c.known[f.SHA256] = f.Size
 	}
+	c.registerChunkedLocked(m)
 	c.registerVersionsLocked(m, m.Serial)
 	c.rememberVersionLocked(m)
 }

@@ -95,8 +95,9 @@ func (c *Catalog) ForgetOldDocuments(products []string) {
 }
 
 // forgetManifest drops what register learnt from a version's manifest:
-// the versions naming each blob, and the sizes of blobs no other known
-// version names. The publication time stays (endpoint ages).
+// the versions naming each blob, the sizes of blobs no other known
+// version names, and the chunk lists of files no other known version
+// names. The publication time stays (endpoint ages).
 func (c *Catalog) forgetManifest(product, version string) {
 	fetching := map[string]bool{}
 	for _, d := range c.blobs.InFlight() { // before c.mu: the fetcher has its own lock
@@ -104,6 +105,7 @@ func (c *Catalog) forgetManifest(product, version string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgetChunkedLocked(product, version)
 	for d, vs := range c.blobVersions {
 		kept := slices.DeleteFunc(vs, func(ps productSerial) bool { return ps.product == product && ps.version == version })
 		if len(kept) == 0 {

@@ -13,6 +13,11 @@
 // owner keeps its lead on the DPs streaming its fetch within peerLead (2%
 // of the blob, 1–4 MiB), so losing it mid-fetch costs the site little.
 //
+// A chunked file, which the repository stores only as chunks, is read whole
+// by assembling its chunks (assemble.go: ReadFile, FileReader): each chunk
+// is ensured like any blob, a few ahead of the reader, and the assembled
+// file is never stored.
+//
 // It consumes small interfaces it declares: Store (the cache), Sizes,
 // Router, Pins (retention's reader pins) and Metrics.
 //

@@ -285,7 +285,7 @@ func (fr *Fetcher) start(ctx context.Context, digest string, forwarded bool, rep
 
 // EnsureBlob returns once digest is whole in the cache.
 func (fr *Fetcher) EnsureBlob(ctx context.Context, digest string) error {
-	return fr.ensure(ctx, digest, 0)
+	return fr.ensure(ctx, digest, false, 0)
 }
 
 // Replicate is EnsureBlob for a blob that the site's owner is fetching
@@ -302,17 +302,18 @@ func (fr *Fetcher) Replicate(ctx context.Context, digest string, size int64) err
 	if size <= 0 {
 		return fmt.Errorf("blob %s: replica of size %d: %w", digest, size, nodeerr.ErrInvalid)
 	}
-	return fr.ensure(ctx, digest, size)
+	return fr.ensure(ctx, digest, false, size)
 }
 
-// ensure is EnsureBlob; replica > 0 makes it Replicate.
-func (fr *Fetcher) ensure(ctx context.Context, digest string, replica int64) error {
+// ensure is EnsureBlob; replica > 0 makes it Replicate. forwarded is that
+// of the request it serves (a peer DP's: never wait on peers or owners).
+func (fr *Fetcher) ensure(ctx context.Context, digest string, forwarded bool, replica int64) error {
 	release, err := fr.pins.StartReading(ctx, digest) // retention leaves it alone meanwhile
 	if err != nil {
 		return err
 	}
 	defer release()
-	f, _, err := fr.start(ctx, digest, false, replica)
+	f, _, err := fr.start(ctx, digest, forwarded, replica)
 	if err != nil || f == nil {
 		return err
 	}
