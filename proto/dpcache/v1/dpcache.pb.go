@@ -429,6 +429,255 @@ func (x *ReadBlobResponse) GetSize() uint64 {
 	return 0
 }
 
+// BlobRef names one blob of a ReadBlobsRequest.
+type BlobRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lower-case hex SHA-256 of the blob (64 characters).
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// First byte to send, as in ReadBlobRequest.offset.
+	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobRef) Reset() {
+	*x = BlobRef{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobRef) ProtoMessage() {}
+
+func (x *BlobRef) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobRef.ProtoReflect.Descriptor instead.
+func (*BlobRef) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BlobRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *BlobRef) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type ReadBlobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The blobs to send, in this order: 1 to 1024 of them.
+	Blobs []*BlobRef `protobuf:"bytes,1,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	// See GetLatestRequest.forwarded.
+	Forwarded bool `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	// The product and version that name the blobs, as in ReadBlobRequest.
+	// Optional.
+	Product       string `protobuf:"bytes,3,opt,name=product,proto3" json:"product,omitempty"`
+	Version       string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadBlobsRequest) Reset() {
+	*x = ReadBlobsRequest{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadBlobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadBlobsRequest) ProtoMessage() {}
+
+func (x *ReadBlobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadBlobsRequest.ProtoReflect.Descriptor instead.
+func (*ReadBlobsRequest) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReadBlobsRequest) GetBlobs() []*BlobRef {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
+func (x *ReadBlobsRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+func (x *ReadBlobsRequest) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *ReadBlobsRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type ReadBlobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the current blob (the one the latest start named),
+	// in order from its offset. Kept as field 1 and alone in most messages:
+	// the server's codec writes it without copying.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set in a blob's first message only, which carries no data.
+	Start         *BlobStart `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadBlobsResponse) Reset() {
+	*x = ReadBlobsResponse{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadBlobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadBlobsResponse) ProtoMessage() {}
+
+func (x *ReadBlobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadBlobsResponse.ProtoReflect.Descriptor instead.
+func (*ReadBlobsResponse) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReadBlobsResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ReadBlobsResponse) GetStart() *BlobStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+// BlobStart opens a blob in a ReadBlobs stream.
+type BlobStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The blob's position in ReadBlobsRequest.blobs; increasing along the
+	// stream.
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The blob's total size.
+	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// No source holds the blob (ReadBlob would answer NotFound): no bytes
+	// follow for it.
+	NotFound      bool `protobuf:"varint,3,opt,name=not_found,json=notFound,proto3" json:"not_found,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobStart) Reset() {
+	*x = BlobStart{}
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobStart) ProtoMessage() {}
+
+func (x *BlobStart) ProtoReflect() protoreflect.Message {
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobStart.ProtoReflect.Descriptor instead.
+func (*BlobStart) Descriptor() ([]byte, []int) {
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BlobStart) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BlobStart) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BlobStart) GetNotFound() bool {
+	if x != nil {
+		return x.NotFound
+	}
+	return false
+}
+
 // EndpointStatus is what an endpoint agent reports after an update run.
 type EndpointStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -451,7 +700,7 @@ type EndpointStatus struct {
 
 func (x *EndpointStatus) Reset() {
 	*x = EndpointStatus{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[7]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +712,7 @@ func (x *EndpointStatus) String() string {
 func (*EndpointStatus) ProtoMessage() {}
 
 func (x *EndpointStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[7]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +725,7 @@ func (x *EndpointStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointStatus.ProtoReflect.Descriptor instead.
 func (*EndpointStatus) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{7}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EndpointStatus) GetId() string {
@@ -551,7 +800,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[8]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +812,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[8]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +825,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{8}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportStatusRequest) GetStatus() *EndpointStatus {
@@ -594,7 +843,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[9]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +855,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[9]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +868,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{9}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{13}
 }
 
 type ListSourcesRequest struct {
@@ -632,7 +881,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +893,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[10]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +906,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{10}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListSourcesRequest) GetSite() string {
@@ -682,7 +931,7 @@ type DistributionPoint struct {
 
 func (x *DistributionPoint) Reset() {
 	*x = DistributionPoint{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +943,7 @@ func (x *DistributionPoint) String() string {
 func (*DistributionPoint) ProtoMessage() {}
 
 func (x *DistributionPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[11]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +956,7 @@ func (x *DistributionPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DistributionPoint.ProtoReflect.Descriptor instead.
 func (*DistributionPoint) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{11}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DistributionPoint) GetName() string {
@@ -747,7 +996,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1008,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[12]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1021,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{12}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListSourcesResponse) GetSources() []*DistributionPoint {
@@ -791,7 +1040,7 @@ type WatchLatestRequest struct {
 
 func (x *WatchLatestRequest) Reset() {
 	*x = WatchLatestRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1052,7 @@ func (x *WatchLatestRequest) String() string {
 func (*WatchLatestRequest) ProtoMessage() {}
 
 func (x *WatchLatestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[13]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1065,7 @@ func (x *WatchLatestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchLatestRequest.ProtoReflect.Descriptor instead.
 func (*WatchLatestRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{13}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchLatestRequest) GetProduct() string {
@@ -835,7 +1084,7 @@ type WatchLatestResponse struct {
 
 func (x *WatchLatestResponse) Reset() {
 	*x = WatchLatestResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1096,7 @@ func (x *WatchLatestResponse) String() string {
 func (*WatchLatestResponse) ProtoMessage() {}
 
 func (x *WatchLatestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[14]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1109,7 @@ func (x *WatchLatestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchLatestResponse.ProtoReflect.Descriptor instead.
 func (*WatchLatestResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{14}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchLatestResponse) GetLatest() *SignedDocument {
@@ -880,7 +1129,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1141,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[15]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1154,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{15}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetStatusRequest) GetLocalOnly() bool {
@@ -926,7 +1175,7 @@ type ProductVersions struct {
 
 func (x *ProductVersions) Reset() {
 	*x = ProductVersions{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1187,7 @@ func (x *ProductVersions) String() string {
 func (*ProductVersions) ProtoMessage() {}
 
 func (x *ProductVersions) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[16]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1200,7 @@ func (x *ProductVersions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductVersions.ProtoReflect.Descriptor instead.
 func (*ProductVersions) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{16}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProductVersions) GetProduct() string {
@@ -983,7 +1232,7 @@ type Traffic struct {
 
 func (x *Traffic) Reset() {
 	*x = Traffic{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1244,7 @@ func (x *Traffic) String() string {
 func (*Traffic) ProtoMessage() {}
 
 func (x *Traffic) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[17]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1257,7 @@ func (x *Traffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Traffic.ProtoReflect.Descriptor instead.
 func (*Traffic) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{17}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Traffic) GetUpstreamBytes() uint64 {
@@ -1047,7 +1296,7 @@ type CacheUsage struct {
 
 func (x *CacheUsage) Reset() {
 	*x = CacheUsage{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1308,7 @@ func (x *CacheUsage) String() string {
 func (*CacheUsage) ProtoMessage() {}
 
 func (x *CacheUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[18]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1321,7 @@ func (x *CacheUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheUsage.ProtoReflect.Descriptor instead.
 func (*CacheUsage) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{18}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CacheUsage) GetBytes() uint64 {
@@ -1130,7 +1379,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1391,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[19]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1404,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{19}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MemberStatus) GetName() string {
@@ -1239,7 +1488,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1500,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[20]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1513,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{20}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetStatusResponse) GetMembers() []*MemberStatus {
@@ -1290,7 +1539,7 @@ type PrefetchRequest struct {
 
 func (x *PrefetchRequest) Reset() {
 	*x = PrefetchRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1551,7 @@ func (x *PrefetchRequest) String() string {
 func (*PrefetchRequest) ProtoMessage() {}
 
 func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[21]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1564,7 @@ func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{21}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PrefetchRequest) GetProduct() string {
@@ -1342,7 +1591,7 @@ type PrefetchResponse struct {
 
 func (x *PrefetchResponse) Reset() {
 	*x = PrefetchResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1603,7 @@ func (x *PrefetchResponse) String() string {
 func (*PrefetchResponse) ProtoMessage() {}
 
 func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[22]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1616,7 @@ func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{22}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PrefetchResponse) GetProduct() string {
@@ -1438,7 +1687,7 @@ type ListEndpointsRequest struct {
 
 func (x *ListEndpointsRequest) Reset() {
 	*x = ListEndpointsRequest{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1699,7 @@ func (x *ListEndpointsRequest) String() string {
 func (*ListEndpointsRequest) ProtoMessage() {}
 
 func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[23]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1712,7 @@ func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEndpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{23}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListEndpointsRequest) GetOutdatedOnly() bool {
@@ -1493,7 +1742,7 @@ type EndpointInfo struct {
 
 func (x *EndpointInfo) Reset() {
 	*x = EndpointInfo{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1754,7 @@ func (x *EndpointInfo) String() string {
 func (*EndpointInfo) ProtoMessage() {}
 
 func (x *EndpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[24]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1767,7 @@ func (x *EndpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointInfo.ProtoReflect.Descriptor instead.
 func (*EndpointInfo) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{24}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EndpointInfo) GetStatus() *EndpointStatus {
@@ -1544,7 +1793,7 @@ type ListEndpointsResponse struct {
 
 func (x *ListEndpointsResponse) Reset() {
 	*x = ListEndpointsResponse{}
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1805,7 @@ func (x *ListEndpointsResponse) String() string {
 func (*ListEndpointsResponse) ProtoMessage() {}
 
 func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dpcache_v1_dpcache_proto_msgTypes[25]
+	mi := &file_dpcache_v1_dpcache_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1818,7 @@ func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEndpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListEndpointsResponse) Descriptor() ([]byte, []int) {
-	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{25}
+	return file_dpcache_v1_dpcache_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListEndpointsResponse) GetEndpoints() []*EndpointInfo {
@@ -1608,7 +1857,22 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\":\n" +
 	"\x10ReadBlobResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\x82\x02\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"9\n" +
+	"\aBlobRef\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\"\x8f\x01\n" +
+	"\x10ReadBlobsRequest\x12)\n" +
+	"\x05blobs\x18\x01 \x03(\v2\x13.dpcache.v1.BlobRefR\x05blobs\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\x12\x18\n" +
+	"\aproduct\x18\x03 \x01(\tR\aproduct\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\"T\n" +
+	"\x11ReadBlobsResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12+\n" +
+	"\x05start\x18\x02 \x01(\v2\x15.dpcache.v1.BlobStartR\x05start\"R\n" +
+	"\tBlobStart\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1b\n" +
+	"\tnot_found\x18\x03 \x01(\bR\bnotFound\"\x82\x02\n" +
 	"\x0eEndpointStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
@@ -1690,11 +1954,12 @@ const file_dpcache_v1_dpcache_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1a.dpcache.v1.EndpointStatusR\x06status\x12\x10\n" +
 	"\x03age\x18\x02 \x01(\tR\x03age\"O\n" +
 	"\x15ListEndpointsResponse\x126\n" +
-	"\tendpoints\x18\x01 \x03(\v2\x18.dpcache.v1.EndpointInfoR\tendpoints2\xed\x03\n" +
+	"\tendpoints\x18\x01 \x03(\v2\x18.dpcache.v1.EndpointInfoR\tendpoints2\xb9\x04\n" +
 	"\x13DistributionService\x12H\n" +
 	"\tGetLatest\x12\x1c.dpcache.v1.GetLatestRequest\x1a\x1d.dpcache.v1.GetLatestResponse\x12N\n" +
 	"\vGetManifest\x12\x1e.dpcache.v1.GetManifestRequest\x1a\x1f.dpcache.v1.GetManifestResponse\x12G\n" +
-	"\bReadBlob\x12\x1b.dpcache.v1.ReadBlobRequest\x1a\x1c.dpcache.v1.ReadBlobResponse0\x01\x12Q\n" +
+	"\bReadBlob\x12\x1b.dpcache.v1.ReadBlobRequest\x1a\x1c.dpcache.v1.ReadBlobResponse0\x01\x12J\n" +
+	"\tReadBlobs\x12\x1c.dpcache.v1.ReadBlobsRequest\x1a\x1d.dpcache.v1.ReadBlobsResponse0\x01\x12Q\n" +
 	"\fReportStatus\x12\x1f.dpcache.v1.ReportStatusRequest\x1a .dpcache.v1.ReportStatusResponse\x12N\n" +
 	"\vListSources\x12\x1e.dpcache.v1.ListSourcesRequest\x1a\x1f.dpcache.v1.ListSourcesResponse\x12P\n" +
 	"\vWatchLatest\x12\x1e.dpcache.v1.WatchLatestRequest\x1a\x1f.dpcache.v1.WatchLatestResponse0\x012\xf7\x01\n" +
@@ -1715,7 +1980,7 @@ func file_dpcache_v1_dpcache_proto_rawDescGZIP() []byte {
 	return file_dpcache_v1_dpcache_proto_rawDescData
 }
 
-var file_dpcache_v1_dpcache_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_dpcache_v1_dpcache_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_dpcache_v1_dpcache_proto_goTypes = []any{
 	(*SignedDocument)(nil),        // 0: dpcache.v1.SignedDocument
 	(*GetLatestRequest)(nil),      // 1: dpcache.v1.GetLatestRequest
@@ -1724,65 +1989,73 @@ var file_dpcache_v1_dpcache_proto_goTypes = []any{
 	(*GetManifestResponse)(nil),   // 4: dpcache.v1.GetManifestResponse
 	(*ReadBlobRequest)(nil),       // 5: dpcache.v1.ReadBlobRequest
 	(*ReadBlobResponse)(nil),      // 6: dpcache.v1.ReadBlobResponse
-	(*EndpointStatus)(nil),        // 7: dpcache.v1.EndpointStatus
-	(*ReportStatusRequest)(nil),   // 8: dpcache.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),  // 9: dpcache.v1.ReportStatusResponse
-	(*ListSourcesRequest)(nil),    // 10: dpcache.v1.ListSourcesRequest
-	(*DistributionPoint)(nil),     // 11: dpcache.v1.DistributionPoint
-	(*ListSourcesResponse)(nil),   // 12: dpcache.v1.ListSourcesResponse
-	(*WatchLatestRequest)(nil),    // 13: dpcache.v1.WatchLatestRequest
-	(*WatchLatestResponse)(nil),   // 14: dpcache.v1.WatchLatestResponse
-	(*GetStatusRequest)(nil),      // 15: dpcache.v1.GetStatusRequest
-	(*ProductVersions)(nil),       // 16: dpcache.v1.ProductVersions
-	(*Traffic)(nil),               // 17: dpcache.v1.Traffic
-	(*CacheUsage)(nil),            // 18: dpcache.v1.CacheUsage
-	(*MemberStatus)(nil),          // 19: dpcache.v1.MemberStatus
-	(*GetStatusResponse)(nil),     // 20: dpcache.v1.GetStatusResponse
-	(*PrefetchRequest)(nil),       // 21: dpcache.v1.PrefetchRequest
-	(*PrefetchResponse)(nil),      // 22: dpcache.v1.PrefetchResponse
-	(*ListEndpointsRequest)(nil),  // 23: dpcache.v1.ListEndpointsRequest
-	(*EndpointInfo)(nil),          // 24: dpcache.v1.EndpointInfo
-	(*ListEndpointsResponse)(nil), // 25: dpcache.v1.ListEndpointsResponse
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*BlobRef)(nil),               // 7: dpcache.v1.BlobRef
+	(*ReadBlobsRequest)(nil),      // 8: dpcache.v1.ReadBlobsRequest
+	(*ReadBlobsResponse)(nil),     // 9: dpcache.v1.ReadBlobsResponse
+	(*BlobStart)(nil),             // 10: dpcache.v1.BlobStart
+	(*EndpointStatus)(nil),        // 11: dpcache.v1.EndpointStatus
+	(*ReportStatusRequest)(nil),   // 12: dpcache.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),  // 13: dpcache.v1.ReportStatusResponse
+	(*ListSourcesRequest)(nil),    // 14: dpcache.v1.ListSourcesRequest
+	(*DistributionPoint)(nil),     // 15: dpcache.v1.DistributionPoint
+	(*ListSourcesResponse)(nil),   // 16: dpcache.v1.ListSourcesResponse
+	(*WatchLatestRequest)(nil),    // 17: dpcache.v1.WatchLatestRequest
+	(*WatchLatestResponse)(nil),   // 18: dpcache.v1.WatchLatestResponse
+	(*GetStatusRequest)(nil),      // 19: dpcache.v1.GetStatusRequest
+	(*ProductVersions)(nil),       // 20: dpcache.v1.ProductVersions
+	(*Traffic)(nil),               // 21: dpcache.v1.Traffic
+	(*CacheUsage)(nil),            // 22: dpcache.v1.CacheUsage
+	(*MemberStatus)(nil),          // 23: dpcache.v1.MemberStatus
+	(*GetStatusResponse)(nil),     // 24: dpcache.v1.GetStatusResponse
+	(*PrefetchRequest)(nil),       // 25: dpcache.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),      // 26: dpcache.v1.PrefetchResponse
+	(*ListEndpointsRequest)(nil),  // 27: dpcache.v1.ListEndpointsRequest
+	(*EndpointInfo)(nil),          // 28: dpcache.v1.EndpointInfo
+	(*ListEndpointsResponse)(nil), // 29: dpcache.v1.ListEndpointsResponse
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 }
 var file_dpcache_v1_dpcache_proto_depIdxs = []int32{
 	0,  // 0: dpcache.v1.GetLatestResponse.latest:type_name -> dpcache.v1.SignedDocument
 	0,  // 1: dpcache.v1.GetManifestResponse.manifest:type_name -> dpcache.v1.SignedDocument
-	26, // 2: dpcache.v1.EndpointStatus.reported:type_name -> google.protobuf.Timestamp
-	7,  // 3: dpcache.v1.ReportStatusRequest.status:type_name -> dpcache.v1.EndpointStatus
-	11, // 4: dpcache.v1.ListSourcesResponse.sources:type_name -> dpcache.v1.DistributionPoint
-	0,  // 5: dpcache.v1.WatchLatestResponse.latest:type_name -> dpcache.v1.SignedDocument
-	16, // 6: dpcache.v1.MemberStatus.versions:type_name -> dpcache.v1.ProductVersions
-	17, // 7: dpcache.v1.MemberStatus.traffic:type_name -> dpcache.v1.Traffic
-	18, // 8: dpcache.v1.MemberStatus.cache:type_name -> dpcache.v1.CacheUsage
-	26, // 9: dpcache.v1.MemberStatus.upstream_failing_since:type_name -> google.protobuf.Timestamp
-	19, // 10: dpcache.v1.GetStatusResponse.members:type_name -> dpcache.v1.MemberStatus
-	17, // 11: dpcache.v1.GetStatusResponse.traffic:type_name -> dpcache.v1.Traffic
-	7,  // 12: dpcache.v1.EndpointInfo.status:type_name -> dpcache.v1.EndpointStatus
-	24, // 13: dpcache.v1.ListEndpointsResponse.endpoints:type_name -> dpcache.v1.EndpointInfo
-	1,  // 14: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
-	3,  // 15: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
-	5,  // 16: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
-	8,  // 17: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
-	10, // 18: dpcache.v1.DistributionService.ListSources:input_type -> dpcache.v1.ListSourcesRequest
-	13, // 19: dpcache.v1.DistributionService.WatchLatest:input_type -> dpcache.v1.WatchLatestRequest
-	15, // 20: dpcache.v1.AdminService.GetStatus:input_type -> dpcache.v1.GetStatusRequest
-	21, // 21: dpcache.v1.AdminService.Prefetch:input_type -> dpcache.v1.PrefetchRequest
-	23, // 22: dpcache.v1.AdminService.ListEndpoints:input_type -> dpcache.v1.ListEndpointsRequest
-	2,  // 23: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
-	4,  // 24: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
-	6,  // 25: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
-	9,  // 26: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
-	12, // 27: dpcache.v1.DistributionService.ListSources:output_type -> dpcache.v1.ListSourcesResponse
-	14, // 28: dpcache.v1.DistributionService.WatchLatest:output_type -> dpcache.v1.WatchLatestResponse
-	20, // 29: dpcache.v1.AdminService.GetStatus:output_type -> dpcache.v1.GetStatusResponse
-	22, // 30: dpcache.v1.AdminService.Prefetch:output_type -> dpcache.v1.PrefetchResponse
-	25, // 31: dpcache.v1.AdminService.ListEndpoints:output_type -> dpcache.v1.ListEndpointsResponse
-	23, // [23:32] is the sub-list for method output_type
-	14, // [14:23] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	7,  // 2: dpcache.v1.ReadBlobsRequest.blobs:type_name -> dpcache.v1.BlobRef
+	10, // 3: dpcache.v1.ReadBlobsResponse.start:type_name -> dpcache.v1.BlobStart
+	30, // 4: dpcache.v1.EndpointStatus.reported:type_name -> google.protobuf.Timestamp
+	11, // 5: dpcache.v1.ReportStatusRequest.status:type_name -> dpcache.v1.EndpointStatus
+	15, // 6: dpcache.v1.ListSourcesResponse.sources:type_name -> dpcache.v1.DistributionPoint
+	0,  // 7: dpcache.v1.WatchLatestResponse.latest:type_name -> dpcache.v1.SignedDocument
+	20, // 8: dpcache.v1.MemberStatus.versions:type_name -> dpcache.v1.ProductVersions
+	21, // 9: dpcache.v1.MemberStatus.traffic:type_name -> dpcache.v1.Traffic
+	22, // 10: dpcache.v1.MemberStatus.cache:type_name -> dpcache.v1.CacheUsage
+	30, // 11: dpcache.v1.MemberStatus.upstream_failing_since:type_name -> google.protobuf.Timestamp
+	23, // 12: dpcache.v1.GetStatusResponse.members:type_name -> dpcache.v1.MemberStatus
+	21, // 13: dpcache.v1.GetStatusResponse.traffic:type_name -> dpcache.v1.Traffic
+	11, // 14: dpcache.v1.EndpointInfo.status:type_name -> dpcache.v1.EndpointStatus
+	28, // 15: dpcache.v1.ListEndpointsResponse.endpoints:type_name -> dpcache.v1.EndpointInfo
+	1,  // 16: dpcache.v1.DistributionService.GetLatest:input_type -> dpcache.v1.GetLatestRequest
+	3,  // 17: dpcache.v1.DistributionService.GetManifest:input_type -> dpcache.v1.GetManifestRequest
+	5,  // 18: dpcache.v1.DistributionService.ReadBlob:input_type -> dpcache.v1.ReadBlobRequest
+	8,  // 19: dpcache.v1.DistributionService.ReadBlobs:input_type -> dpcache.v1.ReadBlobsRequest
+	12, // 20: dpcache.v1.DistributionService.ReportStatus:input_type -> dpcache.v1.ReportStatusRequest
+	14, // 21: dpcache.v1.DistributionService.ListSources:input_type -> dpcache.v1.ListSourcesRequest
+	17, // 22: dpcache.v1.DistributionService.WatchLatest:input_type -> dpcache.v1.WatchLatestRequest
+	19, // 23: dpcache.v1.AdminService.GetStatus:input_type -> dpcache.v1.GetStatusRequest
+	25, // 24: dpcache.v1.AdminService.Prefetch:input_type -> dpcache.v1.PrefetchRequest
+	27, // 25: dpcache.v1.AdminService.ListEndpoints:input_type -> dpcache.v1.ListEndpointsRequest
+	2,  // 26: dpcache.v1.DistributionService.GetLatest:output_type -> dpcache.v1.GetLatestResponse
+	4,  // 27: dpcache.v1.DistributionService.GetManifest:output_type -> dpcache.v1.GetManifestResponse
+	6,  // 28: dpcache.v1.DistributionService.ReadBlob:output_type -> dpcache.v1.ReadBlobResponse
+	9,  // 29: dpcache.v1.DistributionService.ReadBlobs:output_type -> dpcache.v1.ReadBlobsResponse
+	13, // 30: dpcache.v1.DistributionService.ReportStatus:output_type -> dpcache.v1.ReportStatusResponse
+	16, // 31: dpcache.v1.DistributionService.ListSources:output_type -> dpcache.v1.ListSourcesResponse
+	18, // 32: dpcache.v1.DistributionService.WatchLatest:output_type -> dpcache.v1.WatchLatestResponse
+	24, // 33: dpcache.v1.AdminService.GetStatus:output_type -> dpcache.v1.GetStatusResponse
+	26, // 34: dpcache.v1.AdminService.Prefetch:output_type -> dpcache.v1.PrefetchResponse
+	29, // 35: dpcache.v1.AdminService.ListEndpoints:output_type -> dpcache.v1.ListEndpointsResponse
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_dpcache_v1_dpcache_proto_init() }
@@ -1796,7 +2069,7 @@ func file_dpcache_v1_dpcache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dpcache_v1_dpcache_proto_rawDesc), len(file_dpcache_v1_dpcache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -22,6 +22,7 @@ const (
 	DistributionService_GetLatest_FullMethodName    = "/dpcache.v1.DistributionService/GetLatest"
 	DistributionService_GetManifest_FullMethodName  = "/dpcache.v1.DistributionService/GetManifest"
 	DistributionService_ReadBlob_FullMethodName     = "/dpcache.v1.DistributionService/ReadBlob"
+	DistributionService_ReadBlobs_FullMethodName    = "/dpcache.v1.DistributionService/ReadBlobs"
 	DistributionService_ReportStatus_FullMethodName = "/dpcache.v1.DistributionService/ReportStatus"
 	DistributionService_ListSources_FullMethodName  = "/dpcache.v1.DistributionService/ListSources"
 	DistributionService_WatchLatest_FullMethodName  = "/dpcache.v1.DistributionService/WatchLatest"
@@ -50,6 +51,15 @@ type DistributionServiceClient interface {
 	// before the stream ends successfully (DataLoss otherwise) and must be
 	// checked again by the caller.
 	ReadBlob(ctx context.Context, in *ReadBlobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadBlobResponse], error)
+	// ReadBlobs streams many blobs in one request (the chunks of a file), one
+	// after the other in request order, each as ReadBlob would: a blob's
+	// first message (with start set) gives its index and size, the following
+	// messages its bytes. A caller knows a blob is complete once it has its
+	// size minus offset bytes, verifies it then, and resumes elsewhere from
+	// the first blob it has not completed. A blob no source holds is
+	// announced with start.not_found and no bytes, and the stream goes on;
+	// any other failure ends the stream with the status ReadBlob would give.
+	ReadBlobs(ctx context.Context, in *ReadBlobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadBlobsResponse], error)
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
 	// ListSources returns the DPs an endpoint of the given site should use,
@@ -108,6 +118,25 @@ func (c *distributionServiceClient) ReadBlob(ctx context.Context, in *ReadBlobRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DistributionService_ReadBlobClient = grpc.ServerStreamingClient[ReadBlobResponse]
 
+func (c *distributionServiceClient) ReadBlobs(ctx context.Context, in *ReadBlobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadBlobsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &DistributionService_ServiceDesc.Streams[1], DistributionService_ReadBlobs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadBlobsRequest, ReadBlobsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DistributionService_ReadBlobsClient = grpc.ServerStreamingClient[ReadBlobsResponse]
+
 func (c *distributionServiceClient) ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReportStatusResponse)
@@ -130,7 +159,7 @@ func (c *distributionServiceClient) ListSources(ctx context.Context, in *ListSou
 
 func (c *distributionServiceClient) WatchLatest(ctx context.Context, in *WatchLatestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchLatestResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &DistributionService_ServiceDesc.Streams[1], DistributionService_WatchLatest_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &DistributionService_ServiceDesc.Streams[2], DistributionService_WatchLatest_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -170,6 +199,15 @@ type DistributionServiceServer interface {
 	// before the stream ends successfully (DataLoss otherwise) and must be
 	// checked again by the caller.
 	ReadBlob(*ReadBlobRequest, grpc.ServerStreamingServer[ReadBlobResponse]) error
+	// ReadBlobs streams many blobs in one request (the chunks of a file), one
+	// after the other in request order, each as ReadBlob would: a blob's
+	// first message (with start set) gives its index and size, the following
+	// messages its bytes. A caller knows a blob is complete once it has its
+	// size minus offset bytes, verifies it then, and resumes elsewhere from
+	// the first blob it has not completed. A blob no source holds is
+	// announced with start.not_found and no bytes, and the stream goes on;
+	// any other failure ends the stream with the status ReadBlob would give.
+	ReadBlobs(*ReadBlobsRequest, grpc.ServerStreamingServer[ReadBlobsResponse]) error
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
 	// ListSources returns the DPs an endpoint of the given site should use,
@@ -197,6 +235,9 @@ func (UnimplementedDistributionServiceServer) GetManifest(context.Context, *GetM
 }
 func (UnimplementedDistributionServiceServer) ReadBlob(*ReadBlobRequest, grpc.ServerStreamingServer[ReadBlobResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReadBlob not implemented")
+}
+func (UnimplementedDistributionServiceServer) ReadBlobs(*ReadBlobsRequest, grpc.ServerStreamingServer[ReadBlobsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadBlobs not implemented")
 }
 func (UnimplementedDistributionServiceServer) ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportStatus not implemented")
@@ -275,6 +316,17 @@ func _DistributionService_ReadBlob_Handler(srv interface{}, stream grpc.ServerSt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DistributionService_ReadBlobServer = grpc.ServerStreamingServer[ReadBlobResponse]
 
+func _DistributionService_ReadBlobs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadBlobsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DistributionServiceServer).ReadBlobs(m, &grpc.GenericServerStream[ReadBlobsRequest, ReadBlobsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DistributionService_ReadBlobsServer = grpc.ServerStreamingServer[ReadBlobsResponse]
+
 func _DistributionService_ReportStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReportStatusRequest)
 	if err := dec(in); err != nil {
@@ -350,6 +402,11 @@ var DistributionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReadBlob",
 			Handler:       _DistributionService_ReadBlob_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReadBlobs",
+			Handler:       _DistributionService_ReadBlobs_Handler,
 			ServerStreams: true,
 		},
 		{
