@@ -26,12 +26,15 @@ func TestAuthorizer_Rules(t *testing.T) {
 	const (
 		latest = pb.DistributionService_GetLatest_FullMethodName
 		report = pb.DistributionService_ReportStatus_FullMethodName
+		blobs  = pb.DistributionService_ReadBlobs_FullMethodName
 		admin  = pb.AdminService_GetStatus_FullMethodName
 		health = "/grpc.health.v1.Health/Check"
 		refl   = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	)
 	fwd := &pb.GetLatestRequest{Product: "av", Forwarded: true}
 	plain := &pb.GetLatestRequest{Product: "av"}
+	batch := &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: "ab"}}}
+	fwdBatch := &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: "ab"}}, Forwarded: true}
 	reportAs := func(id string) *pb.ReportStatusRequest {
 		return &pb.ReportStatusRequest{Status: &pb.EndpointStatus{Id: id, Product: "av"}}
 	}
@@ -44,6 +47,11 @@ func TestAuthorizer_Rules(t *testing.T) {
 		want   codes.Code
 	}{
 		{"endpoint reads", mutual, cert("pc-1", pki.RoleEndpoint), latest, plain, codes.OK},
+		{"endpoint reads blobs", mutual, cert("pc-1", pki.RoleEndpoint), blobs, batch, codes.OK},
+		{"endpoint forwards blobs", mutual, cert("pc-1", pki.RoleEndpoint), blobs, fwdBatch, codes.PermissionDenied},
+		{"dp forwards blobs", mutual, cert("dp-2", pki.RoleDP), blobs, fwdBatch, codes.OK},
+		{"admin reads blobs", mutual, cert("alice", pki.RoleAdmin), blobs, batch, codes.PermissionDenied},
+		{"open: stranger forwards blobs", open, caller{addr: addr("10.0.0.9")}, blobs, fwdBatch, codes.PermissionDenied},
 		{"endpoint forwards", mutual, cert("pc-1", pki.RoleEndpoint), latest, fwd, codes.PermissionDenied},
 		{"endpoint reports as itself", mutual, cert("pc-1", pki.RoleEndpoint), report, reportAs("pc-1"), codes.OK},
 		{"endpoint reports as another", mutual, cert("pc-1", pki.RoleEndpoint), report, reportAs("pc-2"), codes.PermissionDenied},

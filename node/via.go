@@ -34,6 +34,7 @@ var viaMethods = map[string]bool{
 	pb.DistributionService_GetLatest_FullMethodName:   true,
 	pb.DistributionService_GetManifest_FullMethodName: true,
 	pb.DistributionService_ReadBlob_FullMethodName:    true,
+	pb.DistributionService_ReadBlobs_FullMethodName:   true,
 }
 
 // viaOptions returns the gRPC interceptors that check a request's chain of

@@ -52,6 +52,14 @@ func TestNode_Via_Refused(t *testing.T) {
 			_, err := readBlob(with(n.instance), c, digest, 0)
 			return err
 		}, codes.FailedPrecondition, "upstream loop"},
+		{"blobs back at this DP", func() error {
+			stream, err := c.ReadBlobs(with(other+","+n.instance), &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: digest}}})
+			if err != nil {
+				return err
+			}
+			_, err = stream.Recv()
+			return err
+		}, codes.FailedPrecondition, "upstream loop"},
 		{"past the hop limit", func() error {
 			_, err := c.GetLatest(with(nine), &pb.GetLatestRequest{Product: "av"})
 			return err

@@ -1,0 +1,160 @@
+package node
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dpcache/dpcache/e2e/testenv"
+	"github.com/dpcache/dpcache/manifest"
+	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
+	"github.com/dpcache/dpcache/source"
+)
+
+// ReadBlobs streams chunks cached and not yet cached, a whole blob, a
+// chunked file assembled and a blob from an offset, in request order; an
+// unknown digest in the middle is announced not found and the stream goes
+// on; each chunk crosses the origin link once.
+func TestNode_ReadBlobs(t *testing.T) {
+	v := newVendor(t)
+	m, big, data := chunkedVersion(t, v)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	learnManifest(t, c)
+	ctx := testCtx(t)
+	for _, ch := range big.Chunks[:3] { // cached before the batch
+		if _, err := readBlob(ctx, c, ch.SHA256, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var small manifest.File
+	for _, f := range m.Files {
+		if len(f.Chunks) == 0 {
+			small = f
+		}
+	}
+	want := map[string][]byte{}
+	var refs []source.BlobRef
+	var off int64
+	for i, ch := range big.Chunks {
+		want[ch.SHA256] = data[off : off+ch.Size]
+		off += ch.Size
+		refs = append(refs, source.BlobRef{Digest: ch.SHA256})
+		if i == 4 {
+			refs = append(refs, source.BlobRef{Digest: strings.Repeat("ab", 32)})
+		}
+	}
+	want[big.SHA256] = data
+	want[small.SHA256] = readFile(t, v.repo, manifest.BlobPath(small.SHA256))
+	refs = append(refs, source.BlobRef{Digest: big.SHA256}, source.BlobRef{Digest: small.SHA256, Offset: 1000})
+
+	g, err := source.NewGRPC(n.GRPCAddr(), source.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var got []int
+	err = g.ReadBlobs(ctx, refs, func(i int, size int64, r io.Reader) error {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		w := want[refs[i].Digest][refs[i].Offset:]
+		if size-refs[i].Offset != int64(len(w)) || string(b) != string(w) {
+			t.Errorf("blob %d (%s): %d bytes of %d, wrong bytes", i, refs[i].Digest, len(b), size)
+		}
+		got = append(got, i)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(refs)-1 {
+		t.Fatalf("delivered %v of %d blobs, want all but the unknown one", got, len(refs))
+	}
+	for _, i := range got {
+		if i == 5 {
+			t.Fatal("the unknown blob was delivered")
+		}
+	}
+	for _, ch := range big.Chunks {
+		if k := ngx.CountRequests(t, manifest.BlobPath(ch.SHA256)); k != 1 {
+			t.Errorf("origin served chunk %s %d times, want 1", ch.SHA256, k)
+		}
+	}
+
+	// each's error ends the batch with that error.
+	stop := errors.New("stop")
+	if err := g.ReadBlobs(ctx, refs, func(int, int64, io.Reader) error { return stop }); !errors.Is(err, stop) {
+		t.Fatalf("each failing: %v", err)
+	}
+}
+
+func TestNode_ReadBlobs_BadRequests(t *testing.T) {
+	v := newVendor(t)
+	v.publish(t, "av", "1", 1, smallProduct)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, nil)
+	c := dial(t, n)
+	ctx := testCtx(t)
+	good := &pb.BlobRef{Sha256: strings.Repeat("ab", 32)}
+	many := make([]*pb.BlobRef, source.MaxBatchBlobs+1)
+	for i := range many {
+		many[i] = good
+	}
+	tests := []struct {
+		name string
+		req  *pb.ReadBlobsRequest
+	}{
+		{"none", &pb.ReadBlobsRequest{}},
+		{"too many", &pb.ReadBlobsRequest{Blobs: many}},
+		{"bad digest", &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{good, {Sha256: "../etc/passwd"}}}},
+		{"upper-case digest", &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: strings.Repeat("AB", 32)}}}},
+		{"huge offset", &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: good.Sha256, Offset: 1 << 63}}}},
+		{"bad product", &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{good}, Product: "../x", Version: "1"}},
+		{"version without product", &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{good}, Version: "1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stream, err := c.ReadBlobs(ctx, tt.req)
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("got %v, want InvalidArgument", err)
+			}
+		})
+	}
+	// An offset past a blob's end is the blob's own failure: the stream ends.
+	pubBlob := manifestBlobs(t, c)[0]
+	stream, err := c.ReadBlobs(ctx, &pb.ReadBlobsRequest{Blobs: []*pb.BlobRef{{Sha256: pubBlob.SHA256, Offset: uint64(pubBlob.Size) + 1}}})
+	if err == nil {
+		for err == nil {
+			_, err = stream.Recv()
+		}
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("offset past the end: %v, want InvalidArgument", err)
+	}
+}
+
+// manifestBlobs has the DP learn version 1 of "av" and returns its blobs.
+func manifestBlobs(t *testing.T, c pb.DistributionServiceClient) []manifest.File {
+	t.Helper()
+	learnManifest(t, c)
+	ctx := testCtx(t)
+	mr, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.ParseManifest(mr.GetManifest().GetData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Blobs()
+}
