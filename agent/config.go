@@ -82,6 +82,8 @@ type hooks struct {
 	stage func(step string) error
 	// partWriter wraps the file a blob is downloaded into.
 	partWriter func(w writeSyncer) writeSyncer
+	// noBatch fetches every chunk on its own, never in a batched read.
+	noBatch bool
 }
 
 // DefaultConfig returns a Config with every default set; the caller fills

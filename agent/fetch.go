@@ -58,6 +58,7 @@ type fetcher struct {
 	partDir string // where partial downloads are kept; "" means dir
 	log     *slog.Logger
 	wrap    func(writeSyncer) writeSyncer
+	batch   *source.GRPC // the first source, a DP: chunks are read from it in batches
 
 	downloaded atomic.Int64 // bytes received from sources
 

@@ -354,14 +354,21 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	u.log.Info("installing", "version", d.latest.Version, "serial", d.latest.Serial, "source", d.src,
 		"files", len(files), "blobs", len(jobs), "components", u.components)
 
+	srcs := withVersionHint(u.cfg.Sources, u.cfg.Product, d.latest.Version)
 	f := &fetcher{
-		chain:    newChain(withVersionHint(u.cfg.Sources, u.cfg.Product, d.latest.Version), u.health, u.cfg.StallTimeout, u.log, nil),
+		chain:    newChain(srcs, u.health, u.cfg.StallTimeout, u.log, nil),
 		dir:      u.l.blobs,
 		log:      u.log,
 		progress: u.cfg.Progress,
 	}
+	if g, ok := srcs[0].(*source.GRPC); ok {
+		f.batch = g
+	}
 	if u.cfg.hooks != nil {
 		f.wrap = u.cfg.hooks.partWriter
+		if u.cfg.hooks.noBatch {
+			f.batch = nil
+		}
 	}
 
 	missing, err := u.reuse(ctx, st, jobs, f, inst)
@@ -548,7 +555,7 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 	}
 	f.total = total
 	u.log.Info("downloading", "blobs", len(jobs), "bytes", total)
-	return eachJob(ctx, jobs, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
+	one := func(ctx context.Context, j *blobJob) error {
 		if err := f.fetch(ctx, j); err != nil {
 			return err
 		}
@@ -556,7 +563,12 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 			return nil
 		}
 		return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
-	})
+	}
+	jobs, err := f.fetchBatches(ctx, jobs, u.cfg.Concurrency, one)
+	if err != nil {
+		return err
+	}
+	return eachJob(ctx, jobs, u.cfg.Concurrency, one)
 }
 
 // eachJob runs fn for each job, n at a time, until the first error or the

@@ -68,7 +68,10 @@ func (s *distributionServer) ReadBlobs(req *pb.ReadBlobsRequest, stream grpc.Ser
 		} else {
 			err = s.n.fetcher.ReadBlob(ctx, digest, off, fwd, out)
 		}
-		if err != nil && !out.started && (errors.Is(err, ErrNotFound) || errors.Is(err, cache.ErrNotFound)) {
+		switch {
+		case err == nil:
+			err = out.start() // a blob without bytes from its offset
+		case !out.started && (errors.Is(err, ErrNotFound) || errors.Is(err, cache.ErrNotFound)):
 			err = stream.Send(&pb.ReadBlobsResponse{Start: &pb.BlobStart{Index: uint32(i), NotFound: true}})
 		}
 		if err != nil {
@@ -80,11 +83,14 @@ func (s *distributionServer) ReadBlobs(req *pb.ReadBlobsRequest, stream grpc.Ser
 
 // blobsSender turns the messages of one blob's ReadBlob stream into those
 // of a ReadBlobs stream: the first (the size) into a BlobStart, the
-// others, bytes only, passed on as they are (the same wire field).
+// others, bytes only, passed on as they are (the same wire field). The
+// BlobStart waits for the blob's first bytes (or its end): a blob whose
+// fetch fails before any byte is announced not found rather than started.
 type blobsSender struct {
 	stream  grpc.ServerStreamingServer[pb.ReadBlobsResponse]
 	index   uint32
-	started bool
+	size    uint64
+	started bool // the BlobStart is sent
 }
 
 func (s *blobsSender) SendMsg(m any) error {
@@ -92,24 +98,27 @@ func (s *blobsSender) SendMsg(m any) error {
 	if !ok {
 		return status.Errorf(codes.Internal, "blobs stream: unexpected message %T", m)
 	}
-	if !s.started {
-		s.started = true
-		if err := s.stream.Send(&pb.ReadBlobsResponse{Start: &pb.BlobStart{Index: s.index, Size: c.Size}}); err != nil {
-			if c.Data != nil {
-				c.Data.Free()
-			}
-			return err
-		}
-		c.Size = 0
-		if c.Data == nil || c.Data.Len() == 0 {
-			if c.Data != nil {
-				c.Data.Free()
-			}
-			return nil
-		}
-	}
 	if c.Size != 0 {
-		c.Size = 0 // field 2 is the BlobStart here
+		s.size, c.Size = c.Size, 0 // field 2 is the BlobStart here
+	}
+	if c.Data == nil || c.Data.Len() == 0 {
+		if c.Data != nil {
+			c.Data.Free()
+		}
+		return nil
+	}
+	if err := s.start(); err != nil {
+		c.Data.Free()
+		return err
 	}
 	return s.stream.SendMsg(c)
+}
+
+// start sends the blob's BlobStart, once.
+func (s *blobsSender) start() error {
+	if s.started {
+		return nil
+	}
+	s.started = true
+	return s.stream.Send(&pb.ReadBlobsResponse{Start: &pb.BlobStart{Index: s.index, Size: s.size}})
 }

@@ -1,14 +1,22 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dpcache/dpcache/agent"
 	"github.com/dpcache/dpcache/e2e/testenv"
 	"github.com/dpcache/dpcache/manifest"
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
@@ -157,4 +165,119 @@ func manifestBlobs(t *testing.T, c pb.DistributionServiceClient) []manifest.File
 		t.Fatal(err)
 	}
 	return m.Blobs()
+}
+
+// grpcRequests returns dpcache_grpc_requests_total for method, every code.
+func grpcRequests(t *testing.T, reg *prometheus.Registry, method string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != "dpcache_grpc_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" && l.GetValue() == method {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// installFrom runs an agent update of "av" from srcs into a new folder and
+// returns the result and the folder.
+func installFrom(t *testing.T, v *vendor, srcs ...source.Source) (*agent.Result, string) {
+	t.Helper()
+	cfg := agent.DefaultConfig()
+	cfg.Sources, cfg.Trust, cfg.Product, cfg.Dir = srcs, v.trust, "av", t.TempDir()
+	cfg.Logger = slog.New(slog.NewTextHandler(newTestWriter(t), nil))
+	res, err := agent.Update(testCtx(t), cfg)
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	return res, cfg.Dir
+}
+
+func grpcSource(t *testing.T, addr string) source.Source {
+	t.Helper()
+	g, err := source.NewGRPC(addr, source.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+// An agent installs a chunked file through a DP with a single batched read
+// of its chunks, not one request per chunk, and downloads each byte once.
+func TestNode_ReadBlobs_AgentInstall(t *testing.T) {
+	v := newVendor(t)
+	m, big, data := chunkedVersion(t, v)
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	reg := prometheus.NewRegistry()
+	n := startNode(t, v, ngx.URL, func(c *Config) { c.Registry = reg })
+	res, dir := installFrom(t, v, grpcSource(t, n.GRPCAddr()))
+	installed, err := os.ReadFile(filepath.Join(dir, "av", "current", "databases", "big.dat"))
+	if err != nil || !bytes.Equal(installed, data) {
+		t.Fatalf("installed file is not the published one (%v)", err)
+	}
+	if res.BytesDownloaded != m.Size() {
+		t.Errorf("bytes_downloaded %d, want %d", res.BytesDownloaded, m.Size())
+	}
+	batches, singles := grpcRequests(t, reg, "ReadBlobs"), grpcRequests(t, reg, "ReadBlob")
+	if batches != 1 || singles != 1 { // the small module is a blob of its own
+		t.Fatalf("%d chunks took %v ReadBlobs and %v ReadBlob requests, want 1 and 1", len(big.Chunks), batches, singles)
+	}
+}
+
+// A batched read never fails an update: chunks a first DP cannot send at
+// all (not listening), or a DP has no source for (deleted at its origin),
+// come one by one from the next source.
+func TestNode_ReadBlobs_AgentFallsBack(t *testing.T) {
+	v := newVendor(t)
+	m, big, data := chunkedVersion(t, v)
+	mirror := filepath.Join(t.TempDir(), "mirror")
+	if err := os.CopyFS(mirror, os.DirFS(v.repo)); err != nil {
+		t.Fatal(err)
+	}
+	lost := big.Chunks[3]
+	if err := os.Remove(filepath.Join(v.repo, filepath.FromSlash(manifest.BlobPath(lost.SHA256)))); err != nil {
+		t.Fatal(err)
+	}
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	reg := prometheus.NewRegistry()
+	n := startNode(t, v, ngx.URL, func(c *Config) { c.Registry = reg })
+	backup, err := source.Parse(mirror, source.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backup.Close()
+
+	for _, tc := range []struct {
+		name string
+		srcs []source.Source
+	}{
+		{"DP down", []source.Source{grpcSource(t, testenv.FreeAddr(t, "127.0.0.1")), backup}},
+		{"chunk lost at the DP's origin", []source.Source{grpcSource(t, n.GRPCAddr()), backup}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, dir := installFrom(t, v, tc.srcs...)
+			installed, err := os.ReadFile(filepath.Join(dir, "av", "current", "databases", "big.dat"))
+			if err != nil || !bytes.Equal(installed, data) {
+				t.Fatalf("installed file is not the published one (%v)", err)
+			}
+			if res.BytesDownloaded != m.Size() {
+				t.Errorf("bytes_downloaded %d, want %d", res.BytesDownloaded, m.Size())
+			}
+		})
+	}
+	if got := grpcRequests(t, reg, "ReadBlobs"); got != 1 {
+		t.Errorf("%v ReadBlobs requests, want 1", got)
+	}
 }

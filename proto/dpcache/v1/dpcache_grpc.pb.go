@@ -56,9 +56,10 @@ type DistributionServiceClient interface {
 	// first message (with start set) gives its index and size, the following
 	// messages its bytes. A caller knows a blob is complete once it has its
 	// size minus offset bytes, verifies it then, and resumes elsewhere from
-	// the first blob it has not completed. A blob no source holds is
-	// announced with start.not_found and no bytes, and the stream goes on;
-	// any other failure ends the stream with the status ReadBlob would give.
+	// the first blob it has not completed. A blob's start is sent with its
+	// first bytes: one that no source holds is announced with
+	// start.not_found instead, and the stream goes on; any other failure
+	// ends the stream with the status ReadBlob would give.
 	ReadBlobs(ctx context.Context, in *ReadBlobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadBlobsResponse], error)
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
@@ -204,9 +205,10 @@ type DistributionServiceServer interface {
 	// first message (with start set) gives its index and size, the following
 	// messages its bytes. A caller knows a blob is complete once it has its
 	// size minus offset bytes, verifies it then, and resumes elsewhere from
-	// the first blob it has not completed. A blob no source holds is
-	// announced with start.not_found and no bytes, and the stream goes on;
-	// any other failure ends the stream with the status ReadBlob would give.
+	// the first blob it has not completed. A blob's start is sent with its
+	// first bytes: one that no source holds is announced with
+	// start.not_found instead, and the stream goes on; any other failure
+	// ends the stream with the status ReadBlob would give.
 	ReadBlobs(*ReadBlobsRequest, grpc.ServerStreamingServer[ReadBlobsResponse]) error
 	// ReportStatus records what an endpoint has installed.
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
