@@ -343,7 +343,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	}
 	// Downloads of other versions are of no more use.
 	if err := removeChildren(u.l.blobs, func(name string) bool {
-		return needed[strings.TrimSuffix(name, partSuffix)]
+		return needed[strings.TrimSuffix(name, partSuffix)] || strings.HasSuffix(name, packSuffix)
 	}); err != nil {
 		return nil, err
 	}
@@ -395,8 +395,9 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	var idx chunkIndex
 	if len(chunked) > 0 {
 		idx = indexChunks(u.installed(inst), want, paths)
+		scanPacks(u.l.blobs, want, idx)
 	}
-	if err := u.download(ctx, st, append(whole, chunkJobs(chunked, idx, f)...), f); err != nil {
+	if err := u.download(ctx, st, append(whole, chunkJobs(chunked, idx, f)...), idx, f); err != nil {
 		return nil, err
 	}
 	if err := eachJob(ctx, chunked, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
@@ -545,7 +546,7 @@ func (u *updater) installed(inst *version) []*version {
 
 // download fetches the missing blobs and places them in the stage (a
 // chunk stays in f's folder for assemble).
-func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *fetcher) error {
+func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, x chunkIndex, f *fetcher) error {
 	if len(jobs) == 0 {
 		return nil
 	}
@@ -564,7 +565,7 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, f *f
 		}
 		return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
 	}
-	jobs, err := f.fetchBatches(ctx, jobs, u.cfg.Concurrency, one)
+	jobs, err := f.fetchBatches(ctx, jobs, x, u.cfg.Concurrency, one)
 	if err != nil {
 		return err
 	}
