@@ -149,7 +149,7 @@ func (f *fetcher) readBatch(ctx context.Context, jobs []*blobJob, x chunkIndex, 
 			return fmt.Errorf("%s: %w", j, err)
 		}
 		xmu.Lock()
-		x.add(j.digest, chunkLoc{path: path, off: pos + packHeader, size: size})
+		x.add(j.digest, chunkLoc{path: path, off: pos + packHeader, size: size, verified: true})
 		xmu.Unlock()
 		pos += packHeader + size
 		done[i] = true

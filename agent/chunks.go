@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -36,6 +37,7 @@ func blobFiles(files []manifest.File) []manifest.File {
 type chunkLoc struct {
 	path      string
 	off, size int64
+	verified  bool // by this run, in a pack it wrote: not hashed again
 }
 
 // chunkIndex maps chunk digests to installed copies of their bytes.
@@ -118,6 +120,11 @@ func chunkJobs(jobs []*blobJob, x chunkIndex, f *fetcher) []*blobJob {
 	return out
 }
 
+// maxBufferedChunk is the largest chunk assemble reads into memory (and
+// hashes into the whole file's digest as it goes); a larger one, which
+// publish never cuts, is copied streaming and the file re-read to verify.
+const maxBufferedChunk = 4 * manifest.ChunkMaxSize
+
 // assemble builds chunked file j into f's folder from its chunks (found
 // in x, downloaded earlier, or fetched now when no local copy verifies),
 // verifies the whole file, and places it in the stage. A crash leaves a
@@ -129,9 +136,11 @@ func (u *updater) assemble(ctx context.Context, st *stage, j *blobJob, x chunkIn
 		return &localError{fmt.Errorf("%s: %w", j, err)}
 	}
 	defer out.Close()
+	cr := &chunkCopier{out: out, whole: sha256.New(), files: map[string]*os.File{}}
+	defer cr.close()
 	var off int64
 	for i, c := range j.chunks {
-		ok, err := copyChunk(out, off, c, append(x[c.SHA256], chunkLoc{path: f.blobPath(c.SHA256), size: c.Size}))
+		ok, err := cr.copy(off, c, append(x[c.SHA256], chunkLoc{path: f.blobPath(c.SHA256), size: c.Size}))
 		if err != nil {
 			return fmt.Errorf("%s: %w", j, err)
 		}
@@ -142,7 +151,7 @@ func (u *updater) assemble(ctx context.Context, st *stage, j *blobJob, x chunkIn
 			if err := f.fetch(ctx, cj); err != nil {
 				return err
 			}
-			if ok, err = copyChunk(out, off, c, []chunkLoc{{path: f.blobPath(c.SHA256), size: c.Size}}); err != nil || !ok {
+			if ok, err = cr.copy(off, c, []chunkLoc{{path: f.blobPath(c.SHA256), size: c.Size}}); err != nil || !ok {
 				return fmt.Errorf("%s: chunk %d changed on disk after it was verified: %w", j, i+1, errors.Join(err, ErrDigestMismatch))
 			}
 		}
@@ -155,7 +164,9 @@ func (u *updater) assemble(ctx context.Context, st *stage, j *blobJob, x chunkIn
 	if err != nil {
 		return &localError{fmt.Errorf("%s: %w", j, err)}
 	}
-	if !verifyFile(part, j.digest, j.size) {
+	// The bytes written, in order, hashed as they were written; or, after
+	// a chunk copied streaming, the file read back.
+	if off != j.size || (cr.whole != nil && hex.EncodeToString(cr.whole.Sum(nil)) != j.digest) || (cr.whole == nil && !verifyFile(part, j.digest, j.size)) {
 		_ = os.Remove(part)
 		return fmt.Errorf("%s: its verified chunks do not make the file the manifest names: %w", j, ErrDigestMismatch)
 	}
@@ -163,6 +174,69 @@ func (u *updater) assemble(ctx context.Context, st *stage, j *blobJob, x chunkIn
 		return &localError{fmt.Errorf("%s: %w", j, err)}
 	}
 	return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
+}
+
+// chunkCopier writes the chunks of a file in order into out, hashing them
+// into whole (nil once a chunk was copied streaming), and keeps the files
+// it reads chunks from open (a pack holds many).
+type chunkCopier struct {
+	out   *os.File
+	whole hash.Hash
+	files map[string]*os.File
+	buf   []byte
+}
+
+func (c *chunkCopier) open(path string) (*os.File, error) {
+	if in, ok := c.files[path]; ok {
+		return in, nil
+	}
+	in, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	c.files[path] = in
+	return in, nil
+}
+
+func (c *chunkCopier) close() {
+	for _, in := range c.files {
+		in.Close()
+	}
+}
+
+// copy writes chunk ch at off in out from the first of locs whose bytes
+// have ch's digest (a loc this run verified is not hashed again). It
+// reports false when none does; out then holds nothing valid past off.
+// Only a write error is an error.
+func (c *chunkCopier) copy(off int64, ch manifest.Chunk, locs []chunkLoc) (bool, error) {
+	if c.whole == nil || ch.Size > maxBufferedChunk {
+		c.whole = nil
+		return copyChunk(c.out, off, ch, locs)
+	}
+	if int64(cap(c.buf)) < ch.Size {
+		c.buf = make([]byte, max(ch.Size, manifest.ChunkMaxSize))
+	}
+	b := c.buf[:ch.Size]
+	for _, l := range locs {
+		in, err := c.open(l.path)
+		if err != nil {
+			continue
+		}
+		if n, err := in.ReadAt(b, l.off); n != len(b) && err != nil {
+			continue
+		}
+		if !l.verified {
+			if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != ch.SHA256 {
+				continue
+			}
+		}
+		if _, err := c.out.WriteAt(b, off); err != nil {
+			return false, &localError{err}
+		}
+		c.whole.Write(b)
+		return true, nil
+	}
+	return false, nil
 }
 
 // copyChunk writes chunk c at off in out from the first of locs whose
