@@ -32,8 +32,8 @@ func benchDPSize(b *testing.B) int {
 	return 256 << 20
 }
 
-// startBenchDP runs a DP whose upstream is the folder repo until b ends.
-func startBenchDP(b *testing.B, r *repo) *node.Node {
+// startDP runs a DP whose upstream is the folder repo until b ends.
+func startDP(b testing.TB, r *repo) *node.Node {
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir = "dp-bench", b.TempDir()
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", ""
@@ -113,7 +113,7 @@ func BenchmarkInstallThroughDP(b *testing.B) {
 		size>>20, tPub.Round(time.Millisecond), tBase.Round(time.Millisecond), float64(tBase)/float64(tPub))
 	b.ReportMetric(float64(tBase)/float64(tPub), "publish/hash+write")
 
-	dpWhole, dpChunked := startBenchDP(b, whole), startBenchDP(b, chunked)
+	dpWhole, dpChunked := startDP(b, whole), startDP(b, chunked)
 	install := func(n *node.Node, batch bool) time.Duration {
 		g, err := source.NewGRPC(n.GRPCAddr(), source.DefaultOptions())
 		if err != nil {
