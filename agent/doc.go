@@ -49,6 +49,13 @@
 // from the next one otherwise, or in the next run; content whose SHA-256
 // does not match after a resume is discarded whole.
 //
+// The chunks of chunked files are read from the first source, when it is
+// a distribution point, in batches (one ReadBlobs request for up to 1,024
+// chunks or 16 MiB), into .dpcache/blobs/*.pack, each chunk verified as it
+// completes; a chunk a batch did not deliver, for any reason, is fetched
+// on its own as above, and the next run finds the chunks of the packs an
+// interrupted run left.
+//
 // # Mirror
 //
 // Mirror is the update utility: it copies a version into a folder in
