@@ -212,6 +212,21 @@ func publish(t *testing.T, repo string, k keyPair, version, src string) {
 	mustRun(t, "publish", "--chunk=false", "--repo", repo, "--key", k.key, "--product", product, "--version", version, src)
 }
 
+// vendorRepo sets up a vendor in a new temporary folder (work): a key
+// pair, a source folder (src) with files of the given sizes, and a
+// repository (repo) where version is published from it. files is the
+// source's tree.
+func vendorRepo(t *testing.T, version string, sizes map[string]int) (work string, k keyPair, src, repo string, files tree) {
+	t.Helper()
+	work = t.TempDir()
+	k = vendorKeys(t, work, "vendor")
+	src = filepath.Join(work, "src")
+	files = writeFiles(t, src, sizes)
+	repo = filepath.Join(work, "repo")
+	publish(t, repo, k, version, src)
+	return work, k, src, repo, files
+}
+
 // tree maps slash-separated relative paths to the hex SHA-256 of the file.
 type tree map[string]string
 

@@ -17,12 +17,7 @@ import (
 // the held one shows "held".
 func TestE2E_RollbackHoldUnhold(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	v1 := writeFiles(t, src, map[string]int{"databases/base.dat": 64 << 10, "modules/engine.bin": 16 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, src, repo, v1 := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 64 << 10, "modules/engine.bin": 16 << 10})
 	dp := startNode(t, repo, k.pub)
 	ep, other := filepath.Join(work, "endpoint"), filepath.Join(work, "endpoint-2")
 

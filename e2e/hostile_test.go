@@ -30,12 +30,7 @@ import (
 // panicked), which is a valid range to the end.
 func TestE2E_HostileRequests(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	files := writeFiles(t, src, map[string]int{"databases/small.dat": 64 << 10, "databases/big.dat": 8 << 20})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	_, k, _, repo, files := vendorRepo(t, "1.0", map[string]int{"databases/small.dat": 64 << 10, "databases/big.dat": 8 << 20})
 	// Slow enough that the big blob is still being fetched when asked.
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{LimitRate: "1m"})
 	dp := startNode(t, origin.URL, k.pub)
@@ -109,12 +104,7 @@ func hexSHA256(b []byte) string {
 // nothing marks the unverified response as cacheable for good.
 func TestE2E_HTTPRepoCorruptInFlight(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	files := writeFiles(t, src, map[string]int{"databases/big.dat": 4 << 20})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	_, k, _, repo, files := vendorRepo(t, "1.0", map[string]int{"databases/big.dat": 4 << 20})
 	digest := files["databases/big.dat"]
 	flipByte(t, filepath.Join(repo, "blobs", "sha256", digest), 3<<20)
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{LimitRate: "2m"})
@@ -164,12 +154,7 @@ func TestE2E_HTTPRepoCorruptInFlight(t *testing.T) {
 // back to upstream.
 func TestE2E_LyingPeer(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	files := writeFiles(t, src, map[string]int{"databases/base.dat": 3 << 20, "modules/engine.bin": 256 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, _, repo, files := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 3 << 20, "modules/engine.bin": 256 << 10})
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
 	liar := startCluster(t, origin.URL, k.pub, []dpSpec{{"dp-2", "a"}})[0]
 	mustRun(t, "prefetch", "--node", liar.GRPC, "--product", product)

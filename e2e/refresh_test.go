@@ -51,12 +51,7 @@ func waitHolds(t *testing.T, n *dpNode, p string, serial uint64, why string) {
 // --prefetch-interval, an hour by default).
 func TestE2E_NodeRefresh_ProductKeptCurrent(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 512 << 10, "modules/engine.bin": 128 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	_, k, src, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 512 << 10, "modules/engine.bin": 128 << 10})
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
 	n := startNodeArgs(t, origin.URL, k.pub, "--product", product, "--refresh", "1s")
 	waitHolds(t, n, product, 1, "the download task at start")
@@ -119,12 +114,7 @@ func TestE2E_NodeRefresh_WindowLimitsOnlyProducts(t *testing.T) {
 // interval, with a deprecation warning.
 func TestE2E_NodeRefresh_PrefetchIntervalDeprecated(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 256 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	_, k, src, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 256 << 10})
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
 	n := startNodeArgs(t, origin.URL, k.pub, "--product", product, "--prefetch-interval", "1s")
 	waitHolds(t, n, product, 1, "the download task at start")

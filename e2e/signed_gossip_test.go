@@ -31,12 +31,7 @@ import (
 // documented wire format (gossip/messages.go) by hand, as an attacker would.
 func TestE2E_SignedGossip_Forgery(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 16 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, _, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 16 << 10})
 
 	site := newSitePKI(t, work, "ca")
 	admin := site.issue(t, "alice", "admin")

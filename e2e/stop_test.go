@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -24,12 +23,7 @@ import (
 // reports it "left", not "dead". The stop time is logged, not asserted.
 func TestE2E_SIGTERMStopsIdleDPAndLeaves(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 64 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	_, k, _, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 64 << 10})
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
 	dps := startCluster(t, origin.URL, k.pub, []dpSpec{{"dp-1", "branch"}, {"dp-2", "branch"}}, "--product", product)
 	victim, peer := dps[0], dps[1]

@@ -75,12 +75,7 @@ type tlsDP struct {
 // --tls-cert and --client-ca in front of it.
 func startTLSDP(t *testing.T) *tlsDP {
 	t.Helper()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 16 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, _, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 16 << 10})
 	site := newSitePKI(t, work, "ca")
 	d := &tlsDP{site: site, admin: site.issue(t, "alice", "admin"), endpoint: site.issue(t, "pc-1", "endpoint")}
 	d.dpNode = startNode(t, repo, k.pub, tlsNodeFlags(site.issue(t, "dp-1", "dp", "127.0.0.1"), site.ca)...)
@@ -156,12 +151,7 @@ func waitTLSMembers(t *testing.T, dps []*clusterDP, ca string, admin certPair) {
 // by its peers.
 func TestE2E_TLS_Cluster(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 256 << 10, "modules/engine.bin": 64 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, src, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 256 << 10, "modules/engine.bin": 64 << 10})
 
 	site := newSitePKI(t, work, "ca")
 	admin := site.issue(t, "alice", "admin")
@@ -285,12 +275,7 @@ func TestE2E_TLS_Cluster(t *testing.T) {
 // and never stops the DP.
 func TestE2E_TLS_Rotation(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 16 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, _, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 16 << 10})
 	site := newSitePKI(t, work, "ca")
 	dpCert := site.issue(t, "dp-1", "dp", "127.0.0.1")
 	pc1 := site.issue(t, "pc-1", "endpoint")

@@ -21,12 +21,7 @@ const watchGuard = 120 * time.Second
 // version DP-2 gets, while DP-1 stays down.
 func TestE2E_WatchFailsOverToNextDP(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	k := vendorKeys(t, work, "vendor")
-	src := filepath.Join(work, "src")
-	writeFiles(t, src, map[string]int{"databases/base.dat": 512 << 10, "modules/engine.bin": 128 << 10})
-	repo := filepath.Join(work, "repo")
-	publish(t, repo, k, "1.0", src)
+	work, k, src, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 512 << 10, "modules/engine.bin": 128 << 10})
 	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
 	dps := startCluster(t, origin.URL, k.pub, []dpSpec{{"dp-1", "branch"}, {"dp-2", "branch"}}, "--product", product)
 	ep := filepath.Join(work, "endpoint")
