@@ -174,6 +174,15 @@ func TestWatch_FailsOverToNextDP(t *testing.T) {
 	if want := []string{"dp-1", "dp-2", "dp-3"}; !slices.Equal(got[:min(len(got), 3)], want) {
 		t.Fatalf("watched %v, want %v first (dp-1 until it went down, dp-2 refused, then dp-3)", got, want)
 	}
+	// The update's result is reported just after it installed: wait for it.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		rmu.Lock()
+		n := len(results)
+		rmu.Unlock()
+		if n >= 2 || time.Now().After(deadline) {
+			break
+		}
+	}
 	rmu.Lock()
 	defer rmu.Unlock()
 	if len(results) != 2 {
