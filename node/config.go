@@ -87,11 +87,14 @@ type Config struct {
 	// source, resuming at the offset reached. Default 30 s
 	// (`--stall-timeout`).
 	StallTimeout time.Duration
-	// UpstreamRate bounds the blob bytes per second this DP reads from its
-	// upstream sources, all fetches together (one token bucket; signed
-	// documents, a few KiB, are not counted). Blobs of databases files are
-	// fetched before those of modules, so they come first when the budget
-	// is short. 0 (default) is unlimited.
+	// UpstreamRate bounds the blob bytes per second the download task
+	// (Products, and the versions peer DPs' download tasks ask this DP
+	// for) reads from upstream, all its fetches together (one token
+	// bucket; signed documents, a few KiB, are not counted). What an
+	// endpoint or AdminService.Prefetch waits for is not limited: a fetch
+	// stops being limited when one of them joins it. Blobs of databases
+	// files are fetched before those of modules, so they come first when
+	// the budget is short. 0 (default) is unlimited.
 	UpstreamRate int64
 	// KeepVersions is how many versions of each product the cache keeps
 	// (the newest); older ones and the blobs only they use are deleted

@@ -50,7 +50,8 @@
 // Config.UpstreamWindow confines when the task fetches (a version found
 // outside it is fetched at its start); products endpoints asked for are
 // fetched at once whatever the window. Config.UpstreamRate bounds the
-// bytes read from upstream, and databases are fetched before modules.
+// bytes the task reads from upstream (not what endpoints or prefetch wait
+// for), and databases are fetched before modules.
 // AdminService.Prefetch runs the task now and streams its progress.
 // Config.PrefetchInterval, deprecated, gives Config.Products an interval
 // of their own.

@@ -262,37 +262,107 @@ func TestPrefetch_OutsideWindowWaits(t *testing.T) {
 	}
 }
 
-// --upstream-rate bounds the bytes a DP reads from upstream: every byte read
-// from upstream is charged to the token bucket before it is used (the
-// bucket's pacing is golang.org/x/time/rate's), and reads from peers are
-// not.
+// --upstream-rate bounds the bytes the download task reads from upstream
+// (DESIGN.md: "limit the download task's fetches (not endpoint-driven
+// ones, nor dpcache prefetch)"): every byte it reads from upstream is
+// charged to the token bucket before it is used (the bucket's pacing is
+// golang.org/x/time/rate's); what prefetch or an endpoint waits for is
+// not charged, nor are reads from peers.
 func TestPrefetch_UpstreamRateLimits(t *testing.T) {
-	v := newVendor(t)
 	const size, limit = 3 << 20, 2 << 20
-	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
-	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
-	var charged atomic.Int64
-	n := startNodeHooks(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate = limit }, nil, testHooks{
-		wrapLimiter: func(fl fetch.Limiter) fetch.Limiter {
-			l, ok := fl.(*rate.Limiter)
-			if !ok || l.Limit() != limit {
-				t.Errorf("limiter %v, want %d B/s", fl, limit)
-				return fl
-			}
-			return chargedLimiter{l, &charged}
-		},
+	start := func(t *testing.T, products []string, rateLimit int64) (*vendor, *Node, *atomic.Int64, string) {
+		v := newVendor(t)
+		pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
+		ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+		var charged atomic.Int64
+		n := startNodeHooks(t, v, []string{ngx.URL}, func(c *Config) { c.UpstreamRate, c.Products = rateLimit, products }, nil, testHooks{
+			wrapLimiter: func(fl fetch.Limiter) fetch.Limiter {
+				l, ok := fl.(*rate.Limiter)
+				if !ok || l.Limit() != rate.Limit(rateLimit) {
+					t.Errorf("limiter %v, want %d B/s", fl, rateLimit)
+					return fl
+				}
+				return chargedLimiter{l, &charged}
+			},
+		})
+		return v, n, &charged, pub.Manifest.Files[0].SHA256
+	}
+	held := func(n *Node) bool {
+		hv, err := n.cache.LatestVersion("av")
+		return err == nil && hv.Serial == 1
+	}
+
+	t.Run("download task", func(t *testing.T) {
+		_, n, charged, digest := start(t, []string{"av"}, limit)
+		testenv.WaitFor(t, 30*time.Second, "the download task to hold av 1", func() bool { return held(n) })
+		if got, up := charged.Load(), n.Traffic().UpstreamBytes; got != up || got != size {
+			t.Fatalf("charged %d bytes to the rate limit for %d read upstream, want both %d", got, up, size)
+		}
+		b, err := readBlob(testCtx(t), dial(t, n), digest, 0)
+		if err != nil || sha(b) != digest {
+			t.Fatalf("blob after a limited fetch: %v", err)
+		}
 	})
-	msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
-	if err != nil || !msgs[len(msgs)-1].GetDone() {
-		t.Fatalf("Prefetch: %v, %v", msgs, err)
-	}
-	if got, up := charged.Load(), n.Traffic().UpstreamBytes; got != up || got != size {
-		t.Fatalf("charged %d bytes to the rate limit for %d read upstream, want both %d", got, up, size)
-	}
-	b, err := readBlob(testCtx(t), dial(t, n), pub.Manifest.Files[0].SHA256, 0)
-	if err != nil || sha(b) != pub.Manifest.Files[0].SHA256 {
-		t.Fatalf("blob after a limited fetch: %v", err)
-	}
+	t.Run("prefetch", func(t *testing.T) {
+		_, n, charged, _ := start(t, nil, limit)
+		msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
+		if err != nil || !msgs[len(msgs)-1].GetDone() {
+			t.Fatalf("Prefetch: %v, %v", msgs, err)
+		}
+		if got, up := charged.Load(), n.Traffic().UpstreamBytes; got != 0 || up != size {
+			t.Fatalf("prefetch: charged %d bytes to the rate limit for %d read upstream, want 0 for %d", got, up, size)
+		}
+	})
+	t.Run("endpoint", func(t *testing.T) {
+		v, n, charged, _ := start(t, nil, limit)
+		res := updateAll(t, v, "av", []source.Source{grpcSource(t, n.GRPCAddr())})
+		if res[0].Serial != 1 {
+			t.Fatalf("update through the DP: %+v", res[0])
+		}
+		if got, up := charged.Load(), n.Traffic().UpstreamBytes; got != 0 || up != size {
+			t.Fatalf("endpoint: charged %d bytes to the rate limit for %d read upstream, want 0 for %d", got, up, size)
+		}
+	})
+	// A peer DP's download task asks this DP (the blob's owner) for the
+	// version: its requests carry the mark (source.BackgroundKey), so the
+	// completion and the fetch upstream they cause here are the site's
+	// download, limited.
+	t.Run("a peer's download task", func(t *testing.T) {
+		_, n, charged, digest := start(t, nil, limit)
+		peer := grpcSource(t, n.GRPCAddr())
+		var limited atomic.Bool
+		limited.Store(true)
+		ctx := source.WithBackground(testCtx(t), &limited)
+		if _, err := peer.Manifest(ctx, "av", "1"); err != nil {
+			t.Fatal(err)
+		}
+		r, err := peer.Blob(ctx, digest, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || sha(b) != digest {
+			t.Fatalf("blob through the DP: %v", err)
+		}
+		if got, up := charged.Load(), n.Traffic().UpstreamBytes; got != up || got != size {
+			t.Fatalf("charged %d bytes to the rate limit for %d read upstream, want both %d", got, up, size)
+		}
+	})
+	// The download task is fetching slowly (64 KiB/s: 48 s for the
+	// blob) when prefetch asks for the same version: the rest of the
+	// fetch is not limited.
+	t.Run("prefetch joins the download task", func(t *testing.T) {
+		_, n, charged, _ := start(t, []string{"av"}, 64<<10)
+		testenv.WaitFor(t, 30*time.Second, "the download task to read from upstream", func() bool { return charged.Load() > 0 })
+		msgs, err := prefetchAll(testCtx(t), dialAdmin(t, n), "av")
+		if err != nil || !msgs[len(msgs)-1].GetDone() {
+			t.Fatalf("Prefetch: %v, %v", msgs, err)
+		}
+		if got, up := charged.Load(), n.Traffic().UpstreamBytes; got >= size || up != size {
+			t.Fatalf("charged %d bytes to the rate limit for %d read upstream, want less than %d: prefetch waits for the rest", got, up, size)
+		}
+	})
 }
 
 // chargedLimiter counts what is charged to an upstream limiter.

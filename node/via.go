@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -72,8 +73,9 @@ func viaOptions(self string, log *slog.Logger) []grpc.ServerOption {
 }
 
 // checkVia parses the chain of DP instances in ctx's request metadata and
-// returns ctx with the chain to send on (the received one, then self), or
-// an error wrapping source.ErrInvalid or source.ErrLoop.
+// returns ctx with the chain to send on (the received one, then self) and
+// the download task's mark (source.BackgroundKey), or an error wrapping
+// source.ErrInvalid or source.ErrLoop.
 func checkVia(ctx context.Context, self string) (context.Context, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	chain, err := source.ParseVia(md.Get(source.ViaKey))
@@ -83,8 +85,21 @@ func checkVia(ctx context.Context, self string) (context.Context, error) {
 	if err := source.CheckLoop(chain, self); err != nil {
 		return ctx, err
 	}
+	if source.ParseBackground(md.Get(source.BackgroundKey)) {
+		// A peer DP's download task: the fetch upstream it makes this DP
+		// do is its site's download, under this DP's --upstream-rate.
+		ctx = source.WithBackground(ctx, backgroundAlways)
+	}
 	return source.WithVia(ctx, append(chain, self)), nil
 }
+
+// backgroundAlways is the rate-limit flag of a peer's download-task
+// requests: always limited (nothing here clears it).
+var backgroundAlways = func() *atomic.Bool {
+	var b atomic.Bool
+	b.Store(true)
+	return &b
+}()
 
 // refuseVia turns checkVia's error into the request's status, logging a
 // loop (an administrator must fix the --upstream lists).

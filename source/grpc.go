@@ -298,8 +298,12 @@ func (g *GRPC) ReportStatus(ctx context.Context, st Status) error {
 // work came through (see WithVia), so that a DP the request comes back to
 // refuses it. Partial reads (AvailableOnly) carry none: they neither fetch
 // nor wait, so they cannot loop, and the peer they ask is often in the
-// chain (it fetches the blob this DP serves it).
+// chain (it fetches the blob this DP serves it). The download task's
+// requests are marked as such (see WithBackground).
 func (g *GRPC) outgoing(ctx context.Context) context.Context {
+	if IsBackground(ctx) {
+		ctx = metadata.AppendToOutgoingContext(ctx, BackgroundKey, "1")
+	}
 	if via := Via(ctx); len(via) > 0 && !g.available {
 		return metadata.AppendToOutgoingContext(ctx, ViaKey, FormatVia(via))
 	}

@@ -18,14 +18,23 @@ import (
 // startVersion fetches every blob of ul's version in the background and
 // then records the version as held whole (which makes it this DP's latest).
 // It returns the completion in flight (started now or earlier), or nil
-// when the DP is closing. A completion started now lives as long as the
+// when the DP is closing. A completion the download task starts fetches
+// under the upstream rate limit (its context is marked by
+// source.WithBackground) until another caller starts it again (prefetch,
+// an endpoint's request). A completion started now lives as long as the
 // catalogue, and its requests to upstream DPs carry ctx's chain of DPs
 // (source.Via): that of the request that found the version.
-func (c *Catalog) startVersion(ctx context.Context, product string, ul upLatest) *Job {
+func (c *Catalog) startVersion(ctx context.Context, product string, ul upLatest, by startedBy) *Job {
 	key := product + "/" + ul.latest.Version
+	// A peer DP's download task asking this DP counts as the download
+	// task here too (its requests carry the mark).
+	background := by == downloadTask || source.IsBackground(ctx)
 	c.mu.Lock()
 	if j, running := c.jobs[key]; running || c.closed {
 		c.mu.Unlock()
+		if running && by == waiter && !background {
+			j.limited.Store(false) // prefetch or an endpoint waits for it now
+		}
 		return j
 	}
 	j := newJob(product, ul.latest)
@@ -33,6 +42,10 @@ func (c *Catalog) startVersion(ctx context.Context, product string, ul upLatest)
 	c.wg.Add(1)
 	c.mu.Unlock()
 	cctx := source.CarryVia(c.ctx, ctx)
+	if background {
+		j.limited.Store(true)
+		cctx = source.WithBackground(cctx, &j.limited)
+	}
 	go func() {
 		defer c.wg.Done()
 		err := c.completeVersion(cctx, product, ul, j)
@@ -46,6 +59,17 @@ func (c *Catalog) startVersion(ctx context.Context, product string, ul upLatest)
 	}()
 	return j
 }
+
+// startedBy says who starts a completion. The download task's are
+// rate-limited (Config.UpstreamRate) until a waiter asks for the same
+// version; the others are not.
+type startedBy int
+
+const (
+	waiter       startedBy = iota // an endpoint's request or prefetch: someone waits for it
+	refreshTask                   // the refresh of asked products, following the site: nobody waits
+	downloadTask                  // the download task of Config.Products
+)
 
 // completeVersion fetches the blobs of ul's version that the cache lacks,
 // those of databases files first, reporting progress to j, then records
@@ -164,7 +188,7 @@ func (c *Catalog) refreshAll(ctx context.Context) {
 			return
 		}
 		if ul, ok := c.newer(ctx, p); ok {
-			c.startVersion(ctx, p, ul)
+			c.startVersion(ctx, p, ul, refreshTask)
 		}
 	}
 }

@@ -14,6 +14,17 @@ import (
 	"github.com/dpcache/dpcache/source/failover"
 )
 
+// addAsked keeps product current for the request in ctx (AddProduct),
+// unless the request is a peer DP's download task (source.IsBackground):
+// that DP keeps the product current itself, and what it makes this DP
+// fetch stays under the rate limit instead of becoming an endpoint's
+// refresh.
+func (c *Catalog) addAsked(ctx context.Context, product string) {
+	if !source.IsBackground(ctx) {
+		c.AddProduct(product)
+	}
+}
+
 // latest returns the signed latest.json a caller should see for product:
 // the newest version held whole, or, for a cold DP that holds no version at
 // all, upstream's (verified) while the version is pulled in the background.
@@ -21,7 +32,7 @@ func (c *Catalog) Latest(ctx context.Context, product string) (source.Signed, er
 	if err := manifest.ValidName(product); err != nil {
 		return source.Signed{}, fmt.Errorf("product %q: %w: %v", product, nodeerr.ErrInvalid, err)
 	}
-	c.AddProduct(product)
+	c.addAsked(ctx, product)
 	v, err := c.store.LatestVersion(product)
 	switch {
 	case err == nil:
@@ -40,7 +51,7 @@ func (c *Catalog) Latest(ctx context.Context, product string) (source.Signed, er
 	if err != nil {
 		return source.Signed{}, err
 	}
-	c.startVersion(ctx, product, ul)
+	c.startVersion(ctx, product, ul, waiter)
 	return ul.signed, nil
 }
 
@@ -183,7 +194,7 @@ func (c *Catalog) ManifestDoc(ctx context.Context, product, version string) (sou
 	path := manifest.ManifestPath(product, version)
 	// A product endpoints ask about is kept current, even by a DP they never
 	// asked for its latest.
-	c.AddProduct(product)
+	c.addAsked(ctx, product)
 	if data, sig, err := c.store.Document(path); err == nil {
 		m, err := c.trust.VerifyManifest(data, sig, nil)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dpcache/dpcache/cache"
 	"github.com/dpcache/dpcache/manifest"
@@ -20,6 +21,11 @@ type Job struct {
 	serial           uint64
 	done             chan struct{} // closed when the job ends; err then says how
 	err              error         // written before done is closed
+
+	// limited is set while the job is the download task's alone (it
+	// started it): its upstream fetches are under the rate limit until
+	// prefetch or an endpoint waits for the job too (source.WithBackground).
+	limited atomic.Bool
 
 	mu    sync.Mutex      // protects the fields below
 	blobs []manifest.File // the version's blobs in fetch order; nil until its manifest is known
@@ -139,7 +145,7 @@ func (c *Catalog) PrefetchNow(ctx context.Context, product string) (*Job, cache.
 	case err != nil && !errors.Is(err, cache.ErrNotFound):
 		return nil, cache.Version{}, fmt.Errorf("product %s: %w", product, err)
 	}
-	j := c.startVersion(ctx, product, ul)
+	j := c.startVersion(ctx, product, ul, waiter)
 	if j == nil {
 		return nil, cache.Version{}, fmt.Errorf("product %s: %w: the DP is shutting down", product, nodeerr.ErrUnavailable)
 	}

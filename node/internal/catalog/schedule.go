@@ -158,7 +158,7 @@ func (c *Catalog) productLoop(ctx context.Context) {
 			now := time.Now()
 			if w.Contains(now) {
 				delete(deferred, p)
-				c.startVersion(ctx, p, ul)
+				c.startVersion(ctx, p, ul, downloadTask)
 				continue
 			}
 			// A second past the opening, to be inside it.

@@ -75,6 +75,6 @@ func (c *Catalog) FollowSite(product string, serial uint64, peer source.Source) 
 		}
 		c.log.Info("a DP of the site holds a newer version; completing it from the site",
 			"product", product, "version", l.Version, "serial", l.Serial, "peer", peer.String())
-		c.startVersion(ctx, product, upLatest{signed: signed, latest: l, at: time.Now()})
+		c.startVersion(ctx, product, upLatest{signed: signed, latest: l, at: time.Now()}, refreshTask)
 	}()
 }

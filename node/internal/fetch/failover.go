@@ -130,7 +130,7 @@ type ingest struct {
 	cancel    context.CancelCauseFunc
 	counter   *atomic.Int64 // where its bytes are counted
 	bySource  *atomic.Int64 // its per-upstream counter (nil: none)
-	limit     Limiter       // the upstream rate limit, for upstream sources
+	limit     Limiter       // the upstream rate limit, for upstream sources (see fetch.rateLimited)
 	lastStore time.Time
 	committed bool // Verify ran Commit
 }
@@ -153,7 +153,7 @@ func (in *ingest) From(src source.Source) {
 func (in *ingest) Offset() int64 { return in.w.Offset() }
 
 func (in *ingest) Write(p []byte) (int, error) {
-	if in.limit != nil {
+	if in.limit != nil && in.f.rateLimited() {
 		for rest := len(p); rest > 0; {
 			n := min(rest, in.limit.Burst())
 			if err := in.limit.WaitN(in.ctx, n); err != nil {

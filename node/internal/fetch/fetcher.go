@@ -24,7 +24,9 @@ type Config struct {
 	// streams.
 	ServeMemory int64
 	// Limiter, when set, bounds the bytes read from upstream sources (not
-	// from peers).
+	// from peers) by the download task's fetches: those started with a
+	// context marked by source.WithBackground, until a request without
+	// the mark (an endpoint's, prefetch's) joins them.
 	Limiter Limiter
 	// StallTimeout is how long a transfer may deliver no byte before the
 	// fetch moves to the next candidate (failover.Options). 0: the
@@ -245,6 +247,9 @@ func (fr *Fetcher) start(ctx context.Context, digest string, forwarded bool, rep
 		if forwarded {
 			f.promote()
 		}
+		if source.Background(ctx) == nil && replica == 0 {
+			f.unlimit() // an endpoint, a peer's endpoint or prefetch waits for it
+		}
 		return f, f.size, nil
 	}
 	// Under fr.mu: a fetch leaves the map only after its blob is whole, so
@@ -263,7 +268,7 @@ func (fr *Fetcher) start(ctx context.Context, digest string, forwarded bool, rep
 	if fr.closed || fr.ctx.Err() != nil {
 		return nil, 0, fmt.Errorf("blob %s: %w: the DP is shutting down", digest, nodeerr.ErrUnavailable)
 	}
-	f = &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{}), replica: replica > 0}
+	f = &fetch{digest: digest, size: size, changed: make(chan struct{}), forwarded: forwarded, promoted: make(chan struct{}), replica: replica > 0, background: source.Background(ctx)}
 	if forwarded {
 		close(f.promoted)
 	}

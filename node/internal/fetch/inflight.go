@@ -3,6 +3,7 @@ package fetch
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,12 @@ type fetch struct {
 	replica   bool          // started by Replicate: a copy of the owner's upstream fetch
 	promoted  chan struct{} // closed when forwarded becomes true after the start
 
+	// The upstream rate limit (Config.Limiter) applies to a fetch the
+	// download task started (background, see source.WithBackground) while
+	// its flag is set and no other request has joined it (unlimited).
+	background *atomic.Bool
+	unlimited  atomic.Bool
+
 	// DPs of the site streaming this fetch (it is their owner, or they
 	// replicate it): the fetch keeps at most peerLead(size) ahead of them,
 	// so that if this DP dies mid-fetch they hold nearly every byte it took
@@ -34,6 +41,15 @@ type fetch struct {
 	peerSeq   int
 	peerMoved chan struct{} // closed and replaced when a peer advances or leaves
 }
+
+// rateLimited reports whether the upstream rate limit applies to f now.
+func (f *fetch) rateLimited() bool {
+	return f.background != nil && f.background.Load() && !f.unlimited.Load()
+}
+
+// unlimit lifts the upstream rate limit from f for good: a request that is
+// not the download task's waits for it.
+func (f *fetch) unlimit() { f.unlimited.Store(true) }
 
 // peerPos is how far a peer DP has streamed a fetch.
 type peerPos struct {
