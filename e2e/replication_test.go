@@ -17,8 +17,10 @@ import (
 // the owner's fetch as the bytes arrived, becomes the owner and resumes
 // upstream at its own offset. The origin sends at most 1.05 times the
 // version, whether every endpoint lists the owner first (as administrators
-// configure them) or the endpoints spread over the DPs. The killed DP,
-// restarted, completes its copy from its peers without asking the origin.
+// configure them) or the endpoints spread over the DPs, and when the
+// killed owner is restarted at once, while the site still fetches the
+// blob. The killed DP, restarted, completes its copy from its peers
+// without asking the origin.
 //
 // Not parallel: the figure counts what the killed owner had taken from the
 // origin but not passed on, which grows when other tests' processes take
@@ -37,12 +39,20 @@ func TestE2E_Cluster_OwnerKilledReplicated(t *testing.T) {
 	repo := filepath.Join(work, "repo")
 	publish(t, repo, k, "6.0", src)
 
-	for _, spread := range []bool{false, true} {
-		name := "owner listed first by every endpoint"
-		if spread {
-			name = "endpoints spread over the DPs"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// spread: endpoints list the DPs in turn, else the owner first.
+		spread bool
+		// restartAtOnce: the killed owner comes back while the site
+		// is still fetching the blob, instead of after the update.
+		restartAtOnce bool
+	}{
+		{name: "owner listed first by every endpoint"},
+		{name: "endpoints spread over the DPs", spread: true},
+		{name: "owner restarted mid-fetch", restartAtOnce: true},
+	} {
+		spread := tc.spread
+		t.Run(tc.name, func(t *testing.T) {
 			origin := testenv.StartNginx(t, repo, testenv.NginxOptions{LimitRate: "8m"})
 			dps := startCluster(t, origin.URL, k.pub, []dpSpec{{"dp-x", "branch"}, {"dp-y", "branch"}, {"dp-z", "branch"}})
 			names := make([]string, len(dps))
@@ -92,6 +102,17 @@ func TestE2E_Cluster_OwnerKilledReplicated(t *testing.T) {
 					t.Logf("killed the owner %s; %s had upstream %d peer %d bytes", victim.Name, dp.Name, tr.GetUpstreamBytes(), tr.GetPeerBytes())
 				}
 			}
+			// The killed DP, restarted with its configuration (its
+			// --join names the survivors, as an administrator's would:
+			// the first DP of a test cluster was started with none, and
+			// the survivors' own retries of a dead member are slower).
+			victim.args = append(victim.args, "--join", ranked[1].Gossip+","+ranked[2].Gossip)
+			if tc.restartAtOnce {
+				// Back while the next owner is still fetching: it is
+				// the blob's owner again, and must complete its copy
+				// from the site rather than fetch again upstream.
+				victim.restart(t)
+			}
 
 			for i, p := range procs {
 				res := parseUpdate(t, waitProc(t, p, args[i]))
@@ -129,13 +150,12 @@ func TestE2E_Cluster_OwnerKilledReplicated(t *testing.T) {
 					served, size, float64(served)/size)
 			}
 
-			// The killed DP comes back: it completes its interrupted copy
-			// from the site, not from the origin.
-			// It joins the survivors, as its configuration's --join would
-			// (the first DP of a test cluster was started with none; the
-			// survivors' own retries of a dead member's address are slower).
-			victim.args = append(victim.args, "--join", ranked[1].Gossip+","+ranked[2].Gossip)
-			victim.restart(t)
+			// The killed DP comes back (unless it is back already): it
+			// completes its interrupted copy from the site, not from the
+			// origin.
+			if !tc.restartAtOnce {
+				victim.restart(t)
+			}
 			waitDetail(t, eventually, victim.Name+" to see its peers holding the version", holdWhole(victim, ranked[1:]))
 			dir := filepath.Join(t.TempDir(), "after-restart")
 			res := update(t, victim.URL(), dir, k.pub)
