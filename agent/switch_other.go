@@ -1,0 +1,5 @@
+//go:build !windows
+
+package agent
+
+func newSystemSwitcher() switcher { return symlinkSwitch{} }
