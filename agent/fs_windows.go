@@ -113,6 +113,12 @@ func (osWinFS) Lock(name string) (func(), error) {
 	}
 }
 
+// diskFull reports whether err is a full disk (or quota).
+func diskFull(err error) bool {
+	return errors.Is(err, windows.ERROR_DISK_FULL) || errors.Is(err, windows.ERROR_HANDLE_DISK_FULL) ||
+		errors.Is(err, windows.ERROR_DISK_QUOTA_EXCEEDED)
+}
+
 // inUse marks the errors Windows gives for a file open elsewhere.
 func inUse(err error) error {
 	if errors.Is(err, windows.ERROR_SHARING_VIOLATION) || errors.Is(err, windows.ERROR_ACCESS_DENIED) ||

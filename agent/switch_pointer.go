@@ -122,11 +122,21 @@ func (p *pointerSwitch) setLink(l layout, link, name string) error {
 	return nil
 }
 
-// discard renames path into the trash, so that its name is free at once,
-// then deletes what it can of it.
+// discard removes a file, or a file in use is left for a later run (it
+// could not be renamed either). A directory is renamed into the trash
+// first, so that its name is free at once, then emptied as far as it can
+// be.
 func (p *pointerSwitch) discard(l layout, path string) error {
-	if _, err := p.fs.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+	fi, err := p.fs.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		return &localError{fmt.Errorf("remove %s: %w", path, err)}
+	}
+	if !fi.IsDir() {
+		_, err := p.removeTree(path)
+		return err
 	}
 	if err := p.fs.MkdirAll(l.trash); err != nil {
 		return &localError{fmt.Errorf("create %s: %w", l.trash, err)}
@@ -144,13 +154,14 @@ func (p *pointerSwitch) discard(l layout, path string) error {
 	if err != nil {
 		return err
 	}
-	if moved {
+	if moved && len(left) > 0 {
 		// Last resort for what stays in use until the machine restarts.
 		// Scheduled once, when moved: a name in the trash is never reused.
 		for _, q := range left {
 			_ = p.fs.RemoveAtReboot(q)
 		}
 	}
+	p.removeEmptyTrash(l)
 	return nil
 }
 
@@ -168,13 +179,15 @@ func (p *pointerSwitch) cleanup(l layout) error {
 			return err
 		}
 	}
-	if len(entries) > 0 {
-		// Gone when empty; kept, quietly, when something is still in use.
-		if err := p.fs.Remove(l.trash); err != nil && !errors.Is(err, fs.ErrNotExist) && !isNotEmpty(p.fs, l.trash) {
-			return &localError{fmt.Errorf("remove %s: %w", l.trash, err)}
-		}
-	}
+	p.removeEmptyTrash(l)
 	return nil
+}
+
+// removeEmptyTrash removes the trash when nothing is left in it.
+func (p *pointerSwitch) removeEmptyTrash(l layout) {
+	if entries, err := p.fs.ReadDir(l.trash); err == nil && len(entries) == 0 {
+		_ = p.fs.Remove(l.trash)
+	}
 }
 
 // removeTree removes path and what it holds, going on past files in use.
@@ -212,11 +225,6 @@ func (p *pointerSwitch) removeTree(path string) (left []string, err error) {
 	default:
 		return nil, &localError{fmt.Errorf("remove %s: %w", path, err)}
 	}
-}
-
-func isNotEmpty(fsys winFS, dir string) bool {
-	entries, err := fsys.ReadDir(dir)
-	return err == nil && len(entries) > 0
 }
 
 // inUseError is a file system error for a file in use: it matches

@@ -127,10 +127,13 @@ func (e *switchEnv) checkClean() {
 	if !slices.Equal(got, slices.Compact(want)) {
 		e.t.Errorf("versions on disk %v, want %v", got, want)
 	}
-	for _, dir := range []string{e.l.staging, e.l.blobs, e.l.trash} {
+	for _, dir := range []string{e.l.staging, e.l.blobs} {
 		if ents, _ := os.ReadDir(dir); len(ents) > 0 {
 			e.t.Errorf("%s holds %d entries, want none", dir, len(ents))
 		}
+	}
+	if _, err := os.Lstat(e.l.trash); !errors.Is(err, fs.ErrNotExist) {
+		e.t.Errorf("%s left behind (%v)", e.l.trash, err)
 	}
 	for _, link := range []string{currentName, previousName} {
 		if _, err := os.Lstat(e.l.tempLinkPath(link)); !errors.Is(err, fs.ErrNotExist) {

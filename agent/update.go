@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -658,7 +657,7 @@ func localAdvice(err error) string {
 	switch {
 	case !errors.As(err, &le):
 		return ""
-	case errors.Is(err, syscall.ENOSPC):
+	case diskFull(err):
 		return "; free disk space and run again (downloads resume)"
 	default:
 		return "; fix it and run again (downloads resume)"
