@@ -19,6 +19,7 @@ import (
 //
 //	Dir/<product>/current  -> .dpcache/versions/<name>/files
 //	Dir/<product>/previous -> .dpcache/versions/<name>/files
+//	                          (symlinks on Unix, pointer files on Windows: switch.go)
 //	Dir/.dpcache-id                             the installation's endpoint id (EndpointID)
 //	Dir/<product>/.dpcache/lock                 held by a running update, rollback or unhold
 //	Dir/<product>/.dpcache/hold.json            the product is held after a rollback (hold.go)
@@ -29,6 +30,7 @@ import (
 //	    install.json                            components, source, time
 //	Dir/<product>/.dpcache/staging/<version>/   a version being assembled (same shape)
 //	Dir/<product>/.dpcache/blobs/<sha256>[.part] downloads, complete or in progress
+//	Dir/<product>/.dpcache/trash/               on Windows, what was in use when removed
 //
 // <name> is the version name, or "<version>~<n>" when a version is
 // reinstalled while its earlier copy is still current or previous ("~" is
