@@ -6,7 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"strings"
 
 	"github.com/dpcache/dpcache/manifest"
@@ -100,29 +100,45 @@ func (l layout) readLink(link string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var target string
 	switch {
 	case fi.Mode()&fs.ModeSymlink != 0:
-		if target, err = os.Readlink(p); err != nil {
+		target, err := os.Readlink(p)
+		if err != nil {
 			return "", fmt.Errorf("read link %s: %w", p, err)
 		}
+		name, ok := parseLinkTarget(target)
+		if !ok {
+			return "", fmt.Errorf("%s points to %q, not to a version under %s/%s: %w",
+				p, target, stateDirName, versionsDirName, ErrBrokenInstall)
+		}
+		return name, nil
 	case fi.Mode().IsRegular():
-		if target, err = readPointer(p); err != nil {
+		target, err := readPointer(p)
+		if err != nil {
 			return "", err
 		}
+		name, ok := parseLinkTarget(target)
+		if !ok {
+			return "", fmt.Errorf("%s is neither a symlink nor a pointer file made by dpcache; move it away and run the update again: %w",
+				p, ErrBrokenInstall)
+		}
+		return name, nil
 	default:
 		return "", fmt.Errorf("%s is not a link made by dpcache (it is a %s); move it away and run the update again: %w",
 			p, fileKind(fi), ErrBrokenInstall)
 	}
-	// A pointer written on Windows by hand may use backslashes; a symlink
-	// made on Windows does.
-	parts := strings.Split(filepath.ToSlash(strings.ReplaceAll(target, `\`, "/")), "/")
+}
+
+// parseLinkTarget returns the version directory name of a link's target,
+// .dpcache/versions/<name>/files. Backslashes count as separators: a
+// pointer written by hand on Windows, or a symlink made there, has them.
+func parseLinkTarget(target string) (string, bool) {
+	parts := strings.Split(path.Clean(strings.ReplaceAll(target, `\`, "/")), "/")
 	if len(parts) != 4 || parts[0] != stateDirName || parts[1] != versionsDirName ||
 		parts[3] != filesDirName || !validVersionDir(parts[2]) {
-		return "", fmt.Errorf("%s points to %q, not to a version under %s/%s: %w",
-			p, target, stateDirName, versionsDirName, ErrBrokenInstall)
+		return "", false
 	}
-	return parts[2], nil
+	return parts[2], true
 }
 
 // readPointer returns the path a pointer file holds: its one line.

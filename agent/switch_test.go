@@ -317,6 +317,47 @@ func TestSwitch_Conformance(t *testing.T) {
 				})
 			}
 
+			t.Run("a current not made by dpcache is left alone", func(t *testing.T) {
+				t.Parallel()
+				for _, kind := range []string{"file", "directory"} {
+					e := newSwitchEnv(t, c)
+					e.r.publish(t, "1.0", 0, v1Files)
+					e.update()
+					cur := e.l.linkPath(currentName)
+					rm(t, cur)
+					if kind == "file" {
+						if err := os.WriteFile(cur, []byte("the admin's notes\n"), 0o644); err != nil {
+							t.Fatal(err)
+						}
+					} else if err := os.Mkdir(cur, 0o755); err != nil {
+						t.Fatal(err)
+					}
+					_, err := Update(testCtx(t), e.cfg)
+					if !errors.Is(err, ErrBrokenInstall) || strings.Count(err.Error(), "\n") > 0 {
+						t.Errorf("%s: update = %v, want one line wrapping ErrBrokenInstall", kind, err)
+					}
+					if b, _ := os.ReadFile(cur); kind == "file" && string(b) != "the admin's notes\n" {
+						t.Errorf("%s: current changed to %q", kind, b)
+					} else if kind == "directory" && !isDir(cur) {
+						t.Errorf("%s: current is no longer a directory", kind)
+					}
+				}
+			})
+
+			t.Run("a dangling current is repaired", func(t *testing.T) {
+				t.Parallel()
+				e := newSwitchEnv(t, c)
+				e.r.publish(t, "1.0", 0, v1Files)
+				e.update()
+				name, _ := e.l.readLink(currentName)
+				rm(t, e.l.versionDir(name))
+				if res := e.update(); res.Status != StatusUpdated {
+					t.Fatalf("update: %+v", res)
+				}
+				assertTree(t, e.tree(currentName), v1Files)
+				e.checkKind()
+			})
+
 			t.Run("a directory the other system made", func(t *testing.T) {
 				t.Parallel()
 				e := newSwitchEnv(t, c)
