@@ -205,6 +205,46 @@ func TestSwitch_Conformance(t *testing.T) {
 				e.checkClean()
 			})
 
+			// The version rolled back from is removed by the update
+			// after unhold, while a program still reads it.
+			t.Run("rollback and unhold with a file in use", func(t *testing.T) {
+				t.Parallel()
+				e := newSwitchEnv(t, c)
+				e.r.publish(t, "1.0", 0, v1Files)
+				e.update()
+				e.r.publish(t, "2.0", 0, v2Files)
+				e.update()
+				name, _ := e.l.readLink(currentName)
+				inUse := filepath.Join(e.l.versionDir(name), filesDirName, "db", "a.bin")
+				closeFile := e.open(inUse)
+				if _, err := rollback(e.l, product); err != nil {
+					t.Fatal(err)
+				}
+				assertTree(t, e.tree(currentName), v1Files)
+				if _, err := unhold(e.l); err != nil {
+					t.Fatal(err)
+				}
+				if res := e.update(); res.Status != StatusUpdated || res.Version != "2.0" {
+					t.Fatalf("update after unhold: %+v", res)
+				}
+				assertTree(t, e.tree(currentName), v2Files)
+				assertTree(t, e.tree(previousName), v1Files)
+				if cur, _ := e.l.readLink(currentName); cur == name {
+					t.Errorf("2.0 reinstalled into %s, the directory rolled back from", cur)
+				}
+				if _, err := os.Stat(inUse); c.windows && err != nil {
+					t.Errorf("the file in use is gone: %v", err)
+				}
+				closeFile()
+				if res := e.update(); res.Status != StatusUpToDate {
+					t.Fatalf("next run: %+v", res)
+				}
+				if isDir(e.l.versionDir(name)) {
+					t.Errorf("%s is still on disk after the file was closed", e.l.versionDir(name))
+				}
+				e.checkClean()
+			})
+
 			t.Run("a second run is refused by the lock", func(t *testing.T) {
 				t.Parallel()
 				e := newSwitchEnv(t, c)
