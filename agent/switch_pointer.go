@@ -93,7 +93,9 @@ func (p *pointerSwitch) lock(path string) (func(), error) {
 
 // setLink writes the pointer to a temporary file and renames it over the
 // link. A symlink there (a directory made on Unix, or by hand) is removed
-// first: it may be a directory link, which no rename replaces.
+// first: it may be a directory link, which no rename replaces. That one
+// change is not atomic: a crash in between leaves no link, and the next
+// run installs afresh from the versions on disk, downloading nothing.
 func (p *pointerSwitch) setLink(l layout, link, name string) error {
 	tmp, dst := l.tempLinkPath(link), l.linkPath(link)
 	if err := p.fs.WriteFileSync(tmp, pointerText(name)); err != nil {
