@@ -84,6 +84,9 @@ type hooks struct {
 	partWriter func(w writeSyncer) writeSyncer
 	// noBatch fetches every chunk on its own, never in a batched read.
 	noBatch bool
+	// switcher replaces the system's (the Windows logic over a fake file
+	// system, on Linux).
+	switcher switcher
 }
 
 // DefaultConfig returns a Config with every default set; the caller fills

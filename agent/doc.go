@@ -22,6 +22,31 @@
 // change are hard links to the installed ones (a copy where links are not
 // supported), so an update costs the disk space of what changed.
 //
+// # Windows
+//
+// Windows has no symlink an ordinary user may make, no rename over a
+// directory link, and no flock; a file open in another program, through
+// any of its hard links, can be neither deleted nor renamed. There
+// `current` and `previous` are pointer files, one line each, the same
+// relative path a symlink would hold:
+//
+//	Dir\<product>\current     .dpcache/versions/<version>/files
+//
+// An application reads the line and opens files under Dir\<product>\<line>.
+// A switch writes .current.tmp, flushes it and renames it over `current`
+// with MoveFileEx(MOVEFILE_REPLACE_EXISTING|MOVEFILE_WRITE_THROUGH),
+// atomic on NTFS, retrying for about a second while a reader holds the
+// pointer open. Removing an old version renames its directory into
+// .dpcache/trash/ and deletes what is not in use; later runs delete the
+// rest (and what is still in use is scheduled for deletion at reboot,
+// which only an administrator may do). A version directory a crash left
+// that cannot be removed is not reused: the new one takes the next name.
+// Both kinds of link are read on both systems, so a directory made on one
+// is updated, rolled back and read on the other; each system writes its
+// own kind. The Windows logic is tested on Linux over a file system that
+// keeps Windows' rules (fakewin_test.go), by the tests that run the real
+// Unix switcher.
+//
 // # Rollback and hold
 //
 // Rollback switches `current` back to `previous` and holds the product
@@ -69,17 +94,19 @@
 // # Caveats
 //
 // Applications must open files through the `current` link (or re-resolve
-// it) to see a new version; a file kept open stays on the old version,
-// which is removed from disk two updates later.
+// it; on Windows, re-read the pointer) to see a new version; a file kept
+// open stays on the old version, which is removed from disk two updates
+// later (on Windows, once no program holds it open).
 //
 // Files of different versions share inodes (hard links): an installed file
 // must not be modified in place. The agent checks the SHA-256 of every
 // file it reuses, so a modified file is downloaded again rather than
 // propagated.
 //
-// Update, Rollback and Unhold lock the product's directory with flock(2),
-// so none of them runs while another does (ErrBusy); Mirror locks its
-// folder, all products together, the same way; where
-// flock is unavailable (non-Unix systems) concurrent runs are not
-// detected.
+// Update, Rollback and Unhold lock the product's directory (.dpcache/lock)
+// with flock(2), or LockFileEx on Windows, exclusive and not waited for,
+// so none of them runs while another does (ErrBusy); the system releases
+// the lock of a process that dies. Mirror locks its folder, all products
+// together, the same way. Elsewhere (not Unix, not Windows) concurrent
+// runs are not detected.
 package agent

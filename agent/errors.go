@@ -20,8 +20,8 @@ var (
 	ErrNotInstalled = errors.New("product not installed")
 
 	// ErrBrokenInstall means the install directory is not in the shape
-	// the agent leaves it in: `current` is not a symlink into
-	// .dpcache/versions, or the version it names lacks its manifest.
+	// the agent leaves it in: `current` is not a symlink or pointer file
+	// into .dpcache/versions, or the version it names lacks its manifest.
 	ErrBrokenInstall = errors.New("install directory is damaged")
 
 	// ErrNoPrevious means a rollback was asked for but no previous

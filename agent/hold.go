@@ -174,7 +174,7 @@ func (l layout) lockHold() (h *holdRecord, unlock func(), err error) {
 	if !isDir(l.state) {
 		return nil, nil, fmt.Errorf("%s: %w", l.root, ErrNotInstalled)
 	}
-	unlock, err = lockFile(l.lockPath())
+	unlock, err = l.lock()
 	if err != nil {
 		return nil, nil, err
 	}

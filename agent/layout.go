@@ -19,6 +19,7 @@ import (
 //
 //	Dir/<product>/current  -> .dpcache/versions/<name>/files
 //	Dir/<product>/previous -> .dpcache/versions/<name>/files
+//	                          (symlinks on Unix, pointer files on Windows: switch.go)
 //	Dir/.dpcache-id                             the installation's endpoint id (EndpointID)
 //	Dir/<product>/.dpcache/lock                 held by a running update, rollback or unhold
 //	Dir/<product>/.dpcache/hold.json            the product is held after a rollback (hold.go)
@@ -29,6 +30,7 @@ import (
 //	    install.json                            components, source, time
 //	Dir/<product>/.dpcache/staging/<version>/   a version being assembled (same shape)
 //	Dir/<product>/.dpcache/blobs/<sha256>[.part] downloads, complete or in progress
+//	Dir/<product>/.dpcache/trash/               on Windows, what was in use when removed
 //
 // <name> is the version name, or "<version>~<n>" when a version is
 // reinstalled while its earlier copy is still current or previous ("~" is
@@ -38,6 +40,7 @@ const (
 	versionsDirName = "versions"
 	stagingDirName  = "staging"
 	blobsDirName    = "blobs"
+	trashDirName    = "trash"
 	filesDirName    = "files"
 	lockFileName    = "lock"
 	currentName     = "current"
@@ -55,6 +58,8 @@ type layout struct {
 	versions string
 	staging  string
 	blobs    string
+	trash    string // root/.dpcache/trash: what could not be removed yet (pointerSwitch)
+	sw       switcher
 }
 
 func newLayout(dir, product string) layout {
@@ -66,6 +71,8 @@ func newLayout(dir, product string) layout {
 		versions: filepath.Join(state, versionsDirName),
 		staging:  filepath.Join(state, stagingDirName),
 		blobs:    filepath.Join(state, blobsDirName),
+		trash:    filepath.Join(state, trashDirName),
+		sw:       defaultSwitcher,
 	}
 }
 
@@ -103,7 +110,7 @@ func (l layout) removeEmpty(top string) {
 	if top == "" {
 		return
 	}
-	for _, d := range []string{l.versions, l.staging, l.blobs} {
+	for _, d := range []string{l.versions, l.staging, l.blobs, l.trash} {
 		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return
 		}
@@ -146,52 +153,12 @@ func validVersionDir(name string) bool {
 	return err == nil
 }
 
-// readLink returns the version directory name that link (current or
-// previous) points to. A missing link is fs.ErrNotExist; anything else
-// than a symlink into .dpcache/versions is ErrBrokenInstall.
-func (l layout) readLink(link string) (string, error) {
-	p := l.linkPath(link)
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return "", err
-	}
-	if fi.Mode()&fs.ModeSymlink == 0 {
-		return "", fmt.Errorf("%s is not a symlink made by dpcache (it is a %s); move it away and run the update again: %w",
-			p, fileKind(fi), ErrBrokenInstall)
-	}
-	target, err := os.Readlink(p)
-	if err != nil {
-		return "", fmt.Errorf("read link %s: %w", p, err)
-	}
-	parts := strings.Split(filepath.ToSlash(filepath.Clean(target)), "/")
-	if len(parts) != 4 || parts[0] != stateDirName || parts[1] != versionsDirName ||
-		parts[3] != filesDirName || !validVersionDir(parts[2]) {
-		return "", fmt.Errorf("%s points to %q, not to a version under %s/%s: %w",
-			p, target, stateDirName, versionsDirName, ErrBrokenInstall)
-	}
-	return parts[2], nil
-}
-
 // setLink points link (current or previous) at version directory name,
-// atomically: a temporary symlink renamed over the old one, then the
-// directory synced.
-func (l layout) setLink(link, name string) error {
-	tmp := l.tempLinkPath(link)
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return &localError{fmt.Errorf("remove %s: %w", tmp, err)}
-	}
-	if err := os.Symlink(linkTarget(name), tmp); err != nil {
-		return &localError{fmt.Errorf("create link %s: %w", tmp, err)}
-	}
-	if err := os.Rename(tmp, l.linkPath(link)); err != nil {
-		_ = os.Remove(tmp)
-		return &localError{fmt.Errorf("switch %s to %s: %w", l.linkPath(link), name, err)}
-	}
-	if err := manifest.SyncDir(l.root); err != nil {
-		return &localError{err}
-	}
-	return nil
-}
+// atomically and durably, the way this system's switcher does.
+func (l layout) setLink(link, name string) error { return l.sw.setLink(l, link, name) }
+
+// lock takes the product's lock (ErrBusy when another run holds it).
+func (l layout) lock() (unlock func(), err error) { return l.sw.lock(l.lockPath()) }
 
 // installInfo is install.json: what a version directory holds besides
 // the signed documents.
@@ -258,16 +225,22 @@ func (l layout) linked(link string) (*version, error) {
 }
 
 // newVersionName returns a directory name for version that no link uses.
-// An unreferenced directory of that name (left by a crash) is removed.
+// An unreferenced directory of that name (left by a crash) is removed; if
+// it cannot be yet (a file in it is open, on Windows), the next name is
+// taken.
 func (l layout) newVersionName(version string, inUse ...string) (string, error) {
 	name := version
-	for n := 1; slices.Contains(inUse, name); n++ {
+	for n := 1; ; n++ {
+		if !slices.Contains(inUse, name) {
+			if err := l.sw.discard(l, l.versionDir(name)); err != nil {
+				return "", err
+			}
+			if _, err := os.Lstat(l.versionDir(name)); errors.Is(err, fs.ErrNotExist) {
+				return name, nil
+			}
+		}
 		name = version + "~" + strconv.Itoa(n)
 	}
-	if err := os.RemoveAll(l.versionDir(name)); err != nil {
-		return "", &localError{fmt.Errorf("remove stale %s: %w", l.versionDir(name), err)}
-	}
-	return name, nil
 }
 
 // referenced returns the version directory names current and previous
@@ -283,27 +256,53 @@ func (l layout) referenced() []string {
 }
 
 // cleanTemps removes what a crashed run can leave behind besides
-// downloads: temporary links and staging directories. Staging holds only
-// links to blobs and installed files, so nothing downloaded is lost.
+// downloads: temporary links and staging directories, and finishes the
+// removals earlier runs left. Staging holds only links to blobs and
+// installed files, so nothing downloaded is lost.
 func (l layout) cleanTemps() error {
 	for _, link := range []string{currentName, previousName} {
 		if err := os.Remove(l.tempLinkPath(link)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return &localError{fmt.Errorf("remove %s: %w", l.tempLinkPath(link), err)}
 		}
 	}
-	return removeChildren(l.staging, nil)
+	if err := l.sw.cleanup(l); err != nil {
+		return err
+	}
+	return l.clear(l.staging, nil)
 }
 
 // gc removes version directories that neither current nor previous
 // points to, and the downloads not in keepBlobs.
 func (l layout) gc(keepBlobs map[string]bool) error {
 	refs := l.referenced()
-	if err := removeChildren(l.versions, func(name string) bool { return slices.Contains(refs, name) }); err != nil {
+	if err := l.clear(l.versions, func(name string) bool { return slices.Contains(refs, name) }); err != nil {
 		return err
 	}
-	return removeChildren(l.blobs, func(name string) bool {
+	return l.clear(l.blobs, func(name string) bool {
 		return keepBlobs[strings.TrimSuffix(name, partSuffix)]
 	})
+}
+
+// clear is removeChildren through the switcher: on Windows an entry in
+// use (a download hard-linked to an installed file an application holds
+// open) is left for a later run instead of failing this one.
+func (l layout) clear(dir string, keep func(name string) bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return &localError{fmt.Errorf("list %s: %w", dir, err)}
+	}
+	for _, e := range entries {
+		if keep != nil && keep(e.Name()) {
+			continue
+		}
+		if err := l.sw.discard(l, filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeChildren removes every entry of dir for which keep is nil or

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -101,6 +100,9 @@ func Update(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	u := &updater{cfg: cfg, log: cfg.logger(), l: newLayout(cfg.Dir, cfg.Product), components: cfg.components(),
 		health: failover.NewHealth(failover.Backoff{})}
+	if cfg.hooks != nil && cfg.hooks.switcher != nil {
+		u.l.sw = cfg.hooks.switcher
+	}
 	res, err := u.run(ctx)
 	if err != nil {
 		err = fmt.Errorf("update %s%s: %w%s", cfg.Product, where(" in ", cfg.Dir, err), err, localAdvice(err))
@@ -146,7 +148,7 @@ func (u *updater) run(ctx context.Context) (res *Result, err error) {
 		u.l.removeEmpty(created)
 		return nil, err
 	}
-	unlock, err := lockFile(u.l.lockPath())
+	unlock, err := u.l.lock()
 	if err != nil {
 		return nil, err
 	}
@@ -165,14 +167,15 @@ func (u *updater) run(ctx context.Context) (res *Result, err error) {
 		return res, err
 	}
 
-	// What is installed. A `current` that is not our symlink is left for
-	// the admin; a dangling one is repaired by installing afresh.
+	// What is installed. A `current` that is not our symlink or pointer
+	// is left for the admin; a dangling one is repaired by installing
+	// afresh.
 	inst, err := u.l.linked(currentName)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrNotInstalled):
 		inst = nil
-	case errors.Is(err, ErrBrokenInstall) && !isSymlink(u.l.linkPath(currentName)):
+	case errors.Is(err, ErrBrokenInstall) && !u.l.isLink(currentName):
 		return nil, err
 	default:
 		u.log.Warn("installed version unreadable; installing afresh", "err", err)
@@ -342,7 +345,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 		}
 	}
 	// Downloads of other versions are of no more use.
-	if err := removeChildren(u.l.blobs, func(name string) bool {
+	if err := u.l.clear(u.l.blobs, func(name string) bool {
 		return needed[strings.TrimSuffix(name, partSuffix)] || strings.HasSuffix(name, packSuffix)
 	}); err != nil {
 		return nil, err
@@ -654,7 +657,7 @@ func localAdvice(err error) string {
 	switch {
 	case !errors.As(err, &le):
 		return ""
-	case errors.Is(err, syscall.ENOSPC):
+	case diskFull(err):
 		return "; free disk space and run again (downloads resume)"
 	default:
 		return "; fix it and run again (downloads resume)"

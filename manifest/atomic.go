@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 )
 
 // WriteFileAtomic writes data to path so that readers see the old file or
@@ -65,8 +66,14 @@ func writeAtomic(path string, r io.Reader, check func() error, syncParent bool) 
 }
 
 // SyncDir makes the creations, renames and removals of entries in dir
-// durable (fsync of the directory). The error names dir.
+// durable (fsync of the directory). The error names dir. On Windows it
+// does nothing: a directory cannot be flushed there (FlushFileBuffers
+// needs write access, which a directory handle does not get), and NTFS
+// journals its metadata.
 func SyncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync directory: %w", err)

@@ -29,7 +29,8 @@ func newUpdate() *cobra.Command {
 it fetches latest.json and the manifest from the first source that answers,
 verifies both against --trust, downloads only the files that changed (each
 verified by SHA-256, resuming interrupted downloads), and switches current
-atomically. The previous version stays on disk for dpcache rollback. When a
+atomically (on Windows, current is a text file naming the version's folder).
+The previous version stays on disk for dpcache rollback. When a
 source fails the next one is used. A lower serial than installed is refused.
 After dpcache rollback the product is held: update installs nothing and says
 "held" (exit 0) until dpcache unhold. When the source is a distribution point,

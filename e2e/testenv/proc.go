@@ -104,11 +104,7 @@ func startProc(dir string, opts ProcOptions, bin string, args ...string) (*Proc,
 	// if the process is killed.
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid: true,
-		// If the test binary dies (a panic, a -timeout), take the child with it.
-		Pdeathsig: syscall.SIGKILL,
-	}
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -212,11 +208,7 @@ func (p *Proc) Output() string { return p.Stdout() + p.Stderr() }
 
 // signalGroup sends sig to the process group; a group that is gone is fine.
 func (p *Proc) signalGroup(sig syscall.Signal) {
-	// The group id is the leader's pid (Setpgid). Callers signal the group
-	// only while the leader runs or just after it exited: Linux does not reuse
-	// a pid while a group of that id has members, and allocates pids
-	// sequentially, so the id cannot name someone else's group by then.
-	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	killGroup(p.cmd.Process.Pid, sig)
 }
 
 // dump logs the tail of stdout and stderr.

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -278,10 +277,10 @@ func (v *Vsftpd) stop() {
 		if v.proc.Exited() {
 			return
 		}
-		_ = v.proc.Signal(syscall.SIGSTOP)
+		_ = v.proc.Signal(sigStop)
 		pids := descendants(v.proc.Pid())
 		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			killPid(pid)
 		}
 		v.proc.Kill()
 		// SIGKILL takes effect asynchronously: wait until the sessions are
@@ -539,7 +538,7 @@ func makeReadable(dir string) error {
 			return err
 		}
 		if fi.Mode().Perm()&0o001 == 0 {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() {
+			if ownedByUs(fi) {
 				if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
 					return err
 				}
