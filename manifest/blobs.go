@@ -16,8 +16,9 @@ import (
 // it makes them durable and visible as one batch. Each batch costs one
 // sync of the file system (syncFiles) and one rename per blob; the
 // batches are synced by a goroutine of their own, so the disk writes one
-// batch while the next is cut and hashed.
-const blobFlushBytes = 64 << 20
+// batch while the next is cut and hashed. A variable only for tests (set
+// by tests that do not run in parallel).
+var blobFlushBytes int64 = 64 << 20
 
 // staleTempAge is how old a temporary file in the blobs folder must be
 // before a publish removes it as the leftover of a publish that crashed.
