@@ -112,7 +112,10 @@ func TestPublish_Killed(t *testing.T) {
 		return
 	}
 	t.Parallel()
-	repo := t.TempDir()
+	repo := filepath.Join(t.TempDir(), "repo")
+	if err := os.Mkdir(repo, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	ready := filepath.Join(repo, "ready")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPublish_Killed$", "-test.count=1")
 	cmd.Env = append(os.Environ(), crashRepoEnv+"="+repo)
@@ -210,7 +213,15 @@ func waitRenamed(t *testing.T, repo string, n int) {
 func publishUntilKilled(t *testing.T, repo string) {
 	blobFlushBytes = 1 << 20
 	key, _ := newKey(t)
-	src := writeTree(t, map[string]string{"bases/big.db": string(crashTestData())})
+	// The source goes next to the repository, in the parent's folder: a
+	// killed process cleans up nothing of its own.
+	src := filepath.Join(filepath.Dir(repo), "src")
+	if err := os.MkdirAll(filepath.Join(src, "bases"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "bases", "big.db"), crashTestData(), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var written atomic.Int32
 	testHookBlobWritten = func() error {
 		if written.Add(1) == 30 {
