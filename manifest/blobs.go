@@ -22,8 +22,9 @@ var blobFlushBytes int64 = 64 << 20
 
 // staleTempAge is how old a temporary file in the blobs folder must be
 // before a publish removes it as the leftover of a publish that crashed.
-// A running publish renames or removes its own within seconds of writing
-// them (one batch), so an hour cannot catch a live one.
+// A running publish renames or removes its own within a batch's time
+// (seconds; minutes for one huge unchunked file) after it last wrote
+// them, so an hour cannot catch a live one.
 const staleTempAge = time.Hour
 
 // tempPrefix starts the name of every temporary file Publish writes; no
