@@ -6,5 +6,7 @@ import (
 	"github.com/dpcache/dpcache/e2e/testenv"
 )
 
-// The run ends with the tests skipped for a missing tool (minisign), if any.
-func TestMain(m *testing.M) { testenv.Main(m) }
+// goleak checks that Publish stops its goroutines (chunking, hashing,
+// syncing); the run ends with the tests skipped for a missing tool
+// (minisign), if any.
+func TestMain(m *testing.M) { testenv.VerifyTestMain(m) }

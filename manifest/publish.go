@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -100,9 +101,9 @@ type PublishResult struct {
 //
 // Publishing is incremental: a blob already present in blobs/sha256/ (with
 // the right size) is reused, not rewritten. Every file is written
-// atomically (temporary file in the same folder, fsync, rename, fsync of
-// the folder), in an order that keeps the repository consistent for
-// readers at every moment: blobs first, then each document's signature
+// atomically (temporary file in the same folder, sync, rename, sync of the
+// folder), in an order that keeps the repository consistent for readers at
+// every moment: blobs first, then each document's signature
 // before the document itself (manifest.json.minisig, manifest.json,
 // latest.json.minisig, latest.json). So latest.json never points at a
 // missing manifest or blob, and a reader that fetches latest.json first and
@@ -112,6 +113,17 @@ type PublishResult struct {
 // renames, and a retry succeeds. A crash leaves either the old or the new
 // latest.json in place, and publishing the same version again completes
 // the job as long as manifest.json was not written.
+//
+// New blobs are made durable in batches rather than one by one (a 1 GiB
+// file is about 13,000 chunks): their temporary files are written without
+// a sync, then one sync of the file system (syncfs(2) on Linux) covers a
+// batch of them, and only then are they renamed to their digests; the
+// blobs folder is synced once, before the documents are written. A blob's
+// name never holds bytes that are not durable. Temporary files (".tmp-"
+// names) left by a crashed publish are removed by a later publish once an
+// hour old. A chunked file is read once: the whole file's SHA-256, the
+// chunk boundaries and the chunks' digests are computed at the same time
+// by different goroutines.
 //
 // Publish is not safe for concurrent use on the same product of the same
 // repository; publishing different products concurrently is fine.
@@ -174,7 +186,13 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 		Published: now().UTC().Truncate(time.Second),
 		Files:     files,
 	}
-	if err := m.Validate(); err != nil {
+	// Check all but the digests (not known yet) before writing anything.
+	pre := *m
+	pre.Files = slices.Clone(files)
+	for i := range pre.Files {
+		pre.Files[i].SHA256 = strings.Repeat("0", 64)
+	}
+	if err := pre.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 
@@ -183,41 +201,29 @@ func Publish(opts PublishOptions, srcDir string) (*PublishResult, error) {
 	if err := mkdirAll(blobDir); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
+	removeStaleTemps(blobDir)
+	store := newBlobStore(blobDir, res)
+	defer store.abort() // after finish: nothing left to do
 	// A chunked file is stored as its chunks only; the others whole.
-	seen := map[string]bool{}
 	for i := range m.Files {
 		b := &m.Files[i]
 		src := filepath.Join(root, filepath.FromSlash(b.Path))
 		if opts.Chunk && b.Size >= ChunkThreshold {
-			if err := chunkFile(src, blobDir, b, seen, res); err != nil {
+			if err := chunkFile(src, store, b); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
 			continue
 		}
-		if seen[b.SHA256] {
-			continue
-		}
-		seen[b.SHA256] = true
-		dst := fsPath(BlobPath(b.SHA256))
-		if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == b.Size {
-			res.BlobsReused++
-			continue
-		}
-		n, err := copyBlob(src, dst, *b)
-		if err != nil {
+		if err := storeWhole(src, store, b); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		res.BlobsWritten++
-		res.BytesWritten += n
 	}
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	if res.BlobsWritten > 0 {
-		// Make the blob renames durable before any document names them.
-		if err := SyncDir(blobDir); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
+	// Every blob durable under its name before any document names it.
+	if err := store.finish(); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 
 	mdata, err := m.Marshal()
@@ -308,39 +314,45 @@ func scanSource(srcDir string) (string, []File, error) {
 	sort.Strings(rels)
 	files := make([]File, 0, len(rels))
 	for _, rel := range rels {
-		f, err := os.Open(filepath.Join(root, filepath.FromSlash(rel)))
+		fi, err := os.Stat(filepath.Join(root, filepath.FromSlash(rel)))
 		if err != nil {
 			return "", nil, fmt.Errorf("source file: %w", err)
-		}
-		h := sha256.New()
-		n, err := copyBuffered(h, f)
-		_ = f.Close()
-		if err != nil {
-			return "", nil, fmt.Errorf("source file %s: %w", rel, err)
 		}
 		comp := ComponentDatabases
 		if strings.HasPrefix(rel, ComponentModules+"/") {
 			comp = ComponentModules
 		}
-		files = append(files, File{Path: rel, Size: n, SHA256: hex.EncodeToString(h.Sum(nil)), Component: comp})
+		files = append(files, File{Path: rel, Size: fi.Size(), Component: comp})
 	}
 	return root, files, nil
 }
 
-// copyBlob copies src to dst atomically, checking that the bytes still have
-// the digest and size recorded in f (the source may change under us).
-func copyBlob(src, dst string, f File) (int64, error) {
+// storeWhole hashes the source file of f, sets f.SHA256 and f.Size, and
+// stores the file as one blob unless the repository has it. The bytes
+// stored are checked against the digest (the source may change under us).
+func storeWhole(src string, s *blobStore, f *File) error {
 	in, err := os.Open(src)
 	if err != nil {
-		return 0, fmt.Errorf("blob of %s: %w", f.Path, err)
+		return fmt.Errorf("source file: %w", err)
 	}
 	defer in.Close()
 	h := sha256.New()
-	n, err := writeAtomic(dst, io.TeeReader(in, h), func() error { return checkDigest(h, f) }, false)
+	n, err := copyBuffered(h, in)
 	if err != nil {
-		return 0, fmt.Errorf("blob of %s: %w", f.Path, err)
+		return fmt.Errorf("source file %s: %w", f.Path, err)
 	}
-	return n, nil
+	f.SHA256, f.Size = hex.EncodeToString(h.Sum(nil)), n
+	if !s.claim(f.SHA256, n) {
+		return nil
+	}
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("source file %s: %w", f.Path, err)
+	}
+	h.Reset()
+	if err := s.put(f.SHA256, io.TeeReader(in, h), func() error { return checkDigest(h, *f) }); err != nil {
+		return fmt.Errorf("blob of %s: %w", f.Path, err)
+	}
+	return nil
 }
 
 func checkDigest(h hash.Hash, f File) error {
