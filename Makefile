@@ -7,6 +7,8 @@ PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 # grpcurl is not used by the build: the e2e tests run it against a DP with
 # TLS, as an operator would (e2e/grpcurl_test.go). v1.9.3 builds with our Go.
 GRPCURL_VERSION            ?= v1.9.3
+# nfpm builds the .deb (make deb); not a module of go.mod.
+NFPM_VERSION               ?= v2.48.0
 
 GO           ?= go
 # Tools are installed here (`make tools`) and taken from here first, so buf
@@ -44,6 +46,51 @@ OUT     ?= dpcache
 .PHONY: build
 build: ## build a static ./dpcache (CGO_ENABLED=0, -trimpath), stamped with VERSION and COMMIT
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $(OUT) ./cmd/dpcache
+
+# `make release`: one static binary per platform in DIST, named
+# dpcache_VERSION_OS_ARCH[.exe], and DIST/SHA256SUMS (sha256sum -c checks it).
+DIST              ?= dist
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64 windows/amd64
+RELEASE_LDFLAGS    = -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+.PHONY: release
+release: ## static binaries for linux/amd64, linux/arm64, windows/amd64 in dist/, and dist/SHA256SUMS
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	@set -e; for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=""; [ "$$os" = windows ] && ext=.exe; \
+		out="$(DIST)/dpcache_$(VERSION)_$${os}_$${arch}$$ext"; \
+		echo "GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 go build -trimpath -o $$out ./cmd/dpcache"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(RELEASE_LDFLAGS)" -o "$$out" ./cmd/dpcache; \
+	done
+	cd $(DIST) && sha256sum dpcache_* > SHA256SUMS
+
+# `make deb`: DIST/dpcache_DEB_VERSION_ARCH.deb for each of DEB_ARCHES
+# (deploy/nfpm/nfpm.yaml). A Debian version starts with a digit: a tag
+# v1.2.0 gives 1.2.0, v1.2.0-3-gabc1234 gives 1.2.0+3+gabc1234, an untagged
+# commit 0~gitabc1234.
+DEB_ARCHES  ?= amd64 arm64
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E '/^v?[0-9]+\./{s/^v//;s/-/+/g;b};s/-/+/g;s/^/0~git/')
+
+.PHONY: need-nfpm
+need-nfpm:
+	@PATH="$(TOOL_PATH)" command -v nfpm >/dev/null || { \
+		echo "nfpm not found in $(BIN_DIR) nor PATH: run 'make tools' (or pass BIN_DIR=dir-with-nfpm)"; exit 1; }
+
+.PHONY: deb
+deb: need-nfpm release ## make release, then a .deb per DEB_ARCHES (amd64 arm64) in dist/ with nfpm; SHA256SUMS covers them
+	@set -e; for arch in $(DEB_ARCHES); do \
+		echo "nfpm package --packager deb (GOARCH=$$arch DEB_VERSION=$(DEB_VERSION))"; \
+		sed 's|$${DPCACHE_BINARY}|$(DIST)/dpcache_$(VERSION)_linux_'"$$arch"'|' deploy/nfpm/nfpm.yaml >$(DIST)/.nfpm.yaml; \
+		GOARCH=$$arch DEB_VERSION='$(DEB_VERSION)' \
+			PATH="$(TOOL_PATH)" nfpm package --config $(DIST)/.nfpm.yaml --packager deb --target $(DIST)/; \
+	done; rm -f $(DIST)/.nfpm.yaml
+	cd $(DIST) && sha256sum dpcache_* > SHA256SUMS
+
+# As root on Debian: install the .deb of this machine's architecture, check
+# it (installed binary, units, config, purge), and purge it.
+.PHONY: package-check
+package-check: deb ## as root on Debian: make deb, then .ci/package-check (dpkg -i, systemd-analyze verify, dpkg --purge leaves nothing)
+	.ci/package-check "$(DIST)/dpcache_$(DEB_VERSION)_$$(dpkg --print-architecture).deb"
 
 .PHONY: test
 test: ## run all tests
@@ -130,11 +177,12 @@ tidy-check: ## fail if go mod tidy would change go.mod or go.sum
 # Each tool is rebuilt when its pinned version changes: a stamp file records
 # the version that is installed.
 .PHONY: tools
-tools: ## install the pinned buf, protoc plugins and grpcurl into BIN_DIR
+tools: ## install the pinned buf, protoc plugins, grpcurl and nfpm into BIN_DIR
 tools: $(BIN_DIR)/.buf-$(BUF_VERSION) \
 	$(BIN_DIR)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
 	$(BIN_DIR)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) \
-	$(BIN_DIR)/.grpcurl-$(GRPCURL_VERSION)
+	$(BIN_DIR)/.grpcurl-$(GRPCURL_VERSION) \
+	$(BIN_DIR)/.nfpm-$(NFPM_VERSION)
 
 $(BIN_DIR)/.buf-$(BUF_VERSION):
 	GOBIN="$(BIN_DIR)" $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -152,7 +200,11 @@ $(BIN_DIR)/.grpcurl-$(GRPCURL_VERSION):
 	GOBIN="$(BIN_DIR)" $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	@rm -f $(BIN_DIR)/.grpcurl-* && touch $@
 
+$(BIN_DIR)/.nfpm-$(NFPM_VERSION):
+	GOBIN="$(BIN_DIR)" $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	@rm -f $(BIN_DIR)/.nfpm-* && touch $@
+
 .PHONY: clean
-clean: ## remove the installed tools and test binaries
-	rm -rf .bin
+clean: ## remove the installed tools, test binaries and dist/
+	rm -rf .bin $(DIST)
 	find . -name '*.test' -type f -delete
