@@ -199,7 +199,7 @@ func healthHint(err error, target *url.URL) string {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused: is the DP running, with --http on " + target.Host + "?"
 	case errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err):
-		return "no answer in time: the DP is stuck or the address is wrong (--timeout)"
+		return "no answer within --timeout: the DP is stuck, or nothing answers at this address"
 	case errors.As(err, &rec):
 		return "the port does not speak TLS: leave out --ca (or use http://)"
 	case errors.As(err, &unknown):
