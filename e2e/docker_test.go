@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,27 +214,47 @@ func (d *docker) must(t *testing.T, args ...string) string {
 	return out
 }
 
-// buildImage builds the image of `make image` (deploy/docker/Dockerfile:
-// FROM scratch around the static binary) under a tag of its own; cleanup
-// removes the image.
+// The image the Docker tests share while any of them runs: one build of
+// `make image` for the parallel tests, removed when the last one ends.
+var sharedImage struct {
+	sync.Mutex
+	tag   string
+	users int
+}
+
+// buildImage returns the image of `make image` (deploy/docker/Dockerfile:
+// FROM scratch around the static binary) under a tag of this run, built
+// by the first test that asks; the last test's cleanup removes it.
 func (d *docker) buildImage(t *testing.T) string {
 	t.Helper()
 	root := testenv.ModuleRoot(t)
 	goBin := testenv.RequireBinary(t, "go")
 	makeBin := testenv.RequireBinary(t, "make")
-	image := "dpcache-e2e:" + strings.TrimSuffix(strings.TrimPrefix(d.prefix, "dpcache-e2e-"), "-")
+	sharedImage.Lock()
+	defer sharedImage.Unlock()
+	if sharedImage.users == 0 {
+		image := "dpcache-e2e:" + strings.TrimSuffix(strings.TrimPrefix(d.prefix, "dpcache-e2e-"), "-")
+		ctx, cancel := context.WithTimeout(context.Background(), dockerTimeout)
+		defer cancel()
+		build := exec.CommandContext(ctx, makeBin, "--no-print-directory", "image", "IMAGE="+image, "GO="+goBin, "DOCKER="+d.bin)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("make image IMAGE=%s: %v\n%s", image, err, out)
+		}
+		sharedImage.tag = image
+	}
+	sharedImage.users++
+	image := sharedImage.tag
 	t.Cleanup(func() {
+		sharedImage.Lock()
+		defer sharedImage.Unlock()
+		if sharedImage.users--; sharedImage.users > 0 {
+			return
+		}
 		if _, err := d.run("rmi", "--force", image); err != nil {
 			t.Logf("cleanup: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), dockerTimeout)
-	defer cancel()
-	build := exec.CommandContext(ctx, makeBin, "--no-print-directory", "image", "IMAGE="+image, "GO="+goBin, "DOCKER="+d.bin)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("make image IMAGE=%s: %v\n%s", image, err, out)
-	}
 	return image
 }
 
