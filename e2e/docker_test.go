@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,42 +214,47 @@ func (d *docker) must(t *testing.T, args ...string) string {
 	return out
 }
 
-// buildImage builds the statically linked binary and an image FROM scratch
-// around it (e2e/docker/Dockerfile); cleanup removes the image.
+// The image the Docker tests share while any of them runs: one build of
+// `make image` for the parallel tests, removed when the last one ends.
+var sharedImage struct {
+	sync.Mutex
+	tag   string
+	users int
+}
+
+// buildImage returns the image of `make image` (deploy/docker/Dockerfile:
+// FROM scratch around the static binary) under a tag of this run, built
+// by the first test that asks; the last test's cleanup removes it.
 func (d *docker) buildImage(t *testing.T) string {
 	t.Helper()
 	root := testenv.ModuleRoot(t)
-	ctxDir := t.TempDir()
 	goBin := testenv.RequireBinary(t, "go")
-	ctx, cancel := context.WithTimeout(context.Background(), dockerTimeout)
-	defer cancel()
-	build := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(ctxDir, "dpcache"), "./cmd/dpcache")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("CGO_ENABLED=0 go build ./cmd/dpcache: %v\n%s", err, out)
+	makeBin := testenv.RequireBinary(t, "make")
+	sharedImage.Lock()
+	defer sharedImage.Unlock()
+	if sharedImage.users == 0 {
+		image := "dpcache-e2e:" + strings.TrimSuffix(strings.TrimPrefix(d.prefix, "dpcache-e2e-"), "-")
+		ctx, cancel := context.WithTimeout(context.Background(), dockerTimeout)
+		defer cancel()
+		build := exec.CommandContext(ctx, makeBin, "--no-print-directory", "image", "IMAGE="+image, "GO="+goBin, "DOCKER="+d.bin)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("make image IMAGE=%s: %v\n%s", image, err, out)
+		}
+		sharedImage.tag = image
 	}
-	dockerfile, err := os.ReadFile(filepath.Join(root, "e2e", "docker", "Dockerfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), dockerfile, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	image := "dpcache-e2e:" + strings.TrimSuffix(strings.TrimPrefix(d.prefix, "dpcache-e2e-"), "-")
+	sharedImage.users++
+	image := sharedImage.tag
 	t.Cleanup(func() {
+		sharedImage.Lock()
+		defer sharedImage.Unlock()
+		if sharedImage.users--; sharedImage.users > 0 {
+			return
+		}
 		if _, err := d.run("rmi", "--force", image); err != nil {
 			t.Logf("cleanup: %v", err)
 		}
 	})
-	if _, err := d.run("build", "--quiet", "--tag", image, ctxDir); err != nil {
-		// An engine or client without BuildKit support: the classic builder
-		// handles this Dockerfile as well.
-		t.Logf("docker build failed, retrying with the classic builder: %v", err)
-		if _, err := d.runEnv([]string{"DOCKER_BUILDKIT=0"}, "build", "--quiet", "--tag", image, ctxDir); err != nil {
-			t.Fatal(err)
-		}
-	}
 	return image
 }
 

@@ -138,6 +138,7 @@ serve endpoints over gRPC, and updates endpoints from ordered sources.`,
 		newLoadtest(),
 		newDemo(),
 		newVersion(),
+		newHealthcheck(),
 	)
 	return root
 }

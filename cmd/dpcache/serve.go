@@ -55,8 +55,15 @@ func newOrigin(repo string) *origin {
 	return &origin{files: http.FileServer(http.Dir(repo))}
 }
 
+// ServeHTTP serves a file and logs it at info: an access log, which is
+// how an operator (and the compose e2e test) sees what the origin sent.
 func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	o.files.ServeHTTP(&countingWriter{ResponseWriter: w, n: &o.sent}, r)
+	cw := &countingWriter{ResponseWriter: w, n: &o.sent}
+	o.files.ServeHTTP(cw, r)
+	if cw.status == 0 {
+		cw.status = http.StatusOK
+	}
+	slog.Info("served", "method", r.Method, "path", r.URL.Path, "status", cw.status, "bytes", cw.written, "remote", r.RemoteAddr)
 }
 
 // serve runs until ctx ends, then shuts down gracefully.
@@ -80,13 +87,25 @@ func (o *origin) serve(ctx context.Context, lis net.Listener) error {
 	return nil
 }
 
+// countingWriter adds what it writes to n, and keeps the status and the
+// byte count of its one response.
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n       *atomic.Int64
+	status  int
+	written int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
+	c.written += int64(n)
 	return n, err
 }
