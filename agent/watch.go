@@ -86,7 +86,7 @@ func Watch(ctx context.Context, cfg Config, wc WatchConfig) error {
 	if wc.Poll <= 0 {
 		wc.Poll = DefaultPoll
 	}
-	s := &watchRun{cfg: cfg, wc: wc, ws: ws, log: cfg.logger().With("component", "agent", "product", cfg.Product)}
+	s := &watchRun{cfg: cfg, wc: wc, ws: ws, log: cfg.logger()}
 	s.log.Info("watching for new versions", "dps", names, "poll", wc.Poll, "jitter", wc.Jitter)
 	s.poll = time.NewTimer(jittered(wc.Poll))
 	defer s.poll.Stop()
