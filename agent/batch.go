@@ -31,8 +31,13 @@ import (
 // share its chunks, each at its own pace.
 
 // batchBytes bounds the bytes of one batched read, so that the chunks of a
-// large file are read in several batches at once (Config.Concurrency).
-const batchBytes = 16 << 20
+// large file are read in several batches at once (Config.Concurrency);
+// smaller files are cut in batches of at least minBatchBytes, about four
+// per reader, so that every DP gets a share.
+const (
+	batchBytes    = 16 << 20
+	minBatchBytes = 1 << 20
+)
 
 // maxBatchDPs is the most DPs chunks are read from at once.
 const maxBatchDPs = 3
@@ -118,6 +123,14 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 	}
 	q := &batchQueue{dropped: make([]bool, len(f.batch))}
 	q.cond = sync.NewCond(&q.mu)
+	per := max(1, (n+len(f.batch)-1)/len(f.batch))
+	var total int64
+	for _, j := range jobs {
+		if j.chunkOf > 0 {
+			total += j.size
+		}
+	}
+	size := min(batchBytes, max(minBatchBytes, total/int64(4*per*len(f.batch))))
 	var cur []*blobJob
 	var curBytes int64
 	var others []*blobJob
@@ -136,7 +149,7 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 			others = append(others, j)
 			continue
 		}
-		if len(cur) == source.MaxBatchBlobs || (len(cur) > 0 && curBytes+j.size > batchBytes) {
+		if len(cur) == source.MaxBatchBlobs || (len(cur) > 0 && curBytes+j.size > size) {
 			flush()
 		}
 		cur = append(cur, j)
@@ -154,7 +167,6 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 		q.mu.Unlock()
 	})
 	defer stop()
-	per := max(1, (n+len(f.batch)-1)/len(f.batch))
 	for k, dp := range f.batch {
 		for range per {
 			g.Go(func() error {
