@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
 
@@ -170,13 +171,13 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 	for k, dp := range f.batch {
 		for range per {
 			g.Go(func() error {
-				buf := make([]byte, maxBufferedChunk)
+				var buf []byte // one chunk, grown to the largest
 				for {
 					b := q.take(k)
 					if b == nil {
 						return nil
 					}
-					rest, err := f.readBatch(gctx, dp, b.jobs, a, buf)
+					rest, err := f.readBatch(gctx, dp, b.jobs, a, &buf)
 					if err != nil && gctx.Err() == nil {
 						f.log.Info("batched read failed; reading its chunks elsewhere", "source", dp.String(), "chunks", len(rest), "err", err)
 					}
@@ -209,8 +210,8 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 // readBatch reads the chunks jobs from dp in one batched read, each
 // verified and written into a as it completes, and returns those it did
 // not deliver, with the error that ended the read (a *localError if
-// writing failed). buf holds one chunk.
-func (f *fetcher) readBatch(ctx context.Context, dp *source.GRPC, jobs []*blobJob, a *assembly, buf []byte) ([]*blobJob, error) {
+// writing failed). *buf holds a chunk; it is grown as needed.
+func (f *fetcher) readBatch(ctx context.Context, dp *source.GRPC, jobs []*blobJob, a *assembly, buf *[]byte) ([]*blobJob, error) {
 	refs := make([]source.BlobRef, len(jobs))
 	for i, j := range jobs {
 		refs[i] = source.BlobRef{Digest: j.digest}
@@ -221,7 +222,10 @@ func (f *fetcher) readBatch(ctx context.Context, dp *source.GRPC, jobs []*blobJo
 		if size != j.size {
 			return fmt.Errorf("%s: %s announced %d bytes, the manifest %d: %w", j, dp, size, j.size, ErrDigestMismatch)
 		}
-		b := buf[:size]
+		if int64(cap(*buf)) < size {
+			*buf = make([]byte, max(size, manifest.ChunkMaxSize))
+		}
+		b := (*buf)[:size]
 		n, err := io.ReadFull(&countingRead{f: f, r: r}, b)
 		if err == nil && !sumIs(b, j.digest) {
 			err = &mismatchError{fmt.Sprintf("chunk from %s does not match sha256 %s", dp, j.digest)}
