@@ -38,7 +38,7 @@ func blobFiles(files []manifest.File) []manifest.File {
 type chunkLoc struct {
 	path      string
 	off, size int64
-	verified  bool // by this run, in a pack it wrote: not hashed again
+	verified  bool // by this run, written into a file it builds: not hashed again
 }
 
 // chunkIndex maps chunk digests to installed copies of their bytes.
