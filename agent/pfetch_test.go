@@ -201,3 +201,32 @@ func TestUpdate_Batched_LyingDP(t *testing.T) {
 		t.Errorf("downloaded %d bytes for %d: the corrupt chunk was not fetched again", res.BytesDownloaded, size)
 	}
 }
+
+// A DP heading the sources that does not hold the version (its upstream
+// lacks it) answers every chunk not found: its batches go to the next DP.
+func TestUpdate_Batched_FirstDPLacksVersion(t *testing.T) {
+	r := newRepo(t)
+	big := pseudoRandom(12 << 20)
+	files := map[string]string{"db/big.db": big}
+	r.publishWith(t, manifest.PublishOptions{Version: "1", Chunk: true}, files)
+	empty := startDP(t, newRepo(t))
+	full := startDP(t, r)
+	var srcs []source.Source
+	for _, addr := range []string{empty.GRPCAddr(), full.GRPCAddr()} {
+		g, err := source.NewGRPC(addr, source.DefaultOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		srcs = append(srcs, g)
+	}
+	cfg := testConfig(t, r.trust, srcs...)
+	res := mustUpdate(t, cfg)
+	assertTree(t, current(t, cfg), files)
+	if res.BytesDownloaded != int64(len(big)) {
+		t.Errorf("downloaded %d bytes, want %d", res.BytesDownloaded, len(big))
+	}
+	if got := empty.Traffic().ServedBytes; got != 0 {
+		t.Errorf("the DP without the version served %d bytes", got)
+	}
+}
