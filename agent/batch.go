@@ -115,7 +115,7 @@ func (q *batchQueue) done(k int, b *batch, rest []*blobJob, drop bool) {
 // fetchBatches fetches the chunk jobs of jobs in batched reads from
 // f.batch into a, running for every other job one, n at a time, and
 // returns the jobs left to fetch one by one. Each DP is read by n/len(DPs)
-// requests at a time (at least one). A chunk downloaded in part by an
+// requests at a time, rounded up. A chunk downloaded in part by an
 // earlier run is left to one, which resumes it. Its error is one's, or the
 // end of ctx.
 func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly, n int, one func(context.Context, *blobJob) error) ([]*blobJob, error) {
@@ -178,8 +178,12 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 						return nil
 					}
 					rest, err := f.readBatch(gctx, dp, b.jobs, a, &buf)
-					if err != nil && gctx.Err() == nil {
+					switch {
+					case gctx.Err() != nil:
+					case err != nil:
 						f.log.Info("batched read failed; reading its chunks elsewhere", "source", dp.String(), "chunks", len(rest), "err", err)
+					case len(rest) > 0:
+						f.log.Info("batched read lacked chunks; reading them elsewhere", "source", dp.String(), "chunks", len(rest))
 					}
 					var le *localError
 					if errors.As(err, &le) {
