@@ -2,50 +2,147 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
+	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
+	"slices"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dpcache/dpcache/manifest"
 	"github.com/dpcache/dpcache/source"
 )
 
 // Chunks are many and small (about 80 KiB): fetched one request each, a
-// large file costs thousands of round trips. When the first source is a
-// DP, the chunks are read from it in batches (source.GRPC.ReadBlobs), each
-// verified and committed as it completes; whatever a batch did not
-// deliver, for any reason, is then fetched one by one through the
-// failover engine, so the batched read can only save time, never fail an
-// update.
+// large file costs thousands of round trips. When the sources start with
+// DPs, the chunks are read from them in batches (source.GRPC.ReadBlobs),
+// from up to maxBatchDPs of them at once, each chunk verified and written
+// into its file (assembly) as it comes; whatever no DP delivered, for any
+// reason, is then fetched one by one through the failover engine, so the
+// batched reads can only save time, never fail an update.
+//
+// The batches wait in one queue, in file order, and each DP's readers take
+// the next batch they have not tried. A batch a DP delivered only in part
+// (it lacks chunks) goes back to the front of the queue for the other DPs;
+// a DP whose stream fails, stalls (source.GRPC's stall timeout) or sends a
+// chunk that does not match its digest is dropped for the run, and its
+// batch goes back to the others likewise. So the DPs that hold the version
+// share its chunks, each at its own pace.
 
 // batchBytes bounds the bytes of one batched read, so that the chunks of a
-// large file are read in several batches at once (Config.Concurrency).
-const batchBytes = 16 << 20
+// large file are read in several batches at once (Config.Concurrency);
+// smaller files are cut in batches of at least minBatchBytes, about four
+// per reader, so that every DP gets a share.
+const (
+	batchBytes    = 16 << 20
+	minBatchBytes = 1 << 20
+)
+
+// maxBatchDPs is the most DPs chunks are read from at once.
+const maxBatchDPs = 3
+
+// batchDPs returns the DPs that chunks are read from in batches: the DPs
+// at the head of srcs (in failover order), at most maxBatchDPs.
+func batchDPs(srcs []source.Source) []*source.GRPC {
+	var out []*source.GRPC
+	for _, s := range srcs {
+		g, ok := s.(*source.GRPC)
+		if !ok || len(out) == maxBatchDPs {
+			break
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// batch is chunks to read in one request, and the DPs that tried them.
+type batch struct {
+	jobs  []*blobJob
+	tried []bool // by DP index
+}
+
+// batchQueue hands batches to the DPs' readers.
+type batchQueue struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pending  []*batch
+	inflight int
+	dropped  []bool // by DP index
+	stopped  bool   // the context ended
+}
+
+// take returns the first pending batch DP k has not tried, waiting while
+// batches in flight may come back for it; nil when there is none.
+func (q *batchQueue) take(k int) *batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		if q.stopped || q.dropped[k] {
+			return nil
+		}
+		for i, b := range q.pending {
+			if !b.tried[k] {
+				q.pending = slices.Delete(q.pending, i, i+1)
+				q.inflight++
+				return b
+			}
+		}
+		if q.inflight == 0 {
+			return nil
+		}
+		q.cond.Wait()
+	}
+}
+
+// done returns what DP k did not deliver of b to the front of the queue,
+// and drops k if drop.
+func (q *batchQueue) done(k int, b *batch, rest []*blobJob, drop bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.inflight--
+	if len(rest) > 0 {
+		b.jobs, b.tried[k] = rest, true
+		q.pending = slices.Insert(q.pending, 0, b)
+	}
+	if drop {
+		q.dropped[k] = true
+	}
+	q.cond.Broadcast()
+}
 
 // fetchBatches fetches the chunk jobs of jobs in batched reads from
-// f.batch into packs, adding them to x, n requests at a time, running one for every other job
-// meanwhile, and returns the jobs left to fetch one by one. A chunk
-// downloaded in part by an earlier run is left to one, which resumes it.
-// Its error is one's, or the end of ctx.
-func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, x chunkIndex, n int, one func(context.Context, *blobJob) error) ([]*blobJob, error) {
-	if f.batch == nil || x == nil {
+// f.batch into a, running for every other job one, n at a time, and
+// returns the jobs left to fetch one by one. Each DP is read by n/len(DPs)
+// requests at a time, rounded up. A chunk downloaded in part by an
+// earlier run is left to one, which resumes it. Its error is one's, or the
+// end of ctx.
+func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly, n int, one func(context.Context, *blobJob) error) ([]*blobJob, error) {
+	if len(f.batch) == 0 || a == nil {
 		return jobs, nil
 	}
-	var batches [][]*blobJob
+	q := &batchQueue{dropped: make([]bool, len(f.batch))}
+	q.cond = sync.NewCond(&q.mu)
+	per := max(1, (n+len(f.batch)-1)/len(f.batch))
+	var total int64
+	for _, j := range jobs {
+		if j.chunkOf > 0 {
+			total += j.size
+		}
+	}
+	size := min(batchBytes, max(minBatchBytes, total/int64(4*per*len(f.batch))))
 	var cur []*blobJob
 	var curBytes int64
 	var others []*blobJob
+	flush := func() {
+		if len(cur) > 0 {
+			q.pending = append(q.pending, &batch{jobs: cur, tried: make([]bool, len(f.batch))})
+			cur, curBytes = nil, 0
+		}
+	}
 	for _, j := range jobs {
-		if j.chunkOf == 0 {
+		if j.chunkOf == 0 || j.size > maxBufferedChunk {
 			others = append(others, j)
 			continue
 		}
@@ -53,108 +150,100 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, x chunkInde
 			others = append(others, j)
 			continue
 		}
-		if len(cur) == source.MaxBatchBlobs || (len(cur) > 0 && curBytes+j.size > batchBytes) {
-			batches = append(batches, cur)
-			cur, curBytes = nil, 0
+		if len(cur) == source.MaxBatchBlobs || (len(cur) > 0 && curBytes+j.size > size) {
+			flush()
 		}
 		cur = append(cur, j)
 		curBytes += j.size
 	}
-	if len(cur) > 0 {
-		batches = append(batches, cur)
-	}
-	if len(batches) == 0 {
+	flush()
+	if len(q.pending) == 0 {
 		return jobs, nil
 	}
-	var mu sync.Mutex  // guards left
-	var xmu sync.Mutex // guards x
-	var left []*blobJob
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(n)
-	for _, b := range batches {
-		g.Go(func() error {
-			rest := f.readBatch(gctx, b, x, &xmu)
-			mu.Lock()
-			left = append(left, rest...)
-			mu.Unlock()
-			return nil
-		})
+	stop := context.AfterFunc(gctx, func() {
+		q.mu.Lock()
+		q.stopped = true
+		q.cond.Broadcast()
+		q.mu.Unlock()
+	})
+	defer stop()
+	for k, dp := range f.batch {
+		for range per {
+			g.Go(func() error {
+				var buf []byte // one chunk, grown to the largest
+				for {
+					b := q.take(k)
+					if b == nil {
+						return nil
+					}
+					rest, err := f.readBatch(gctx, dp, b.jobs, a, &buf)
+					switch {
+					case gctx.Err() != nil:
+					case err != nil:
+						f.log.Info("batched read failed; reading its chunks elsewhere", "source", dp.String(), "chunks", len(rest), "err", err)
+					case len(rest) > 0:
+						f.log.Info("batched read lacked chunks; reading them elsewhere", "source", dp.String(), "chunks", len(rest))
+					}
+					var le *localError
+					if errors.As(err, &le) {
+						q.done(k, b, rest, true)
+						return err
+					}
+					// A DP that failed, lied or holds none of a batch is
+					// not asked again in this run.
+					q.done(k, b, rest, err != nil || len(rest) == len(b.jobs))
+				}
+			})
+		}
 	}
-	for _, j := range others {
-		g.Go(func() error { return one(gctx, j) })
-	}
+	g.Go(func() error { return eachJob(gctx, others, n, one) })
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, context.Cause(ctx)
 	}
+	var left []*blobJob
+	for _, b := range q.pending {
+		left = append(left, b.jobs...)
+	}
 	return left, nil
 }
 
-// A batch's chunks are written one after the other into a pack file in
-// the downloads folder, each after a header (packHeader: its raw SHA-256
-// and its size, big-endian), not into a file each: thousands of file
-// creations, renames and opens cost more than the transfer. A chunk
-// enters the run's chunkIndex once verified; a run interrupted leaves the
-// pack, whose chunks the next run finds (scanPacks) and verifies when it
-// uses them, like any chunk of an installed file.
-
-// packSuffix ends the name of a pack file.
-const packSuffix = ".pack"
-
-// packHeader is the size of the header before each chunk of a pack.
-const packHeader = sha256.Size + 8
-
-// readBatch reads the chunks jobs in one batched read into a pack, each
-// verified and added to x (under xmu) as it completes, and returns those
-// it did not deliver.
-func (f *fetcher) readBatch(ctx context.Context, jobs []*blobJob, x chunkIndex, xmu *sync.Mutex) []*blobJob {
+// readBatch reads the chunks jobs from dp in one batched read, each
+// verified and written into a as it completes, and returns those it did
+// not deliver, with the error that ended the read (a *localError if
+// writing failed). *buf holds a chunk; it is grown as needed.
+func (f *fetcher) readBatch(ctx context.Context, dp *source.GRPC, jobs []*blobJob, a *assembly, buf *[]byte) ([]*blobJob, error) {
 	refs := make([]source.BlobRef, len(jobs))
 	for i, j := range jobs {
 		refs[i] = source.BlobRef{Digest: j.digest}
 	}
 	done := make([]bool, len(jobs))
-	path := filepath.Join(f.dir, fmt.Sprintf("%s-%d%s", jobs[0].digest, time.Now().UnixNano(), packSuffix))
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		f.log.Info("batched read not possible; fetching chunks one by one", "err", err)
-		return jobs
-	}
-	defer out.Close()
-	var pos int64 // the pack's length
-	buf := make([]byte, copyBufSize)
-	h := sha256.New()
-	err = f.batch.ReadBlobs(ctx, refs, func(i int, size int64, r io.Reader) error {
+	err := dp.ReadBlobs(ctx, refs, func(i int, size int64, r io.Reader) error {
 		j := jobs[i]
 		if size != j.size {
-			return fmt.Errorf("%s: %s announced %d bytes, the manifest %d: %w", j, f.batch, size, j.size, ErrDigestMismatch)
+			return fmt.Errorf("%s: %s announced %d bytes, the manifest %d: %w", j, dp, size, j.size, ErrDigestMismatch)
 		}
-		hdr := make([]byte, packHeader)
-		raw, _ := hex.DecodeString(j.digest)
-		copy(hdr, raw)
-		binary.BigEndian.PutUint64(hdr[sha256.Size:], uint64(size))
-		h.Reset()
-		w := &packWriter{f: f, out: out, h: h, off: pos + packHeader}
-		_, err := out.WriteAt(hdr, pos)
-		if err == nil {
-			_, err = io.CopyBuffer(w, io.LimitReader(r, size), buf)
+		if int64(cap(*buf)) < size {
+			*buf = make([]byte, max(size, manifest.ChunkMaxSize))
 		}
-		if err == nil && hex.EncodeToString(h.Sum(nil)) != j.digest {
-			err = &mismatchError{fmt.Sprintf("sha256 %x, want %s", h.Sum(nil), j.digest)}
+		b := (*buf)[:size]
+		n, err := io.ReadFull(&countingRead{f: f, r: r}, b)
+		if err == nil && !sumIs(b, j.digest) {
+			err = &mismatchError{fmt.Sprintf("chunk from %s does not match sha256 %s", dp, j.digest)}
 		}
 		if err != nil {
-			f.addDone(-w.n) // discarded: fetched again whole
-			_ = out.Truncate(pos)
+			f.addDone(-int64(n)) // discarded: fetched again whole
 			return fmt.Errorf("%s: %w", j, err)
 		}
-		xmu.Lock()
-		x.add(j.digest, chunkLoc{path: path, off: pos + packHeader, size: size, verified: true})
-		xmu.Unlock()
-		pos += packHeader + size
+		if err := a.put(j.digest, b); err != nil {
+			return fmt.Errorf("%s: %w", j, err)
+		}
 		done[i] = true
 		f.mu.Lock()
-		f.last = f.batch.String()
+		f.last = dp.String()
 		f.mu.Unlock()
 		return nil
 	})
@@ -164,67 +253,20 @@ func (f *fetcher) readBatch(ctx context.Context, jobs []*blobJob, x chunkIndex, 
 			left = append(left, j)
 		}
 	}
-	if err != nil && ctx.Err() == nil {
-		f.log.Info("batched read ended early; fetching its other chunks one by one", "source", f.batch.String(), "chunks", len(left), "err", err)
-	} else if len(left) > 0 && ctx.Err() == nil {
-		f.log.Info("batched read lacked chunks; fetching them one by one", "source", f.batch.String(), "chunks", len(left))
-	}
-	return left
+	return left, err
 }
 
-// packWriter writes a chunk's bytes into a pack at off, hashing and
-// counting them.
-type packWriter struct {
-	f   *fetcher
-	out *os.File
-	h   hash.Hash
-	off int64
-	n   int64 // bytes written
+// countingRead counts the bytes read from a source.
+type countingRead struct {
+	f *fetcher
+	r io.Reader
 }
 
-func (w *packWriter) Write(b []byte) (int, error) {
-	w.f.downloaded.Add(int64(len(b)))
-	n, err := w.out.WriteAt(b, w.off+w.n)
-	w.h.Write(b[:n])
-	w.n += int64(n)
-	w.f.addDone(int64(n))
-	if err != nil {
-		return n, &localError{err}
+func (c *countingRead) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.f.downloaded.Add(int64(n))
+		c.f.addDone(int64(n))
 	}
-	return n, nil
-}
-
-// scanPacks adds to x the chunks of want found in the packs of dir (left
-// by an interrupted run). A pack ends where its first incomplete chunk
-// starts; the chunks are verified when used.
-func scanPacks(dir string, want map[string]bool, x chunkIndex) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), packSuffix) {
-			continue
-		}
-		path := filepath.Join(dir, e.Name())
-		in, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		fi, err := in.Stat()
-		if err == nil {
-			hdr := make([]byte, packHeader)
-			for pos := int64(0); pos+packHeader <= fi.Size(); {
-				if _, err := in.ReadAt(hdr, pos); err != nil {
-					break
-				}
-				size := int64(binary.BigEndian.Uint64(hdr[sha256.Size:]))
-				if size < 0 || size > fi.Size()-pos-packHeader {
-					break
-				}
-				if d := hex.EncodeToString(hdr[:sha256.Size]); want[d] {
-					x.add(d, chunkLoc{path: path, off: pos + packHeader, size: size})
-				}
-				pos += packHeader + size
-			}
-		}
-		in.Close()
-	}
+	return n, err
 }

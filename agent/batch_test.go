@@ -15,9 +15,10 @@ import (
 )
 
 // A chunked install from a DP interrupted while its batched reads run
-// leaves packs; the next run takes the chunks they hold (verified) and
-// downloads only the others; a corrupted pack chunk is fetched again.
-func TestUpdate_Batched_ResumesFromPacks(t *testing.T) {
+// leaves the file's .part with the chunks written so far; the next run
+// keeps those that verify and downloads only the others; a corrupted
+// chunk in the part is fetched again.
+func TestUpdate_Batched_ResumesFromPart(t *testing.T) {
 	r := newRepo(t)
 	big := pseudoRandom(24 << 20)
 	files := map[string]string{"db/big.db": big}
@@ -45,29 +46,19 @@ func TestUpdate_Batched_ResumesFromPacks(t *testing.T) {
 		t.Fatalf("interrupted update: %v, want context.Canceled", err)
 	}
 	blobs := filepath.Join(cfg.Dir, product, ".dpcache", "blobs")
-	entries, err := os.ReadDir(blobs)
+	part := filepath.Join(blobs, pub.Manifest.Files[0].SHA256+partSuffix)
+	// Corrupt a byte of the first chunk, fetched first (one read at a time,
+	// in file order).
+	pf, err := os.OpenFile(part, os.O_RDWR, 0)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var packs []string
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), packSuffix) {
-			packs = append(packs, filepath.Join(blobs, e.Name()))
-		}
-	}
-	if len(packs) == 0 {
-		t.Fatalf("no pack left in %s (%d entries)", blobs, len(entries))
-	}
-	// Corrupt a byte of the first chunk of the first pack.
-	pf, err := os.OpenFile(packs[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
+		entries, _ := os.ReadDir(blobs)
+		t.Fatalf("no part left in %s (%d entries): %v", blobs, len(entries), err)
 	}
 	b := make([]byte, 1)
-	if _, err := pf.ReadAt(b, packHeader); err != nil {
+	if _, err := pf.ReadAt(b, 100); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pf.WriteAt([]byte{^b[0]}, packHeader); err != nil {
+	if _, err := pf.WriteAt([]byte{^b[0]}, 100); err != nil {
 		t.Fatal(err)
 	}
 	pf.Close()
@@ -77,8 +68,17 @@ func TestUpdate_Batched_ResumesFromPacks(t *testing.T) {
 	if res.BytesDownloaded <= 0 || res.BytesDownloaded >= int64(len(big))*3/4 {
 		t.Fatalf("resumed run downloaded %d bytes of %d", res.BytesDownloaded, len(big))
 	}
+	if c := pub.Manifest.Files[0].Chunks[0]; res.BytesDownloaded < c.Size {
+		t.Fatalf("resumed run downloaded %d bytes: not the corrupted first chunk (%d bytes)", res.BytesDownloaded, c.Size)
+	}
 	assertTree(t, current(t, cfg), files)
-	if left, _ := filepath.Glob(filepath.Join(blobs, "*"+packSuffix)); len(left) != 0 {
-		t.Errorf("packs left after the install: %v", left)
+	entries, err := os.ReadDir(blobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), partSuffix) {
+			t.Errorf("part left after the install: %s", e.Name())
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/dpcache/dpcache/manifest"
 )
@@ -37,7 +38,7 @@ func blobFiles(files []manifest.File) []manifest.File {
 type chunkLoc struct {
 	path      string
 	off, size int64
-	verified  bool // by this run, in a pack it wrote: not hashed again
+	verified  bool // by this run, written into a file it builds: not hashed again
 }
 
 // chunkIndex maps chunk digests to installed copies of their bytes.
@@ -99,166 +100,340 @@ func cutInstalled(path string, want map[string]bool, x chunkIndex) {
 	})
 }
 
-// chunkJobs returns, for the chunked files jobs, the distinct chunks to
-// fetch: those neither in x nor downloaded already (a file of that size in
-// f's folder, from an interrupted run; it is verified when used).
-func chunkJobs(jobs []*blobJob, x chunkIndex, f *fetcher) []*blobJob {
-	seen := map[string]bool{}
-	var out []*blobJob
-	for _, j := range jobs {
-		for i, c := range j.chunks {
-			if seen[c.SHA256] || len(x[c.SHA256]) > 0 {
-				continue
-			}
-			seen[c.SHA256] = true
-			if fi, err := os.Lstat(f.blobPath(c.SHA256)); err == nil && fi.Mode().IsRegular() && fi.Size() == c.Size {
-				continue
-			}
-			out = append(out, &blobJob{digest: c.SHA256, size: c.Size, paths: j.paths, index: len(out), chunkOf: i + 1})
-		}
-	}
-	return out
-}
-
-// maxBufferedChunk is the largest chunk assemble reads into memory (and
-// hashes into the whole file's digest as it goes); a larger one, which
-// publish never cuts, is copied streaming and the file re-read to verify.
+// maxBufferedChunk is the largest chunk read into memory to be verified
+// before it is written; a larger one, which publish never cuts, is
+// fetched on its own into a blob file and copied from there.
 const maxBufferedChunk = 4 * manifest.ChunkMaxSize
 
-// assemble builds chunked file j into f's folder from its chunks (found
-// in x, downloaded earlier, or fetched now when no local copy verifies),
-// verifies the whole file, and places it in the stage. A crash leaves a
-// .part that the next run rebuilds; the chunks fetched stay.
-func (u *updater) assemble(ctx context.Context, st *stage, j *blobJob, x chunkIndex, f *fetcher) error {
-	part := f.partPath(j.digest)
-	out, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return &localError{fmt.Errorf("%s: %w", j, err)}
-	}
-	defer out.Close()
-	cr := &chunkCopier{out: out, whole: sha256.New(), files: map[string]*os.File{}}
-	defer cr.close()
-	var off int64
-	for i, c := range j.chunks {
-		ok, err := cr.copy(off, c, append(x[c.SHA256], chunkLoc{path: f.blobPath(c.SHA256), size: c.Size}))
+// An assembly builds the chunked files of an update in place: each file is
+// a .part in f's folder, and every chunk, once verified, is written at its
+// offsets there (a chunk a file holds twice, or two files hold, is fetched
+// once and written at each), whether it comes from an installed file or a
+// source, in any order. Meanwhile a goroutine per file hashes the file's
+// bytes from its start as far as the chunks written reach, so the whole
+// file's digest is ready, on the second core, shortly after its last chunk.
+// A run interrupted leaves the .part files; the next run verifies the
+// chunks they hold (openAssembly) and fetches only the others.
+type assembly struct {
+	f     *fetcher
+	files []*asmFile
+	byJob map[*blobJob]*asmFile
+	at    map[string][]chunkPos // where each chunk of the files goes
+}
+
+// chunkPos is the place of a chunk in a file of an assembly.
+type chunkPos struct {
+	a *asmFile
+	i int
+}
+
+// asmFile is one chunked file being built.
+type asmFile struct {
+	job  *blobJob
+	out  *os.File
+	offs []int64 // each chunk's offset
+
+	mu      sync.Mutex // guards the fields below
+	have    []bool     // chunk i verified and written
+	next    int        // chunks before it are hashed into whole
+	whole   hash.Hash
+	hashing bool  // a hashLoop runs
+	err     error // a read back failed: whole is useless
+	wg      sync.WaitGroup
+	buf     []byte // hashLoop's
+}
+
+// openAssembly opens (or creates) the .part of each chunked file of jobs
+// and keeps the chunks a part left by an interrupted run holds intact.
+func openAssembly(jobs []*blobJob, f *fetcher) (*assembly, error) {
+	a := &assembly{f: f, byJob: map[*blobJob]*asmFile{}, at: map[string][]chunkPos{}}
+	for _, j := range jobs {
+		out, err := os.OpenFile(f.partPath(j.digest), os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
-			return fmt.Errorf("%s: %w", j, err)
+			a.close()
+			return nil, &localError{fmt.Errorf("%s: %w", j, err)}
 		}
-		if !ok { // no local copy verifies: fetch it now
-			u.log.Warn("chunk not found intact on disk; fetching it", "file", j.paths[0], "chunk", i+1, "sha256", c.SHA256)
-			f.addDone(-c.Size)
-			cj := &blobJob{digest: c.SHA256, size: c.Size, paths: j.paths, chunkOf: i + 1}
-			if err := f.fetch(ctx, cj); err != nil {
-				return err
-			}
-			if ok, err = cr.copy(off, c, []chunkLoc{{path: f.blobPath(c.SHA256), size: c.Size}}); err != nil || !ok {
-				return fmt.Errorf("%s: chunk %d changed on disk after it was verified: %w", j, i+1, errors.Join(err, ErrDigestMismatch))
-			}
+		af := &asmFile{job: j, out: out, offs: make([]int64, len(j.chunks)), have: make([]bool, len(j.chunks)), whole: sha256.New()}
+		a.files = append(a.files, af)
+		a.byJob[j] = af
+		var off int64
+		for i, c := range j.chunks {
+			af.offs[i] = off
+			off += c.Size
+			a.at[c.SHA256] = append(a.at[c.SHA256], chunkPos{af, i})
 		}
-		off += c.Size
+		if err := af.resume(); err != nil {
+			a.close()
+			return nil, fmt.Errorf("%s: %w", j, err)
+		}
 	}
-	err = out.Sync()
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	return a, nil
+}
+
+// resume marks the chunks the part already holds intact (from an earlier
+// run), hashing its intact start, and sizes the part to the file.
+func (af *asmFile) resume() error {
+	fi, err := af.out.Stat()
 	if err != nil {
-		return &localError{fmt.Errorf("%s: %w", j, err)}
+		return &localError{err}
 	}
-	// The bytes written, in order, hashed as they were written; or, after
-	// a chunk copied streaming, the file read back.
-	if off != j.size || (cr.whole != nil && hex.EncodeToString(cr.whole.Sum(nil)) != j.digest) || (cr.whole == nil && !verifyFile(part, j.digest, j.size)) {
-		_ = os.Remove(part)
-		return fmt.Errorf("%s: its verified chunks do not make the file the manifest names: %w", j, ErrDigestMismatch)
-	}
-	if err := os.Rename(part, f.blobPath(j.digest)); err != nil {
-		return &localError{fmt.Errorf("%s: %w", j, err)}
-	}
-	return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
-}
-
-// chunkCopier writes the chunks of a file in order into out, hashing them
-// into whole (nil once a chunk was copied streaming), and keeps the files
-// it reads chunks from open (a pack holds many).
-type chunkCopier struct {
-	out   *os.File
-	whole hash.Hash
-	files map[string]*os.File
-	buf   []byte
-}
-
-func (c *chunkCopier) open(path string) (*os.File, error) {
-	if in, ok := c.files[path]; ok {
-		return in, nil
-	}
-	in, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	c.files[path] = in
-	return in, nil
-}
-
-func (c *chunkCopier) close() {
-	for _, in := range c.files {
-		in.Close()
-	}
-}
-
-// copy writes chunk ch at off in out from the first of locs whose bytes
-// have ch's digest (a loc this run verified is not hashed again). It
-// reports false when none does; out then holds nothing valid past off.
-// Only a write error is an error.
-func (c *chunkCopier) copy(off int64, ch manifest.Chunk, locs []chunkLoc) (bool, error) {
-	if c.whole == nil || ch.Size > maxBufferedChunk {
-		c.whole = nil
-		return copyChunk(c.out, off, ch, locs)
-	}
-	if int64(cap(c.buf)) < ch.Size {
-		c.buf = make([]byte, max(ch.Size, manifest.ChunkMaxSize))
-	}
-	b := c.buf[:ch.Size]
-	for _, l := range locs {
-		in, err := c.open(l.path)
-		if err != nil {
-			continue
-		}
-		if n, err := in.ReadAt(b, l.off); n != len(b) && err != nil {
-			continue
-		}
-		if !l.verified {
-			if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != ch.SHA256 {
+	if fi.Size() > 0 {
+		var buf []byte
+		for i, c := range af.job.chunks {
+			if af.offs[i]+c.Size > fi.Size() {
+				break
+			}
+			if c.Size > maxBufferedChunk {
 				continue
 			}
+			if int64(cap(buf)) < c.Size {
+				buf = make([]byte, max(c.Size, manifest.ChunkMaxSize))
+			}
+			b := buf[:c.Size]
+			if _, err := af.out.ReadAt(b, af.offs[i]); err != nil {
+				break
+			}
+			if !sumIs(b, c.SHA256) {
+				continue
+			}
+			af.have[i] = true
+			if af.next == i {
+				af.whole.Write(b)
+				af.next++
+			}
 		}
-		if _, err := c.out.WriteAt(b, off); err != nil {
-			return false, &localError{err}
-		}
-		c.whole.Write(b)
-		return true, nil
 	}
-	return false, nil
+	if err := af.out.Truncate(af.job.size); err != nil {
+		return &localError{err}
+	}
+	return nil
 }
 
-// copyChunk writes chunk c at off in out from the first of locs whose
-// bytes have c's digest. It reports false when none does; out then holds
-// nothing valid past off. Only a write error is an error.
-func copyChunk(out *os.File, off int64, c manifest.Chunk, locs []chunkLoc) (bool, error) {
+// sumIs reports whether b's SHA-256 is the hex digest d.
+func sumIs(b []byte, d string) bool {
+	sum := sha256.Sum256(b)
+	var want [sha256.Size]byte
+	_, err := hex.Decode(want[:], []byte(d))
+	return err == nil && sum == want
+}
+
+// resumedBytes is the size of the chunks the parts held intact.
+func (a *assembly) resumedBytes() int64 {
+	var n int64
+	for _, af := range a.files {
+		for i, ok := range af.have {
+			if ok {
+				n += af.job.chunks[i].Size
+			}
+		}
+	}
+	return n
+}
+
+// fill writes the chunks found in x (installed files), in a blob file
+// left in f's folder, or at another place of the assembly, each verified,
+// and returns the distinct chunks still to fetch.
+func (a *assembly) fill(x chunkIndex) ([]*blobJob, error) {
+	var buf []byte
+	var fetch []*blobJob
+	seen := map[string]bool{}
+	for _, af := range a.files {
+		for i, c := range af.job.chunks {
+			if af.has(i) || seen[c.SHA256] {
+				continue
+			}
+			locs := slices.Clip(x[c.SHA256])
+			if fi, err := os.Lstat(a.f.blobPath(c.SHA256)); err == nil && fi.Mode().IsRegular() && fi.Size() == c.Size {
+				locs = append(locs, chunkLoc{path: a.f.blobPath(c.SHA256), size: c.Size})
+			}
+			for _, p := range a.at[c.SHA256] {
+				if p.a.has(p.i) {
+					locs = append(locs, chunkLoc{path: p.a.out.Name(), off: p.a.offs[p.i], size: c.Size, verified: true})
+					break
+				}
+			}
+			if c.Size <= maxBufferedChunk && int64(cap(buf)) < c.Size {
+				buf = make([]byte, max(c.Size, manifest.ChunkMaxSize))
+			}
+			ok, err := a.copyIn(c, locs, buf)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", af.job, err)
+			}
+			if !ok {
+				seen[c.SHA256] = true
+				fetch = append(fetch, &blobJob{digest: c.SHA256, size: c.Size, paths: af.job.paths, index: len(fetch), chunkOf: i + 1})
+			}
+		}
+	}
+	return fetch, nil
+}
+
+func (af *asmFile) has(i int) bool {
+	af.mu.Lock()
+	defer af.mu.Unlock()
+	return af.have[i]
+}
+
+// copyIn writes chunk c at its places from the first of locs whose bytes
+// have its digest (a loc this run verified is not hashed again). It
+// reports false when none does. Only a write error is an error.
+func (a *assembly) copyIn(c manifest.Chunk, locs []chunkLoc, buf []byte) (bool, error) {
 	for _, l := range locs {
 		in, err := os.Open(l.path)
 		if err != nil {
 			continue
 		}
-		h := sha256.New()
-		w := io.NewOffsetWriter(out, off)
-		n, err := io.Copy(io.MultiWriter(w, h), io.NewSectionReader(in, l.off, c.Size))
+		if c.Size > maxBufferedChunk { // streamed: hashed on the way
+			h := sha256.New()
+			n, err := io.Copy(h, io.NewSectionReader(in, l.off, c.Size))
+			if err == nil && n == c.Size && hex.EncodeToString(h.Sum(nil)) == c.SHA256 {
+				err = a.putFrom(c.SHA256, in, l.off, c.Size)
+				in.Close()
+				return err == nil, err
+			}
+			in.Close()
+			continue
+		}
+		b := buf[:c.Size]
+		n, err := in.ReadAt(b, l.off)
 		in.Close()
-		var pe *os.PathError
-		if err != nil && errors.As(err, &pe) && pe.Path == out.Name() {
-			return false, &localError{err}
+		if n != len(b) && err != nil {
+			continue
 		}
-		if err == nil && n == c.Size && hex.EncodeToString(h.Sum(nil)) == c.SHA256 {
-			return true, nil
+		if !l.verified && !sumIs(b, c.SHA256) {
+			continue
 		}
+		return true, a.put(c.SHA256, b)
 	}
 	return false, nil
+}
+
+// put writes chunk digest's verified bytes b at each of its places not
+// written yet.
+func (a *assembly) put(digest string, b []byte) error {
+	for _, p := range a.at[digest] {
+		if p.a.has(p.i) {
+			continue
+		}
+		if _, err := p.a.out.WriteAt(b, p.a.offs[p.i]); err != nil {
+			return &localError{err}
+		}
+		p.a.written(p.i)
+	}
+	return nil
+}
+
+// putFrom writes chunk digest's verified bytes, size bytes at off in in,
+// at each of its places not written yet.
+func (a *assembly) putFrom(digest string, in *os.File, off, size int64) error {
+	for _, p := range a.at[digest] {
+		if p.a.has(p.i) {
+			continue
+		}
+		w := io.NewOffsetWriter(p.a.out, p.a.offs[p.i])
+		if _, err := io.Copy(w, io.NewSectionReader(in, off, size)); err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) && pe.Path == p.a.out.Name() {
+				return &localError{err}
+			}
+			return err
+		}
+		p.a.written(p.i)
+	}
+	return nil
+}
+
+// putFile writes chunk digest, fetched into the blob file path (verified),
+// at its places, then removes the file.
+func (a *assembly) putFile(digest, path string, size int64) error {
+	in, err := os.Open(path)
+	if err != nil {
+		return &localError{err}
+	}
+	err = a.putFrom(digest, in, 0, size)
+	in.Close()
+	if err == nil {
+		_ = os.Remove(path)
+	}
+	return err
+}
+
+// written marks chunk i written and lets the hashing go on.
+func (af *asmFile) written(i int) {
+	af.mu.Lock()
+	defer af.mu.Unlock()
+	af.have[i] = true
+	if !af.hashing && af.next == i && af.err == nil {
+		af.hashing = true
+		af.wg.Add(1)
+		go func() {
+			defer af.wg.Done()
+			af.hashLoop()
+		}()
+	}
+}
+
+// hashLoop hashes the written chunks from next on, in order, reading
+// them back (from the page cache), until one is missing.
+func (af *asmFile) hashLoop() {
+	af.mu.Lock()
+	defer af.mu.Unlock()
+	for af.next < len(af.have) && af.have[af.next] && af.err == nil {
+		i := af.next
+		af.mu.Unlock()
+		if af.buf == nil {
+			af.buf = make([]byte, copyBufSize)
+		}
+		_, err := io.CopyBuffer(af.whole, io.NewSectionReader(af.out, af.offs[i], af.job.chunks[i].Size), af.buf)
+		af.mu.Lock()
+		if err != nil {
+			af.err = err
+			break
+		}
+		af.next++
+	}
+	af.hashing = false
+}
+
+// finish verifies chunked file j complete, syncs it, checks the whole
+// file's digest and places it in the stage.
+func (a *assembly) finish(st *stage, j *blobJob) error {
+	af := a.byJob[j]
+	af.wg.Wait()
+	af.mu.Lock()
+	af.hashing = true // the rest is hashed here, not in a goroutine
+	af.mu.Unlock()
+	af.hashLoop()
+	for i, ok := range af.have {
+		if !ok {
+			return fmt.Errorf("%s: chunk %d was not fetched", j, i+1)
+		}
+	}
+	if af.err != nil {
+		return &localError{fmt.Errorf("%s: %w", j, af.err)}
+	}
+	if err := af.out.Sync(); err != nil {
+		return &localError{fmt.Errorf("%s: %w", j, err)}
+	}
+	if hex.EncodeToString(af.whole.Sum(nil)) != j.digest {
+		af.out.Close()
+		_ = os.Remove(af.out.Name())
+		return fmt.Errorf("%s: its verified chunks do not make the file the manifest names: %w", j, ErrDigestMismatch)
+	}
+	if err := af.out.Close(); err != nil {
+		return &localError{fmt.Errorf("%s: %w", j, err)}
+	}
+	if err := os.Rename(af.out.Name(), a.f.blobPath(j.digest)); err != nil {
+		return &localError{fmt.Errorf("%s: %w", j, err)}
+	}
+	return st.place(a.f.blobPath(j.digest), j.paths, j.digest, j.size)
+}
+
+// close waits for the hashing and closes the files (finish closed those
+// it placed already).
+func (a *assembly) close() {
+	for _, af := range a.files {
+		af.wg.Wait()
+		af.out.Close()
+	}
 }

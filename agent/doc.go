@@ -74,12 +74,16 @@
 // from the next one otherwise, or in the next run; content whose SHA-256
 // does not match after a resume is discarded whole.
 //
-// The chunks of chunked files are read from the first source, when it is
-// a distribution point, in batches (one ReadBlobs request for up to 1,024
-// chunks or 16 MiB), into .dpcache/blobs/*.pack, each chunk verified as it
-// completes; a chunk a batch did not deliver, for any reason, is fetched
-// on its own as above, and the next run finds the chunks of the packs an
-// interrupted run left.
+// The chunks of chunked files are read in batches (one ReadBlobs request
+// for up to 1,024 chunks or 16 MiB) from the distribution points that head
+// the sources, up to three at once, each taking the next batch it has not
+// tried; a DP that fails, stalls or sends a chunk that does not match its
+// digest is dropped for the run and its batch goes to the others. Each
+// chunk is verified in memory and written at its offsets in the file being
+// built, .dpcache/blobs/<sha256>.part, whose whole SHA-256 is computed as
+// its chunks arrive. A chunk no DP delivered is fetched on its own as
+// above; the next run keeps the chunks an interrupted run's .part holds
+// intact and fetches the others.
 //
 // # Mirror
 //

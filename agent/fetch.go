@@ -58,7 +58,7 @@ type fetcher struct {
 	partDir string // where partial downloads are kept; "" means dir
 	log     *slog.Logger
 	wrap    func(writeSyncer) writeSyncer
-	batch   *source.GRPC // the first source, a DP: chunks are read from it in batches
+	batch   []*source.GRPC // the DPs heading the sources: chunks are read from them in batches
 
 	downloaded atomic.Int64 // bytes received from sources
 
@@ -193,9 +193,10 @@ func (e *mismatchError) Error() string   { return ErrDigestMismatch.Error() + ":
 func (e *mismatchError) Unwrap() []error { return []error{ErrDigestMismatch, source.ErrDataLoss} }
 
 // commit syncs the complete blob and renames it to its final name. A
-// chunk is not synced: it is read back and verified when its file is
-// built (copyChunk), and that file is synced, so a chunk a crash left
-// incomplete is fetched again, and thousands of fsyncs are saved.
+// chunk is not synced: it is copied into its file at once
+// (assembly.putFile), and that file is synced; a chunk a crash left
+// incomplete is verified by the next run before any use, so thousands of
+// fsyncs are saved.
 func (f *fetcher) commit(p *part, job *blobJob) error {
 	if err := p.finish(job.chunkOf == 0); err != nil {
 		return fmt.Errorf("%s: %w", job, err)

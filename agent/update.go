@@ -346,7 +346,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 	}
 	// Downloads of other versions are of no more use.
 	if err := u.l.clear(u.l.blobs, func(name string) bool {
-		return needed[strings.TrimSuffix(name, partSuffix)] || strings.HasSuffix(name, packSuffix)
+		return needed[strings.TrimSuffix(name, partSuffix)]
 	}); err != nil {
 		return nil, err
 	}
@@ -364,9 +364,7 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 		log:      u.log,
 		progress: u.cfg.Progress,
 	}
-	if g, ok := srcs[0].(*source.GRPC); ok {
-		f.batch = g
-	}
+	f.batch = batchDPs(srcs)
 	if u.cfg.hooks != nil {
 		f.wrap = u.cfg.hooks.partWriter
 		if u.cfg.hooks.noBatch {
@@ -395,18 +393,29 @@ func (u *updater) install(ctx context.Context, d *decision, inst *version) (*Res
 			want[c.SHA256] = true
 		}
 	}
-	var idx chunkIndex
+	var asm *assembly
+	var fetch []*blobJob
 	if len(chunked) > 0 {
-		idx = indexChunks(u.installed(inst), want, paths)
-		scanPacks(u.l.blobs, want, idx)
+		if asm, err = openAssembly(chunked, f); err != nil {
+			return nil, err
+		}
+		defer asm.close()
+		if n := asm.resumedBytes(); n > 0 {
+			u.log.Info("resuming chunked files", "bytes", n)
+		}
+		if fetch, err = asm.fill(indexChunks(u.installed(inst), want, paths)); err != nil {
+			return nil, err
+		}
 	}
-	if err := u.download(ctx, st, append(whole, chunkJobs(chunked, idx, f)...), idx, f); err != nil {
+	if err := u.download(ctx, st, append(whole, fetch...), asm, f); err != nil {
 		return nil, err
 	}
-	if err := eachJob(ctx, chunked, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
-		return u.assemble(ctx, st, j, idx, f)
-	}); err != nil {
-		return nil, err
+	if asm != nil {
+		if err := eachJob(ctx, chunked, u.cfg.Concurrency, func(ctx context.Context, j *blobJob) error {
+			return asm.finish(st, j)
+		}); err != nil {
+			return nil, err
+		}
 	}
 
 	// Metadata beside the files, then make the whole stage durable.
@@ -548,8 +557,8 @@ func (u *updater) installed(inst *version) []*version {
 }
 
 // download fetches the missing blobs and places them in the stage (a
-// chunk stays in f's folder for assemble).
-func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, x chunkIndex, f *fetcher) error {
+// chunk is written into its files in a).
+func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, a *assembly, f *fetcher) error {
 	if len(jobs) == 0 {
 		return nil
 	}
@@ -564,11 +573,11 @@ func (u *updater) download(ctx context.Context, st *stage, jobs []*blobJob, x ch
 			return err
 		}
 		if j.chunkOf > 0 {
-			return nil
+			return a.putFile(j.digest, f.blobPath(j.digest), j.size)
 		}
 		return st.place(f.blobPath(j.digest), j.paths, j.digest, j.size)
 	}
-	jobs, err := f.fetchBatches(ctx, jobs, x, u.cfg.Concurrency, one)
+	jobs, err := f.fetchBatches(ctx, jobs, a, u.cfg.Concurrency, one)
 	if err != nil {
 		return err
 	}
