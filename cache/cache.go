@@ -395,6 +395,7 @@ func (c *Cache) Blob(digest string) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, err
 	}
+	w := c.writer(k) // before reading: see ReadPendingAt
 	var bi BlobInfo
 	var found bool
 	err = c.view(func(tx *bolt.Tx) error {
@@ -407,7 +408,6 @@ func (c *Cache) Blob(digest string) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, err
 	}
-	w := c.writer(k)
 	if !found {
 		if w == nil {
 			return BlobInfo{}, fmt.Errorf("blob %s: %w", k, ErrNotFound)
