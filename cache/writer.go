@@ -226,7 +226,8 @@ func (w *Writer) notify() {
 // stored yet (they are in memory), and returns how many: 0 when off is not
 // in memory (stored meanwhile: read it with [Cache.ReadPendingAt]; or not
 // written yet; or the Writer has finished). It stops at the end of a batch
-// buffer; call again for more. The bytes are not verified yet.
+// buffer; call again for more. Offset counts a byte before this can
+// return it. The bytes are not verified yet.
 func (w *Writer) ReadBufferedAt(p []byte, off int64) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -293,10 +294,12 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.off += int64(take)
 		n += take
 		p = p[take:]
+		// Offset moves with the bytes, under mu: ReadBufferedAt never
+		// returns bytes past what Offset says is written.
 		w.mu.Lock()
+		w.offset.Store(w.off)
 		w.fill.data = w.fillBuf[:w.n]
 		w.mu.Unlock()
-		w.offset.Store(w.off)
 	}
 	if w.n == w.batch {
 		if err := w.push(); err != nil {
