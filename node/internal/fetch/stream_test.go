@@ -48,6 +48,7 @@ func TestFetcher_ReadersAcrossWriteBehind(t *testing.T) {
 	cc := cache.DefaultConfig()
 	cc.Path = filepath.Join(t.TempDir(), "cache.db")
 	cc.ChunkSize, cc.FlushSize, cc.WriteBehind, cc.NoSync = 4<<10, 16<<10, 32<<10, true
+	cc.Logger = slog.New(slog.DiscardHandler)
 	store, err := cache.Open(cc)
 	if err != nil {
 		t.Fatal(err)
