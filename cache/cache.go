@@ -316,6 +316,11 @@ func (c *Cache) ReadPendingAt(digest string, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read pending blob %s at %d: negative offset: %w", k, off, ErrInvalid)
 	}
+	// Look for a Writer before reading: a Writer stores the blob (and
+	// makes it whole) before it releases the digest, so either it is seen
+	// here or what it stored is seen below. Looking after the read would
+	// leave a gap: nothing stored yet when read, the Writer finished since.
+	active := c.writer(k) != nil
 	var n int
 	var whole, found bool
 	err = c.view(func(tx *bolt.Tx) error {
@@ -330,10 +335,9 @@ func (c *Cache) ReadPendingAt(digest string, p []byte, off int64) (int, error) {
 	switch {
 	case err != nil:
 		return n, err
+	case !found && active:
+		return 0, nil
 	case !found:
-		if w := c.writer(k); w != nil {
-			return 0, nil
-		}
 		return 0, fmt.Errorf("blob %s: %w", k, ErrNotFound)
 	case whole && n < len(p):
 		return n, io.EOF
@@ -391,6 +395,7 @@ func (c *Cache) Blob(digest string) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, err
 	}
+	w := c.writer(k) // before reading: see ReadPendingAt
 	var bi BlobInfo
 	var found bool
 	err = c.view(func(tx *bolt.Tx) error {
@@ -403,7 +408,6 @@ func (c *Cache) Blob(digest string) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, err
 	}
-	w := c.writer(k)
 	if !found {
 		if w == nil {
 			return BlobInfo{}, fmt.Errorf("blob %s: %w", k, ErrNotFound)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +196,59 @@ func TestWriter_Commit_DigestMismatch(t *testing.T) {
 	ingest(t, c, d, data, 4096)
 	if got := readAll(t, c, d, 1<<20); !bytes.Equal(got, data) {
 		t.Fatal("content differs after re-ingest")
+	}
+}
+
+// TestWriter_Commit_DigestMismatch_Anywhere flips one byte wherever it
+// lands (a batch hashed and stored behind Write, the batch in flight at
+// Commit, the bytes Commit stores itself) and checks that Commit refuses the
+// blob, and accepts it when nothing is flipped.
+func TestWriter_Commit_DigestMismatch_Anywhere(t *testing.T) {
+	t.Parallel()
+	data, d := blob(4, 9*4096+123)
+	for _, tc := range []struct {
+		name  string
+		flip  int // -1: none
+		piece int
+	}{
+		{"intact", -1, 1000},
+		{"intact-big-writes", -1, 20000},
+		{"first-byte", 0, 1000},
+		{"first-batch-end", 8<<10 - 1, 3000},
+		{"middle-batch", 4*4096 + 7, 5000},
+		{"last-full-chunk", 8*4096 + 1, 4096},
+		{"remainder", len(data) - 1, 3000},
+		{"one-write", 5 * 4096, len(data)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := newTestCache(t)
+			in := bytes.Clone(data)
+			if tc.flip >= 0 {
+				in[tc.flip] ^= 0x80
+			}
+			w, err := c.NewWriter(d, int64(len(in)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeAll(t, w, in, tc.piece)
+			err = w.Commit()
+			if tc.flip < 0 {
+				if err != nil {
+					t.Fatalf("Commit = %v", err)
+				}
+				if got := readAll(t, c, d, 1<<20); !bytes.Equal(got, data) {
+					t.Fatal("content differs")
+				}
+				return
+			}
+			if !errors.Is(err, ErrDigestMismatch) {
+				t.Fatalf("Commit = %v, want ErrDigestMismatch", err)
+			}
+			if _, err := c.Blob(d); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Blob after mismatch = %v, want ErrNotFound", err)
+			}
+		})
 	}
 }
 
@@ -491,6 +545,74 @@ func TestWriter_Busy(t *testing.T) {
 	}
 	if n := chunkCount(t, c, d); n != 0 {
 		t.Fatalf("%d chunks left after Discard", n)
+	}
+}
+
+// TestWriter_ReadBufferedAt reads a blob while it is written, as a fetch's
+// readers do: every byte below Offset is stored (ReadPendingAt, below
+// Flushed) or in memory (ReadBufferedAt), whatever the loop is doing, with
+// several batches queued behind the writer.
+func TestWriter_ReadBufferedAt(t *testing.T) {
+	t.Parallel()
+	c := newTestCache(t, func(cfg *Config) { cfg.WriteBehind = 3 * cfg.FlushSize })
+	data, d := blob(15, 40*4096+333)
+	w, err := c.NewWriter(d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := w.ReadBufferedAt(make([]byte, 10), 0); n != 0 {
+		t.Fatalf("ReadBufferedAt before any Write = %d, want 0", n)
+	}
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(errc)
+		p := make([]byte, 5000)
+		for pos := int64(0); pos < int64(len(data)); {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			flushed, written := w.Flushed(), w.Offset()
+			var n int
+			switch {
+			case pos < flushed:
+				n, err = c.ReadPendingAt(d, p[:min(int64(len(p)), flushed-pos)], pos)
+				if errors.Is(err, io.EOF) { // whole meanwhile
+					err = nil
+				}
+				if err != nil {
+					errc <- fmt.Errorf("ReadPendingAt(%d): %w", pos, err)
+					return
+				}
+			case pos < written:
+				n = w.ReadBufferedAt(p, pos) // 0: stored meanwhile, look again
+				if int64(n) > written-pos && w.Offset() == written {
+					errc <- fmt.Errorf("ReadBufferedAt(%d) = %d bytes, past Offset %d", pos, n, written)
+					return
+				}
+			}
+			if !bytes.Equal(p[:n], data[pos:pos+int64(n)]) {
+				errc <- fmt.Errorf("bytes at %d differ", pos)
+				return
+			}
+			pos += int64(n)
+			if n == 0 {
+				runtime.Gosched()
+			}
+		}
+	}()
+	writeAll(t, w, data, 1500)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	close(done)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.ReadBufferedAt(make([]byte, 10), 0); n != 0 {
+		t.Fatalf("ReadBufferedAt after Commit = %d, want 0", n)
 	}
 }
 

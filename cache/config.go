@@ -26,14 +26,24 @@ type Config struct {
 	ChunkSize int
 
 	// FlushSize is how many bytes of full chunks a Writer buffers before it
-	// stores them in one bbolt transaction; it is rounded up to a multiple of
-	// ChunkSize. A Writer holds up to two batches (one being stored while
-	// the next is written). Larger batches cost memory but rewrite less:
+	// queues them to be stored (see WriteBehind); it is rounded up to a
+	// multiple of ChunkSize. Larger batches cost memory but rewrite less:
 	// bbolt keeps at least two values per leaf page, so every transaction
 	// copies again the two to four chunks already in the last leaf it
 	// touches, and syncs twice. Default 8 MiB; below 4 MiB throughput drops
 	// fast (1 MiB batches of 1 MiB chunks: a third of the speed).
 	FlushSize int
+
+	// WriteBehind bounds the bytes of full batches a Writer keeps queued
+	// for storing while the caller goes on writing (rounded down to a
+	// multiple of FlushSize, at least one batch). The store goroutine
+	// writes all that is queued in one transaction, so a slow disk gets
+	// larger transactions rather than stalling the caller at once, and the
+	// queued bytes are read from memory (Writer.ReadBufferedAt) until they
+	// are stored. A Writer holds at most WriteBehind + 2 x FlushSize bytes of
+	// buffers, and the transaction storing them copies them once more into
+	// bbolt's pages. Default 16 MiB.
+	WriteBehind int
 
 	// NoSync skips fdatasync on the transactions that store chunks during an
 	// ingest. Commit still syncs the file before, and in, the transaction
@@ -87,6 +97,7 @@ func DefaultConfig() Config {
 	return Config{
 		ChunkSize:       256 << 10,
 		FlushSize:       8 << 20,
+		WriteBehind:     16 << 20,
 		NoSync:          false,
 		NoFreelistSync:  false,
 		FreelistType:    FreelistMap,
@@ -115,6 +126,8 @@ func (c Config) Validate() error {
 			c.ChunkSize, minChunkSize, maxChunkSize, ErrInvalid)
 	case c.FlushSize < 0 || c.FlushSize > maxFlushSize:
 		return fmt.Errorf("cache config: FlushSize %d out of range [0, %d]: %w", c.FlushSize, maxFlushSize, ErrInvalid)
+	case c.WriteBehind < 0 || c.WriteBehind > maxFlushSize:
+		return fmt.Errorf("cache config: WriteBehind %d out of range [0, %d]: %w", c.WriteBehind, maxFlushSize, ErrInvalid)
 	case c.FreelistType != FreelistMap && c.FreelistType != FreelistArray:
 		return fmt.Errorf("cache config: FreelistType %q is neither %q nor %q: %w",
 			c.FreelistType, FreelistMap, FreelistArray, ErrInvalid)

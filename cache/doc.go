@@ -5,11 +5,15 @@
 //
 // # Blobs
 //
-// A blob is ingested by a [Writer] ([Cache.NewWriter]): Write hashes the bytes
-// as they arrive and stores them in chunks of Config.ChunkSize, a batch of
-// Config.FlushSize per bbolt transaction; Commit checks the size and that the
-// SHA-256 equals the digest, and only then makes the blob visible, in one
-// transaction that flips its meta record from pending to whole. Until then
+// A blob is ingested by a [Writer] ([Cache.NewWriter]): Write buffers the
+// bytes as they arrive, in batches of Config.FlushSize; full batches queue
+// (up to Config.WriteBehind) for a goroutine that stores them in chunks of
+// Config.ChunkSize, all that is queued in one bbolt transaction, while
+// another hashes them, behind the caller. Until stored, they are read from
+// memory ([Writer.ReadBufferedAt]). Commit
+// checks the size and that the SHA-256 of every byte equals the digest, and
+// only then makes the blob visible, in one transaction that flips its meta
+// record from pending to whole. Until then
 // the blob is pending: [Cache.Stat] and [Cache.ReadAt] do not see it, and
 // [Cache.ReadPendingAt] serves the chunks stored so far to readers that want
 // the bytes while the fetch runs (they are not verified yet). A blob that
@@ -37,9 +41,9 @@
 // time. One [Writer] per digest may exist at a time ([ErrBusy] otherwise); a
 // Writer's Write, Commit, Abort and Discard belong to one goroutine, while
 // its Offset, Flushed and Progress may be called from any goroutine. A Writer
-// stores a batch in a background goroutine while the caller writes and
-// hashes the next one; Commit, Abort and Discard wait for it, so nothing
-// runs once a Writer is finished. The Cache itself starts no goroutine.
+// hashes and stores its queue in two background goroutines while the caller
+// writes on (they stop when the queue is empty); Commit, Abort and Discard
+// wait for them, so nothing runs once a Writer is finished. The Cache itself starts no goroutine.
 //
 // # Durability
 //
@@ -52,8 +56,8 @@
 // synced; large batches keep that cheap (see the benchmarks in
 // bench_test.go).
 //
-// A killed process (kill -9, OOM, panic) loses at most the batch being
-// stored: bbolt commits are atomic, the kernel keeps every page already
+// A killed process (kill -9, OOM, panic) loses at most the bytes not
+// stored yet (the write-behind queue and the batch being filled): bbolt commits are atomic, the kernel keeps every page already
 // written, the next Open sees the last committed state, pending blobs stay
 // pending (never visible), and whole blobs stay whole.
 //
@@ -76,10 +80,11 @@
 // on disk), not when it is read: bit rot after Commit goes unnoticed until
 // [Cache.Verify] re-hashes the blob. Endpoints verify every blob anyway.
 //
-// Memory: an active Writer holds up to two batches (2 x Config.FlushSize,
-// 16 MiB by default), and the transaction storing a batch copies it once more
-// into bbolt's pages (one transaction at a time). Small blobs cost only their
-// size.
+// Memory: an active Writer holds the batch being filled, the batches queued
+// for storing (Config.WriteBehind) and one spare: at most WriteBehind + 2 x
+// Config.FlushSize, 32 MiB by default, and the transaction storing the queue
+// copies it once more into bbolt's pages (one transaction at a time). Small
+// blobs cost only their size.
 //
 // Every transaction that stores chunks rewrites the last leaf of the chunks
 // bucket it touches, and bbolt keeps at least two values per leaf: two to four

@@ -12,41 +12,63 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Writer ingests one blob: it hashes the bytes as they are written, stores
-// them in chunks, and makes the blob visible only when Commit finds the
-// SHA-256 equal to the digest.
+// Writer ingests one blob: it buffers the bytes written, hashes and stores
+// them behind the caller, and makes the blob visible only when Commit finds
+// the SHA-256 of every byte equal to the digest.
 //
-// Write, Commit, Abort and Discard must be called from one goroutine at a
-// time. Digest, Size, Offset, Flushed and Progress are safe to call from any
-// goroutine, concurrently with the others (to stream a blob while it is
-// fetched, see [Cache.ReadPendingAt]).
+// Write copies the bytes into a batch buffer (Config.FlushSize) and returns;
+// full batches queue for a goroutine that stores what is queued in one
+// bbolt transaction while another hashes it (write-behind, up to
+// Config.WriteBehind bytes; Write waits for room past it). Until they are
+// stored, [Writer.ReadBufferedAt] serves the bytes from memory.
+//
+// Write, Flush, Commit, Abort and Discard must be called from one goroutine
+// at a time. Digest, Size, Offset, Flushed, Progress and ReadBufferedAt are
+// safe to call from any goroutine, concurrently with the others (to stream a
+// blob while it is fetched, see [Cache.ReadPendingAt]).
 type Writer struct {
 	c         *Cache
 	k         key
 	size      int64 // SizeUnknown or the announced size
 	chunkSize int
-	batch     int // bytes of full chunks stored per transaction
+	batch     int // bytes of full chunks per batch buffer
+	queueMax  int // bytes of full chunks that may wait to be stored
 
-	// Owned by the writing goroutine. While a flush runs (inflight != nil),
-	// its goroutine owns inflightBuf and reads stored and created, which
-	// the writing goroutine changes only after wait.
-	h           hash.Hash
-	off         int64  // bytes written (hashed)
-	stored      int64  // bytes in stored chunks, not counting a running flush
-	buf         []byte // bytes [stored+len(inflightBuf), off)
-	spare       []byte // a buffer for reuse, given back by the last flush
-	created     bool   // the meta record exists
-	done        bool
-	inflight    chan error // result of the running flush, if any
-	inflightBuf []byte     // the full chunks the running flush stores
+	// Owned by the writing goroutine.
+	off     int64  // bytes written
+	fillBuf []byte // the batch being filled, at its full capacity
+	n       int    // bytes in fillBuf
+	done    bool
+
+	// Owned by the store loop while it runs (storing), by the writing
+	// goroutine once it has seen the loop stopped under mu.
+	h      hash.Hash
+	hashed int64 // bytes fed to h
 
 	offset  atomic.Int64
 	flushed atomic.Int64
 
-	// mu protects progress and finished.
+	// mu protects the fields below; cond signals when the loop stores a
+	// group or stops.
 	mu       sync.Mutex
+	cond     sync.Cond
+	queue    []memBatch // full chunks waiting to be stored, in order, from stored
+	queued   int        // bytes in queue
+	fill     memBatch   // fillBuf[:n] as readers see it
+	free     [][]byte   // batch buffers for reuse
+	storing  bool       // the store loop runs
+	storeErr error      // the loop's last failure, not reported yet
+	stored   int64      // bytes in stored chunks
+	created  bool       // the meta record exists
 	progress chan struct{}
 	finished bool
+}
+
+// memBatch is bytes [start, start+len(data)) of the blob, held in memory
+// until they are stored.
+type memBatch struct {
+	start int64
+	data  []byte
 }
 
 // NewWriter starts or resumes the ingest of the blob digest (64 lower-case
@@ -78,6 +100,7 @@ func (c *Cache) NewWriter(digest string, size int64) (*Writer, error) {
 		return nil, ErrClosed
 	}
 	w := &Writer{c: c, k: k, size: size, chunkSize: c.cfg.ChunkSize, h: sha256.New(), progress: make(chan struct{})}
+	w.cond.L = &w.mu
 	if err := c.claim(k, w); err != nil {
 		return nil, fmt.Errorf("new writer: %w", err)
 	}
@@ -91,11 +114,13 @@ func (c *Cache) NewWriter(digest string, size int64) (*Writer, error) {
 			k, size, maxBlobSize(w.chunkSize), w.chunkSize, ErrTooLarge)
 	}
 	w.batch = c.cfg.flushChunks(w.chunkSize) * w.chunkSize
-	capacity := int64(w.chunkSize) // grows by append up to batch
+	w.queueMax = max(c.cfg.WriteBehind/w.batch, 1) * w.batch
+	capacity := int64(w.chunkSize) // grows up to batch
 	if w.size != SizeUnknown {
 		capacity = min(int64(w.batch), w.size-w.off)
 	}
-	w.buf = make([]byte, 0, capacity)
+	w.fillBuf = make([]byte, capacity)
+	w.fill = memBatch{start: w.off, data: w.fillBuf[:0]}
 	w.offset.Store(w.off)
 	w.flushed.Store(w.stored)
 	return w, nil
@@ -144,7 +169,7 @@ func (w *Writer) resume() error {
 			return m2, err
 		})
 		if err == nil {
-			w.off, w.stored, w.created = n, n, true
+			w.off, w.hashed, w.stored, w.created = n, n, n, true
 			w.c.log.Info("resuming pending blob", "digest", w.k.String(), "offset", n, "size", w.size, "rehash", time.Since(start))
 			return nil
 		}
@@ -176,7 +201,8 @@ func (w *Writer) Size() int64 { return w.size }
 func (w *Writer) Offset() int64 { return w.offset.Load() }
 
 // Flushed returns how many bytes [Cache.ReadPendingAt] can read: the full
-// chunks stored so far, and all the bytes after a successful Commit.
+// chunks stored so far, and all the bytes after a successful Commit. Bytes
+// [Flushed, Offset) are in memory: see ReadBufferedAt.
 func (w *Writer) Flushed() int64 { return w.flushed.Load() }
 
 // Progress returns a channel that is closed the next time Flushed advances
@@ -188,34 +214,59 @@ func (w *Writer) Progress() <-chan struct{} {
 	return w.progress
 }
 
+// notify wakes those waiting on Progress; mu must be held.
 func (w *Writer) notify() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if !w.finished {
 		close(w.progress)
 		w.progress = make(chan struct{})
 	}
 }
 
-// finish releases the digest and wakes those waiting on Progress.
+// ReadBufferedAt copies into p bytes from off that were written but are not
+// stored yet (they are in memory), and returns how many: 0 when off is not
+// in memory (stored meanwhile: read it with [Cache.ReadPendingAt]; or not
+// written yet; or the Writer has finished). It stops at the end of a batch
+// buffer; call again for more. Offset counts a byte before this can
+// return it. The bytes are not verified yet.
+func (w *Writer) ReadBufferedAt(p []byte, off int64) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, b := range w.queue {
+		if off >= b.start && off < b.start+int64(len(b.data)) {
+			return copy(p, b.data[off-b.start:])
+		}
+	}
+	if b := w.fill; off >= b.start && off < b.start+int64(len(b.data)) {
+		return copy(p, b.data[off-b.start:])
+	}
+	return 0
+}
+
+// finish stops the store loop, releases the digest and wakes those waiting
+// on Progress.
 func (w *Writer) finish() {
-	_ = w.wait() // never leave a flush running
+	_ = w.drain() // never leave the loop running
 	w.done = true
 	w.c.release(w.k)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.queue, w.queued, w.fill, w.free = nil, 0, memBatch{}, nil
+	w.fillBuf = nil
 	if !w.finished {
 		w.finished = true
 		close(w.progress)
 	}
 }
 
-// Write hashes p and stores it, a batch of full chunks per transaction
-// (Config.FlushSize). Storing runs in the background while the next batch is
-// written and hashed (at most one batch in flight). Bytes beyond the
-// announced size are refused whole with [ErrTooLarge]. If storing fails, n
-// counts the bytes accepted (they stay buffered and the next Write or Commit
-// retries); Abort or Discard the Writer.
+// Write copies p into the batch being filled. A full batch goes to the
+// write-behind queue, where a goroutine stores what is queued in one
+// (ingest) transaction while another hashes it, side by side and behind the
+// caller, so that receiving, hashing and storing use separate cores; Write
+// waits only when Config.WriteBehind bytes are queued. Bytes beyond the
+// announced size are refused whole with [ErrTooLarge]. If storing fails,
+// Write returns the error with n counting the bytes accepted (they stay
+// queued and the next Write, Flush or Commit retries); Abort or Discard the
+// Writer.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, fmt.Errorf("write blob %s: %w", w.k, ErrWriterDone)
@@ -232,96 +283,217 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	n := 0
 	for len(p) > 0 {
-		if len(w.buf) >= w.batch {
-			if err := w.flush(); err != nil {
+		if w.n == len(w.fillBuf) {
+			if err := w.push(); err != nil {
 				return n, err
 			}
 		}
-		take := min(len(p), w.batch-len(w.buf))
-		w.buf = append(w.buf, p[:take]...)
-		_, _ = w.h.Write(p[:take])
+		// Readers see fill.data, up to w.n: copying beyond it needs no lock.
+		take := copy(w.fillBuf[w.n:], p)
+		w.n += take
 		w.off += int64(take)
 		n += take
 		p = p[take:]
+		// Offset moves with the bytes, under mu: ReadBufferedAt never
+		// returns bytes past what Offset says is written.
+		w.mu.Lock()
 		w.offset.Store(w.off)
+		w.fill.data = w.fillBuf[:w.n]
+		w.mu.Unlock()
 	}
-	if len(w.buf) >= w.batch {
-		if err := w.flush(); err != nil {
+	if w.n == w.batch {
+		if err := w.push(); err != nil {
 			return n, err
 		}
 	}
 	return n, nil
 }
 
+// push makes room in fillBuf: a buffer below the batch size grows; else
+// its full chunks are queued (see queueFull).
+func (w *Writer) push() error {
+	if w.n == len(w.fillBuf) && len(w.fillBuf) < w.batch {
+		grow := min(2*len(w.fillBuf), w.batch)
+		if w.size != SizeUnknown {
+			grow = int(min(int64(grow), w.size-w.fill.start))
+		}
+		if grow > len(w.fillBuf) {
+			next := make([]byte, grow)
+			copy(next, w.fillBuf[:w.n])
+			w.mu.Lock()
+			w.fillBuf, w.fill.data = next, next[:w.n]
+			w.mu.Unlock()
+			return nil
+		}
+	}
+	return w.queueFull()
+}
+
+// queueFull queues the full chunks of fillBuf for the store loop, after
+// waiting for room in the queue, and moves the partial chunk, if any, to a
+// fresh buffer. It returns (and clears) the loop's failure, if any, queuing
+// nothing then.
+func (w *Writer) queueFull() error {
+	full := w.n / w.chunkSize * w.chunkSize
+	if full == 0 {
+		return w.takeErr()
+	}
+	w.mu.Lock()
+	for w.storeErr == nil && w.queued > 0 && w.queued+full > w.queueMax {
+		if !w.storing {
+			w.startLoop() // retry after a failure reported before
+		}
+		w.cond.Wait()
+	}
+	var next []byte
+	if k := len(w.free); k > 0 && len(w.fillBuf) == w.batch {
+		next, w.free = w.free[k-1], w.free[:k-1]
+	}
+	if err := w.storeErr; err != nil {
+		w.storeErr = nil
+		w.mu.Unlock()
+		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
+	}
+	w.mu.Unlock()
+	if next == nil {
+		next = make([]byte, len(w.fillBuf))
+	}
+	rest := copy(next, w.fillBuf[full:w.n])
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.queue = append(w.queue, memBatch{start: w.fill.start, data: w.fillBuf[:full]})
+	w.queued += full
+	w.fillBuf, w.n = next, rest
+	w.fill = memBatch{start: w.fill.start + int64(full), data: next[:rest]}
+	if !w.storing {
+		w.startLoop()
+	}
+	return nil
+}
+
+// takeErr returns and clears the store loop's failure, if any.
+func (w *Writer) takeErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.storeErr; err != nil {
+		w.storeErr = nil
+		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
+	}
+	return nil
+}
+
+// startLoop starts the store loop; mu must be held.
+func (w *Writer) startLoop() {
+	w.storing = true
+	go w.storeLoop()
+}
+
+// storeLoop stores the queued batches, all that are queued in one (ingest)
+// transaction, while a goroutine of its own hashes them, until the queue is
+// empty or a transaction fails (the failure is kept for push, drain and
+// Commit; the batches stay queued). The hash never waits for the store:
+// Commit checks it once the loop has stopped, so a blob is whole only if the
+// bytes stored hash to its digest; stored bytes not yet hashed are pending,
+// and a resume re-hashes them from disk.
+func (w *Writer) storeLoop() {
+	for {
+		w.mu.Lock()
+		if len(w.queue) == 0 {
+			w.storing = false
+			w.cond.Broadcast()
+			w.mu.Unlock()
+			return
+		}
+		group := w.queue[:len(w.queue):len(w.queue)]
+		stored, created := w.stored, w.created
+		w.mu.Unlock()
+
+		hashed := make(chan struct{})
+		go func() {
+			defer close(hashed)
+			w.hashRange(group, stored+int64(w.groupBytes(group)))
+		}()
+		err := w.c.update(true, func(tx *bolt.Tx) error {
+			return w.store(tx, group, stored, created, false)
+		})
+		<-hashed
+
+		w.mu.Lock()
+		if err != nil {
+			w.storeErr = err
+			w.storing = false
+			w.cond.Broadcast()
+			w.mu.Unlock()
+			return
+		}
+		n := w.groupBytes(group)
+		w.stored += int64(n)
+		w.created = true
+		w.flushed.Store(w.stored)
+		for _, b := range group {
+			if cap(b.data) == w.batch && len(w.free) == 0 {
+				w.free = append(w.free, b.data[:w.batch])
+			}
+		}
+		w.queue = append(w.queue[:0], w.queue[len(group):]...)
+		w.queued -= n
+		w.notify()
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	}
+}
+
+func (w *Writer) groupBytes(group []memBatch) int {
+	n := 0
+	for _, b := range group {
+		n += len(b.data)
+	}
+	return n
+}
+
+// hashRange feeds h the bytes of bs (contiguous, from w.hashed or before)
+// up to end that it has not seen. A group whose store failed stays queued,
+// hashed: it is not hashed twice.
+func (w *Writer) hashRange(bs []memBatch, end int64) {
+	for _, b := range bs {
+		lo := max(w.hashed, b.start)
+		hi := min(end, b.start+int64(len(b.data)))
+		if lo < hi {
+			_, _ = w.h.Write(b.data[lo-b.start : hi-b.start])
+			w.hashed = hi
+		}
+	}
+}
+
+// drain waits until the store loop has stopped (the queue is stored, or a
+// transaction failed) and returns (and clears) its failure.
+func (w *Writer) drain() error {
+	w.mu.Lock()
+	for w.storing {
+		w.cond.Wait()
+	}
+	w.mu.Unlock()
+	return w.takeErr()
+}
+
 // Flush stores the full chunks buffered so far and waits until they are
-// stored, so that concurrent readers see them now rather than after the next
-// batch. Write stores batches by itself.
+// stored, so that [Cache.ReadPendingAt] sees them now rather than after the
+// next batch, and a crash keeps them. Write stores batches by itself.
 func (w *Writer) Flush() error {
 	if w.done {
 		return fmt.Errorf("flush blob %s: %w", w.k, ErrWriterDone)
 	}
-	if err := w.flush(); err != nil {
+	if err := w.queueFull(); err != nil {
 		return err
 	}
-	return w.wait()
+	return w.drain()
 }
 
-// flush waits for the running flush, then starts storing the full chunks of
-// buf in one (ingest) transaction in a goroutine; wait collects the result.
-func (w *Writer) flush() error {
-	if err := w.wait(); err != nil {
-		return err
-	}
-	full := len(w.buf) / w.chunkSize * w.chunkSize
-	if full == 0 {
-		return nil
-	}
-	data := w.buf[:full]
-	next := w.spare
-	if cap(next) < w.batch {
-		next = make([]byte, 0, min(int64(w.batch), int64(cap(w.buf))))
-	}
-	w.buf = append(next[:0], w.buf[full:]...)
-	w.spare = nil
-	done := make(chan error, 1)
-	w.inflight, w.inflightBuf = done, data
-	stored, created := w.stored, w.created
-	go func() {
-		err := w.c.update(true, func(tx *bolt.Tx) error {
-			return w.store(tx, data, stored, created, false)
-		})
-		if err == nil {
-			w.flushed.Store(stored + int64(len(data)))
-			w.notify()
-		}
-		done <- err
-	}()
-	return nil
-}
-
-// wait waits for the running flush, if any. On failure the flush's bytes go
-// back to the front of buf, so no accepted byte is lost.
-func (w *Writer) wait() error {
-	if w.inflight == nil {
-		return nil
-	}
-	err := <-w.inflight
-	data := w.inflightBuf
-	w.inflight, w.inflightBuf = nil, nil
-	if err != nil {
-		w.buf = append(append(make([]byte, 0, len(data)+len(w.buf)), data...), w.buf...)
-		return fmt.Errorf("store chunks of blob %s at offset %d: %w", w.k, w.stored, err)
-	}
-	w.stored += int64(len(data))
-	w.created = true
-	w.spare = data[:0]
-	return nil
-}
-
-// store puts data (starting at offset stored) as chunks and updates the meta
-// record, flipping it to whole if whole is set. bbolt keeps references to
-// data until the transaction commits; nothing writes to it before.
-func (w *Writer) store(tx *bolt.Tx, data []byte, stored int64, created, whole bool) error {
+// store puts the bytes of bs (contiguous, starting at offset stored) as
+// chunks and updates the meta record, flipping it to whole if whole is set.
+// Every batch but the last holds full chunks. bbolt keeps references to the
+// bytes until the transaction commits; nothing writes to them before.
+func (w *Writer) store(tx *bolt.Tx, bs []memBatch, stored int64, created, whole bool) error {
 	blobs, chunks := tx.Bucket(bucketBlobs), tx.Bucket(bucketChunks)
 	m, ok, err := getMeta(tx, w.k)
 	if err != nil {
@@ -337,14 +509,15 @@ func (w *Writer) store(tx *bolt.Tx, data []byte, stored int64, created, whole bo
 		return fmt.Errorf("pending blob %s changed under its writer (stored %d, want %d): %w", w.k, m.stored, stored, ErrCorrupt)
 	}
 	idx := stored / int64(w.chunkSize)
-	for len(data) > 0 {
-		n := min(len(data), w.chunkSize)
-		if err := chunks.Put(chunkKey(w.k, uint32(idx)), data[:n]); err != nil {
-			return err
+	for _, b := range bs {
+		for data := b.data; len(data) > 0; idx++ {
+			n := min(len(data), w.chunkSize)
+			if err := chunks.Put(chunkKey(w.k, uint32(idx)), data[:n]); err != nil {
+				return err
+			}
+			data = data[n:]
+			m.stored += int64(n)
 		}
-		data = data[n:]
-		idx++
-		m.stored += int64(n)
 	}
 	m.size, m.updated = w.size, now
 	if whole {
@@ -353,9 +526,10 @@ func (w *Writer) store(tx *bolt.Tx, data []byte, stored int64, created, whole bo
 	return blobs.Put(w.k[:], m.encode())
 }
 
-// Commit stores the remaining bytes, checks the size and the SHA-256, and
-// makes the blob whole in one transaction, synced to disk, after syncing the
-// chunks stored before (see # Caveats in the package doc).
+// Commit waits for the queued batches to be stored, checks the size and the
+// SHA-256 of every byte, and stores the rest and makes the blob whole in one
+// transaction, synced to disk, after syncing the chunks stored before (see
+// # Caveats in the package doc).
 //
 // If fewer bytes than the announced size were written it returns
 // [ErrSizeMismatch] and keeps the full chunks pending for a resume. If the
@@ -367,14 +541,25 @@ func (w *Writer) Commit() error {
 	}
 	defer w.finish()
 	if w.size != SizeUnknown && w.off != w.size {
-		err := errors.Join(w.flush(), w.wait())
+		err := errors.Join(w.queueFull(), w.drain())
+		w.mu.Lock()
+		stored := w.stored
+		w.mu.Unlock()
 		return errors.Join(fmt.Errorf("commit blob %s: %d of %d bytes written; %d kept pending for resume: %w",
-			w.k, w.off, w.size, w.stored, ErrSizeMismatch), err)
+			w.k, w.off, w.size, stored, ErrSizeMismatch), err)
 	}
+	// The loop has stopped: what it stored or failed to store is hashed;
+	// hash the rest (a failed group still queued, and the batch being
+	// filled).
+	werr := w.drain()
+	w.mu.Lock()
+	rest := append(w.queue[:len(w.queue):len(w.queue)], w.fill)
+	stored, created := w.stored, w.created
+	w.mu.Unlock()
+	w.hashRange(rest, w.off)
 	var sum key
 	w.h.Sum(sum[:0])
 	if sum != w.k {
-		_ = w.wait()
 		err := w.c.update(false, func(tx *bolt.Tx) error {
 			_, err := deleteBlobTx(tx, w.k)
 			return err
@@ -384,10 +569,10 @@ func (w *Writer) Commit() error {
 		return errors.Join(fmt.Errorf("commit blob %s: %d bytes hash to %s; pending bytes deleted: %w",
 			w.k, w.off, sum, ErrDigestMismatch), err)
 	}
-	if err := w.wait(); err != nil {
-		return fmt.Errorf("commit blob %s: %w", w.k, err)
+	if werr != nil {
+		return fmt.Errorf("commit blob %s: %w", w.k, werr)
 	}
-	if w.c.cfg.NoSync && w.created {
+	if w.c.cfg.NoSync && created {
 		// Make the chunks stored without fdatasync durable first, so the
 		// synced commit below has little left to write out.
 		if err := w.c.db.Sync(); err != nil {
@@ -395,13 +580,15 @@ func (w *Writer) Commit() error {
 		}
 	}
 	err := w.c.update(false, func(tx *bolt.Tx) error {
-		return w.store(tx, w.buf, w.stored, w.created, true)
+		return w.store(tx, rest, stored, created, true)
 	})
 	if err != nil {
 		return fmt.Errorf("commit blob %s: %w", w.k, err)
 	}
-	w.stored, w.buf = w.off, nil
-	w.flushed.Store(w.stored)
+	w.mu.Lock()
+	w.stored = w.off
+	w.mu.Unlock()
+	w.flushed.Store(w.off)
 	w.c.log.Debug("blob committed", "digest", w.k.String(), "size", w.off)
 	return nil
 }
@@ -415,7 +602,7 @@ func (w *Writer) Abort() error {
 		return nil
 	}
 	defer w.finish()
-	return errors.Join(w.flush(), w.wait())
+	return errors.Join(w.queueFull(), w.drain())
 }
 
 // Discard stops the ingest and deletes the pending blob entirely. It returns
@@ -425,8 +612,7 @@ func (w *Writer) Discard() error {
 		return fmt.Errorf("discard blob %s: %w", w.k, ErrWriterDone)
 	}
 	defer w.finish()
-	_ = w.wait()
-	w.buf = nil
+	_ = w.drain()
 	err := w.c.update(false, func(tx *bolt.Tx) error {
 		_, err := deleteBlobTx(tx, w.k)
 		return err

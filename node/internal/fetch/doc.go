@@ -6,7 +6,8 @@
 // transfer at the byte already stored (failover.go: runFetch, copyFrom,
 // copyStream). Readers stream what is whole from the cache, else the fetch's
 // bytes as they arrive: stored chunks, then the bytes not stored yet, from
-// memory. It fetches only blobs that Sizes knows (a verified manifest names
+// the cache writer's memory (its write-behind queue: the disk may lag the
+// network without slowing readers). It fetches only blobs that Sizes knows (a verified manifest names
 // them): it is not an open proxy. The one exception is Replicate, the copy
 // of a blob that the site's owner is fetching (in-flight replication), at
 // the size the owner announced; its bytes are verified all the same. An
@@ -26,8 +27,8 @@
 // Every exported method is safe for concurrent use. Fetcher.mu protects the
 // map of fetches in flight and the closed flag; it is never held while
 // calling Sizes, Router or Pins (those have locks of their own). Each fetch's
-// own mu protects its progress (bytes stored and received, the in-memory
-// tail, the peers streaming it). The byte counters are atomics. Chunk
+// own mu protects its progress (bytes stored and received, the cache
+// writer holding the bytes not stored yet, the peers streaming it). The byte counters are atomics. Chunk
 // buffers queued for sending are bounded by Config.ServeMemory across all
 // streams (pool.go).
 //

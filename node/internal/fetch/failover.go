@@ -44,11 +44,12 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", f.digest, err)
 	}
+	f.setWriter(w)
 	if off := w.Offset(); off > 0 {
 		log.Info("resuming an interrupted ingest", "offset", off)
 		f.progress(w.Flushed())
 	}
-	in := &ingest{fr: fr, f: f, w: w, lastStore: time.Now()}
+	in := &ingest{fr: fr, f: f, w: w, lastStore: time.Now(), lastFlushed: w.Flushed()}
 	in.kind.Store(-1)
 	for {
 		cands := fr.router.Candidates(f.digest, f.isForwarded())
@@ -121,18 +122,19 @@ func (fr *Fetcher) runFetch(ctx context.Context, f *fetch) error {
 // upstream, stored, and handed at once to the readers streaming the
 // fetch. The engine calls it from one goroutine.
 type ingest struct {
-	fr        *Fetcher
-	f         *fetch
-	w         *cache.Writer
-	ctx       context.Context
-	kinds     map[source.Source]Kind // the candidates' kinds
-	kind      atomic.Int64           // the Kind delivering now (-1: none yet)
-	cancel    context.CancelCauseFunc
-	counter   *atomic.Int64 // where its bytes are counted
-	bySource  *atomic.Int64 // its per-upstream counter (nil: none)
-	limit     Limiter       // the upstream rate limit, for upstream sources (see fetch.rateLimited)
-	lastStore time.Time
-	committed bool // Verify ran Commit
+	fr          *Fetcher
+	f           *fetch
+	w           *cache.Writer
+	ctx         context.Context
+	kinds       map[source.Source]Kind // the candidates' kinds
+	kind        atomic.Int64           // the Kind delivering now (-1: none yet)
+	cancel      context.CancelCauseFunc
+	counter     *atomic.Int64 // where its bytes are counted
+	bySource    *atomic.Int64 // its per-upstream counter (nil: none)
+	limit       Limiter       // the upstream rate limit, for upstream sources (see fetch.rateLimited)
+	lastStore   time.Time     // when the writer last stored bytes, as far as Write saw
+	lastFlushed int64         // the writer's Flushed then
+	committed   bool          // Verify ran Commit
 }
 
 // From implements failover.SourceSink.
@@ -169,16 +171,19 @@ func (in *ingest) Write(p []byte) (int, error) {
 	if _, err := in.w.Write(p); err != nil {
 		return 0, fmt.Errorf("storing: %w", err)
 	}
-	in.f.received(p, in.w.Offset(), in.w.Flushed())
-	// Readers get bytes from memory at once; what is stored survives a
-	// crash and is where a restarted DP resumes. The cache stores in large
-	// batches for speed; on a slow link, store at least every
-	// storeInterval.
-	if time.Since(in.lastStore) > storeInterval {
+	flushed := in.w.Flushed()
+	in.f.received(in.w.Offset(), flushed)
+	// Readers get bytes from the writer's memory at once; what is stored
+	// survives a crash and is where a restarted DP resumes. The cache
+	// stores in large batches behind this goroutine for speed; on a slow
+	// link, store at least every storeInterval.
+	if now := time.Now(); flushed != in.lastFlushed {
+		in.lastStore, in.lastFlushed = now, flushed
+	} else if now.Sub(in.lastStore) > storeInterval {
 		if err := in.w.Flush(); err != nil {
 			return 0, fmt.Errorf("storing: %w", err)
 		}
-		in.lastStore = time.Now()
+		in.lastStore, in.lastFlushed = time.Now(), in.w.Flushed()
 	}
 	// The peers streaming this fetch may not fall too far behind.
 	in.f.awaitPeers(in.ctx, in.w.Offset())
@@ -207,7 +212,7 @@ func (in *ingest) Reset() error {
 	if err != nil {
 		return err
 	}
-	in.w, in.committed = w, false
-	in.f.restart()
+	in.w, in.committed, in.lastFlushed = w, false, w.Flushed()
+	in.f.restart(w)
 	return nil
 }

@@ -5,21 +5,24 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dpcache/dpcache/cache"
 )
 
 // fetch is one blob being ingested. Every request for the blob while it is
-// in flight reads the chunks already stored, then waits for more: the
-// site's link carries the blob once, and bytes reach callers as they arrive.
+// in flight reads the chunks already stored, then the bytes the cache
+// writer holds in memory until it stores them (its write-behind queue), then
+// waits for more: the site's link carries the blob once, and bytes reach
+// callers as they arrive, however far the disk lags.
 type fetch struct {
 	digest string
 	size   int64
 
-	mu        sync.Mutex // protects the fields below
-	gen       int        // bumped when stored bytes are discarded (digest mismatch)
-	flushed   int64      // bytes readable with cache.ReadPendingAt
-	written   int64      // bytes received; [flushed, written) are in tail
-	tail      []byte     // bytes [tailStart, written), kept until stored
-	tailStart int64
+	mu        sync.Mutex    // protects the fields below
+	gen       int           // bumped when stored bytes are discarded (digest mismatch)
+	flushed   int64         // bytes readable with cache.ReadPendingAt (or more: see snapshot)
+	written   int64         // bytes received; [flushed, written) are in w's memory
+	w         *cache.Writer // the writer of this generation (nil before it exists)
 	done      bool          // the fetch ended; err says how
 	err       error         // nil: the blob is whole in the cache
 	changed   chan struct{} // closed and replaced on every change
@@ -150,32 +153,33 @@ type fetchState struct {
 	changed          <-chan struct{} // closed at the next change
 }
 
+// snapshot returns the fetch's state. Its flushed counts what the writer
+// has stored by now: the writer stores behind the fetch, and a byte it has
+// stored is no longer in its memory.
 func (f *fetch) snapshot() fetchState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return fetchState{f.gen, f.flushed, f.written, f.done, f.err, f.changed}
+	flushed := f.flushed
+	if f.w != nil {
+		flushed = max(flushed, min(f.w.Flushed(), f.written))
+	}
+	return fetchState{f.gen, flushed, f.written, f.done, f.err, f.changed}
 }
 
-// maxTail bounds the bytes a fetch keeps in memory for its readers while
-// they are not stored yet; past it, readers wait for the store.
-const maxTail = 32 << 20
-
-// received records bytes written to the cache but maybe not stored yet, so
-// that readers get them at once, and drops what is now stored.
-func (f *fetch) received(b []byte, written, flushed int64) {
+// setWriter records the cache writer of the current generation, whose
+// memory readers read the bytes not stored yet from.
+func (f *fetch) setWriter(w *cache.Writer) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if written-int64(len(b)) != f.tailStart+int64(len(f.tail)) || len(f.tail)+len(b) > maxTail {
-		// Not contiguous (a restart) or too much: start a new tail.
-		f.tail, f.tailStart = f.tail[:0], written-int64(len(b))
-	}
-	f.tail = append(f.tail, b...)
+	f.w = w
+}
+
+// received records bytes written to the cache but maybe not stored yet:
+// readers get them at once from the writer's memory.
+func (f *fetch) received(written, flushed int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.written = written
-	if flushed > f.tailStart {
-		drop := min(flushed-f.tailStart, int64(len(f.tail)))
-		f.tail = f.tail[:copy(f.tail, f.tail[drop:])]
-		f.tailStart += drop
-	}
 	if flushed > f.flushed {
 		f.flushed = flushed
 	}
@@ -183,14 +187,17 @@ func (f *fetch) received(b []byte, written, flushed int64) {
 	f.changed = make(chan struct{})
 }
 
-// readTail copies bytes from pos that are held in memory into p.
+// readTail copies bytes from pos that are received but not stored yet (in
+// the writer's memory) into p; 0 when pos is not in memory (stored
+// meanwhile, or the writer has finished).
 func (f *fetch) readTail(p []byte, pos int64) int {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if pos < f.tailStart || pos >= f.tailStart+int64(len(f.tail)) {
+	w := f.w
+	f.mu.Unlock()
+	if w == nil {
 		return 0
 	}
-	return copy(p, f.tail[pos-f.tailStart:])
+	return w.ReadBufferedAt(p, pos)
 }
 
 func (f *fetch) isForwarded() bool {
@@ -211,13 +218,13 @@ func (f *fetch) promote() {
 	}
 }
 
-// restart records that the stored bytes were discarded: readers that sent
-// any of them must fail rather than continue with good bytes after bad.
-func (f *fetch) restart() {
+// restart records that the stored bytes were discarded and that w writes
+// the blob from byte 0: readers that sent any of the old bytes must fail
+// rather than continue with good bytes after bad.
+func (f *fetch) restart(w *cache.Writer) {
 	f.mu.Lock()
 	f.gen++
-	f.flushed, f.written = 0, 0
-	f.tail, f.tailStart = nil, 0
+	f.flushed, f.written, f.w = 0, 0, w
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()

@@ -150,7 +150,10 @@ func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream 
 			if err != nil {
 				return err
 			}
-			if sent > 0 {
+			if sent > 0 || f.snapshot().flushed > pos {
+				// Sent, or stored since the snapshot (the writer
+				// stores behind the fetch): read it from the cache
+				// now rather than wait for the next bytes.
 				continue
 			}
 		}
@@ -171,7 +174,8 @@ func (fr *Fetcher) streamFetch(ctx context.Context, f *fetch, pos int64, stream 
 }
 
 // sendTail sends one chunk of f's bytes before to that are not stored yet,
-// from memory; 0 when pos is no longer in memory (stored meanwhile).
+// from the cache writer's memory; 0 when pos is no longer in memory (stored
+// meanwhile, or the writer has finished).
 func (fr *Fetcher) sendTail(ctx context.Context, f *fetch, pos, to int64, stream BlobSender, bufs *streamBuffers) (int64, error) {
 	buf, err := bufs.get(ctx, int(min(int64(fr.cfg.ServeChunk), to-pos)))
 	if err != nil {
