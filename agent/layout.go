@@ -287,27 +287,23 @@ func (l layout) gc(keepBlobs map[string]bool) error {
 // use (a download hard-linked to an installed file an application holds
 // open) is left for a later run instead of failing this one.
 func (l layout) clear(dir string, keep func(name string) bool) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return &localError{fmt.Errorf("list %s: %w", dir, err)}
-	}
-	for _, e := range entries {
-		if keep != nil && keep(e.Name()) {
-			continue
-		}
-		if err := l.sw.discard(l, filepath.Join(dir, e.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
+	return removeChildrenWith(dir, keep, func(path string) error { return l.sw.discard(l, path) })
 }
 
 // removeChildren removes every entry of dir for which keep is nil or
 // false.
 func removeChildren(dir string, keep func(name string) bool) error {
+	return removeChildrenWith(dir, keep, func(path string) error {
+		if err := os.RemoveAll(path); err != nil {
+			return &localError{fmt.Errorf("remove %s: %w", path, err)}
+		}
+		return nil
+	})
+}
+
+// removeChildrenWith calls remove on every entry of dir for which keep is
+// nil or false; a missing dir has no entries.
+func removeChildrenWith(dir string, keep func(name string) bool, remove func(path string) error) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -319,8 +315,8 @@ func removeChildren(dir string, keep func(name string) bool) error {
 		if keep != nil && keep(e.Name()) {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			return &localError{fmt.Errorf("remove %s: %w", filepath.Join(dir, e.Name()), err)}
+		if err := remove(filepath.Join(dir, e.Name())); err != nil {
+			return err
 		}
 	}
 	return nil
