@@ -214,8 +214,10 @@ func grpcSource(t *testing.T, addr string) source.Source {
 	return g
 }
 
-// An agent installs a chunked file through a DP with a single batched read
-// of its chunks, not one request per chunk, and downloads each byte once.
+// An agent installs a chunked file through a DP with a few batched reads of
+// its chunks (the agent cuts a file in batches of about 1 MiB, so that
+// several DPs could share it), not one request per chunk, and downloads
+// each byte once.
 func TestNode_ReadBlobs_AgentInstall(t *testing.T) {
 	v := newVendor(t)
 	m, big, data := chunkedVersion(t, v)
@@ -231,8 +233,8 @@ func TestNode_ReadBlobs_AgentInstall(t *testing.T) {
 		t.Errorf("bytes_downloaded %d, want %d", res.BytesDownloaded, m.Size())
 	}
 	batches, singles := grpcRequests(t, reg, "ReadBlobs"), grpcRequests(t, reg, "ReadBlob")
-	if batches != 1 || singles != 1 { // the small module is a blob of its own
-		t.Fatalf("%d chunks took %v ReadBlobs and %v ReadBlob requests, want 1 and 1", len(big.Chunks), batches, singles)
+	if !batched(batches, len(big.Chunks)) || singles != 1 { // the small module is a blob of its own
+		t.Fatalf("%d chunks took %v ReadBlobs and %v ReadBlob requests, want batches of 4 chunks or more and 1", len(big.Chunks), batches, singles)
 	}
 }
 
@@ -277,7 +279,13 @@ func TestNode_ReadBlobs_AgentFallsBack(t *testing.T) {
 			}
 		})
 	}
-	if got := grpcRequests(t, reg, "ReadBlobs"); got != 1 {
-		t.Errorf("%v ReadBlobs requests, want 1", got)
+	if got := grpcRequests(t, reg, "ReadBlobs"); !batched(got, len(big.Chunks)) {
+		t.Errorf("%v ReadBlobs requests for %d chunks, want batches of 4 chunks or more", got, len(big.Chunks))
 	}
+}
+
+// batched reports whether chunks were read in requests of 4 chunks or
+// more on average: some batched reads, far fewer than one per chunk.
+func batched(requests float64, chunks int) bool {
+	return requests >= 1 && requests <= float64(chunks)/4
 }
