@@ -97,8 +97,9 @@ func (q *batchQueue) take(k int) *batch {
 }
 
 // done returns what DP k did not deliver of b to the front of the queue,
-// and drops k if drop.
-func (q *batchQueue) done(k int, b *batch, rest []*blobJob, drop bool) {
+// and drops k if drop. It reports whether this call dropped k (a DP with
+// several readers may fail in each).
+func (q *batchQueue) done(k int, b *batch, rest []*blobJob, drop bool) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.inflight--
@@ -106,10 +107,12 @@ func (q *batchQueue) done(k int, b *batch, rest []*blobJob, drop bool) {
 		b.jobs, b.tried[k] = rest, true
 		q.pending = slices.Insert(q.pending, 0, b)
 	}
+	dropped := drop && !q.dropped[k]
 	if drop {
 		q.dropped[k] = true
 	}
 	q.cond.Broadcast()
+	return dropped
 }
 
 // fetchBatches fetches the chunk jobs of jobs in batched reads from
@@ -191,8 +194,12 @@ func (f *fetcher) fetchBatches(ctx context.Context, jobs []*blobJob, a *assembly
 						return err
 					}
 					// A DP that failed, lied or holds none of a batch is
-					// not asked again in this run.
-					q.done(k, b, rest, err != nil || len(rest) == len(b.jobs))
+					// not asked again in this run; one that failed is
+					// also tried after the others for the chunks read one
+					// by one (the failover engine's backoff).
+					if q.done(k, b, rest, err != nil || len(rest) == len(b.jobs)) && err != nil && gctx.Err() == nil {
+						f.chain.Failed(dp, err)
+					}
 				}
 			})
 		}

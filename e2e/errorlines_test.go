@@ -96,6 +96,7 @@ func TestE2E_CLIErrorLines(t *testing.T) {
 		{name: "unexpected argument", args: []string{"status", "extra"}, code: 2, want: []string{"extra"}},
 		{name: "missing argument", args: []string{"publish", "--repo", repo, "--key", k.key, "--product", product, "--version", "2.0"}, code: 2},
 		{name: "bad flag value", args: upd(repo, product, ep(), k.pub, "--jitter", "soon"), code: 2, want: []string{"--jitter"}},
+		{name: "flag without --watch", args: upd(repo, product, ep(), k.pub, "--poll", "1m"), code: 2, want: []string{"--poll"}},
 		{name: "bad component", args: upd(repo, product, ep(), k.pub, "--components", "drivers"), code: 2, want: []string{"drivers"}},
 		{name: "bad product name", args: upd(repo, "../etc", ep(), k.pub), code: 2, want: []string{"../etc"}},
 		{name: "bad --log-level", args: []string{"--log-level", "loud", "status", "--node", "x:1"}, code: 2, want: []string{"loud"}},

@@ -71,7 +71,7 @@ to the first DP.`,
 				return usageError(fmt.Errorf("update: --jitter applies only with --watch"))
 			}
 			if cmd.Flags().Changed("poll") && (!watch || poll <= 0) {
-				return fmt.Errorf("update: --poll applies only with --watch and must be positive")
+				return usageError(fmt.Errorf("update: --poll applies only with --watch and must be positive"))
 			}
 			// With a certificate, the endpoint is its certificate's name:
 			// a DP with --client-ca takes reports under that id only.

@@ -300,6 +300,16 @@ func (c *Chain) skipped(p pick, what string, err error, next string) {
 	c.log.Log(context.Background(), level, "update source skipped", attrs...)
 }
 
+// Failed records a failure of src that the caller saw outside the chain
+// (its own read from the source, such as an agent's batched read of chunks),
+// by the chain's rules: only a failure that is the source's fault puts it
+// in backoff, so that the chain's next requests try it after the others.
+func (c *Chain) Failed(src source.Source, err error) {
+	if err != nil && blames(err) {
+		c.health.failNow(src.String())
+	}
+}
+
 // nextName names the source after position n of order, for logs.
 func (c *Chain) nextName(order []pick, n int) string {
 	if n+1 < len(order) {

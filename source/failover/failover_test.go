@@ -139,6 +139,24 @@ func TestChain_TierOrder(t *testing.T) {
 	}
 }
 
+// TestChain_Failed: a failure the caller saw outside the chain moves the
+// source after the others when it is the source's fault, and not when it
+// is a missing blob.
+func TestChain_Failed(t *testing.T) {
+	t.Parallel()
+	dp1, dp2, up := source.NewFile("/dp1"), source.NewFile("/dp2"), source.NewFile("/up")
+	c := New([]source.Source{dp1, dp2, up}, Options{Health: NewHealth(Backoff{Initial: time.Minute})})
+	c.Failed(dp1, fmt.Errorf("grpc://dp1: chunks: %w", source.ErrNotFound))
+	c.Failed(dp2, nil)
+	if got, want := fmt.Sprint(c.Order()), fmt.Sprint([]string{dp1.String(), dp2.String(), up.String()}); got != want {
+		t.Errorf("after a missing blob: order %v, want %v", got, want)
+	}
+	c.Failed(dp1, fmt.Errorf("grpc://dp1: stream: %w", source.ErrUnavailable))
+	if got, want := fmt.Sprint(c.Order()), fmt.Sprint([]string{dp2.String(), up.String(), dp1.String()}); got != want {
+		t.Errorf("after a failed read: order %v, want %v", got, want)
+	}
+}
+
 // retracting is a source that, at its first request, sends all but the
 // last byte of a blob wrong and then takes them back with an error wrapping
 // source.ErrDataLoss (what a DP does when the peer it relayed turns out to
