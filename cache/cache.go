@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,9 +23,10 @@ import (
 // in short read transactions and copy their bytes out; writes are serialized
 // (bbolt allows one writer at a time).
 type Cache struct {
-	cfg Config
-	db  *bolt.DB
-	log *slog.Logger
+	cfg  Config
+	db   *bolt.DB
+	log  *slog.Logger
+	file *os.File // the file, opened for reading blob bytes (pread.go); may be nil
 
 	// wmu serializes write transactions so that db.NoSync can be set per
 	// transaction (bbolt reads it only inside Commit, under its own writer
@@ -80,9 +82,10 @@ func Open(cfg Config) (*Cache, error) {
 	if cfg.AllocSize > 0 {
 		db.AllocSize = cfg.AllocSize
 	}
-	c := &Cache{cfg: cfg, db: db, log: log, busy: make(map[key]*Writer)}
+	c := &Cache{cfg: cfg, db: db, log: log, busy: make(map[key]*Writer), file: openReader(cfg.Path)}
 
 	if err := c.checkPrevious(); err != nil {
+		c.closeFile()
 		_ = db.Close()
 		return nil, err
 	}
@@ -99,6 +102,7 @@ func Open(cfg Config) (*Cache, error) {
 		return tx.Bucket(bucketState).Put(keyOpen, []byte{flags})
 	})
 	if err != nil {
+		c.closeFile()
 		_ = db.Close()
 		return nil, fmt.Errorf("open cache %s: create buckets: %w", cfg.Path, err)
 	}
@@ -168,11 +172,18 @@ func (c *Cache) Close() error {
 		})
 		c.closed.Store(true)
 		c.closeErr = errors.Join(err, c.db.Close())
+		c.closeFile()
 		if c.closeErr != nil {
 			c.closeErr = fmt.Errorf("close cache %s: %w", c.cfg.Path, c.closeErr)
 		}
 	})
 	return c.closeErr
+}
+
+func (c *Cache) closeFile() {
+	if c.file != nil {
+		_ = c.file.Close()
+	}
 }
 
 // Path returns the bbolt file's path.
@@ -282,7 +293,7 @@ func (c *Cache) ReadAt(digest string, p []byte, off int64) (int, error) {
 		if !ok || m.state != stateWhole {
 			return fmt.Errorf("blob %s: %w", k, ErrNotFound)
 		}
-		n, err = readChunks(tx, k, m, p, off, m.size)
+		n, err = c.readChunks(tx, k, m, p, off, m.size)
 		return err
 	})
 	if err != nil {
@@ -329,7 +340,7 @@ func (c *Cache) ReadPendingAt(digest string, p []byte, off int64) (int, error) {
 			return err
 		}
 		found, whole = true, m.state == stateWhole
-		n, err = readChunks(tx, k, m, p, off, m.stored)
+		n, err = c.readChunks(tx, k, m, p, off, m.stored)
 		return err
 	})
 	switch {
@@ -346,7 +357,7 @@ func (c *Cache) ReadPendingAt(digest string, p []byte, off int64) (int, error) {
 }
 
 // readChunks copies bytes [off, min(off+len(p), limit)) of blob k into p.
-func readChunks(tx *bolt.Tx, k key, m blobMeta, p []byte, off, limit int64) (int, error) {
+func (c *Cache) readChunks(tx *bolt.Tx, k key, m blobMeta, p []byte, off, limit int64) (int, error) {
 	if off >= limit {
 		return 0, nil
 	}
@@ -364,7 +375,10 @@ func readChunks(tx *bolt.Tx, k key, m blobMeta, p []byte, off, limit int64) (int
 		if int64(len(v)) != want {
 			return n, fmt.Errorf("blob %s: chunk %d has %d bytes, want %d: %w", k, idx, len(v), want, ErrCorrupt)
 		}
-		n += copy(p[n:], v[pos-idx*cs:])
+		seg := v[pos-idx*cs:]
+		seg = seg[:min(len(seg), len(p)-n)]
+		c.copyValue(tx, p[n:n+len(seg)], seg)
+		n += len(seg)
 	}
 	return n, nil
 }
