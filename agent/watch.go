@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/dpcache/dpcache/source"
@@ -37,7 +38,18 @@ type WatchConfig struct {
 	// announcement started, and of every poll that installed something.
 	// It is called from Watch's goroutine.
 	Result func(*Result, error)
+	// Discover, when set, asks again which sources to use (`update
+	// --watch --discover`: the DPs of the site, which change as DPs join
+	// and leave). Watch calls it at every poll and whenever every DP it
+	// watches failed in turn; what it returns replaces Config.Sources and
+	// the DPs watched. On an error (or no DP among the sources) Watch keeps
+	// the sources it has. It is called from Watch's goroutine, which then
+	// uses none of the sources it replaced: the function owns them.
+	Discover func(context.Context) ([]source.Source, error)
 }
+
+// discoverTimeout bounds one WatchConfig.Discover call.
+const discoverTimeout = 30 * time.Second
 
 // DefaultPoll is WatchConfig.Poll's default.
 const DefaultPoll = 10 * time.Minute
@@ -69,14 +81,7 @@ func Watch(ctx context.Context, cfg Config, wc WatchConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	var ws []Watcher
-	var names []string
-	for _, s := range cfg.Sources {
-		if w, ok := s.(Watcher); ok {
-			ws = append(ws, w)
-			names = append(names, w.String())
-		}
-	}
+	ws, names := watchers(cfg.Sources)
 	if len(ws) == 0 {
 		return fmt.Errorf("watch %s: no source is a distribution point (give a grpc:// source): %w", cfg.Product, ErrInvalidConfig)
 	}
@@ -91,6 +96,47 @@ func Watch(ctx context.Context, cfg Config, wc WatchConfig) error {
 	s.poll = time.NewTimer(jittered(wc.Poll))
 	defer s.poll.Stop()
 	return s.run(ctx)
+}
+
+// watchers returns the sources of srcs that announce versions (DPs), and
+// their names.
+func watchers(srcs []source.Source) ([]Watcher, []string) {
+	var ws []Watcher
+	var names []string
+	for _, s := range srcs {
+		if w, ok := s.(Watcher); ok {
+			ws = append(ws, w)
+			names = append(names, w.String())
+		}
+	}
+	return ws, names
+}
+
+// rediscover replaces the sources with those WatchConfig.Discover gives,
+// if set; it reports whether the DPs watched changed.
+func (s *watchRun) rediscover(ctx context.Context) bool {
+	if s.wc.Discover == nil {
+		return false
+	}
+	dctx, cancel := context.WithTimeout(ctx, discoverTimeout)
+	defer cancel()
+	srcs, err := s.wc.Discover(dctx)
+	if err == nil && len(srcs) > 0 {
+		ws, names := watchers(srcs)
+		if len(ws) > 0 {
+			changed := !slices.Equal(ws, s.ws)
+			if changed {
+				s.log.Info("the site's DPs changed; watching them", "dps", names)
+			}
+			s.cfg.Sources, s.ws = srcs, ws
+			return changed
+		}
+		err = errors.New("it lists no DP")
+	}
+	if ctx.Err() == nil {
+		s.log.Warn("could not ask which DPs to use; keeping the last list", "err", err)
+	}
+	return false
 }
 
 // watchRun is one Watch: the DPs it may watch, in order, and the poll
@@ -111,6 +157,9 @@ type watchRun struct {
 func (s *watchRun) run(ctx context.Context) error {
 	i, failed, retry := 0, 0, s.wc.Retry
 	for {
+		if i >= len(s.ws) { // the DPs changed at a poll
+			i = 0
+		}
 		w := s.ws[i]
 		heard, err := s.watch(ctx, w, i > 0)
 		switch {
@@ -137,6 +186,7 @@ func (s *watchRun) run(ctx context.Context) error {
 		if !s.sleep(ctx, retry) {
 			return nil
 		}
+		s.rediscover(ctx) // the site may have other DPs now
 		i, failed, retry = 0, 0, min(2*retry, time.Minute)
 	}
 }
@@ -162,7 +212,7 @@ func (s *watchRun) watch(ctx context.Context, w Watcher, notFirst bool) (heard b
 			s.announced(ctx, w, sig)
 		case <-s.poll.C:
 			s.pollNow(ctx)
-			if notFirst {
+			if notFirst || s.ws[0] != w {
 				cancel()
 				_ = wait()
 				return heard, errBackToFirst
@@ -223,6 +273,7 @@ func (s *watchRun) pollNow(ctx context.Context) {
 	if sleepJitter(ctx, s.wc.Jitter) != nil {
 		return
 	}
+	s.rediscover(ctx)
 	res, err := Update(ctx, s.cfg)
 	if err == nil {
 		s.acted = max(s.acted, res.Serial)

@@ -53,3 +53,44 @@ func TestE2E_WatchFailsOverToNextDP(t *testing.T) {
 		t.Errorf("update --watch stopped with SIGTERM: %v, want exit 0\nstderr: %s", err, w.Stderr())
 	}
 }
+
+// `update --watch --discover` asks the site's DPs again at every poll: a
+// DP that joins the site after the watcher started is found, and when the
+// DP the watcher was started on goes down for good, the watcher moves to
+// the new one and installs the newer version through it.
+func TestE2E_WatchRediscoversSiteDPs(t *testing.T) {
+	t.Parallel()
+	work, k, src, repo, _ := vendorRepo(t, "1.0", map[string]int{"databases/base.dat": 256 << 10})
+	origin := testenv.StartNginx(t, repo, testenv.NginxOptions{})
+	dp1 := startClusterDP(t, "dp-1", "branch", origin.URL, k.pub, nil, "--product", product)
+	ep := filepath.Join(work, "endpoint")
+	args := append(updateArgs(dp1.URL(), ep, k.pub), "--discover", "--site", "branch", "--watch", "--poll", "1s")
+	w := startDpcache(t, args...)
+	installed := func(serial uint64) func() (bool, string) {
+		return func() (bool, string) {
+			if w.Exited() {
+				t.Fatalf("update --watch exited: %s", waitProc(t, w, args))
+			}
+			m, err := agent.Installed(ep, product)
+			if err != nil {
+				return false, fmt.Sprintf("%v; stderr: %s", err, w.Stderr())
+			}
+			return m.Serial == serial, fmt.Sprintf("serial %d installed; stderr: %s", m.Serial, w.Stderr())
+		}
+	}
+	waitDetail(t, eventually, "the watcher to install 1.0", installed(1))
+
+	dp2 := startClusterDP(t, "dp-2", "branch", origin.URL, k.pub, []string{dp1.Gossip}, "--product", product)
+	waitMembers(t, []*clusterDP{dp1, dp2}, []*clusterDP{dp1, dp2})
+	waitDetail(t, eventually, "the watcher to find DP-2 at a poll", func() (bool, string) {
+		return strings.Contains(w.Stderr(), "the site's DPs changed") && strings.Contains(w.Stderr(), dp2.GRPC), w.Stderr()
+	})
+
+	dp1.proc.Kill()
+	writeFiles(t, src, map[string]int{"databases/daily.dat": 64 << 10})
+	publish(t, repo, k, "2.0", src)
+	waitDetail(t, watchGuard, "the watcher to install 2.0 through DP-2, which joined after it started", installed(2))
+	if err := w.Stop(); err != nil {
+		t.Errorf("update --watch stopped with SIGTERM: %v, want exit 0\nstderr: %s", err, w.Stderr())
+	}
+}

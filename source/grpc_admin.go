@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 
 	pb "github.com/dpcache/dpcache/proto/dpcache/v1"
 )
@@ -55,10 +56,9 @@ func (g *GRPC) Prefetch(ctx context.Context, product string) (recv func() (*pb.P
 }
 
 // Discover asks the first grpc(s):// source of srcs which DPs an endpoint
-// of site should use and returns them, nearest first, each reached with the
-// scheme and options of the source asked, followed by the sources given
-// that it did not list (each once). Without a DP among srcs it returns
-// srcs and an error.
+// of site should use and returns them, nearest first (see Listed),
+// followed by the sources given that it did not list (each once). Without
+// a DP among srcs it returns srcs and an error.
 func Discover(ctx context.Context, srcs []Source, site string, opts Options) ([]Source, error) {
 	var dp *GRPC
 	for _, s := range srcs {
@@ -70,20 +70,31 @@ func Discover(ctx context.Context, srcs []Source, site string, opts Options) ([]
 	if dp == nil {
 		return srcs, fmt.Errorf("no grpc:// or grpcs:// source to ask which DPs to use: %w", ErrInvalid)
 	}
-	dps, err := dp.ListSources(ctx, site)
+	listed, err := dp.Listed(ctx, site, opts, srcs)
 	if err != nil {
 		return srcs, err
 	}
-	given := map[string]Source{}
-	for _, s := range srcs {
-		given[s.String()] = s
+	return append(listed, Unlisted(srcs, listed)...), nil
+}
+
+// Listed asks the DP which DPs an endpoint of site should use and returns
+// them, nearest first: each the source of known with its name (reused),
+// or else a new source reached with the scheme of g and opts.
+func (g *GRPC) Listed(ctx context.Context, site string, opts Options, known []Source) ([]Source, error) {
+	dps, err := g.ListSources(ctx, site)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]Source{}
+	for _, s := range known {
+		byName[s.String()] = s
 	}
 	var out, opened []Source
 	for _, d := range dps {
-		u := dp.scheme + "://" + d.GRPCAddr
-		if s, ok := given[u]; ok {
+		u := g.scheme + "://" + d.GRPCAddr
+		if s, ok := byName[u]; ok {
 			out = append(out, s)
-			delete(given, u)
+			delete(byName, u) // each once
 			continue
 		}
 		found, err := Parse(u, opts)
@@ -91,14 +102,20 @@ func Discover(ctx context.Context, srcs []Source, site string, opts Options) ([]
 			for _, s := range opened {
 				s.Close()
 			}
-			return srcs, err
+			return nil, err
 		}
 		out, opened = append(out, found), append(opened, found)
 	}
+	return out, nil
+}
+
+// Unlisted returns the sources of srcs that are not in listed.
+func Unlisted(srcs, listed []Source) []Source {
+	var out []Source
 	for _, s := range srcs {
-		if _, ok := given[s.String()]; ok {
+		if !slices.Contains(listed, s) {
 			out = append(out, s)
 		}
 	}
-	return out, nil
+	return out
 }

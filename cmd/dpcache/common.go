@@ -178,14 +178,46 @@ func formatProgress(desc string, done, total int64, elapsed time.Duration) strin
 	return line
 }
 
-// discoverSources asks the first grpc(s):// source for the DPs of site and
-// returns them, nearest first, followed by the sources given (each once).
-func discoverSources(ctx context.Context, srcs []source.Source, site string, sf *sourceFlags) ([]source.Source, error) {
-	opts, err := sf.options()
-	if err != nil {
-		return srcs, err
+// siteSources are the sources of `update --discover`: the DPs a DP of the
+// site lists, nearest first, then the configured sources it did not list.
+// With --watch they are asked again at every poll (WatchConfig.Discover).
+type siteSources struct {
+	configured []source.Source // from --source; closed at the end
+	current    []source.Source // the last list
+	site       string
+	opts       source.Options
+}
+
+// discover asks the DPs of the last list in turn (the first may be the DP
+// that went down) until one lists the DPs of the site, and makes that the
+// list. Connections to DPs no longer listed are closed.
+func (s *siteSources) discover(ctx context.Context) ([]source.Source, error) {
+	var err error
+	for _, src := range s.current {
+		dp, ok := src.(*source.GRPC)
+		if !ok {
+			continue
+		}
+		var listed []source.Source
+		if listed, err = dp.Listed(ctx, s.site, s.opts, s.current); err != nil {
+			continue
+		}
+		next := append(listed, source.Unlisted(s.configured, listed)...)
+		for _, old := range source.Unlisted(source.Unlisted(s.current, next), s.configured) {
+			old.Close()
+		}
+		s.current = next
+		return next, nil
 	}
-	return source.Discover(ctx, srcs, site, opts)
+	if err == nil {
+		err = fmt.Errorf("no grpc:// or grpcs:// source to ask which DPs to use: %w", source.ErrInvalid)
+	}
+	return s.current, err
+}
+
+// close closes every source, configured or found.
+func (s *siteSources) close() {
+	closeSources(append(source.Unlisted(s.current, s.configured), s.configured...))
 }
 
 // dialDP connects to the DP at addr (host:port, or a grpc:// or grpcs://

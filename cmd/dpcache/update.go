@@ -44,7 +44,8 @@ sources announces a new version, after a random delay within --jitter (so a
 site's endpoints do not all start at once). When that DP stops answering it
 watches the next DP of the sources (those --discover gave), and every --poll
 it also checks the sources in case an announcement was missed, and goes back
-to the first DP.`,
+to the first DP. With --discover it also asks the site's DPs again at every
+--poll, so DPs that join the site later are used.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			if err := requireFlags(cmd, "source", "product", "dir", "trust"); err != nil {
@@ -89,9 +90,21 @@ to the first DP.`,
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
 			}
-			defer func() { closeSources(srcs) }()
+			var sites *siteSources
+			defer func() {
+				if sites != nil {
+					sites.close()
+				} else {
+					closeSources(srcs)
+				}
+			}()
 			if discover {
-				if srcs, err = discoverSources(cmd.Context(), srcs, cfg.Site, &sf); err != nil {
+				opts, err := sf.options()
+				if err != nil {
+					return fmt.Errorf("update: %w", err)
+				}
+				sites = &siteSources{configured: srcs, current: srcs, site: cfg.Site, opts: opts}
+				if srcs, err = sites.discover(cmd.Context()); err != nil {
 					return fmt.Errorf("update: --discover: %w", err)
 				}
 			}
@@ -135,13 +148,18 @@ to the first DP.`,
 					fmt.Fprintf(os.Stderr, "watching %s for new versions of %s (the next DP when one stops answering; checking the sources every %v)\n",
 						strings.Join(dps, ", "), cfg.Product, poll)
 				}
-				return agent.Watch(cmd.Context(), cfg, agent.WatchConfig{Jitter: jitter, Poll: poll, Result: func(res *agent.Result, err error) {
+				wc := agent.WatchConfig{Jitter: jitter, Poll: poll}
+				if sites != nil {
+					wc.Discover = sites.discover
+				}
+				wc.Result = func(res *agent.Result, err error) {
 					if err != nil {
 						fmt.Fprintln(os.Stderr, "dpcache: update:", oneLine(err))
 						return
 					}
 					print(res)
-				}})
+				}
+				return agent.Watch(cmd.Context(), cfg, wc)
 			}
 			bar := newProgress(!asJSON, "downloading "+cfg.Product)
 			cfg.Progress = bar.update
