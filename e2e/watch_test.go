@@ -16,6 +16,23 @@ import (
 // surviving DP first has to see its peer dead.
 const watchGuard = 120 * time.Second
 
+// watchInstalled returns a condition for waitDetail: the watcher w (run
+// with args) has installed serial into ep; it fails the test if w exited.
+func watchInstalled(t *testing.T, w *testenv.Proc, args []string, ep string) func(serial uint64) func() (bool, string) {
+	return func(serial uint64) func() (bool, string) {
+		return func() (bool, string) {
+			if w.Exited() {
+				t.Fatalf("update --watch exited: %s", waitProc(t, w, args))
+			}
+			m, err := agent.Installed(ep, product)
+			if err != nil {
+				return false, fmt.Sprintf("%v; stderr: %s", err, w.Stderr())
+			}
+			return m.Serial == serial, fmt.Sprintf("serial %d installed; stderr: %s", m.Serial, w.Stderr())
+		}
+	}
+}
+
 // `update --watch --discover` on DP-1 of a site: when DP-1 is killed, the
 // watcher moves to DP-2 (which --discover listed) and installs the newer
 // version DP-2 gets, while DP-1 stays down.
@@ -28,18 +45,7 @@ func TestE2E_WatchFailsOverToNextDP(t *testing.T) {
 	args := append(updateArgs(dps[0].URL(), ep, k.pub), "--discover", "--site", "branch", "--watch")
 	w := startDpcache(t, args...)
 
-	installed := func(serial uint64) func() (bool, string) {
-		return func() (bool, string) {
-			if w.Exited() {
-				t.Fatalf("update --watch exited: %s", waitProc(t, w, args))
-			}
-			m, err := agent.Installed(ep, product)
-			if err != nil {
-				return false, fmt.Sprintf("%v; stderr: %s", err, w.Stderr())
-			}
-			return m.Serial == serial, fmt.Sprintf("serial %d installed; stderr: %s", m.Serial, w.Stderr())
-		}
-	}
+	installed := watchInstalled(t, w, args, ep)
 	waitDetail(t, eventually, "the watcher to install 1.0", installed(1))
 
 	dps[0].proc.Kill()
@@ -66,18 +72,7 @@ func TestE2E_WatchRediscoversSiteDPs(t *testing.T) {
 	ep := filepath.Join(work, "endpoint")
 	args := append(updateArgs(dp1.URL(), ep, k.pub), "--discover", "--site", "branch", "--watch", "--poll", "1s")
 	w := startDpcache(t, args...)
-	installed := func(serial uint64) func() (bool, string) {
-		return func() (bool, string) {
-			if w.Exited() {
-				t.Fatalf("update --watch exited: %s", waitProc(t, w, args))
-			}
-			m, err := agent.Installed(ep, product)
-			if err != nil {
-				return false, fmt.Sprintf("%v; stderr: %s", err, w.Stderr())
-			}
-			return m.Serial == serial, fmt.Sprintf("serial %d installed; stderr: %s", m.Serial, w.Stderr())
-		}
-	}
+	installed := watchInstalled(t, w, args, ep)
 	waitDetail(t, eventually, "the watcher to install 1.0", installed(1))
 
 	dp2 := startClusterDP(t, "dp-2", "branch", origin.URL, k.pub, []string{dp1.Gossip}, "--product", product)
