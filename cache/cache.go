@@ -20,8 +20,9 @@ import (
 // of versions held whole, and endpoint records, in one bbolt file.
 //
 // All methods are safe for concurrent use by multiple goroutines. Reads run
-// in short read transactions and copy their bytes out; writes are serialized
-// (bbolt allows one writer at a time).
+// in short read transactions and copy their bytes out (blob bytes with
+// pread from the file, see pread.go); writes are serialized (bbolt allows
+// one writer at a time).
 type Cache struct {
 	cfg  Config
 	db   *bolt.DB

@@ -95,6 +95,9 @@
 // A read transaction that outlives the mapping's size blocks a writer that
 // must grow the file; ReadAt holds one only while it copies len(p) bytes, so
 // keep p to a few MiB. Config.InitialMmapSize maps ahead to make growth rare.
+// ReadAt and ReadPendingAt copy with pread from the file, at the offsets of
+// the values bbolt finds in its mapping, rather than out of the mapping: on
+// a virtual machine that costs a fraction of the page-table work (pread.go).
 //
 // The file never shrinks: bbolt reuses the pages of deleted blobs but does not
 // truncate (compact it offline with `bbolt compact` to give space back).
