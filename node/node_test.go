@@ -17,11 +17,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -483,6 +485,82 @@ func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
 	b, err := readBlob(ctx, c, d, 0)
 	if err != nil || sha(b) != d {
 		t.Fatalf("reading after cancelled streams: %v", err)
+	}
+}
+
+// frozenConn is a client connection that stops reading after limit bytes,
+// as a process that froze or a laptop put to sleep mid-download: the DP's
+// writes to it block once the socket buffers are full.
+type frozenConn struct {
+	net.Conn
+	limit  int64
+	read   atomic.Int64
+	thawed chan struct{}
+}
+
+func (c *frozenConn) Read(p []byte) (int, error) {
+	if c.read.Load() >= c.limit {
+		<-c.thawed
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// Readers that stop reading mid-blob do not stall the DP's other readers:
+// once their queued chunks have gone unwritten for the stall timeout, their
+// share of the serving budget goes to the others.
+func TestNode_FrozenReadersDoNotStallOthers(t *testing.T) {
+	v := newVendor(t)
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 48 << 20})
+	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
+	n := startNode(t, v, ngx.URL, func(c *Config) {
+		c.ServeChunk = 64 << 10
+		c.ServeMemory = 4 * 64 << 10
+		c.StallTimeout = time.Second
+	})
+	c := dial(t, n)
+	ctx := testCtx(t)
+	if _, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	d := pub.Manifest.Files[0].SHA256
+	if b, err := readBlob(ctx, c, d, 0); err != nil || sha(b) != d { // now whole in the cache
+		t.Fatalf("first read: %v", err)
+	}
+
+	frozen := &frozenConn{limit: 1 << 20, thawed: make(chan struct{})}
+	conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), append(source.DialOptions(),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			frozen.Conn = nc
+			return frozen, err
+		}),
+		// No client keepalive: it would find the frozen connection dead
+		// and end its streams, as a frozen process does not.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Hour}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		close(frozen.thawed) // first: closing the connection waits for its reader
+		conn.Close()
+	}()
+	fc := pb.NewDistributionServiceClient(conn)
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	for range 2 { // each holds two chunks: the whole budget
+		if _, err := fc.ReadBlob(fctx, &pb.ReadBlobRequest{Sha256: d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.WaitFor(t, 30*time.Second, "the frozen readers to hold the serving budget", func() bool {
+		return !n.fetcher.ServeBudgetIdle()
+	})
+	b, err := readBlob(ctx, c, d, 0)
+	if err != nil || sha(b) != d {
+		t.Fatalf("reading beside frozen readers: %v", err)
 	}
 }
 

@@ -29,8 +29,9 @@ type Config struct {
 	// the mark (an endpoint's, prefetch's) joins them.
 	Limiter Limiter
 	// StallTimeout is how long a transfer may deliver no byte before the
-	// fetch moves to the next candidate (failover.Options). 0: the
-	// default, 30 s.
+	// fetch moves to the next candidate (failover.Options), and how long a
+	// reader may leave its queued chunks unwritten before their budget
+	// goes to other streams (pool.go). 0: the default, 30 s.
 	StallTimeout time.Duration
 	// Health remembers failed sources (peers and upstreams) across
 	// fetches, and across the DP's document requests when shared. Nil: the
@@ -140,6 +141,14 @@ type Fetcher struct {
 	closed  bool
 }
 
+// stallOrDefault is d, or failover's default stall timeout when d <= 0.
+func stallOrDefault(d time.Duration) time.Duration {
+	if d <= 0 {
+		return failover.DefaultOptions().StallTimeout
+	}
+	return d
+}
+
 // New returns a Fetcher whose fetches run until ctx ends or Stop. changed,
 // which must not block for long, is called when a fetch starts or ends.
 func New(ctx context.Context, cfg Config, store Store, sizes Sizes, router Router, pins Pins, metrics Metrics, changed func()) *Fetcher {
@@ -154,7 +163,7 @@ func New(ctx context.Context, cfg Config, store Store, sizes Sizes, router Route
 	}
 	return &Fetcher{
 		cfg: cfg, log: cfg.Logger, health: cfg.Health, store: store, sizes: sizes, router: router, pins: pins, metrics: metrics,
-		pool: newChunkPool(cfg.ServeChunk, cfg.ServeMemory), changed: changed, ctx: ctx, fetches: map[string]*fetch{},
+		pool: newChunkPool(cfg.ServeChunk, cfg.ServeMemory, stallOrDefault(cfg.StallTimeout)), changed: changed, ctx: ctx, fetches: map[string]*fetch{},
 	}
 }
 
