@@ -449,15 +449,20 @@ func TestNode_ConcurrentReadersShareOneFetch(t *testing.T) {
 	}
 }
 
-// Streams cancelled mid-blob give their chunk buffers back to the serving
-// budget: a leak would starve every later reader.
-func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
+// smallBudgetNode starts a DP serving in 64 KiB chunks from a budget of 4,
+// with the given stall timeout (0: the default), holding whole in its cache
+// a blob of size bytes, whose digest it returns with a client.
+func smallBudgetNode(t *testing.T, size int, stall time.Duration) (*Node, pb.DistributionServiceClient, string) {
+	t.Helper()
 	v := newVendor(t)
-	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 4 << 20})
+	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": size})
 	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
 	n := startNode(t, v, ngx.URL, func(c *Config) {
 		c.ServeChunk = 64 << 10
 		c.ServeMemory = 4 * 64 << 10
+		if stall > 0 {
+			c.StallTimeout = stall
+		}
 	})
 	c := dial(t, n)
 	ctx := testCtx(t)
@@ -465,9 +470,17 @@ func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := pub.Manifest.Files[0].SHA256
-	if _, err := readBlob(ctx, c, d, 0); err != nil { // now whole in the cache
-		t.Fatal(err)
+	if b, err := readBlob(ctx, c, d, 0); err != nil || sha(b) != d { // now whole in the cache
+		t.Fatalf("first read: %v", err)
 	}
+	return n, c, d
+}
+
+// Streams cancelled mid-blob give their chunk buffers back to the serving
+// budget: a leak would starve every later reader.
+func TestNode_CancelledStreamsReturnServeBudget(t *testing.T) {
+	n, c, d := smallBudgetNode(t, 4<<20, 0)
+	ctx := testCtx(t)
 	for range 20 {
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := c.ReadBlob(sctx, &pb.ReadBlobRequest{Sha256: d})
@@ -512,23 +525,8 @@ func (c *frozenConn) Read(p []byte) (int, error) {
 // once their queued chunks have gone unwritten for the stall timeout, their
 // share of the serving budget goes to the others.
 func TestNode_FrozenReadersDoNotStallOthers(t *testing.T) {
-	v := newVendor(t)
-	pub := v.publish(t, "av", "1", 1, map[string]int{"databases/big.dat": 48 << 20})
-	ngx := testenv.StartNginx(t, v.repo, testenv.NginxOptions{})
-	n := startNode(t, v, ngx.URL, func(c *Config) {
-		c.ServeChunk = 64 << 10
-		c.ServeMemory = 4 * 64 << 10
-		c.StallTimeout = time.Second
-	})
-	c := dial(t, n)
+	n, c, d := smallBudgetNode(t, 48<<20, time.Second)
 	ctx := testCtx(t)
-	if _, err := c.GetManifest(ctx, &pb.GetManifestRequest{Product: "av", Version: "1"}); err != nil {
-		t.Fatal(err)
-	}
-	d := pub.Manifest.Files[0].SHA256
-	if b, err := readBlob(ctx, c, d, 0); err != nil || sha(b) != d { // now whole in the cache
-		t.Fatalf("first read: %v", err)
-	}
 
 	frozen := &frozenConn{limit: 1 << 20, thawed: make(chan struct{})}
 	conn, err := grpc.NewClient("passthrough:///"+n.GRPCAddr(), append(source.DialOptions(),
