@@ -22,6 +22,7 @@ import (
 //
 // Buffers are not cleared between uses: each is overwritten by a cache read
 // before it is sent.
+//
 // A client that stops reading (a frozen process, a laptop put to sleep
 // mid-download) leaves the buffers gRPC has queued for it unwritten until
 // keepalive ends its connection, minutes later; enough of them would hold
