@@ -65,6 +65,19 @@ func (e *switchEnv) use(sw switcher) {
 	e.l.sw = sw
 }
 
+// installV1 publishes version 1.0 and installs it.
+func (e *switchEnv) installV1() {
+	e.t.Helper()
+	e.r.publish(e.t, "1.0", 0, v1Files)
+	e.update()
+}
+
+// publishV2 publishes version 2.0 (not installed).
+func (e *switchEnv) publishV2() {
+	e.t.Helper()
+	e.r.publish(e.t, "2.0", 0, v2Files)
+}
+
 func (e *switchEnv) update() *Result {
 	e.t.Helper()
 	return mustUpdate(e.t, e.cfg)
@@ -170,7 +183,7 @@ func TestSwitch_Conformance(t *testing.T) {
 					t.Fatalf("first update: %+v", res)
 				}
 				assertTree(t, e.tree(currentName), v1Files)
-				e.r.publish(t, "2.0", 0, v2Files)
+				e.publishV2()
 				if res := e.update(); res.Status != StatusUpdated || res.Version != "2.0" {
 					t.Fatalf("second update: %+v", res)
 				}
@@ -210,9 +223,8 @@ func TestSwitch_Conformance(t *testing.T) {
 			t.Run("rollback and unhold with a file in use", func(t *testing.T) {
 				t.Parallel()
 				e := newSwitchEnv(t, c)
-				e.r.publish(t, "1.0", 0, v1Files)
-				e.update()
-				e.r.publish(t, "2.0", 0, v2Files)
+				e.installV1()
+				e.publishV2()
 				e.update()
 				name, _ := e.l.readLink(currentName)
 				inUse := filepath.Join(e.l.versionDir(name), filesDirName, "db", "a.bin")
@@ -248,9 +260,8 @@ func TestSwitch_Conformance(t *testing.T) {
 			t.Run("a second run is refused by the lock", func(t *testing.T) {
 				t.Parallel()
 				e := newSwitchEnv(t, c)
-				e.r.publish(t, "1.0", 0, v1Files)
-				e.update()
-				e.r.publish(t, "2.0", 0, v2Files)
+				e.installV1()
+				e.publishV2()
 				unlock, err := e.l.lock()
 				if err != nil {
 					t.Fatal(err)
@@ -278,9 +289,8 @@ func TestSwitch_Conformance(t *testing.T) {
 				t.Run("a file in use through "+through, func(t *testing.T) {
 					t.Parallel()
 					e := newSwitchEnv(t, c)
-					e.r.publish(t, "1.0", 0, v1Files)
-					e.update()
-					e.r.publish(t, "2.0", 0, v2Files)
+					e.installV1()
+					e.publishV2()
 					e.update()
 					var path string
 					if through == "current" {
@@ -328,9 +338,8 @@ func TestSwitch_Conformance(t *testing.T) {
 				t.Run("a crash after "+step+" and a temporary pointer", func(t *testing.T) {
 					t.Parallel()
 					e := newSwitchEnv(t, c)
-					e.r.publish(t, "1.0", 0, v1Files)
-					e.update()
-					e.r.publish(t, "2.0", 0, v2Files)
+					e.installV1()
+					e.publishV2()
 					crashing := e.cfg
 					crashing.hooks = &hooks{switcher: e.l.sw, stage: func(s string) error {
 						if s == step {
@@ -361,8 +370,7 @@ func TestSwitch_Conformance(t *testing.T) {
 				t.Parallel()
 				for _, kind := range []string{"file", "directory"} {
 					e := newSwitchEnv(t, c)
-					e.r.publish(t, "1.0", 0, v1Files)
-					e.update()
+					e.installV1()
 					cur := e.l.linkPath(currentName)
 					rm(t, cur)
 					if kind == "file" {
@@ -387,8 +395,7 @@ func TestSwitch_Conformance(t *testing.T) {
 			t.Run("a dangling current is repaired", func(t *testing.T) {
 				t.Parallel()
 				e := newSwitchEnv(t, c)
-				e.r.publish(t, "1.0", 0, v1Files)
-				e.update()
+				e.installV1()
 				name, _ := e.l.readLink(currentName)
 				rm(t, e.l.versionDir(name))
 				if res := e.update(); res.Status != StatusUpdated {
@@ -409,13 +416,12 @@ func TestSwitch_Conformance(t *testing.T) {
 					t.Skipf("no symlinks here: %v", err)
 				}
 				e.use(other)
-				e.r.publish(t, "1.0", 0, v1Files)
-				e.update()
+				e.installV1()
 				e.use(mine)
 				if m, err := Installed(e.cfg.Dir, product); err != nil || m.Version != "1.0" {
 					t.Fatalf("Installed = %v, %v", m, err)
 				}
-				e.r.publish(t, "2.0", 0, v2Files)
+				e.publishV2()
 				e.update()
 				assertTree(t, e.tree(currentName), v2Files)
 				assertTree(t, e.tree(previousName), v1Files)
@@ -439,9 +445,8 @@ func TestPointerSwitch_ReaderHoldsCurrent(t *testing.T) {
 	e := newSwitchEnv(t, switchCase{name: "fake", windows: true, new: func(*testing.T) (switcher, opener) {
 		return sw, fake.open
 	}})
-	e.r.publish(t, "1.0", 0, v1Files)
-	e.update()
-	e.r.publish(t, "2.0", 0, v2Files)
+	e.installV1()
+	e.publishV2()
 	fake.makeBusy(e.l.linkPath(currentName), 2)
 	e.update()
 	assertTree(t, e.tree(currentName), v2Files)
@@ -465,9 +470,8 @@ func TestPointerSwitch_ReaderHoldsCurrent(t *testing.T) {
 func TestPointerSwitch_InUseNameNotReused(t *testing.T) {
 	t.Parallel()
 	e := newSwitchEnv(t, fakeWindowsCase())
-	e.r.publish(t, "1.0", 0, v1Files)
-	e.update()
-	e.r.publish(t, "2.0", 0, v2Files)
+	e.installV1()
+	e.publishV2()
 	crashing := e.cfg
 	crashing.hooks = &hooks{switcher: e.l.sw, stage: func(s string) error {
 		if s == "versioned" {
